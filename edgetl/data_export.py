@@ -1,0 +1,60 @@
+"""Write a data source (e.g. ``builtin:digits``) as an image folder with train/ and val/.
+
+The same data can then be copied to a device and read by ``edgetl-rt``
+without scikit-learn.  In-memory images are saved as PNG (lossless); files
+are copied as they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+from edgetl.runtime.data import ImageRecord, open_data, stratified_split
+from edgetl.runtime.errors import DataError
+from edgetl.runtime.fsutil import atomic_directory
+
+
+def export_image_folder(
+    address: str,
+    out: str | Path,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Write ``address`` (optionally a subset of classes) to ``out``; returns images per split."""
+    data = open_data(address)
+    if classes is not None:
+        unknown = [c for c in classes if c not in data.class_names]
+        if unknown:
+            raise DataError(f"{address} has no classes {', '.join(unknown)} (it has {', '.join(data.class_names)})")
+        keep = {data.class_names.index(c) for c in classes}
+    else:
+        keep = set(range(len(data.class_names)))
+    splits = dict(data.splits)
+    if "all" in splits:
+        pool = splits.pop("all")
+        train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
+        splits = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx]}
+    counts: dict[str, int] = {}
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        for split, records in splits.items():
+            chosen = [r for r in records if r.label in keep]
+            for position, record in enumerate(chosen):
+                folder = staging / split / data.class_names[record.label]
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_record(record, folder, position)
+            counts[split] = len(chosen)
+    return counts
+
+
+def _write_record(record: ImageRecord, folder: Path, position: int) -> None:
+    if record.pixels is not None:
+        index = record.source.rsplit("#", 1)[-1]
+        Image.fromarray(record.pixels).save(folder / f"{index}.png")
+    else:
+        source = Path(record.source)
+        shutil.copyfile(source, folder / f"{position:06d}_{source.name}")

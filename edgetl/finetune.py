@@ -1,0 +1,188 @@
+"""Fine-tuning on cached features: data -> frozen backbone -> cache -> head -> run dir.
+
+The frozen part of the backbone runs once over the data and its outputs are
+cached; head training (and the optional unfrozen tail) then runs on the
+cache.  The run directory is written atomically: a failure at any step
+leaves no partial run behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetl import __version__
+from edgetl.backbones import DEFAULT_BACKBONE, create_backbone
+from edgetl.runtime.data import LabeledData, check_trainable, open_data, stratified_split
+from edgetl.runtime.errors import DataError
+from edgetl.runtime.fsutil import atomic_directory
+from edgetl.runtime.metrics import classification_report
+from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.runtime.progress import ProgressFactory, silent_progress
+
+from .cache import FeatureCache, cache_key
+from .extract import resolve_device, run_frozen
+from .heads import HEAD_TRAINERS, HeadConfig
+from .run import RunManifest
+
+DEFAULT_VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of ``edgetl finetune`` (the head's own settings live in :class:`HeadConfig`)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    head: HeadConfig = field(default_factory=HeadConfig)
+    image_size: int | None = None
+    train_last: int = 0
+    cache_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    skip_bad: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 64
+    overwrite: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    manifest: RunManifest
+    metrics: dict
+    cache_hit: bool
+    skipped: list[str]
+
+
+def resolve_splits(data: LabeledData, val_fraction: float, seed: int) -> tuple[list, list, dict]:
+    """The data's own train/val split when it has one, else a seeded stratified split."""
+    if "train" in data.splits and "val" in data.splits:
+        return data.splits["train"], data.splits["val"], {"source": "data"}
+    pool = data.splits.get("train") or data.splits.get("all")
+    if not pool:
+        raise DataError(f"{data.address} has no training images (only a val/ split)")
+    train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
+    if not val_idx:
+        raise DataError(f"{data.address} is too small to hold out a validation split; add images or a val/ folder")
+    split = {"source": "seeded", "val_fraction": val_fraction, "seed": seed}
+    return [pool[i] for i in train_idx], [pool[i] for i in val_idx], split
+
+
+def finetune(
+    data_address: str,
+    out: str | Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    progress: ProgressFactory = silent_progress,
+    log=lambda message: None,
+) -> FinetuneResult:
+    """Fine-tune a head on ``data_address`` and write the run directory ``out``."""
+    started = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not config.overwrite:
+        raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+    compute = resolve_device(config.device)
+    data = open_data(data_address, skip_bad=config.skip_bad)
+    check_trainable(data)
+    train, val, split = resolve_splits(data, config.val_fraction, config.seed)
+
+    backbone = create_backbone(config.backbone, config.weights)
+    crop_pct = data.recommended_crop_pct
+    preprocess = backbone.pretrained.preprocess(config.image_size or data.recommended_image_size, crop_pct)
+    frozen, tail = backbone.split(config.train_last)
+    records = train + val
+    weights_sha256 = backbone.weights_sha256()
+    cache = FeatureCache(config.cache_dir)
+    key = cache_key(backbone.name, weights_sha256, len(frozen), preprocess.to_dict(), compute.precision,
+                    records, config.skip_bad)
+    cached = cache.load(key)
+    backbone_s = 0.0
+    if cached is not None:
+        log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
+    else:
+        log(f"feature cache miss: running the frozen backbone over {len(records)} images")
+        t0 = time.perf_counter()
+        outputs, valid, skipped = run_frozen(
+            frozen, records, preprocess, compute, batch_size=config.batch_size,
+            skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
+        )
+        backbone_s = time.perf_counter() - t0
+        cached = cache.store(key, outputs, valid, skipped)
+    skipped = list(data.skipped) + cached.skipped
+    if skipped:
+        log(f"warning: skipped {len(skipped)} bad file(s) (--skip-bad), e.g. {skipped[0]}")
+
+    n_train = len(train)
+    train_rows = np.flatnonzero(cached.valid[:n_train])
+    val_rows = n_train + np.flatnonzero(cached.valid[n_train:])
+    train_y = np.array([records[i].label for i in train_rows], dtype=np.int64)
+    val_y = np.array([records[i].label for i in val_rows], dtype=np.int64)
+    if len(set(train_y.tolist())) < 2 or len(val_y) == 0:
+        raise DataError("after skipping bad images there are too few images left to train")
+    features = cached.features
+    trainer = HEAD_TRAINERS[config.head.kind]
+    t1 = time.perf_counter()
+    feature_dim = backbone.feature_dim
+    result = trainer(
+        tail, np.asarray(features[train_rows]), train_y, np.asarray(features[val_rows]), val_y,
+        len(data.class_names), feature_dim, config.head, compute, progress,
+    )
+    train_s = time.perf_counter() - t1
+
+    logits = _val_logits(tail, result, np.asarray(features[val_rows]))
+    metrics = classification_report(val_y, np.argmax(logits, axis=1), data.class_names)
+    metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, history=result.history,
+                   n_train=int(len(train_y)), skipped=skipped)
+
+    manifest = RunManifest(
+        edgetl_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        data_address=str(data_address),
+        class_names=list(data.class_names),
+        split=split,
+        train_sources=[records[i].source for i in train_rows],
+        val_sources=[records[i].source for i in val_rows],
+        backbone={
+            "name": backbone.name,
+            "weights": config.weights,
+            "weights_sha256": weights_sha256,
+            "weights_source": backbone.pretrained.weights_source,
+            "feature_dim": feature_dim,
+            "train_last": config.train_last,
+            "freeze_stage": len(frozen),
+        },
+        preprocess=preprocess.to_dict(),
+        head=config.head.to_dict(),
+        compute={"device": str(compute.device), "precision": compute.precision},
+        cache={"key": key, "dir": str(cache.root), "hit": cached.hit},
+        timings={"backbone_pass_s": backbone_s, "train_s": train_s,
+                 "total_s": time.perf_counter() - started},
+        val_accuracy=metrics["accuracy"],
+    )
+    with atomic_directory(out, overwrite=config.overwrite) as staging:
+        result.head.save(staging / "head.npz")
+        if result.tail_state is not None:
+            torch.save(result.tail_state, staging / "tail.pt")
+            manifest.files["tail"] = "tail.pt"
+        manifest.timings["total_s"] = time.perf_counter() - started
+        manifest.write(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return FinetuneResult(out, manifest, metrics, cached.hit, skipped)
+
+
+def _val_logits(tail: torch.nn.Module, result, val_x: np.ndarray) -> np.ndarray:
+    """Validation logits in float32 on the CPU, the way the exported model computes them."""
+    if result.tail_state is None:
+        return result.head.logits(val_x)
+    tail = tail.cpu().eval()
+    with torch.inference_mode():
+        pooled = torch.cat([tail(torch.from_numpy(np.ascontiguousarray(val_x[i:i + 256])))
+                            for i in range(0, len(val_x), 256)])
+    return result.head.logits(pooled.numpy())

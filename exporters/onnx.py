@@ -1,0 +1,87 @@
+"""Export torch modules to ONNX (fp32, dynamic batch) and check them against torch.
+
+The check follows Optimum's ``validate_model_outputs``: the exported file is
+run on real images through onnxruntime and compared with the torch module;
+a difference above the tolerance raises :class:`ExportValidationError` with
+the maximum difference per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgetl.runtime.errors import EdgetlError, ExportValidationError, MissingDependencyError
+
+INPUT_NAME = "input"
+OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs and prints progress chatter; keep the CLI output clean."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str) -> None:
+    """Write ``module`` as a single-file ONNX model with a dynamic batch dimension."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; fail with the install line)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("onnx/onnxscript", "host", "ONNX export") from exc
+    module = module.eval()
+    example = torch.zeros(2, 3, input_size, input_size)
+    with _quiet_exporter():
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[output_name],
+                dynamo=True,
+                external_data=False,
+                opset_version=OPSET,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many internal types
+            raise EdgetlError(f"ONNX export of {path.name} failed: {exc}") from exc
+
+
+def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, threads: int | None = None) -> float:
+    """Max |torch - onnxruntime| over ``images`` (NCHW float32), in batches of two sizes."""
+    with torch.inference_mode():
+        expected = module.eval()(torch.from_numpy(images)).numpy()
+    with OnnxRuntimeBackend(path, threads=threads) as backend:
+        # batch 1 and the full batch both exercise the dynamic batch dimension
+        single = backend.infer(images[:1])
+        full = backend.infer(images)
+    return float(max(np.abs(single - expected[:1]).max(), np.abs(full - expected).max()))
+
+
+def check_export(module: nn.Module, path: Path, images: np.ndarray, tolerance: float, output_name: str) -> float:
+    """Raise :class:`ExportValidationError` when ``path`` strays from ``module`` beyond ``tolerance``."""
+    diff = max_abs_difference(module, path, images)
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportValidationError(path.name, {output_name: diff}, tolerance)
+    return diff

@@ -1,0 +1,161 @@
+"""``edgetl-rt``: the device-side command line (predict, evaluate, bench).
+
+Every user error is an :class:`EdgetlError`; the group prints its message
+and exits with its non-zero code, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import numpy as np
+
+from .bench import BenchSettings, latency_stats, machine_info, measure, peak_rss_mb, settings_dict
+from .errors import EdgetlError
+from .evaluate import SPLITS, evaluate_bundle
+from .model import EdgeModel
+from .preprocess import DEFAULT_MAX_PIXELS
+from .progress import terminal_progress
+
+
+class ErrorReportingGroup(click.Group):
+    """A click group that turns :class:`EdgetlError` into a one-line message and exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgetlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def print_json(data: dict) -> None:
+    click.echo(json.dumps(data, indent=2, default=float))
+
+
+def print_table(rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        click.echo(f"{name.ljust(width)}  {value}")
+
+
+model_options = [
+    click.option("--artifact", default=None, help="Backbone artifact of the bundle to run, by name (e.g. onnx)."),
+    click.option("--backend", default=None, help="Runtime backend (default: the artifact's own)."),
+    click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's choice)."),
+]
+
+
+def with_model_options(func):
+    for option in reversed(model_options):
+        func = option(func)
+    return func
+
+
+@click.group(cls=ErrorReportingGroup)
+@click.version_option(package_name="edgetl")
+def main() -> None:
+    """edgetl device runtime: run, evaluate and benchmark a bundle (no torch needed)."""
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images larger than this many pixels.")
+@with_model_options
+def predict(bundle, images, top_k, as_json, max_pixels, artifact, backend, threads) -> None:
+    """Classify IMAGES with BUNDLE."""
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+        predictions = model.predict(images, top_k=top_k, max_pixels=max_pixels)
+        if as_json:
+            print_json({"artifact": model.artifact.name, "backend": model.backend.name,
+                        "predictions": [p.to_dict() for p in predictions]})
+            return
+        for p in predictions:
+            ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
+            click.echo(f"{p.source}\t{ranked}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("data")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which split of DATA (default: val when DATA has one, else all).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@click.option("--min-accuracy", type=float, default=None,
+              help="Exit with status 6 when the accuracy is below this (a deployment gate).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@with_model_options
+def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads) -> None:
+    """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME)."""
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+        report = evaluate_bundle(model, data, split=split, skip_bad=skip_bad, progress=terminal_progress)
+    if report["skipped"]:
+        click.echo(f"warning: skipped {len(report['skipped'])} bad file(s), e.g. {report['skipped'][0]}", err=True)
+    if as_json:
+        print_json(report)
+    else:
+        rows = [("artifact", f"{report['artifact']} ({report['backend']})"), ("data", f"{data} [{report['split']}]"),
+                ("images", report["n"]), ("accuracy", report["accuracy"])]
+        rows += [(f"  {name}", f"{v['accuracy']:.4f} (n={v['n']})") for name, v in report["per_class"].items()]
+        print_table(rows)
+    if min_accuracy is not None and report["accuracy"] < min_accuracy:
+        click.echo(f"error: accuracy {report['accuracy']:.4f} is below --min-accuracy {min_accuracy}", err=True)
+        raise SystemExit(6)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--min-runs", type=int, default=100, show_default=True)
+@click.option("--min-seconds", type=float, default=3.0, show_default=True)
+@click.option("--warmup-runs", type=int, default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@with_model_options
+def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, backend, threads) -> None:
+    """Latency percentiles, throughput, load time and memory of BUNDLE on this machine."""
+    if batch < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch")
+    settings = BenchSettings(batch=batch, warmup_runs=warmup_runs, min_runs=min_runs, min_seconds=min_seconds)
+    t0 = time.perf_counter()
+    model = EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads)
+    load_s = time.perf_counter() - t0
+    with model:
+        size = model.preprocess.input_size
+        x = np.random.default_rng(settings.seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+        t1 = time.perf_counter()
+        model.logits(x)
+        first_s = time.perf_counter() - t1
+        samples = measure(lambda: model.logits(x), settings)
+        result = latency_stats(samples, batch)
+        result.update(
+            bundle=str(bundle), artifact=model.artifact.name, precision=model.artifact.precision,
+            backend=model.backend.describe(), batch=batch, input_size=size,
+            load_s=load_s, first_inference_s=first_s, peak_rss_mb=peak_rss_mb(),
+            file_sizes={model.artifact.file: model.artifact.size, model.manifest.head["file"]: model.manifest.head["size"]},
+            settings=settings_dict(settings), machine=machine_info(),
+        )
+    if as_json:
+        print_json(result)
+        return
+    print_table([
+        ("artifact", f"{result['artifact']} ({result['precision']}, {model.backend.name})"),
+        ("batch", batch), ("runs", result["runs"]),
+        ("p50 ms", result["p50_ms"]), ("p90 ms", result["p90_ms"]), ("p99 ms", result["p99_ms"]),
+        ("mean ms", result["mean_ms"]), ("std ms", result["std_ms"]),
+        ("throughput /s", result["throughput_per_s"]), ("load s", load_s),
+        ("peak RSS MB", result["peak_rss_mb"]),
+        ("model MB", model.artifact.size / 1e6),
+    ])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Classification metrics shared by host fine-tuning and device evaluation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: truth)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    k = len(class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        total = int(confusion[i].sum())
+        if total:
+            per_class[name] = {"accuracy": float(confusion[i, i] / total), "n": total}
+    n = int(len(y_true))
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)) if n else float("nan"),
+        "n": n,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "labels": list(class_names),
+    }

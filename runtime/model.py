@@ -1,0 +1,145 @@
+"""A loaded bundle: backbone on a runtime backend, numpy head beside it.
+
+:class:`EdgeModel` is the device-side API behind ``edgetl-rt predict``,
+``evaluate`` and ``bench``.  Loading verifies every file's sha256 first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .backends import BACKENDS, create_backend
+from .data import ImageRecord
+from .errors import BundleError, ConfigError
+from .heads import Head, load_head, softmax
+from .manifest import Artifact, BundleManifest, read_bundle_manifest
+from .metrics import classification_report
+from .preprocess import DEFAULT_MAX_PIXELS
+from .progress import ProgressFactory, silent_progress
+from .reader import ReadReport, read_batches
+
+
+@dataclass
+class Prediction:
+    source: str
+    top: list[tuple[str, float]]
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.source,
+            "label": self.top[0][0],
+            "score": self.top[0][1],
+            "top_k": [{"label": label, "score": score} for label, score in self.top],
+        }
+
+
+def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None) -> Artifact:
+    """The named artifact, or the first backbone artifact whose backend is available."""
+    if artifact is not None:
+        chosen = manifest.artifact(artifact)
+        if chosen.role != "backbone":
+            raise ConfigError(f"artifact '{artifact}' is a {chosen.role} model; pick a backbone artifact")
+        return chosen
+    for candidate in manifest.artifacts:
+        if candidate.role == "backbone" and candidate.backend in BACKENDS and backend in (None, candidate.backend):
+            return candidate
+    raise BundleError(
+        "bundle has no backbone artifact this runtime can run"
+        + (f" with backend {backend}" if backend else "")
+        + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)})"
+    )
+
+
+class EdgeModel:
+    """Backbone artifact + head of a verified bundle."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        artifact: str | None = None,
+        backend: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ):
+        self.bundle = Path(bundle)
+        self.manifest = read_bundle_manifest(self.bundle, verify=verify)
+        self.artifact = choose_artifact(self.manifest, artifact, backend)
+        self.preprocess = self.manifest.preprocess_config
+        self.labels = list(self.manifest.labels)
+        self.head: Head = load_head(self.bundle / self.manifest.head["file"])
+        if self.head.num_classes != len(self.labels) or self.head.feature_dim != self.manifest.feature_dim:
+            raise BundleError(
+                f"head {self.manifest.head['file']} has shape ({self.head.num_classes} classes, "
+                f"{self.head.feature_dim} features) but the manifest says ({len(self.labels)}, "
+                f"{self.manifest.feature_dim})"
+            )
+        self.backend = create_backend(backend or self.artifact.backend, self.bundle / self.artifact.file, threads)
+        self.backend.open()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "EdgeModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        return self.backend.infer(batch)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.head.logits(self.features(batch))
+
+    def predict(
+        self,
+        images: Sequence[str],
+        top_k: int = 1,
+        batch_size: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Prediction]:
+        if top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        k = min(top_k, len(self.labels))
+        records = [ImageRecord(str(path), -1) for path in images]
+        results: list[Prediction] = []
+        for batch in read_batches(records, self.preprocess, batch_size, max_pixels=max_pixels):
+            probabilities = softmax(self.logits(batch.images))
+            for index, row in zip(batch.indices, probabilities):
+                order = np.argsort(-row)[:k]
+                results.append(Prediction(records[index].source, [(self.labels[i], float(row[i])) for i in order]))
+        return results
+
+    def evaluate(
+        self,
+        records: Sequence[ImageRecord],
+        batch_size: int = 32,
+        skip_bad: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: ProgressFactory = silent_progress,
+    ) -> dict:
+        """Accuracy, per-class accuracy and confusion matrix; labels index ``self.labels``."""
+        if not records:
+            raise ConfigError("no images to evaluate")
+        report = ReadReport()
+        truth: list[int] = []
+        predicted: list[int] = []
+        bar = progress("evaluating", len(records))
+        try:
+            for batch in read_batches(records, self.preprocess, batch_size, max_pixels=max_pixels,
+                                      skip_bad=skip_bad, report=report):
+                if batch.indices:
+                    predicted.extend(np.argmax(self.logits(batch.images), axis=1).tolist())
+                    truth.extend(records[i].label for i in batch.indices)
+                bar.update(batch.consumed)
+        finally:
+            bar.close()
+        result = classification_report(np.array(truth), np.array(predicted), self.labels)
+        result["skipped"] = [f"{e.source}: {e.reason}" for e in report.skipped]
+        result["artifact"] = self.artifact.name
+        result["backend"] = self.backend.name
+        return result

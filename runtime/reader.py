@@ -1,0 +1,86 @@
+"""Batched, prefetched image decoding for feature extraction and evaluation.
+
+Decoding runs in a small thread pool (Pillow releases the GIL while it
+decodes and resizes) so the next batch is ready when the model finishes the
+current one.  Bad images either stop the run with an error that names the
+file, or, with ``skip_bad``, are left out and reported.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .data import ImageRecord
+from .errors import ImageDecodeError
+from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, preprocess
+
+
+@dataclass
+class Batch:
+    """Preprocessed images, the positions of their records, and how many records were read."""
+
+    indices: list[int]
+    images: np.ndarray
+    consumed: int
+
+
+@dataclass
+class ReadReport:
+    """What was skipped while reading (only with ``skip_bad``)."""
+
+    skipped: list[ImageDecodeError] = field(default_factory=list)
+
+
+def _decode(record: ImageRecord, config: PreprocessConfig, max_pixels: int) -> np.ndarray | ImageDecodeError:
+    try:
+        return preprocess(record.image, config, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        if record.pixels is None:
+            return exc
+        return ImageDecodeError(record.source, exc.reason)
+
+
+def read_batches(
+    records: Sequence[ImageRecord],
+    config: PreprocessConfig,
+    batch_size: int = 32,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skip_bad: bool = False,
+    report: ReadReport | None = None,
+    workers: int | None = None,
+) -> Iterator[Batch]:
+    """Yield preprocessed batches in order; raise on the first bad image unless ``skip_bad``."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        chunks = [range(start, min(start + batch_size, len(records))) for start in range(0, len(records), batch_size)]
+        pending = None
+        for position in range(len(chunks) + 1):
+            upcoming = None
+            if position < len(chunks):
+                upcoming = (chunks[position], [pool.submit(_decode, records[i], config, max_pixels) for i in chunks[position]])
+            if pending is not None:
+                yield _collect(*pending, skip_bad=skip_bad, report=report)
+            pending = upcoming
+
+
+def _collect(indices: range, futures: list, skip_bad: bool, report: ReadReport | None) -> Batch:
+    kept: list[int] = []
+    arrays: list[np.ndarray] = []
+    for index, future in zip(indices, futures):
+        result = future.result()
+        if isinstance(result, ImageDecodeError):
+            if not skip_bad:
+                raise result
+            if report is not None:
+                report.skipped.append(result)
+            continue
+        kept.append(index)
+        arrays.append(result)
+    images = np.stack(arrays) if arrays else np.zeros((0,), dtype=np.float32)
+    return Batch(kept, images, len(indices))

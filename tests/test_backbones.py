@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from edgetl.backbones import create_backbone, list_backbones
+from edgetl.runtime.errors import ConfigError, MissingDependencyError
+from edgetl.runtime.preprocess import preprocess
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone("efficientnet_lite0")
+
+
+def test_lite0_really_is_imagenet_trained(lite0):
+    """scikit-learn's flower photo is a daisy (ImageNet class 985) with mean/std 0.498/0.502."""
+    from sklearn.datasets import load_sample_images
+
+    flower = next(f for f in load_sample_images().filenames if f.endswith("flower.jpg"))
+    config = lite0.pretrained.preprocess()
+    assert config.mean == (0.498,) * 3 and config.std == (0.502,) * 3 and config.resize_size == 256
+    with torch.inference_mode():
+        logits = lite0.classify_imagenet(torch.from_numpy(preprocess(flower, config))[None])
+    assert int(logits.argmax()) == 985
+
+
+def test_lite0_describes_itself(lite0):
+    assert lite0.feature_dim == 1280
+    assert lite0.pretrained.input_size == 224 and lite0.pretrained.interpolation == "bilinear"
+    assert lite0.trainable_stage_count == 18  # stem, 16 MBConv blocks, head conv
+    with torch.inference_mode():
+        assert lite0(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
+
+
+def test_freeze_point_splits_the_stages(lite0):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        full = lite0(x)
+        for n in (0, 1, 3):
+            frozen, tail = lite0.split(n)
+            assert sum(1 for s in tail if any(True for _ in s.parameters())) == n
+            torch.testing.assert_close(tail(frozen(x)), full)
+    with pytest.raises(ConfigError, match="out of range"):
+        lite0.split(19)
+
+
+def test_weights_digest_identifies_the_weights(lite0, tmp_path):
+    other = create_backbone("efficientnet_lite0")
+    assert other.weights_sha256() == lite0.weights_sha256()
+    state = {k: v.clone() for k, v in lite0.state_dict().items()}
+    state["_conv_stem.weight"] += 0.01
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    assert create_backbone("efficientnet_lite0", weights=str(path)).weights_sha256() != lite0.weights_sha256()
+
+
+def test_unsafe_or_missing_weights_are_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": np.dtype}, evil)  # not loadable with weights_only=True
+    with pytest.raises(ConfigError, match="safely"):
+        create_backbone("efficientnet_lite0", weights=str(evil))
+    with pytest.raises(ConfigError, match="not found"):
+        create_backbone("efficientnet_lite0", weights=str(tmp_path / "none.pt"))
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ConfigError, match="efficientnet_lite0"):
+        create_backbone("resnet9000")
+    assert "timm:<name>" in list_backbones()
+
+
+def test_missing_optional_packages_give_the_install_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name, *args, **kwargs):
+        if name in ("timm", "torchvision"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+    with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[timm\]"'):
+        create_backbone("timm:mobilenetv3_small_100")
+    with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[torchvision\]"'):
+        create_backbone("torchvision:mobilenet_v3_small")

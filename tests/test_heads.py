@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from edgetl.runtime.errors import BundleError, ConfigError
+from edgetl.runtime.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
+
+
+def _blobs(n=300, d=16, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (k, d))
+    labels = rng.integers(0, k, n)
+    return (centres[labels] + rng.normal(0, 1, (n, d))).astype(np.float32), labels
+
+
+def test_ridge_matches_the_batch_closed_form():
+    x, y = _blobs()
+    head = RidgeHead.fit(x, y, 3, alpha=2.0)
+    xd = x.astype(np.float64)
+    targets = np.eye(3)[y]
+    xc, yc = xd - xd.mean(0), targets - targets.mean(0)
+    weight = np.linalg.solve(xc.T @ xc + 2.0 * np.eye(16), xc.T @ yc)
+    np.testing.assert_allclose(head.weight, weight.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.bias, targets.mean(0) - xd.mean(0) @ weight, rtol=1e-5, atol=1e-6)
+
+
+def test_ridge_statistics_do_not_depend_on_batch_order():
+    x, y = _blobs()
+    whole = RidgeStatistics.empty(16, 3)
+    whole.add(x, y)
+    pieces = RidgeStatistics.empty(16, 3)
+    order = np.random.default_rng(3).permutation(len(y))
+    for chunk in np.array_split(order, 7):
+        pieces.add(x[chunk], y[chunk])
+    a, b = RidgeHead.solve(whole, 1.0), RidgeHead.solve(pieces, 1.0)
+    np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6, atol=1e-9)
+
+
+def test_ridge_selects_alpha_on_validation_and_classifies():
+    x, y = _blobs(seed=1)
+    head = RidgeHead.fit(x[:200], y[:200], 3, x[200:], y[200:])
+    assert np.mean(head.logits(x[200:]).argmax(1) == y[200:]) > 0.9
+
+
+@pytest.mark.parametrize("head", [
+    LinearHead(np.ones((3, 4), np.float32), np.zeros(3, np.float32)),
+    MLPHead(np.ones((5, 4), np.float32), np.zeros(5, np.float32), np.ones((3, 5), np.float32), np.ones(3, np.float32)),
+    RidgeHead.fit(*_blobs(60, 4, 3), 3, alpha=1.0),
+])
+def test_heads_round_trip_through_npz(tmp_path, head):
+    path = tmp_path / "head.npz"
+    head.save(path)
+    loaded = load_head(path)
+    assert type(loaded) is type(head)
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.logits(x), head.logits(x), rtol=1e-6)
+
+
+def test_wrong_feature_shape_is_refused():
+    head = LinearHead(np.ones((3, 4), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ConfigError, match=r"\(N, 4\)"):
+        head.logits(np.ones((2, 5)))
+
+
+def test_pickled_or_unknown_head_files_are_refused(tmp_path):
+    pickled = tmp_path / "evil.npz"
+    np.savez(pickled, kind=np.array("linear"), weight=np.array([object()], dtype=object), bias=np.zeros(1))
+    with pytest.raises(BundleError):
+        load_head(pickled)
+    unknown = tmp_path / "unknown.npz"
+    np.savez(unknown, kind=np.array("forest"))
+    with pytest.raises(BundleError, match="forest"):
+        load_head(unknown)

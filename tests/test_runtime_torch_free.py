@@ -1,0 +1,60 @@
+"""The device runtime must work with torch and onnx absent: prove it in a fresh interpreter."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    BLOCKED = {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn"}
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.evaluate import evaluate_bundle
+
+    bundle, folder, image = sys.argv[1:4]
+    with EdgeModel(bundle) as model:
+        predictions = model.predict([image], top_k=2)
+        report = evaluate_bundle(model, folder)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps({"label": predictions[0].top[0][0], "accuracy": report["accuracy"],
+                      "n": report["n"], "leaked": leaked}))
+    """
+)
+
+
+def test_predict_and_evaluate_without_torch_or_onnx(digits_bundle, digits_folder):
+    image = sorted((digits_folder / "val" / "4").glob("*.png"))[0]
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(digits_bundle.bundle), str(digits_folder), str(image)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == []
+    assert result["n"] == 539 and result["accuracy"] >= 0.95
+    assert result["label"] in [str(i) for i in range(10)]
+
+
+def test_runtime_cli_runs_without_torch(digits_bundle, digits_folder):
+    code = SCRIPT.split("from edgetl.runtime import EdgeModel")[0] + textwrap.dedent(
+        """
+        from edgetl.runtime.cli import main
+        main()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "evaluate", str(digits_bundle.bundle), str(digits_folder), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["accuracy"] >= 0.95

@@ -49,7 +49,7 @@ class FinetuneConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     skip_bad: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int = 64
+    batch_size: int | None = None
     overwrite: bool = False
 
 

@@ -1,7 +1,8 @@
 """Head training on cached features: linear, MLP (gradient) and ridge (closed form).
 
-Gradient heads train with AdamW, label smoothing, a cosine schedule and early
-stopping on validation accuracy; with ``--train-last N`` the unfrozen tail of
+Gradient heads train in float32 (mixed precision pays off in the backbone
+pass, not on cached features) with AdamW, label smoothing, a cosine schedule
+and early stopping on validation accuracy; with ``--train-last N`` the unfrozen tail of
 the backbone trains together with the head, on the cached activations at the
 freeze boundary.  Whatever is trained, the result is a numpy head from
 :mod:`edgetl.runtime.heads`, which is what ships; ridge is the very same
@@ -81,6 +82,48 @@ def torch_head(head: Head) -> nn.Module:
     raise ConfigError(f"no torch form for head kind '{head.kind}'")
 
 
+class AdamW:
+    """Decoupled-weight-decay Adam (Loshchilov & Hutter) over parameter groups.
+
+    Written out because ``torch.optim`` imports ``torch._dynamo`` on first use,
+    which costs about 2 s per process here: more than ten epochs of head
+    training on cached features.
+    """
+
+    def __init__(self, groups: list[dict], weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [dict(g, params=list(g["params"]), base_lr=g["lr"]) for g in groups]
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def set_lr_factor(self, factor: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        correction1 = 1 - beta1 ** self.steps
+        correction2 = 1 - beta2 ** self.steps
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+                p.mul_(1 - lr * self.weight_decay)
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (v / correction2).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-lr / correction1)
+
+
 def _new_module(kind: str, dim: int, num_classes: int, config: HeadConfig) -> nn.Module:
     if kind == "linear":
         return nn.Linear(dim, num_classes)
@@ -104,8 +147,7 @@ def _predict(tail: nn.Module, head: nn.Module, x: np.ndarray, compute: ComputeDe
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(compute.device)
-            with torch.autocast(compute.device.type, dtype=torch.float16, enabled=compute.amp):
-                outputs.append(head(tail(chunk)).float().cpu().numpy())
+            outputs.append(head(tail(chunk)).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -132,14 +174,11 @@ def train_gradient_head(
     groups = [{"params": head.parameters(), "lr": config.lr}]
     if tail_params:
         groups.append({"params": tail_params, "lr": config.tail_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    optimizer = AdamW(groups, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_x) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+    step = 0
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.amp)
     labels = torch.from_numpy(train_y.astype(np.int64))
     best = (-1.0, 0, copy.deepcopy(head.state_dict()), copy.deepcopy(tail.state_dict()))
     history: list[dict] = []
@@ -156,13 +195,12 @@ def train_gradient_head(
                 idx.sort()
                 x = torch.from_numpy(np.ascontiguousarray(train_x[idx])).to(compute.device)
                 y = labels[idx].to(compute.device)
-                with torch.autocast(compute.device.type, dtype=torch.float16, enabled=compute.amp):
-                    loss = loss_fn(head(tail(x)), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                loss = loss_fn(head(tail(x)), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.set_lr_factor(0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+                optimizer.step()
+                step += 1
                 running += float(loss.detach()) * len(idx)
             head.eval()
             val_accuracy = float(np.mean(np.argmax(_predict(tail, head, val_x, compute), axis=1) == val_y))

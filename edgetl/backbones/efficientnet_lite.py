@@ -33,14 +33,20 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            size = int(size)
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        if any(pads):
-            x = F.pad(x, pads)
-        return super().forward(x)
+        (pad_top, pad_bottom), (pad_left, pad_right) = (
+            _same_pads(int(size), k, s) for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)
+        )
+        if pad_top == pad_bottom and pad_left == pad_right:
+            # symmetric: let the convolution pad (no extra Pad op in eager or ONNX)
+            return F.conv2d(x, self.weight, None, self.stride, (pad_top, pad_left), 1, self.groups)
+        x = F.pad(x, (pad_left, pad_right, pad_top, pad_bottom))
+        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME": output ceil(size / stride); the extra pixel goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

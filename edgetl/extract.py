@@ -49,9 +49,9 @@ def resolve_device(name: str = "auto") -> ComputeDevice:
     return ComputeDevice(torch.device("cuda" if use_cuda else "cpu"), amp=use_cuda)
 
 
-def output_shape(module: nn.Module, input_size: int) -> tuple[int, ...]:
+def output_shape(module: nn.Module, input_size: int, device: torch.device) -> tuple[int, ...]:
     with torch.inference_mode():
-        return tuple(module(torch.zeros(1, 3, input_size, input_size)).shape[1:])
+        return tuple(module(torch.zeros(1, 3, input_size, input_size, device=device)).shape[1:])
 
 
 def run_frozen(
@@ -66,10 +66,9 @@ def run_frozen(
     progress: ProgressFactory = silent_progress,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return (outputs for every record, valid mask, skipped sources)."""
-    module = module.eval()
-    shape = output_shape(module, preprocess.input_size)
     # channels-last is 1.5x faster for this family on CPU (oneDNN) and on tensor cores
-    module = module.to(compute.device, memory_format=torch.channels_last)
+    module = module.eval().to(compute.device, memory_format=torch.channels_last)
+    shape = output_shape(module, preprocess.input_size, compute.device)
     batch_size = batch_size or compute.batch_size
     outputs = np.zeros((len(records), *shape), dtype=np.float32)
     valid = np.zeros(len(records), dtype=bool)

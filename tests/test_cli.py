@@ -1,6 +1,7 @@
 """The command lines: outputs users script against, and clean failures."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ BIN = Path(sys.executable).parent
 
 def test_console_scripts_are_installed():
     for name in ("edgetl", "edgetl-rt"):
-        out = subprocess.run([str(BIN / name), "--help"], capture_output=True, text=True)
+        script = BIN / name if (BIN / name).exists() else shutil.which(name)
+        assert script, f"console script {name} is not installed"
+        out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "Usage" in out.stdout
 
 

@@ -89,6 +89,8 @@ def finetune(
     if out.exists() and not config.overwrite:
         raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
     compute = resolve_device(config.device)
+    if not str(data_address).startswith("builtin:"):
+        data_address = str(Path(data_address).resolve())  # the run must find its data from any directory
     data = open_data(data_address, skip_bad=config.skip_bad)
     check_trainable(data)
     train, val, split = resolve_splits(data, config.val_fraction, config.seed)

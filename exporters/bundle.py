@@ -121,6 +121,8 @@ def export_run(
 ) -> ExportResult:
     """Export a run to a bundle folder; nothing is written unless every check passes."""
     chosen = resolve_formats(formats)
+    if Path(out).exists() and not overwrite:
+        raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
     run_dir = Path(run_dir)
     run = RunManifest.read(run_dir)
     preprocess = PreprocessConfig.from_dict(run.preprocess)

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= host,test
+EXTRAS ?= host,openvino,quantize,test
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: install
 	$(BIN)/edgetl finetune builtin:digits --out $(DEMO)/run --overwrite
-	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --overwrite
+	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --format onnx,openvino --overwrite
 	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite
 	$(BIN)/edgetl-rt evaluate $(DEMO)/bundle $(DEMO)/digits --min-accuracy 0.95
 	$(BIN)/edgetl-rt predict $(DEMO)/bundle $(DEMO)/digits/val/7/*.png --top-k 2 | head -n 5
+	$(BIN)/edgetl-rt compare $(DEMO)/bundle $(DEMO)/digits
 	$(BIN)/edgetl-rt bench $(DEMO)/bundle --batch 1
 
 test: install

@@ -77,24 +77,33 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to create.")
-@click.option("--format", "formats", default="onnx", show_default=True, help="Comma-separated export formats.")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="Comma-separated formats: onnx, onnx-fp16, onnx-int8, onnx-int8-trt, onnx-int8-dynamic, "
+                   "openvino, openvino-int8.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="Points of top-1 an artifact may lose against fp32 before its fallbacks, then failure.")
+@click.option("--calib", type=int, default=300, show_default=True,
+              help="Calibration images (a seeded sample of the training split) for int8 formats.")
+@click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
 @click.option("--data", default=None, help="Where the run's data is now, if it moved (for the accuracy check).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON.")
-def export(run, out, formats, data, overwrite, as_json) -> None:
-    """Export RUN to a bundle; every artifact is checked against torch and evaluated."""
+def export(run, out, formats, max_accuracy_drop, calib, fp16, data, overwrite, as_json) -> None:
+    """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy."""
     from edgetl.exporters.bundle import export_run
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
+                        max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
                         progress=terminal_progress, log=_log)
     if as_json:
         click.echo(result.manifest.to_json())
         return
     rows = [("bundle", str(result.bundle)), ("reference accuracy", result.manifest.reference_accuracy)]
     for a in result.manifest.artifacts:
+        size = a.size + sum(c["size"] for c in a.companions)
         rows.append((f"{a.name} ({a.file})",
                      f"acc {a.accuracy:.4f}  drop {a.accuracy_drop:+.2f} pt  max|diff| {a.max_abs_diff:.2e}  "
-                     f"{a.size / 1e6:.1f} MB"))
+                     f"{size / 1e6:.1f} MB  [{a.evaluated_with}]"))
     print_table(rows)
 
 
@@ -135,5 +144,5 @@ def backbones() -> None:
         click.echo(name)
 
 
-for _command in (runtime_cli.predict, runtime_cli.evaluate, runtime_cli.bench):
+for _command in (runtime_cli.predict, runtime_cli.evaluate, runtime_cli.bench, runtime_cli.compare):
     main.add_command(_command)

@@ -1,9 +1,11 @@
-"""Build a bundle from a run directory: export, check, evaluate, write atomically.
+"""Build a bundle from a run directory: export, check, gate on accuracy, write atomically.
 
-Each backbone artifact is checked against the torch model on real images
-from the run's validation split, then evaluated on the whole split through
-the device runtime, so the manifest records the accuracy the device will
-actually see and its drop against the torch reference.
+Every bundle starts from the fp32 ONNX export of the fine-tuned backbone
+(plus a fused backbone+head model), checked against torch on real images.
+Each further format is derived from it and measured on the run's whole
+validation split with the runtime backend that will run it; an artifact that
+loses more than ``--max-accuracy-drop`` points against fp32 is rebuilt with
+its fallbacks, and if it still fails the export fails and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,21 +23,22 @@ from edgetl import __version__
 from edgetl.backbones import create_backbone
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
-from edgetl.runtime.backends import create_backend
+from edgetl.runtime.backends import available_backends, create_backend
 from edgetl.runtime.data import ImageRecord, LabeledData, open_data
-from edgetl.runtime.errors import DataError, EdgetlError
+from edgetl.runtime.errors import AccuracyGateError, DataError, EdgetlError, ExportValidationError, MissingDependencyError
 from edgetl.runtime.fsutil import atomic_directory
-from edgetl.runtime.heads import load_head
+from edgetl.runtime.heads import Head, load_head
 from edgetl.runtime.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
-from edgetl.runtime.model import EdgeModel
 from edgetl.runtime.preprocess import PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.reader import read_batches
 
-from . import DEFAULT_FORMATS, resolve_formats
-from .onnx import INPUT_NAME, check_export
+from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
+from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
+from .context import BuildContext
+from .onnx import INPUT_NAME, check_export, export_onnx
 
 CHECK_IMAGES = 16
+DEFAULT_MAX_ACCURACY_DROP = 1.0
 
 
 @dataclass
@@ -60,8 +63,8 @@ def rebuild_feature_model(run: RunManifest, run_dir: Path) -> nn.Module:
     return nn.Sequential(frozen, tail).eval()
 
 
-def validation_records(run: RunManifest, data_address: str | None) -> list[ImageRecord]:
-    """The run's validation images, found again in its data (or in ``data_address``)."""
+def run_records(run: RunManifest, data_address: str | None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The run's (train, val) images, found again in its data (or in ``data_address``)."""
     address = data_address or run.data_address
     try:
         data: LabeledData = open_data(address)
@@ -74,11 +77,15 @@ def validation_records(run: RunManifest, data_address: str | None) -> list[Image
     by_source = {r.source: r for r in data.split("all")}
     if data_address:  # a moved copy: match by path relative to the data root
         by_source.update({_relative(r.source, address): r for r in data.split("all")})
-    records = [by_source.get(s) or by_source.get(_relative(s, run.data_address)) for s in run.val_sources]
-    missing = sum(r is None for r in records)
-    if missing:
-        raise DataError(f"{missing} of the run's {len(records)} validation images are no longer in {address}")
-    return records
+
+    def find(sources: list[str]) -> list[ImageRecord]:
+        found = [by_source.get(s) or by_source.get(_relative(s, run.data_address)) for s in sources]
+        missing = sum(r is None for r in found)
+        if missing:
+            raise DataError(f"{missing} of the run's {len(found)} images are no longer in {address}")
+        return found
+
+    return find(run.train_sources), find(run.val_sources)
 
 
 def _relative(source: str, root: str) -> str:
@@ -88,26 +95,48 @@ def _relative(source: str, root: str) -> str:
         return source
 
 
-def _check_batch(records: list[ImageRecord], preprocess: PreprocessConfig) -> np.ndarray:
-    step = max(1, len(records) // CHECK_IMAGES)
-    sample = records[::step][:CHECK_IMAGES]
-    return np.concatenate([b.images for b in read_batches(sample, preprocess, CHECK_IMAGES)])
+def evaluation_backend(fmt: ExportFormat) -> str:
+    """The first backend of the format that is installed here (TensorRT formats fall back to ORT)."""
+    here = available_backends()
+    for name in fmt.backends:
+        if name in here:
+            return name
+    raise MissingDependencyError(fmt.backends[0], fmt.backends[0], f"measuring the {fmt.name} artifact")
 
 
-def _artifact_accuracy(
-    bundle: Path, artifact: Artifact, records: list[ImageRecord], preprocess: PreprocessConfig,
-    progress: ProgressFactory,
-) -> float:
-    """Top-1 accuracy of one artifact, run exactly as the device runs it."""
-    if artifact.role == "backbone":
-        with EdgeModel(bundle, artifact=artifact.name) as model:
-            return model.evaluate(records, progress=progress)["accuracy"]
+def artifact_accuracy(backend: str, path: Path, head: Head, images: np.ndarray, labels: np.ndarray,
+                      batch_size: int = 32) -> float:
+    """Top-1 accuracy of a backbone artifact + head, run exactly as the device runs it."""
     correct = 0
-    with create_backend(artifact.backend, bundle / artifact.file) as backend:
-        for batch in read_batches(records, preprocess, 32):
-            predicted = np.argmax(backend.infer(batch.images), axis=1)
-            correct += int(np.sum(predicted == np.array([records[i].label for i in batch.indices])))
-    return correct / len(records)
+    with create_backend(backend, path) as runner:
+        for start in range(0, len(labels), batch_size):
+            features = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
+            correct += int(np.sum(np.argmax(head.logits(features), axis=1) == labels[start:start + batch_size]))
+    return correct / len(labels)
+
+
+def _features_diff(backend: str, path: Path, module: nn.Module, images: np.ndarray) -> float:
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(images)).numpy()
+    with create_backend(backend, path) as runner:
+        return float(np.abs(runner.infer(images) - expected).max())
+
+
+def _check_images(val: np.ndarray) -> np.ndarray:
+    step = max(1, len(val) // CHECK_IMAGES)
+    return np.ascontiguousarray(val[::step][:CHECK_IMAGES])
+
+
+def _entry(staging: Path, fmt: ExportFormat, files: list[str], role: str, output: str, options: dict,
+           backend: str) -> Artifact:
+    main = FileEntry.of(staging, files[0])
+    companions = [FileEntry.of(staging, name).__dict__ for name in files[1:]]
+    return Artifact(
+        name=fmt.name if role == "backbone" else f"{fmt.name}-fused", format=fmt.name,
+        precision=fmt.precision_with(options), backend=fmt.backends[0], role=role,
+        file=main.file, sha256=main.sha256, size=main.size, input_name=INPUT_NAME, output_name=output,
+        backends=list(fmt.backends), companions=companions, evaluated_with=backend,
+    )
 
 
 def export_run(
@@ -116,61 +145,119 @@ def export_run(
     formats: str = DEFAULT_FORMATS,
     data_address: str | None = None,
     overwrite: bool = False,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    options: dict | None = None,
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
 ) -> ExportResult:
     """Export a run to a bundle folder; nothing is written unless every check passes."""
-    chosen = resolve_formats(formats)
+    options = options or {}
+    chosen = resolve_formats(formats, options)
     if Path(out).exists() and not overwrite:
         raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
+    if calibration_size < 1:
+        raise EdgetlError(f"--calib must be at least 1, got {calibration_size}")
     run_dir = Path(run_dir)
     run = RunManifest.read(run_dir)
     preprocess = PreprocessConfig.from_dict(run.preprocess)
     head = load_head(run_dir / run.files["head"])
-    records = validation_records(run, data_address)
-    check_images = _check_batch(records, preprocess)
+    train_records, val_records = run_records(run, data_address)
     feature_model = rebuild_feature_model(run, run_dir)
     fused = nn.Sequential(feature_model, torch_head(head)).eval()
-
-    with atomic_directory(out, overwrite=overwrite) as staging:
-        artifacts: list[Artifact] = []
-        diffs: dict[str, float] = {}
-        for fmt in chosen:
+    data = ExportData(preprocess, train_records, val_records, calibration_size)
+    try:
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            labels = data.val_labels
+            bar = progress("decoding validation images", 1)
+            check = _check_images(data.val_images)
+            bar.update(1)
+            bar.close()
+            base = EXPORT_FORMATS["onnx"]
+            artifacts: list[Artifact] = []
             for role, module, output in (("backbone", feature_model, "features"), ("model", fused, "logits")):
-                path = staging / fmt.filename(role)
-                log(f"exporting {path.name} ({fmt.name}, {fmt.precision})")
-                fmt.export(module, path, preprocess.input_size, output)
-                diffs[path.name] = check_export(module, path, check_images, fmt.tolerance, output)
-                entry = FileEntry.of(staging, path.name)
-                artifacts.append(Artifact(
-                    name=fmt.name if role == "backbone" else f"{fmt.name}-fused",
-                    format=fmt.name, precision=fmt.precision, backend=fmt.backends[0],
-                    role="backbone" if role == "backbone" else "fused",
-                    file=entry.file, sha256=entry.sha256, size=entry.size,
-                    input_name=INPUT_NAME, output_name=output, max_abs_diff=diffs[path.name],
-                ))
-        shutil.copyfile(run_dir / run.files["head"], staging / "head.npz")
-        head_entry = FileEntry.of(staging, "head.npz")
-        manifest = BundleManifest(
-            schema_version=BUNDLE_SCHEMA_VERSION,
-            edgetl_version=__version__,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            backbone={k: run.backbone[k] for k in ("name", "weights_sha256", "weights_source", "feature_dim", "train_last")},
-            preprocess=run.preprocess,
-            labels=list(run.class_names),
-            feature_dim=int(run.backbone["feature_dim"]),
-            head={"kind": head.kind, "file": head_entry.file, "sha256": head_entry.sha256, "size": head_entry.size},
-            artifacts=artifacts,
-            reference_accuracy=run.val_accuracy,
-            validation={"check_images": int(len(check_images)), "max_abs_diff": diffs,
-                        "evaluated_on": f"{run.data_address} (run validation split, {len(records)} images)"},
-            source_run={"path": str(run_dir.resolve()), "created": run.created, "data": run.data_address},
-        )
-        manifest.write(staging)
-        for artifact in artifacts:
-            log(f"evaluating {artifact.name} on {len(records)} validation images")
-            accuracy = _artifact_accuracy(staging, artifact, records, preprocess, progress)
-            artifact.accuracy = accuracy
-            artifact.accuracy_drop = round((run.val_accuracy - accuracy) * 100.0, 4)
-        manifest.write(staging)
+                path = staging / base.filename(role)
+                log(f"exporting {path.name} (onnx, fp32)")
+                export_onnx(module, path, preprocess.input_size, output)
+                diff = check_export(module, path, check, base.tolerance, output)
+                artifact = _entry(staging, base, [path.name], "backbone" if role == "backbone" else "fused",
+                                  output, options, "onnxruntime")
+                artifact.max_abs_diff = diff
+                artifacts.append(artifact)
+            reference = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
+            for artifact in artifacts:
+                artifact.accuracy, artifact.accuracy_drop = reference, 0.0
+            artifacts[1].accuracy = _fused_accuracy(staging / base.filename("model"), data.val_images, labels)
+            artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
+            ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
+            for fmt in chosen:
+                if fmt.build is None:
+                    continue
+                artifacts.append(_build_gated(ctx, fmt, feature_model, check, reference, labels, options))
+            shutil.copyfile(run_dir / run.files["head"], staging / "head.npz")
+            head_entry = FileEntry.of(staging, "head.npz")
+            manifest = BundleManifest(
+                schema_version=BUNDLE_SCHEMA_VERSION,
+                edgetl_version=__version__,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                backbone={k: run.backbone[k] for k in
+                          ("name", "weights_sha256", "weights_source", "feature_dim", "train_last")},
+                preprocess=run.preprocess,
+                labels=list(run.class_names),
+                feature_dim=int(run.backbone["feature_dim"]),
+                head={"kind": head.kind, "file": head_entry.file, "sha256": head_entry.sha256,
+                      "size": head_entry.size},
+                artifacts=artifacts,
+                reference_accuracy=reference,
+                validation={
+                    "check_images": int(len(check)),
+                    "max_abs_diff": {a.file: a.max_abs_diff for a in artifacts},
+                    "evaluated_on": f"{run.data_address} (run validation split, {len(labels)} images)",
+                    "max_accuracy_drop": max_accuracy_drop,
+                    "calibration_images": min(calibration_size, len(train_records)),
+                    "torch_val_accuracy": run.val_accuracy,
+                },
+                source_run={"path": str(run_dir.resolve()), "created": run.created, "data": run.data_address},
+            )
+            manifest.write(staging)
+    finally:
+        data.close()
     return ExportResult(Path(out), manifest)
+
+
+def _fused_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> float:
+    correct = 0
+    with create_backend("onnxruntime", path) as runner:
+        for start in range(0, len(labels), batch_size):
+            logits = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
+            correct += int(np.sum(np.argmax(logits, axis=1) == labels[start:start + batch_size]))
+    return correct / len(labels)
+
+
+def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module, check: np.ndarray,
+                 reference: float, labels: np.ndarray, options: dict) -> Artifact:
+    """Build ``fmt``, retrying with its fallbacks until the accuracy drop is within the limit."""
+    backend = evaluation_backend(fmt)
+    path = ctx.staging / fmt.filename()
+    attempts: list[str] = []
+    accuracy = 0.0
+    for attempt in range(fmt.attempts):
+        ctx.log(f"exporting {path.name} ({fmt.name}, attempt {attempt + 1} of at most {fmt.attempts})")
+        result = fmt.build(ctx, path, attempt)
+        accuracy = artifact_accuracy(backend, path, ctx.head, ctx.data.val_images, labels)
+        drop = (reference - accuracy) * 100.0
+        attempts.append(f"{', '.join(result.notes)} -> {accuracy:.4f}")
+        ctx.log(f"  {fmt.name}: val accuracy {accuracy:.4f}, drop {drop:+.2f} points on {backend}")
+        if drop <= ctx.max_accuracy_drop:
+            break
+    else:
+        raise AccuracyGateError(fmt.name, reference, accuracy, ctx.max_accuracy_drop, attempts, fmt.gate_hint)
+    diff = _features_diff(backend, path, feature_model, check)
+    if fmt.tolerance is not None and fmt.precision_with(options) == "fp32" and diff > fmt.tolerance:
+        raise ExportValidationError(path.name, {"features": diff}, fmt.tolerance)
+    artifact = _entry(ctx.staging, fmt, result.files, "backbone", "features", options, backend)
+    artifact.accuracy = accuracy
+    artifact.accuracy_drop = round((reference - accuracy) * 100.0, 4)
+    artifact.max_abs_diff = diff
+    artifact.export_notes = result.notes + ([f"attempts: {len(attempts)}"] if len(attempts) > 1 else [])
+    return artifact

@@ -1,20 +1,16 @@
-"""The declarative table of export formats, checked before any work starts.
+"""The shape of an export format and the up-front check of a format request.
 
-Each format names its file suffix, precision, the runtime backends that run
-it, and the exporter function.  Unknown names fail at once with the valid
-ones and the closest match.
+Unknown names and options a format does not take fail before any work
+starts, listing the valid ones and the closest match.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from edgetl.runtime.errors import ConfigError
-
-ExportFunction = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -23,20 +19,25 @@ class ExportFormat:
     suffix: str
     precision: str
     backends: tuple[str, ...]
-    export: ExportFunction
-    tolerance: float
+    build: Callable | None          # None: the fp32 ONNX export every bundle starts from
+    attempts: int
+    tolerance: float | None         # max |diff| against torch; None where only accuracy is gated
     options: frozenset[str] = field(default_factory=frozenset)
+    gate_hint: str = ""             # what to try instead when the accuracy gate fails
 
-    def filename(self, role: str) -> str:
+    def filename(self, role: str = "backbone") -> str:
         return f"{role}{'' if self.name == 'onnx' else '-' + self.name}{self.suffix}"
 
+    def precision_with(self, options: dict) -> str:
+        return "fp16" if options.get("fp16") and "fp16" in self.options else self.precision
 
-def parse_formats(text: str, table: dict[str, ExportFormat]) -> list[ExportFormat]:
-    """``"onnx,onnx-int8"`` -> formats, refusing unknown names with the closest match."""
+
+def parse_formats(text: str, table: dict[str, ExportFormat], options: dict) -> list[ExportFormat]:
+    """``"onnx,onnx-int8"`` -> formats; refuse unknown names and options nobody takes."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise ConfigError("--format needs at least one format")
-    chosen = []
+    chosen: list[ExportFormat] = []
     for name in names:
         if name not in table:
             close = difflib.get_close_matches(name, list(table), n=1)
@@ -44,8 +45,11 @@ def parse_formats(text: str, table: dict[str, ExportFormat]) -> list[ExportForma
             raise ConfigError(f"unknown export format '{name}' (valid: {', '.join(table)}){hint}")
         if table[name] not in chosen:
             chosen.append(table[name])
+    for option, value in options.items():
+        if value and not any(option in f.options for f in chosen):
+            takers = [f.name for f in table.values() if option in f.options]
+            raise ConfigError(
+                f"option --{option} applies to none of the chosen formats ({', '.join(f.name for f in chosen)}); "
+                f"formats that take it: {', '.join(takers) or 'none'}"
+            )
     return chosen
-
-
-def output_path(folder: Path, fmt: ExportFormat, role: str) -> Path:
-    return folder / fmt.filename(role)

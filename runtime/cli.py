@@ -114,6 +114,41 @@ def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, bac
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("data", required=False)
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which split of DATA (default: val when DATA has one, else all).")
+@click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compare(bundle, data, split, limit, as_json) -> None:
+    """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
+
+    DATA defaults to the data the bundle was exported from, when it is reachable.
+    """
+    from .compare import compare_bundle, rows_to_dicts
+    from .data import open_data
+    from .manifest import read_bundle_manifest
+
+    manifest = read_bundle_manifest(bundle)
+    address = data or manifest.source_run.get("data")
+    if not address:
+        raise click.UsageError("give DATA: the bundle does not name the data it came from")
+    source = open_data(address).remap_to(manifest.labels)
+    records = source.split(split or ("val" if source.has_val else "all"))
+    step = max(1, len(records) // limit)
+    rows = compare_bundle(bundle, records[::step][:limit])
+    if as_json:
+        print_json({"bundle": str(bundle), "data": address, "reference": "onnx (onnxruntime, fp32)",
+                    "rows": rows_to_dicts(rows)})
+        return
+    click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
+    click.echo(f"{'artifact':22s} {'backend':12s} {'prec':5s} {'max|diff|':>10s} {'mean|diff|':>10s} {'top-1 agree':>11s}")
+    for r in rows:
+        click.echo(f"{r.artifact:22s} {r.backend:12s} {r.precision:5s} {r.max_abs_diff:10.3g} "
+                   f"{r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--min-runs", type=int, default=100, show_default=True)
 @click.option("--min-seconds", type=float, default=3.0, show_default=True)

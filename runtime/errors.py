@@ -70,3 +70,22 @@ class MissingDependencyError(EdgetlError):
         )
         self.package = package
         self.extra = extra
+
+
+class AccuracyGateError(EdgetlError):
+    """An exported artifact loses more accuracy than allowed, even after its fallbacks."""
+
+    exit_code = 4
+
+    def __init__(self, artifact: str, reference: float, accuracy: float, limit: float, attempts: list[str],
+                 hint: str = ""):
+        super().__init__(
+            f"{artifact} reaches {accuracy:.4f} top-1 against {reference:.4f} for fp32: a drop of "
+            f"{(reference - accuracy) * 100:.2f} points, over the limit of {limit:g} "
+            f"(--max-accuracy-drop) after {len(attempts)} attempt(s): {'; '.join(attempts)}. "
+            f"Nothing was written; {hint + '; or ' if hint else ''}raise the limit, use more --calib images, "
+            "or choose another format."
+        )
+        self.artifact = artifact
+        self.reference = reference
+        self.accuracy = accuracy

@@ -54,6 +54,11 @@ class Artifact:
     accuracy: float | None = None
     accuracy_drop: float | None = None
     max_abs_diff: float | None = None
+    backends: list[str] = field(default_factory=list)
+    companions: list[dict] = field(default_factory=list)   # e.g. OpenVINO's .bin: {"file", "sha256", "size"}
+    deployable: bool = True
+    evaluated_with: str | None = None
+    export_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +126,7 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
     if verify:
         entries = [(manifest.head["file"], manifest.head["sha256"])]
         entries += [(a.file, a.sha256) for a in manifest.artifacts]
+        entries += [(c["file"], c["sha256"]) for a in manifest.artifacts for c in a.companions]
         for name, expected in entries:
             verify_file(folder, name, expected)
     return manifest

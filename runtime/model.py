@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import BACKENDS, create_backend
+from .backends import available_backends, create_backend
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
@@ -37,21 +37,39 @@ class Prediction:
         }
 
 
+#: Default order on a CPU host: fastest first, among artifacts that passed the accuracy gate.
+#: TensorRT-flavoured and fp16 files run on CPU backends only as a fallback (they are slower there).
+CPU_PREFERENCE = ("openvino-int8", "onnx-int8", "openvino", "onnx", "onnx-int8-dynamic", "onnx-fp16",
+                  "onnx-int8-trt")
+
+
+def runnable_backends(artifact: Artifact) -> list[str]:
+    """The artifact's backends (in its order of preference) that are installed here."""
+    here = available_backends()
+    return [name for name in (artifact.backends or [artifact.backend]) if name in here]
+
+
 def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None) -> Artifact:
-    """The named artifact, or the first backbone artifact whose backend is available."""
+    """The named artifact, or the fastest deployable backbone artifact this machine can run."""
     if artifact is not None:
         chosen = manifest.artifact(artifact)
         if chosen.role != "backbone":
             raise ConfigError(f"artifact '{artifact}' is a {chosen.role} model; pick a backbone artifact")
         return chosen
-    for candidate in manifest.artifacts:
-        if candidate.role == "backbone" and candidate.backend in BACKENDS and backend in (None, candidate.backend):
-            return candidate
-    raise BundleError(
-        "bundle has no backbone artifact this runtime can run"
-        + (f" with backend {backend}" if backend else "")
-        + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)})"
-    )
+    candidates = [
+        a for a in manifest.artifacts
+        if a.role == "backbone" and a.deployable and runnable_backends(a)
+        and (backend is None or backend in runnable_backends(a))
+    ]
+    if not candidates:
+        raise BundleError(
+            "bundle has no backbone artifact this machine can run"
+            + (f" with backend {backend}" if backend else "")
+            + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)}; "
+            f"installed backends: {', '.join(available_backends()) or 'none'})"
+        )
+    rank = {name: i for i, name in enumerate(CPU_PREFERENCE)}
+    return min(candidates, key=lambda a: rank.get(a.format, len(rank)))
 
 
 class EdgeModel:
@@ -77,7 +95,15 @@ class EdgeModel:
                 f"{self.head.feature_dim} features) but the manifest says ({len(self.labels)}, "
                 f"{self.manifest.feature_dim})"
             )
-        self.backend = create_backend(backend or self.artifact.backend, self.bundle / self.artifact.file, threads)
+        if backend is None:
+            runnable = runnable_backends(self.artifact)
+            if not runnable:
+                raise BundleError(
+                    f"artifact {self.artifact.name} needs one of {', '.join(self.artifact.backends)}, "
+                    "none of which is installed here"
+                )
+            backend = runnable[0]
+        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads)
         self.backend.open()
 
     def close(self) -> None:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Backend
-from .onnxruntime import OnnxRuntimeBackend
+from .onnxruntime import OnnxRuntimeBackend, OnnxRuntimeReferenceBackend
+from .openvino import OpenVINOBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
+    OnnxRuntimeReferenceBackend.name: OnnxRuntimeReferenceBackend,
+    OpenVINOBackend.name: OpenVINOBackend,
 }
+
+#: Python module each backend needs, to tell which are usable here without importing them.
+BACKEND_MODULES = {"onnxruntime": "onnxruntime", "onnxruntime-reference": "onnxruntime", "openvino": "openvino"}
+
+
+def available_backends() -> list[str]:
+    """Backends whose engine is installed (found without importing it)."""
+    import importlib.util
+
+    return [name for name, module in BACKEND_MODULES.items() if importlib.util.find_spec(module) is not None]
 
 
 def create_backend(name: str, path, threads: int | None = None) -> Backend:
@@ -17,4 +30,4 @@ def create_backend(name: str, path, threads: int | None = None) -> Backend:
     return BACKENDS[name](path, threads=threads)
 
 
-__all__ = ["Backend", "BACKENDS", "create_backend"]
+__all__ = ["Backend", "BACKENDS", "available_backends", "create_backend"]

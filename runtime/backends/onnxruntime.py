@@ -10,6 +10,7 @@ from .base import Backend
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    optimization = "ORT_ENABLE_ALL"
 
     def _open_impl(self) -> None:
         try:
@@ -17,7 +18,7 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as exc:
             raise MissingDependencyError("onnxruntime", None, "the onnxruntime backend") from exc
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.optimization)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if self.threads:
             options.intra_op_num_threads = self.threads
@@ -43,3 +44,15 @@ class OnnxRuntimeBackend(Backend):
         info["version"] = getattr(self, "_version", None)
         info["providers"] = ["CPUExecutionProvider"]
         return info
+
+
+class OnnxRuntimeReferenceBackend(OnnxRuntimeBackend):
+    """ONNX Runtime with graph optimizations off: Q/DQ pairs run as float fake-quantization.
+
+    This computes what an int8 engine with int32 accumulation computes (TensorRT's
+    explicit quantization) without the CPU int8 kernels, which saturate on CPUs
+    without VNNI.  Slow; for measuring TensorRT-form artifacts where TensorRT is absent.
+    """
+
+    name = "onnxruntime-reference"
+    optimization = "ORT_DISABLE_ALL"

@@ -1,0 +1,80 @@
+"""Calibration and validation tensors for quantization and the accuracy gate.
+
+Calibration uses a seeded sample of the run's *training* images (never the
+validation split the gate measures on).  Both sets are decoded once with the
+runtime's preprocessing and kept in temporary memory-mapped files, so every
+format and every fallback attempt reads the same tensors.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.preprocess import PreprocessConfig
+from edgetl.runtime.reader import read_batches
+
+DEFAULT_CALIBRATION_SIZE = 300
+
+
+def calibration_sample(records: list[ImageRecord], size: int, seed: int = 0) -> list[ImageRecord]:
+    """A seeded sample of ``size`` records (all of them when there are fewer)."""
+    if size >= len(records):
+        return list(records)
+    order = np.random.default_rng(seed).permutation(len(records))[:size]
+    return [records[i] for i in sorted(order)]
+
+
+def decode_to_memmap(records: list[ImageRecord], preprocess: PreprocessConfig, folder: Path, name: str) -> np.ndarray:
+    size = preprocess.input_size
+    array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32,
+                                      shape=(len(records), 3, size, size))
+    for batch in read_batches(records, preprocess, 32):
+        array[batch.indices] = batch.images
+    return array
+
+
+@dataclass
+class ExportData:
+    """Decoded calibration images and labelled validation images, shared by all formats."""
+
+    preprocess: PreprocessConfig
+    train_records: list[ImageRecord]
+    val_records: list[ImageRecord]
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    _folder: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="edgetl-export-"))
+    _cache: dict = field(default_factory=dict)
+
+    def calibration(self, size: int | None = None) -> np.ndarray:
+        size = size or self.calibration_size
+        key = f"calib-{size}"
+        if key not in self._cache:
+            sample = calibration_sample(self.train_records, size)
+            self._cache[key] = decode_to_memmap(sample, self.preprocess, Path(self._folder.name), key)
+        return self._cache[key]
+
+    def train_check(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labelled training images for accuracy-aware quantization, so the val split stays unseen."""
+        key = f"train-check-{size}"
+        sample = calibration_sample(self.train_records, size, seed=1)
+        if key not in self._cache:
+            self._cache[key] = decode_to_memmap(sample, self.preprocess, Path(self._folder.name), key)
+        return self._cache[key], np.array([r.label for r in sample], dtype=np.int64)
+
+    @property
+    def val_images(self) -> np.ndarray:
+        if "val" not in self._cache:
+            self._cache["val"] = decode_to_memmap(self.val_records, self.preprocess, Path(self._folder.name), "val")
+        return self._cache["val"]
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.val_records], dtype=np.int64)
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._folder.cleanup()

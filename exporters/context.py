@@ -1,0 +1,40 @@
+"""What every format builder gets: the fp32 source model, data, options, a log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgetl.runtime.heads import Head
+
+from .calibration import ExportData
+
+
+@dataclass
+class BuildContext:
+    staging: Path
+    fp32_onnx: Path
+    data: ExportData
+    head: Head
+    options: dict
+    max_accuracy_drop: float
+    log: Callable[[str], None] = lambda message: None
+    _prepared: Path | None = field(default=None, repr=False)
+
+    def prepared_onnx(self) -> Path:
+        """The fp32 model after ORT's quantization pre-processing (shape inference, folding), made once."""
+        if self._prepared is None:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            self._prepared = Path(self.data._folder.name) / "prepared.onnx"
+            quant_pre_process(str(self.fp32_onnx), str(self._prepared))
+        return self._prepared
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Files written (the main one first) and what settings produced them."""
+
+    files: list[str]
+    notes: list[str]

@@ -1,0 +1,170 @@
+"""ONNX artifacts derived from the fp32 export: fp16 and three int8 flavours.
+
+* ``onnx-fp16``: weights and compute in fp16, graph inputs/outputs fp32 (for
+  GPUs and TensorRT; ONNX Runtime on CPU gains nothing from it).
+* ``onnx-int8``: static post-training quantization for CPUs: Q/DQ, uint8
+  activations, int8 per-channel weights.  Weights use 7 bits
+  (``reduce_range`` / NNCF's overflow fix) so that CPUs without VNNI (AVX2
+  only, like this CI machine) do not saturate in the u8*s8 multiply; the
+  model then gives the same results on every x86.  Attempts: ONNX Runtime's
+  quantizer; NNCF's (bias correction, better ranges) when installed; NNCF
+  with the stem and last convolution kept in float and twice the
+  calibration images.
+* ``onnx-int8-trt``: the form TensorRT consumes for explicit quantization:
+  Q/DQ, int8 symmetric activations, int8 symmetric per-channel weights.
+* ``onnx-int8-dynamic``: weights int8, activations quantized at run time;
+  needs no calibration.  It suits MatMul-heavy (transformer, RNN) models;
+  on a CNN, ONNX Runtime's dynamic ConvInteger loses much accuracy (measured
+  on Lite0 / digits: 0.71 against 0.97), which the gate reports.
+
+Each builder takes an ``attempt`` number: later attempts are the accuracy
+gate's fallbacks (keep the stem and the last convolution in float, then
+double the calibration sample).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.runtime.errors import MissingDependencyError
+
+from .context import BuildContext, BuildResult
+from .onnx import INPUT_NAME
+
+INT8_ATTEMPTS = 3
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingDependencyError("onnx", "host", "ONNX quantization") from exc
+    return onnx
+
+
+class _CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader protocol over decoded images, one at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str):
+        self._images = images
+        self._input_name = input_name
+        self._position = 0
+
+    def get_next(self):
+        if self._position >= len(self._images):
+            return None
+        item = {self._input_name: np.ascontiguousarray(self._images[self._position:self._position + 1])}
+        self._position += 1
+        return item
+
+    def rewind(self) -> None:
+        self._position = 0
+
+
+def _stem_and_last_conv(path: Path) -> list[str]:
+    convs = [n.name for n in _onnx().load(str(path)).graph.node if n.op_type == "Conv"]
+    return [convs[0], convs[-1]] if len(convs) >= 2 else convs
+
+
+@contextlib.contextmanager
+def _quiet():
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _static_int8(ctx: BuildContext, out: Path, attempt: int, tensorrt: bool) -> BuildResult:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    source = ctx.prepared_onnx()
+    calibration = ctx.data.calibration(ctx.data.calibration_size * (2 if attempt >= 2 else 1))
+    excluded = _stem_and_last_conv(source) if attempt >= 1 else []
+    if tensorrt:
+        settings = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        flavour = "Q/DQ S8S8, symmetric activations, per-channel symmetric weights"
+    else:
+        settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=True)
+        flavour = "Q/DQ U8S8, per-channel 7-bit weights (reduce_range)"
+    with _quiet():
+        quantize_static(str(source), str(out), _CalibrationReader(calibration, INPUT_NAME),
+                        quant_format=QuantFormat.QDQ, nodes_to_exclude=excluded, **settings)
+    notes = [flavour, f"MinMax calibration on {len(calibration)} training images"]
+    if excluded:
+        notes.append(f"kept in float: {', '.join(excluded)} (stem and last convolution)")
+    return BuildResult([out.name], notes)
+
+
+def build_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    if attempt == 0 or importlib.util.find_spec("nncf") is None:
+        return _static_int8(ctx, out, attempt, tensorrt=False)
+    return _nncf_int8(ctx, out, attempt)
+
+
+def _nncf_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    """NNCF's post-training quantization of the ONNX graph (Q/DQ, runs on ONNX Runtime)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    onnx = _onnx()
+    source = ctx.fp32_onnx
+    calibration = ctx.data.calibration(ctx.data.calibration_size * (2 if attempt >= 2 else 1))
+    excluded = _stem_and_last_conv(source) if attempt >= 2 else []
+    dataset = nncf.Dataset([{INPUT_NAME: calibration[i:i + 1]} for i in range(len(calibration))])
+    with _quiet():
+        quantized = nncf.quantize(
+            onnx.load(str(source)), dataset, subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
+        )
+    onnx.save(quantized, str(out))
+    notes = ["NNCF Q/DQ U8S8 with overflow fix (7-bit weights), bias correction",
+             f"calibration on {len(calibration)} training images"]
+    if excluded:
+        notes.append(f"kept in float: {', '.join(excluded)} (stem and last convolution)")
+    return BuildResult([out.name], notes)
+
+
+def build_int8_tensorrt(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    return _static_int8(ctx, out, attempt, tensorrt=True)
+
+
+def build_int8_dynamic(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = ctx.prepared_onnx()
+    excluded = _stem_and_last_conv(source) if attempt >= 1 else []
+    with _quiet():
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=excluded)
+    notes = ["dynamic: int8 per-channel weights, activations quantized at run time"]
+    if excluded:
+        notes.append(f"kept in float: {', '.join(excluded)}")
+    return BuildResult([out.name], notes)
+
+
+def build_fp16(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx = _onnx()
+    model = onnx.load(str(ctx.fp32_onnx))
+    blocked = _stem_and_last_conv(ctx.fp32_onnx) if attempt >= 1 else None
+    with _quiet():
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    onnx.save(converted, str(out))
+    notes = ["fp16 weights and compute, fp32 graph inputs and outputs"]
+    if blocked:
+        notes.append(f"kept in fp32: {', '.join(blocked)}")
+    return BuildResult([out.name], notes)

@@ -1,0 +1,111 @@
+"""OpenVINO IR artifacts: fp32 (or fp16-compressed weights) and NNCF int8.
+
+The IR is converted from the checked fp32 ONNX export, so all formats share
+one source graph.  ``openvino-int8`` uses NNCF post-training quantization on
+the same calibration sample as the ONNX int8 formats; its last fallback is
+NNCF's accuracy-control quantization, which keeps the layers that cost the
+most accuracy in float until the drop is within the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.runtime.errors import MissingDependencyError
+
+from .context import BuildContext, BuildResult
+from .onnx_variants import _stem_and_last_conv
+
+OPENVINO_INT8_ATTEMPTS = 3
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise MissingDependencyError("openvino", "openvino", "OpenVINO export") from exc
+    return openvino
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingDependencyError("nncf", "quantize", "OpenVINO int8 quantization") from exc
+    return nncf
+
+
+@contextlib.contextmanager
+def _quiet():
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+def _bin_name(out: Path) -> str:
+    return out.with_suffix(".bin").name
+
+
+def build_openvino(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    ov = _openvino()
+    compress = bool(ctx.options.get("fp16"))
+    model = ov.convert_model(str(ctx.fp32_onnx))
+    ov.save_model(model, str(out), compress_to_fp16=compress)
+    notes = ["IR converted from the checked fp32 ONNX, dynamic batch"]
+    notes.append("weights compressed to fp16 (compute precision chosen by the device)" if compress else "fp32 weights")
+    return BuildResult([out.name, _bin_name(out)], notes)
+
+
+def build_openvino_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
+    """NNCF int8; attempts: default, then stem and last conv in float with 2x calibration,
+    then accuracy-aware quantization against a labelled sample of training images."""
+    ov, nncf = _openvino(), _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    model = ov.convert_model(str(ctx.fp32_onnx))
+    size = ctx.data.calibration_size * (2 if attempt >= 1 else 1)
+    calibration = ctx.data.calibration(size)
+    calibration_set = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
+    # 7-bit weights on every layer: no u8*s8 saturation on AVX2-only CPUs, same results everywhere
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+    notes = ["NNCF int8 with overflow fix (7-bit weights)", f"calibration on {len(calibration)} training images"]
+    with _quiet():
+        if attempt < 2:
+            excluded = [f"{name}/WithoutBiases" for name in _stem_and_last_conv(ctx.fp32_onnx)] if attempt else []
+            quantized = nncf.quantize(
+                model, calibration_set, subset_size=len(calibration), advanced_parameters=advanced,
+                ignored_scope=nncf.IgnoredScope(names=excluded, validate=False) if excluded else None,
+            )
+            if excluded:
+                notes.append("kept in float: stem and last convolution")
+        else:
+            images, labels = ctx.data.train_check(size)  # not the val split the gate reports on
+
+            def validate(compiled, items) -> float:
+                correct = [
+                    int(np.argmax(ctx.head.logits(compiled(image)[0]), axis=1)[0] == label) for image, label in items
+                ]
+                return float(np.mean(correct))
+
+            validation_set = nncf.Dataset([(images[i:i + 1], labels[i]) for i in range(len(labels))])
+            # the training sample is easier than unseen data, so ask for a quarter of the allowed drop
+            quantized = nncf.quantize_with_accuracy_control(
+                model, calibration_set, validation_set, validate, subset_size=len(calibration),
+                max_drop=ctx.max_accuracy_drop / 400.0, advanced_quantization_parameters=advanced,
+            )
+            notes.append(f"accuracy-control: layers reverted to float until the drop on {len(labels)} "
+                         "labelled training images is within a quarter of the limit")
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return BuildResult([out.name, _bin_name(out)], notes)

@@ -1,0 +1,71 @@
+"""Parity of every artifact in a bundle against its fp32 reference, Polygraphy-comparator style.
+
+The same images go through each backbone artifact (with the numpy head) and
+each fused model on every installed backend that can run it; logits are
+compared with the fp32 ONNX reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .backends import available_backends, create_backend
+from .data import ImageRecord
+from .errors import BundleError
+from .heads import load_head
+from .manifest import read_bundle_manifest
+from .reader import read_batches
+
+REFERENCE = "onnx"
+
+
+@dataclass
+class ComparisonRow:
+    artifact: str
+    backend: str
+    precision: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    images: int
+
+
+def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_size: int = 16) -> list[ComparisonRow]:
+    bundle = Path(bundle)
+    manifest = read_bundle_manifest(bundle)
+    head = load_head(bundle / manifest.head["file"])
+    images = np.concatenate([b.images for b in read_batches(records, manifest.preprocess_config, batch_size)])
+    here = available_backends()
+
+    def logits(artifact, backend: str) -> np.ndarray:
+        outputs = []
+        with create_backend(backend, bundle / artifact.file) as runner:
+            for start in range(0, len(images), batch_size):
+                out = runner.infer(images[start:start + batch_size])
+                outputs.append(head.logits(out) if artifact.role == "backbone" else out)
+        return np.concatenate(outputs)
+
+    reference_artifact = manifest.artifact(REFERENCE)
+    if "onnxruntime" not in here:
+        raise BundleError("the fp32 reference runs on onnxruntime, which is not installed")
+    reference = logits(reference_artifact, "onnxruntime")
+    rows = []
+    for artifact in manifest.artifacts:
+        for backend in (artifact.backends or [artifact.backend]):
+            if backend not in here or (artifact.name == REFERENCE and backend == "onnxruntime"):
+                continue
+            out = logits(artifact, backend)
+            diff = np.abs(out - reference)
+            rows.append(ComparisonRow(
+                artifact.name, backend, artifact.precision, float(diff.max()), float(diff.mean()),
+                float(np.mean(out.argmax(1) == reference.argmax(1))), len(images),
+            ))
+    return rows
+
+
+def rows_to_dicts(rows: list[ComparisonRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

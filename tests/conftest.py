@@ -42,12 +42,16 @@ def digits_run(tmp_path_factory):
     return finetune("builtin:digits", out, FinetuneConfig())
 
 
+DIGITS_FORMATS = "onnx,onnx-int8,openvino"
+
+
 @pytest.fixture(scope="session")
 def digits_bundle(digits_run, tmp_path_factory):
+    """Real weights: fp32 ONNX, int8 ONNX (gated at 1 point) and OpenVINO fp32."""
     from edgetl.exporters.bundle import export_run
 
     out = tmp_path_factory.mktemp("digits-bundle") / "bundle"
-    return export_run(digits_run.run_dir, out)
+    return export_run(digits_run.run_dir, out, formats=DIGITS_FORMATS)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +80,33 @@ def make_folder_dataset(root: Path, classes=("a", "b"), per_class=4, size=(40, 3
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)
     return root
+
+
+def _register_tiny_backbone() -> None:
+    """A two-stage CNN with seeded random weights: fast unit tests of every export path."""
+    import torch
+    from torch import nn
+
+    from edgetl.backbones import BACKBONES, register_backbone
+    from edgetl.backbones.base import Backbone, GlobalAveragePool, PretrainedConfig
+
+    class TinyCNN(Backbone):
+        name = "tiny_cnn_test"
+        feature_dim = 16
+
+        def __init__(self, weights=None):
+            super().__init__()
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(0)
+            self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+            self.conv2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+            torch.random.set_rng_state(generator_state)
+            self.stages = [self.conv1, self.conv2, GlobalAveragePool()]
+            self.pretrained = PretrainedConfig(32, (0.5,) * 3, (0.25,) * 3, 1.0, "bilinear", "seeded random")
+            self.eval()
+
+    if "tiny_cnn_test" not in BACKBONES:
+        register_backbone("tiny_cnn_test")(TinyCNN)
+
+
+_register_tiny_backbone()

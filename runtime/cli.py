@@ -175,7 +175,8 @@ def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, 
             bundle=str(bundle), artifact=model.artifact.name, precision=model.artifact.precision,
             backend=model.backend.describe(), batch=batch, input_size=size,
             load_s=load_s, first_inference_s=first_s, peak_rss_mb=peak_rss_mb(),
-            file_sizes={model.artifact.file: model.artifact.size, model.manifest.head["file"]: model.manifest.head["size"]},
+            file_sizes={model.artifact.file: model.artifact.size, model.manifest.head["file"]: model.manifest.head["size"],
+                        **{c["file"]: c["size"] for c in model.artifact.companions}},
             settings=settings_dict(settings), machine=machine_info(),
         )
     if as_json:
@@ -188,7 +189,7 @@ def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, 
         ("mean ms", result["mean_ms"]), ("std ms", result["std_ms"]),
         ("throughput /s", result["throughput_per_s"]), ("load s", load_s),
         ("peak RSS MB", result["peak_rss_mb"]),
-        ("model MB", model.artifact.size / 1e6),
+        ("model MB", sum(result["file_sizes"].values()) / 1e6),
     ])
 
 

@@ -8,10 +8,6 @@ the maximum difference per output.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +17,10 @@ from torch import nn
 from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgetl.runtime.errors import EdgetlError, ExportValidationError, MissingDependencyError
 
+from .quiet import quiet
+
 INPUT_NAME = "input"
 OPSET = 18
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter logs and prints progress chatter; keep the CLI output clean."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str) -> None:
@@ -50,7 +32,7 @@ def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str
         raise MissingDependencyError("onnx/onnxscript", "host", "ONNX export") from exc
     module = module.eval()
     example = torch.zeros(2, 3, input_size, input_size)
-    with _quiet_exporter():
+    with quiet():
         try:
             torch.onnx.export(
                 module,

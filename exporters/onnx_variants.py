@@ -24,10 +24,7 @@ double the calibration sample).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +33,7 @@ from edgetl.runtime.errors import MissingDependencyError
 
 from .context import BuildContext, BuildResult
 from .onnx import INPUT_NAME
+from .quiet import quiet
 
 INT8_ATTEMPTS = 3
 
@@ -67,21 +65,9 @@ class _CalibrationReader:
         self._position = 0
 
 
-def _stem_and_last_conv(path: Path) -> list[str]:
+def stem_and_last_conv(path: Path) -> list[str]:
     convs = [n.name for n in _onnx().load(str(path)).graph.node if n.op_type == "Conv"]
     return [convs[0], convs[-1]] if len(convs) >= 2 else convs
-
-
-@contextlib.contextmanager
-def _quiet():
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _static_int8(ctx: BuildContext, out: Path, attempt: int, tensorrt: bool) -> BuildResult:
@@ -89,7 +75,7 @@ def _static_int8(ctx: BuildContext, out: Path, attempt: int, tensorrt: bool) -> 
 
     source = ctx.prepared_onnx()
     calibration = ctx.data.calibration(ctx.data.calibration_size * (2 if attempt >= 2 else 1))
-    excluded = _stem_and_last_conv(source) if attempt >= 1 else []
+    excluded = stem_and_last_conv(source) if attempt >= 1 else []
     if tensorrt:
         settings = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
@@ -98,7 +84,7 @@ def _static_int8(ctx: BuildContext, out: Path, attempt: int, tensorrt: bool) -> 
         settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=True)
         flavour = "Q/DQ U8S8, per-channel 7-bit weights (reduce_range)"
-    with _quiet():
+    with quiet():
         quantize_static(str(source), str(out), _CalibrationReader(calibration, INPUT_NAME),
                         quant_format=QuantFormat.QDQ, nodes_to_exclude=excluded, **settings)
     notes = [flavour, f"MinMax calibration on {len(calibration)} training images"]
@@ -121,9 +107,9 @@ def _nncf_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
     onnx = _onnx()
     source = ctx.fp32_onnx
     calibration = ctx.data.calibration(ctx.data.calibration_size * (2 if attempt >= 2 else 1))
-    excluded = _stem_and_last_conv(source) if attempt >= 2 else []
+    excluded = stem_and_last_conv(source) if attempt >= 2 else []
     dataset = nncf.Dataset([{INPUT_NAME: calibration[i:i + 1]} for i in range(len(calibration))])
-    with _quiet():
+    with quiet():
         quantized = nncf.quantize(
             onnx.load(str(source)), dataset, subset_size=len(calibration),
             ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
@@ -145,8 +131,8 @@ def build_int8_dynamic(ctx: BuildContext, out: Path, attempt: int) -> BuildResul
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = ctx.prepared_onnx()
-    excluded = _stem_and_last_conv(source) if attempt >= 1 else []
-    with _quiet():
+    excluded = stem_and_last_conv(source) if attempt >= 1 else []
+    with quiet():
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_exclude=excluded)
     notes = ["dynamic: int8 per-channel weights, activations quantized at run time"]
@@ -160,8 +146,8 @@ def build_fp16(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
 
     onnx = _onnx()
     model = onnx.load(str(ctx.fp32_onnx))
-    blocked = _stem_and_last_conv(ctx.fp32_onnx) if attempt >= 1 else None
-    with _quiet():
+    blocked = stem_and_last_conv(ctx.fp32_onnx) if attempt >= 1 else None
+    with quiet():
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
     onnx.save(converted, str(out))
     notes = ["fp16 weights and compute, fp32 graph inputs and outputs"]

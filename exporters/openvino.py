@@ -9,10 +9,6 @@ most accuracy in float until the drop is within the limit.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,8 @@ import numpy as np
 from edgetl.runtime.errors import MissingDependencyError
 
 from .context import BuildContext, BuildResult
-from .onnx_variants import _stem_and_last_conv
+from .onnx_variants import stem_and_last_conv
+from .quiet import quiet
 
 OPENVINO_INT8_ATTEMPTS = 3
 
@@ -39,19 +36,6 @@ def _nncf():
     except ImportError as exc:
         raise MissingDependencyError("nncf", "quantize", "OpenVINO int8 quantization") from exc
     return nncf
-
-
-@contextlib.contextmanager
-def _quiet():
-    nncf_logger = logging.getLogger("nncf")
-    level = nncf_logger.level
-    nncf_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        nncf_logger.setLevel(level)
 
 
 def _bin_name(out: Path) -> str:
@@ -81,9 +65,9 @@ def build_openvino_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResu
     # 7-bit weights on every layer: no u8*s8 saturation on AVX2-only CPUs, same results everywhere
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     notes = ["NNCF int8 with overflow fix (7-bit weights)", f"calibration on {len(calibration)} training images"]
-    with _quiet():
+    with quiet():
         if attempt < 2:
-            excluded = [f"{name}/WithoutBiases" for name in _stem_and_last_conv(ctx.fp32_onnx)] if attempt else []
+            excluded = [f"{name}/WithoutBiases" for name in stem_and_last_conv(ctx.fp32_onnx)] if attempt else []
             quantized = nncf.quantize(
                 model, calibration_set, subset_size=len(calibration), advanced_parameters=advanced,
                 ignored_scope=nncf.IgnoredScope(names=excluded, validate=False) if excluded else None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.errors import MissingDependencyError
+from edgetl.runtime.deps import require
 
 from .context import BuildContext, BuildResult
 from .onnx import INPUT_NAME
@@ -39,11 +39,7 @@ INT8_ATTEMPTS = 3
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingDependencyError("onnx", "host", "ONNX quantization") from exc
-    return onnx
+    return require("onnx", "host", "ONNX quantization")
 
 
 class _CalibrationReader:

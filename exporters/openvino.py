@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.errors import MissingDependencyError
+from edgetl.runtime.deps import require
 
 from .context import BuildContext, BuildResult
 from .onnx_variants import stem_and_last_conv
@@ -23,19 +23,11 @@ OPENVINO_INT8_ATTEMPTS = 3
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingDependencyError("openvino", "openvino", "OpenVINO export") from exc
-    return openvino
+    return require("openvino", "openvino", "OpenVINO export")
 
 
 def _nncf():
-    try:
-        import nncf
-    except ImportError as exc:
-        raise MissingDependencyError("nncf", "quantize", "OpenVINO int8 quantization") from exc
-    return nncf
+    return require("nncf", "quantize", "OpenVINO int8 quantization")
 
 
 def _bin_name(out: Path) -> str:

@@ -120,17 +120,10 @@ def test_compare_reports_every_artifact(digits_bundle, digits_folder):
 
 
 def test_missing_openvino_gives_the_install_line(monkeypatch, digits_bundle):
-    import builtins
+    import sys
 
     from edgetl.runtime.backends.openvino import OpenVINOBackend
 
-    real_import = builtins.__import__
-
-    def blocked(name, *args, **kwargs):
-        if name == "openvino":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", blocked)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes "import openvino" fail as if absent
     with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[openvino\]"'):
         OpenVINOBackend(digits_bundle.bundle / "backbone-openvino.xml").open()

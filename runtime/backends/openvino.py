@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BundleError, MissingDependencyError
+from ..deps import require
+from ..errors import BundleError
 from .base import Backend
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingDependencyError("openvino", "openvino", "the OpenVINO backend") from exc
-    return openvino
+    return require("openvino", "openvino", "the OpenVINO backend")
 
 
 class OpenVINOBackend(Backend):

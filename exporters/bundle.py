@@ -23,7 +23,7 @@ from edgetl import __version__
 from edgetl.backbones import create_backbone
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
-from edgetl.runtime.backends import available_backends, create_backend
+from edgetl.runtime.backends import create_backend, installed
 from edgetl.runtime.data import ImageRecord, LabeledData, open_data
 from edgetl.runtime.errors import AccuracyGateError, DataError, EdgetlError, ExportValidationError, MissingDependencyError
 from edgetl.runtime.fsutil import atomic_directory
@@ -35,7 +35,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .context import BuildContext
-from .onnx import INPUT_NAME, check_export, export_onnx
+from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 
 CHECK_IMAGES = 16
 DEFAULT_MAX_ACCURACY_DROP = 1.0
@@ -97,29 +97,25 @@ def _relative(source: str, root: str) -> str:
 
 def evaluation_backend(fmt: ExportFormat) -> str:
     """The first backend of the format that is installed here (TensorRT formats fall back to ORT)."""
-    here = available_backends()
-    for name in fmt.backends:
-        if name in here:
-            return name
-    raise MissingDependencyError(fmt.backends[0], fmt.backends[0], f"measuring the {fmt.name} artifact")
+    found = installed(fmt.backends)
+    if not found:
+        raise MissingDependencyError(fmt.backends[0], fmt.backends[0], f"measuring the {fmt.name} artifact")
+    return found[0]
 
 
-def artifact_accuracy(backend: str, path: Path, head: Head, images: np.ndarray, labels: np.ndarray,
+def artifact_accuracy(backend: str, path: Path, head: Head | None, images: np.ndarray, labels: np.ndarray,
                       batch_size: int = 32) -> float:
-    """Top-1 accuracy of a backbone artifact + head, run exactly as the device runs it."""
+    """Top-1 accuracy of an artifact run exactly as the device runs it.
+
+    ``head`` follows a backbone artifact; ``None`` means the file itself outputs logits (fused).
+    """
     correct = 0
     with create_backend(backend, path) as runner:
         for start in range(0, len(labels), batch_size):
-            features = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
-            correct += int(np.sum(np.argmax(head.logits(features), axis=1) == labels[start:start + batch_size]))
+            outputs = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
+            logits = head.logits(outputs) if head is not None else outputs
+            correct += int(np.sum(np.argmax(logits, axis=1) == labels[start:start + batch_size]))
     return correct / len(labels)
-
-
-def _features_diff(backend: str, path: Path, module: nn.Module, images: np.ndarray) -> float:
-    with torch.inference_mode():
-        expected = module(torch.from_numpy(images)).numpy()
-    with create_backend(backend, path) as runner:
-        return float(np.abs(runner.infer(images) - expected).max())
 
 
 def _check_images(val: np.ndarray) -> np.ndarray:
@@ -165,14 +161,11 @@ def export_run(
     train_records, val_records = run_records(run, data_address)
     feature_model = rebuild_feature_model(run, run_dir)
     fused = nn.Sequential(feature_model, torch_head(head)).eval()
-    data = ExportData(preprocess, train_records, val_records, calibration_size)
+    data = ExportData(preprocess, train_records, val_records, calibration_size, progress)
     try:
         with atomic_directory(out, overwrite=overwrite) as staging:
             labels = data.val_labels
-            bar = progress("decoding validation images", 1)
             check = _check_images(data.val_images)
-            bar.update(1)
-            bar.close()
             base = EXPORT_FORMATS["onnx"]
             artifacts: list[Artifact] = []
             for role, module, output in (("backbone", feature_model, "features"), ("model", fused, "logits")):
@@ -187,7 +180,8 @@ def export_run(
             reference = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
             for artifact in artifacts:
                 artifact.accuracy, artifact.accuracy_drop = reference, 0.0
-            artifacts[1].accuracy = _fused_accuracy(staging / base.filename("model"), data.val_images, labels)
+            artifacts[1].accuracy = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
+                                                      data.val_images, labels)
             artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
             ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
             for fmt in chosen:
@@ -211,7 +205,6 @@ def export_run(
                 reference_accuracy=reference,
                 validation={
                     "check_images": int(len(check)),
-                    "max_abs_diff": {a.file: a.max_abs_diff for a in artifacts},
                     "evaluated_on": f"{run.data_address} (run validation split, {len(labels)} images)",
                     "max_accuracy_drop": max_accuracy_drop,
                     "calibration_images": min(calibration_size, len(train_records)),
@@ -223,15 +216,6 @@ def export_run(
     finally:
         data.close()
     return ExportResult(Path(out), manifest)
-
-
-def _fused_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> float:
-    correct = 0
-    with create_backend("onnxruntime", path) as runner:
-        for start in range(0, len(labels), batch_size):
-            logits = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
-            correct += int(np.sum(np.argmax(logits, axis=1) == labels[start:start + batch_size]))
-    return correct / len(labels)
 
 
 def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module, check: np.ndarray,
@@ -252,7 +236,7 @@ def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module,
             break
     else:
         raise AccuracyGateError(fmt.name, reference, accuracy, ctx.max_accuracy_drop, attempts, fmt.gate_hint)
-    diff = _features_diff(backend, path, feature_model, check)
+    diff = max_abs_difference(feature_model, path, check, backend)
     if fmt.tolerance is not None and fmt.precision_with(options) == "fp32" and diff > fmt.tolerance:
         raise ExportValidationError(path.name, {"features": diff}, fmt.tolerance)
     artifact = _entry(ctx.staging, fmt, result.files, "backbone", "features", options, backend)

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.preprocess import PreprocessConfig
+from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.reader import read_batches
 
 DEFAULT_CALIBRATION_SIZE = 300
@@ -29,12 +30,18 @@ def calibration_sample(records: list[ImageRecord], size: int, seed: int = 0) -> 
     return [records[i] for i in sorted(order)]
 
 
-def decode_to_memmap(records: list[ImageRecord], preprocess: PreprocessConfig, folder: Path, name: str) -> np.ndarray:
+def decode_to_memmap(records: list[ImageRecord], preprocess: PreprocessConfig, folder: Path, name: str,
+                     progress: ProgressFactory = silent_progress) -> np.ndarray:
     size = preprocess.input_size
     array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32,
                                       shape=(len(records), 3, size, size))
-    for batch in read_batches(records, preprocess, 32):
-        array[batch.indices] = batch.images
+    bar = progress(f"decoding {name} images", len(records))
+    try:
+        for batch in read_batches(records, preprocess, 32):
+            array[batch.indices] = batch.images
+            bar.update(batch.consumed)
+    finally:
+        bar.close()
     return array
 
 
@@ -46,15 +53,21 @@ class ExportData:
     train_records: list[ImageRecord]
     val_records: list[ImageRecord]
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    progress: ProgressFactory = silent_progress
     _folder: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="edgetl-export-"))
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def scratch(self) -> Path:
+        """Temporary folder for intermediate files; removed by :meth:`close`."""
+        return Path(self._folder.name)
 
     def calibration(self, size: int | None = None) -> np.ndarray:
         size = size or self.calibration_size
         key = f"calib-{size}"
         if key not in self._cache:
             sample = calibration_sample(self.train_records, size)
-            self._cache[key] = decode_to_memmap(sample, self.preprocess, Path(self._folder.name), key)
+            self._cache[key] = decode_to_memmap(sample, self.preprocess, self.scratch, key, self.progress)
         return self._cache[key]
 
     def train_check(self, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +75,13 @@ class ExportData:
         key = f"train-check-{size}"
         sample = calibration_sample(self.train_records, size, seed=1)
         if key not in self._cache:
-            self._cache[key] = decode_to_memmap(sample, self.preprocess, Path(self._folder.name), key)
+            self._cache[key] = decode_to_memmap(sample, self.preprocess, self.scratch, key, self.progress)
         return self._cache[key], np.array([r.label for r in sample], dtype=np.int64)
 
     @property
     def val_images(self) -> np.ndarray:
         if "val" not in self._cache:
-            self._cache["val"] = decode_to_memmap(self.val_records, self.preprocess, Path(self._folder.name), "val")
+            self._cache["val"] = decode_to_memmap(self.val_records, self.preprocess, self.scratch, "val", self.progress)
         return self._cache["val"]
 
     @property

@@ -27,7 +27,7 @@ class BuildContext:
         if self._prepared is None:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            self._prepared = Path(self.data._folder.name) / "prepared.onnx"
+            self._prepared = self.data.scratch / "prepared.onnx"
             quant_pre_process(str(self.fp32_onnx), str(self._prepared))
         return self._prepared
 

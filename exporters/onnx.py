@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgetl.runtime.backends import create_backend
 from edgetl.runtime.errors import EdgetlError, ExportValidationError, MissingDependencyError
 
 from .quiet import quiet
@@ -50,14 +50,14 @@ def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str
             raise EdgetlError(f"ONNX export of {path.name} failed: {exc}") from exc
 
 
-def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, threads: int | None = None) -> float:
-    """Max |torch - onnxruntime| over ``images`` (NCHW float32), in batches of two sizes."""
+def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, backend: str = "onnxruntime") -> float:
+    """Max |torch - backend| over ``images`` (NCHW float32), at batch 1 and the full batch."""
     with torch.inference_mode():
         expected = module.eval()(torch.from_numpy(images)).numpy()
-    with OnnxRuntimeBackend(path, threads=threads) as backend:
+    with create_backend(backend, path) as runner:
         # batch 1 and the full batch both exercise the dynamic batch dimension
-        single = backend.infer(images[:1])
-        full = backend.infer(images)
+        single = runner.infer(images[:1])
+        full = runner.infer(images)
     return float(max(np.abs(single - expected[:1]).max(), np.abs(full - expected).max()))
 
 

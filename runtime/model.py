@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import available_backends, create_backend
+from .backends import available_backends, create_backend, installed
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
@@ -45,8 +45,7 @@ CPU_PREFERENCE = ("openvino-int8", "onnx-int8", "openvino", "onnx", "onnx-int8-d
 
 def runnable_backends(artifact: Artifact) -> list[str]:
     """The artifact's backends (in its order of preference) that are installed here."""
-    here = available_backends()
-    return [name for name in (artifact.backends or [artifact.backend]) if name in here]
+    return installed(artifact.backends or [artifact.backend])
 
 
 def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None) -> Artifact:

@@ -17,6 +17,12 @@ BACKENDS: dict[str, type[Backend]] = {
 BACKEND_MODULES = {"onnxruntime": "onnxruntime", "onnxruntime-reference": "onnxruntime", "openvino": "openvino"}
 
 
+def installed(names) -> list[str]:
+    """``names`` (in their order) whose engine is installed here."""
+    here = available_backends()
+    return [name for name in names if name in here]
+
+
 def available_backends() -> list[str]:
     """Backends whose engine is installed (found without importing it)."""
     import importlib.util
@@ -30,4 +36,4 @@ def create_backend(name: str, path, threads: int | None = None) -> Backend:
     return BACKENDS[name](path, threads=threads)
 
 
-__all__ = ["Backend", "BACKENDS", "available_backends", "create_backend"]
+__all__ = ["Backend", "BACKENDS", "available_backends", "create_backend", "installed"]

@@ -36,6 +36,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/finetune_cache.py
 	$(BIN)/python benchmarks/runtime_vs_eager.py
+	$(BIN)/python benchmarks/engine_extraction.py
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install

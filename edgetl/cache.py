@@ -4,7 +4,9 @@ An entry is keyed by everything that determines its content: the backbone
 and a digest of its weights, the freeze point, the preprocessing, the
 extraction precision and the content of every input image, in order.  A
 second fine-tune on the same data with other head settings therefore does no
-backbone pass at all.  Entries are written to a temporary folder and renamed
+backbone pass at all.  Which engine computed an entry (eager torch, or OpenVINO /
+ONNX Runtime on the exported frozen part) is not part of the key: an engine is
+used only after matching torch within 1e-4 (see :mod:`edgetl.engines`).  Entries are written to a temporary folder and renamed
 into place, so a killed extraction never leaves a partial entry.
 """
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgetl.runtime.backends import Backend
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
@@ -64,8 +65,13 @@ def run_frozen(
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: ProgressFactory = silent_progress,
+    runner: Backend | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return (outputs for every record, valid mask, skipped sources)."""
+    """Return (outputs for every record, valid mask, skipped sources).
+
+    ``runner`` (an open runtime backend on the exported frozen part, see
+    :mod:`edgetl.engines`) replaces eager torch for the pass.
+    """
     # channels-last is 1.5x faster for this family on CPU (oneDNN) and on tensor cores
     module = module.eval().to(compute.device, memory_format=torch.channels_last)
     shape = output_shape(module, preprocess.input_size, compute.device)
@@ -78,7 +84,10 @@ def run_frozen(
         with torch.inference_mode():
             for batch in read_batches(records, preprocess, batch_size, max_pixels=max_pixels,
                                       skip_bad=skip_bad, report=report):
-                if batch.indices:
+                if batch.indices and runner is not None:
+                    outputs[batch.indices] = runner.infer(batch.images)
+                    valid[batch.indices] = True
+                elif batch.indices:
                     x = torch.from_numpy(batch.images).to(compute.device, non_blocking=True)
                     x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(compute.device.type, dtype=torch.float16, enabled=compute.amp):

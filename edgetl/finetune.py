@@ -27,6 +27,7 @@ from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .cache import FeatureCache, cache_key
+from .engines import choose_engine
 from .extract import resolve_device, run_frozen
 from .heads import HEAD_TRAINERS, HeadConfig
 from .run import RunManifest
@@ -45,6 +46,7 @@ class FinetuneConfig:
     train_last: int = 0
     cache_dir: str | None = None
     device: str = "auto"
+    engine: str = "auto"
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     skip_bad: bool = False
@@ -106,16 +108,25 @@ def finetune(
                     records, config.skip_bad)
     cached = cache.load(key)
     backbone_s = 0.0
+    engine_name = "none (cache hit)"
     if cached is not None:
         log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
     else:
-        log(f"feature cache miss: running the frozen backbone over {len(records)} images")
         t0 = time.perf_counter()
-        outputs, valid, skipped = run_frozen(
-            frozen, records, preprocess, compute, batch_size=config.batch_size,
-            skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
-        )
+        engine = choose_engine(config.engine, frozen, records, preprocess, compute, cache.root, weights_sha256,
+                               len(frozen), log)
+        log(f"feature cache miss: running the frozen backbone over {len(records)} images on {engine.name}: "
+            f"{engine.reason}")
+        try:
+            outputs, valid, skipped = run_frozen(
+                frozen, records, preprocess, compute, batch_size=config.batch_size,
+                skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress, runner=engine.runner,
+            )
+        finally:
+            if engine.runner is not None:
+                engine.runner.close()
         backbone_s = time.perf_counter() - t0
+        engine_name = engine.name
         cached = cache.store(key, outputs, valid, skipped)
     skipped = list(data.skipped) + cached.skipped
     if skipped:
@@ -162,7 +173,7 @@ def finetune(
         },
         preprocess=preprocess.to_dict(),
         head=config.head.to_dict(),
-        compute={"device": str(compute.device), "precision": compute.precision},
+        compute={"device": str(compute.device), "precision": compute.precision, "engine": engine_name},
         cache={"key": key, "dir": str(cache.root), "hit": cached.hit},
         timings={"backbone_pass_s": backbone_s, "train_s": train_s,
                  "total_s": time.perf_counter() - started},

@@ -107,12 +107,12 @@ def _nncf_int8(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
     dataset = nncf.Dataset([{INPUT_NAME: calibration[i:i + 1]} for i in range(len(calibration))])
     with quiet():
         quantized = nncf.quantize(
-            onnx.load(str(source)), dataset, subset_size=len(calibration),
+            onnx.load(str(source)), dataset, subset_size=len(calibration), fast_bias_correction=False,
             ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
         )
     onnx.save(quantized, str(out))
-    notes = ["NNCF Q/DQ U8S8 with overflow fix (7-bit weights), bias correction",
+    notes = ["NNCF Q/DQ U8S8 with overflow fix (7-bit weights), full bias correction",
              f"calibration on {len(calibration)} training images"]
     if excluded:
         notes.append(f"kept in float: {', '.join(excluded)} (stem and last convolution)")

@@ -82,9 +82,12 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to create.")
-@click.option("--format", "formats", default="onnx", show_default=True,
+@click.option("--format", "formats", default=None,
               help="Comma-separated formats: onnx, onnx-fp16, onnx-int8, onnx-int8-trt, onnx-int8-dynamic, "
-                   "openvino, openvino-int8.")
+                   "openvino, openvino-int8 (default: onnx, or what --target asks for).")
+@click.option("--target", default=None,
+              help="Device profile to build for (see 'edgetl devices'), or a profile .toml file.")
+@click.option("--pack", "pack_archive", is_flag=True, help="Also write BUNDLE.tar.gz beside the bundle.")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Points of top-1 an artifact may lose against fp32 before its fallbacks, then failure.")
 @click.option("--calib", type=int, default=300, show_default=True,
@@ -93,17 +96,24 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
 @click.option("--data", default=None, help="Where the run's data is now, if it moved (for the accuracy check).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON.")
-def export(run, out, formats, max_accuracy_drop, calib, fp16, data, overwrite, as_json) -> None:
+def export(run, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, data, overwrite,
+           as_json) -> None:
     """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy."""
     from edgetl.exporters.bundle import export_run
+    from edgetl.runtime.archive import pack_bundle
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
                         max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
-                        progress=terminal_progress, log=_log)
+                        progress=terminal_progress, log=_log, target=target)
+    archive = pack_bundle(result.bundle, overwrite=True) if pack_archive else None
     if as_json:
         click.echo(result.manifest.to_json())
         return
     rows = [("bundle", str(result.bundle)), ("reference accuracy", result.manifest.reference_accuracy)]
+    if result.manifest.target:
+        rows.append(("target", result.manifest.target["name"]))
+    if archive:
+        rows.append(("archive", str(archive)))
     for a in result.manifest.artifacts:
         size = a.size + sum(c["size"] for c in a.companions)
         rows.append((f"{a.name} ({a.file})",
@@ -141,6 +151,23 @@ def data_list() -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def devices(as_json) -> None:
+    """List the device profiles that --target accepts."""
+    from edgetl.devices import load_profiles
+    from edgetl.exporters.targets import formats_for_target
+
+    profiles = load_profiles()
+    if as_json:
+        print_json({name: {**p.to_dict(), "formats": formats_for_target(p)[0]} for name, p in profiles.items()})
+        return
+    click.echo(f"{'name':18s} {'arch':8s} {'backends':24s} {'precisions':16s} {'TensorRT':9s} description")
+    for name, p in profiles.items():
+        click.echo(f"{name:18s} {p.hardware.arch:8s} {','.join(p.deploy.backends):24s} "
+                   f"{','.join(p.deploy.precisions):16s} {p.software.tensorrt or '-':9s} {p.description}")
+
+
+@main.command()
 def backbones() -> None:
     """List the available backbones."""
     from edgetl.backbones import list_backbones
@@ -149,5 +176,6 @@ def backbones() -> None:
         click.echo(name)
 
 
-for _command in (runtime_cli.predict, runtime_cli.evaluate, runtime_cli.bench, runtime_cli.compare):
+for _command in (runtime_cli.predict, runtime_cli.evaluate, runtime_cli.bench, runtime_cli.compare,
+                 runtime_cli.pack):
     main.add_command(_command)

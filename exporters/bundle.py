@@ -21,6 +21,7 @@ from torch import nn
 
 from edgetl import __version__
 from edgetl.backbones import create_backbone
+from edgetl.devices import get_profile
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime.backends import create_backend, installed
@@ -36,6 +37,7 @@ from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .context import BuildContext
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
+from .targets import formats_for_target, target_block
 
 CHECK_IMAGES = 16
 DEFAULT_MAX_ACCURACY_DROP = 1.0
@@ -138,7 +140,7 @@ def _entry(staging: Path, fmt: ExportFormat, files: list[str], role: str, output
 def export_run(
     run_dir: str | Path,
     out: str | Path,
-    formats: str = DEFAULT_FORMATS,
+    formats: str | None = None,
     data_address: str | None = None,
     overwrite: bool = False,
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
@@ -146,10 +148,20 @@ def export_run(
     options: dict | None = None,
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
+    target: str | None = None,
 ) -> ExportResult:
-    """Export a run to a bundle folder; nothing is written unless every check passes."""
-    options = options or {}
-    chosen = resolve_formats(formats, options)
+    """Export a run to a bundle folder; nothing is written unless every check passes.
+
+    ``target`` names a device profile (or a profile's .toml path): its formats are built, on top of
+    any ``formats`` given, and the bundle records the profile so the device picks the right artifact.
+    """
+    options = dict(options or {})
+    profile = get_profile(target) if target else None
+    if profile is not None:
+        target_formats, target_options = formats_for_target(profile)
+        formats = target_formats + (f",{formats}" if formats else "")
+        options.update({k: v for k, v in target_options.items() if v})
+    chosen = resolve_formats(formats or DEFAULT_FORMATS, options)
     if Path(out).exists() and not overwrite:
         raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
     if calibration_size < 1:
@@ -211,6 +223,7 @@ def export_run(
                     "torch_val_accuracy": run.val_accuracy,
                 },
                 source_run={"path": str(run_dir.resolve()), "created": run.created, "data": run.data_address},
+                target=target_block(profile, preprocess.input_size) if profile is not None else {},
             )
             manifest.write(staging)
     finally:

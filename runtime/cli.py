@@ -193,5 +193,86 @@ def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, 
     ])
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor(as_json) -> None:
+    """Report this device: CPU flags, memory, backends and their devices, and the profile that fits."""
+    from .doctor import doctor_report
+
+    report = doctor_report()
+    if as_json:
+        print_json(report)
+        return
+    cpu, memory, cuda = report["cpu"], report["memory"], report["cuda"]
+    rows = [("cpu", f"{cpu['model']} ({cpu['arch']}, {cpu['cores_usable']}/{cpu['cores']} cores usable)"),
+            ("cpu flags", " ".join(cpu["notable_flags"]) or "none of note"),
+            ("memory MB", f"{memory['total_mb']} total, {memory['available_mb']} available"),
+            ("jetson", (f"{report['jetson']['model']} ({report['jetson']['l4t']})" if report["jetson"] else "no")),
+            ("cuda", (", ".join(f"GPU {d['index']}: compute capability {d['compute_capability']}"
+                                for d in cuda["devices"]) if cuda["available"] else f"no ({cuda['reason']})"))]
+    for name, info in report["backends"].items():
+        detail = info.get("error") or info.get("version")
+        extra = info.get("providers") or list(info.get("devices", {}).values())
+        rows.append((f"backend {name}", f"{detail}" + (f" [{', '.join(extra)}]" if extra else "")))
+    for fit in report["profiles"]:
+        rows.append((f"profile {fit['name']}", "fits" if fit["fits"] else "no: " + "; ".join(fit["missing"])))
+    rows.append(("best profile", report["best_profile"] or "none fits; write your own devices/*.toml"))
+    print_table(rows)
+
+
+@main.command("build-engine")
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--precision", type=click.Choice(["fp16", "int8", "fp32"]), default=None,
+              help="Engine precision (default: the target profile's, else fp16).")
+@click.option("--dla", "dla_core", type=int, default=None, help="Build for this DLA core, with GPU fallback.")
+@click.option("--max-batch", type=int, default=None, help="Largest batch the engine accepts (default: profile's, else 8).")
+@click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit.")
+@click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command line.")
+def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trtexec) -> None:
+    """Build the backbone's TensorRT engine on this device, into BUNDLE (needs TensorRT and a GPU)."""
+    from .manifest import read_bundle_manifest
+    from .tensorrt_plan import parse_version, trtexec_command
+
+    if print_trtexec:
+        manifest = read_bundle_manifest(bundle)
+        engine = manifest.target.get("tensorrt", {})
+        version = engine.get("version")
+        click.echo(trtexec_command(precision or engine.get("precision", "fp16"),
+                                   manifest.preprocess_config.input_size, max_batch or engine.get("max_batch", 8),
+                                   parse_version(version)[0] if version else None, dla_core))
+        return
+    from .tensorrt_build import build_engine as build
+
+    result = build(bundle, precision=precision, dla_core=dla_core, max_batch=max_batch, workspace_mb=workspace_mb,
+                   log=lambda message: click.echo(message, err=True))
+    print_table([("artifact", result.artifact.name), ("engine", result.artifact.file),
+                 ("tensorrt", result.metadata.tensorrt_version),
+                 ("compute capability", result.metadata.compute_capability),
+                 ("typing", "strong" if result.plan.strongly_typed else "builder flags "
+                  + ",".join(result.plan.builder_flags))])
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Archive path (default: BUNDLE.tar.gz).")
+@click.option("--overwrite", is_flag=True)
+def pack(bundle, out, overwrite) -> None:
+    """Verify BUNDLE and pack it as one .tar.gz file to copy to devices."""
+    from .archive import pack_bundle
+
+    click.echo(str(pack_bundle(bundle, out, overwrite=overwrite)))
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new bundle is verified).")
+def unpack(archive, dest, overwrite) -> None:
+    """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links) and verify it."""
+    from .archive import unpack_bundle
+
+    click.echo(str(unpack_bundle(archive, dest, overwrite=overwrite)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

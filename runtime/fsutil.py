@@ -83,17 +83,22 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small file atomically (temp file, fsync, rename)."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file atomically (temp file beside it, fsync, rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -75,6 +75,7 @@ class BundleManifest:
     reference_accuracy: float | None = None
     validation: dict = field(default_factory=dict)
     source_run: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)   # the device profile it was built for (edgetl export --target)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

@@ -67,8 +67,22 @@ def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str
             + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)}; "
             f"installed backends: {', '.join(available_backends()) or 'none'})"
         )
+    if manifest.target:
+        return min(candidates, key=lambda a: target_rank(manifest.target, a))
     rank = {name: i for i, name in enumerate(CPU_PREFERENCE)}
     return min(candidates, key=lambda a: rank.get(a.format, len(rank)))
+
+
+def target_rank(target: dict, artifact: Artifact) -> tuple[bool, int, int]:
+    """Sort key from the bundle's device profile: artifacts that run on their intended backend here first,
+    then the profile's backend order, then its precision order."""
+    runnable = runnable_backends(artifact)
+    intended = (artifact.backends or [artifact.backend])[0]
+    used = runnable[0].removesuffix("-reference")
+    backends, precisions = target.get("backends", []), target.get("precisions", [])
+    return (intended not in runnable,
+            backends.index(used) if used in backends else len(backends),
+            precisions.index(artifact.precision) if artifact.precision in precisions else len(precisions))
 
 
 class EdgeModel:
@@ -83,6 +97,8 @@ class EdgeModel:
         verify: bool = True,
     ):
         self.bundle = Path(bundle)
+        if self.bundle.is_file() and self.bundle.name.endswith((".tar.gz", ".tgz")):
+            raise BundleError(f"{bundle} is a packed bundle; unpack it first: edgetl-rt unpack {bundle} DEST")
         self.manifest = read_bundle_manifest(self.bundle, verify=verify)
         self.artifact = choose_artifact(self.manifest, artifact, backend)
         self.preprocess = self.manifest.preprocess_config
@@ -102,7 +118,8 @@ class EdgeModel:
                     "none of which is installed here"
                 )
             backend = runnable[0]
-        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads)
+        device = self.manifest.target.get("profile", {}).get("hardware", {}).get("openvino_device")
+        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads, device=device)
         self.backend.open()
 
     def close(self) -> None:

@@ -19,9 +19,10 @@ class Backend:
 
     name: str = "base"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None):
         self.path = Path(path)
         self.threads = threads
+        self.requested_device = device      # e.g. OpenVINO's GPU; backends without devices ignore it
         self.input_name = ""
         self.input_shape: tuple = ()
         self._open = False

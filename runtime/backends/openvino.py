@@ -21,11 +21,14 @@ def import_openvino():
 
 class OpenVINOBackend(Backend):
     name = "openvino"
-    device = "CPU"
 
     def _open_impl(self) -> None:
         ov = import_openvino()
         self._core = ov.Core()
+        # A device the target profile asks for (an iGPU) is used when present; otherwise the CPU.
+        wanted = self.requested_device or "CPU"
+        self.device = wanted if wanted in self._core.available_devices else "CPU"
+        self.device_note = "" if self.device == wanted else f"{wanted} not available here, ran on CPU"
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad files
@@ -62,5 +65,7 @@ class OpenVINOBackend(Backend):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(version=getattr(self, "_version", None), device=self.device)
+        info.update(version=getattr(self, "_version", None), device=getattr(self, "device", None))
+        if getattr(self, "device_note", ""):
+            info["device_note"] = self.device_note
         return info

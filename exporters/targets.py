@@ -1,0 +1,79 @@
+"""What to build for a device profile: formats and options from its backends and precisions.
+
+A profile says "TensorRT then ONNX Runtime, int8 then fp16 then fp32"; this
+module turns that into export formats (``onnx-int8-trt``, ``onnx-fp16``,
+``onnx``) and into the ``target`` block of the bundle manifest: the
+preference the runtime uses to pick an artifact, the TensorRT build
+settings, and the equivalent ``trtexec`` command lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from edgetl.devices import DeviceProfile
+from edgetl.runtime.tensorrt_plan import engine_filename, source_format, trtexec_command
+
+#: (backend, precision) -> (export format, options it needs).  ONNX Runtime on a CPU gains nothing from
+#: fp16, so that pair builds nothing; OpenVINO's fp16 is its fp32 IR with weights compressed to fp16.
+FORMAT_FOR: dict[tuple[str, str], tuple[str, dict] | None] = {
+    ("onnxruntime", "fp32"): ("onnx", {}),
+    ("onnxruntime", "fp16"): None,
+    ("onnxruntime", "int8"): ("onnx-int8", {}),
+    ("openvino", "fp32"): ("openvino", {}),
+    ("openvino", "fp16"): ("openvino", {"fp16": True}),
+    ("openvino", "int8"): ("openvino-int8", {}),
+    ("tensorrt", "fp32"): ("onnx", {}),
+    ("tensorrt", "fp16"): ("onnx-fp16", {}),
+    ("tensorrt", "int8"): ("onnx-int8-trt", {}),
+}
+
+
+def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
+    """The ``--format`` list and options that build everything ``profile`` asks for.
+
+    The profile's precisions are built for its preferred (first) backend; the other backends are
+    fallbacks and get fp32 only (the fp32 ONNX file is in every bundle anyway).  A Jetson bundle thus
+    holds the fp16 and Q/DQ int8 sources of its engines plus fp32 ONNX for ONNX Runtime, not a CPU int8
+    model it would never prefer.
+    """
+    names = ["onnx"]
+    options: dict = {}
+    primary = profile.deploy.backends[0]
+    for backend in profile.deploy.backends:
+        for precision in profile.deploy.precisions if backend == primary else ("fp32",):
+            choice = FORMAT_FOR[(backend, precision)]
+            if choice is None:
+                continue
+            name, extra = choice
+            if name not in names:
+                names.append(name)
+            options.update(extra)
+    return ",".join(names), options
+
+
+def target_block(profile: DeviceProfile, input_size: int) -> dict:
+    """The manifest's ``target``: the profile, and how to build its TensorRT engine if it has one."""
+    block = {"name": profile.name, "description": profile.description,
+             "backends": list(profile.deploy.backends), "precisions": list(profile.deploy.precisions),
+             "profile": asdict(profile)}
+    if "tensorrt" in profile.deploy.backends:
+        precision = profile.deploy.engine_precision or "fp16"
+        major = profile.software.tensorrt_major
+        dla = 0 if profile.hardware.dla_cores else None
+        block["tensorrt"] = {
+            "version": profile.software.tensorrt,
+            "precision": precision,
+            "max_batch": profile.deploy.max_batch,
+            "dla_cores": profile.hardware.dla_cores,
+            "source_format": source_format(precision),
+            "trtexec": {
+                p: trtexec_command(p, input_size, profile.deploy.max_batch, major, dla_core=None)
+                for p in ("fp16", "int8")
+            },
+        }
+        if dla is not None:
+            block["tensorrt"]["trtexec_dla"] = trtexec_command(precision, input_size, profile.deploy.max_batch,
+                                                               major, dla_core=dla)
+        block["tensorrt"]["engine_file"] = engine_filename(precision, None)
+    return block

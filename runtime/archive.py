@@ -1,0 +1,128 @@
+"""Pack a bundle as ``.tar.gz`` and unpack one safely.
+
+Unpacking accepts regular files and folders only: absolute names, ``..``
+components, symbolic and hard links, devices and FIFOs are refused before
+anything is written.  Files are copied out member by member (no
+``extractall``, so no permissions, owners or times from the archive) into a
+temporary folder, the manifest and every sha256 are verified there, and
+only then is the folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .errors import BundleError, EdgetlError
+from .fsutil import atomic_directory
+from .manifest import MANIFEST_NAME, read_bundle_manifest
+
+#: Refuse archives that would expand beyond this (a "tar bomb"); bundles are tens of MB.
+MAX_UNPACKED_BYTES = 8 << 30
+
+
+def pack_bundle(bundle: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``bundle`` (verified first) as a gzip tarball with flat, sorted member names."""
+    bundle = Path(bundle)
+    read_bundle_manifest(bundle)
+    out = Path(out) if out else bundle.with_name(bundle.name + ".tar.gz")
+    if out.exists() and not overwrite:
+        raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
+    files = []
+    for path in sorted(bundle.rglob("*")):
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link; bundles hold regular files only")
+        if path.is_file():
+            files.append(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None)
+    try:
+        with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            for path in files:
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(bundle).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(path, "rb") as data:
+                    tar.addfile(info, data)
+            tar.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _safe_name(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("\\") or (path.parts and ":" in path.parts[0]):
+        raise BundleError(f"archive member {name!r} has an absolute path; refusing to unpack")
+    if ".." in path.parts or "\\" in name:
+        raise BundleError(f"archive member {name!r} points outside the bundle folder; refusing to unpack")
+    return path
+
+
+def check_members(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """Every member must be a plain file or folder with a name inside the destination."""
+    total = 0
+    for member in members:
+        _safe_name(member.name)
+        if member.issym() or member.islnk():
+            raise BundleError(f"archive member {member.name!r} is a link (to {member.linkname!r}); "
+                              "bundles hold regular files only; refusing to unpack")
+        if not (member.isfile() or member.isdir()):
+            raise BundleError(f"archive member {member.name!r} is not a regular file or folder; refusing to unpack")
+        total += member.size
+        if total > MAX_UNPACKED_BYTES:
+            raise BundleError(f"archive expands beyond {MAX_UNPACKED_BYTES >> 30} GiB; refusing to unpack")
+    return members
+
+
+def unpack_bundle(archive: str | Path, dest: str | Path, overwrite: bool = False) -> Path:
+    """Unpack ``archive`` into the folder ``dest``; nothing is left behind if any check fails."""
+    archive = Path(archive)
+    try:
+        tar = tarfile.open(archive, mode="r:*")
+    except FileNotFoundError as exc:
+        raise BundleError(f"archive {archive} does not exist") from exc
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive} is not a readable tar archive ({exc})") from exc
+    with tar:
+        try:
+            members = check_members(tar.getmembers())
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BundleError(f"{archive} is damaged ({exc})") from exc
+        names = {PurePosixPath(m.name) for m in members}
+        prefix = _common_folder(names)
+        with atomic_directory(dest, overwrite=overwrite) as staging:
+            for member in members:
+                relative = PurePosixPath(member.name)
+                if prefix is not None:
+                    relative = relative.relative_to(prefix)
+                if not relative.parts or relative == PurePosixPath("."):
+                    continue
+                target = staging.joinpath(*relative.parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                with source, open(target, "xb") as out:
+                    while block := source.read(1 << 20):
+                        out.write(block)
+            read_bundle_manifest(staging)
+    return Path(dest)
+
+
+def _common_folder(names: set[PurePosixPath]) -> PurePosixPath | None:
+    """Archives made by ``tar czf b.tar.gz bundle/`` have one top folder; strip it."""
+    if PurePosixPath(MANIFEST_NAME) in names:
+        return None
+    tops = {n.parts[0] for n in names if n.parts and n.parts[0] != "."}
+    if len(tops) == 1:
+        top = PurePosixPath(tops.pop())
+        if top / MANIFEST_NAME in names:
+            return top
+    raise BundleError(f"archive has no {MANIFEST_NAME} at its top level; it is not an edgetl bundle")

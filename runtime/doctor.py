@@ -1,0 +1,175 @@
+"""``edgetl-rt doctor``: what this device is, what it can run, and which device profile fits it.
+
+Facts come from the OS (``/proc/cpuinfo``, ``/proc/meminfo``, the Jetson
+device tree and ``/etc/nv_tegra_release``), the installed backends
+(versions, ONNX Runtime providers, OpenVINO devices, TensorRT) and the CUDA
+runtime.  Gathering never fails: what cannot be read is reported as such.
+:func:`profile_fit` is a pure function of those facts, so it is tested with
+made-up machines too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetl.devices import DeviceProfile, load_profiles
+
+from .backends import available_backends
+from .cuda import cuda_info
+from .tensorrt_plan import parse_version
+
+#: CPU flags worth showing (the full list is long); they decide int8 speed and the x86 profiles.
+NOTABLE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                 "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp", "sve", "i8mm")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_bytes().rstrip(b"\x00").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def cpu_facts() -> dict:
+    text = _read("/proc/cpuinfo") or ""
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "Hardware") and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features"):
+            flags.update(value.split())
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"arch": _arch(platform.machine()), "model": model or platform.processor() or "unknown",
+            "cores": os.cpu_count(), "cores_usable": usable, "flags": sorted(flags),
+            "notable_flags": [f for f in NOTABLE_FLAGS if f in flags]}
+
+
+def _arch(machine: str) -> str:
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine.lower())
+
+
+def memory_facts() -> dict:
+    info = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            info[key] = int(value.split()[0]) // 1024
+    return {"total_mb": info.get("MemTotal"), "available_mb": info.get("MemAvailable")}
+
+
+def jetson_facts() -> dict | None:
+    model = _read("/proc/device-tree/model")
+    if model is None:
+        return None
+    release = _read("/etc/nv_tegra_release")
+    return {"model": model, "l4t": release.splitlines()[0].strip() if release else None}
+
+
+def backend_facts() -> dict:
+    found = {}
+    present = set(available_backends())
+    if "onnxruntime" in present:
+        ort = importlib.import_module("onnxruntime")
+        found["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
+    if "openvino" in present:
+        try:
+            ov = importlib.import_module("openvino")
+            core = ov.Core()
+            devices = {d: core.get_property(d, "FULL_DEVICE_NAME") for d in core.available_devices}
+            found["openvino"] = {"version": ov.get_version(), "devices": devices}
+        except Exception as exc:  # a broken plugin must not stop the report
+            found["openvino"] = {"error": str(exc)}
+    if "tensorrt" in present:
+        try:
+            trt = importlib.import_module("tensorrt")
+            found["tensorrt"] = {"version": trt.__version__}
+        except Exception as exc:
+            found["tensorrt"] = {"error": str(exc)}
+    return found
+
+
+def gather() -> dict:
+    cuda = cuda_info()
+    return {
+        "platform": {"system": platform.system(), "release": platform.release(),
+                     "python": platform.python_version()},
+        "cpu": cpu_facts(),
+        "memory": memory_facts(),
+        "jetson": jetson_facts(),
+        "cuda": {"available": cuda.available, "reason": cuda.reason, "devices": cuda.devices or [],
+                 "versions": cuda.versions},
+        "backends": backend_facts(),
+    }
+
+
+@dataclass
+class Fit:
+    profile: str
+    fits: bool
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    specificity: int = 0     # weighted count of requirements met: an accelerator counts more than a CPU flag
+
+
+def profile_fit(profile: DeviceProfile, facts: dict) -> Fit:
+    """Does this machine match ``profile``?  ``matched`` names each requirement met (more = more specific)."""
+    hw = profile.hardware
+    fit = Fit(profile.name, True)
+
+    def need(ok: bool, what: str, weight: int = 1) -> None:
+        (fit.matched if ok else fit.missing).append(what)
+        fit.specificity += weight if ok else 0
+
+    cpu = facts["cpu"]
+    need(cpu["arch"] == hw.arch, f"arch {hw.arch}" + ("" if cpu["arch"] == hw.arch else f" (this is {cpu['arch']})"))
+    flags = set(cpu["flags"])
+    for flag in hw.cpu_flags:
+        need(flag in flags, f"CPU flag {flag}")
+    if hw.cpu_flags_any:
+        need(bool(flags & set(hw.cpu_flags_any)), f"one of CPU flags {', '.join(hw.cpu_flags_any)}", 2)
+    jetson = facts.get("jetson")
+    if hw.jetson_model:
+        model = jetson["model"] if jetson else None
+        need(bool(model) and hw.jetson_model.lower() in model.lower(),
+             f"Jetson model '{hw.jetson_model}'" + (f" (this is {model})" if model else " (not a Jetson)"), 3)
+    elif hw.gpu_compute_capability:  # a discrete NVIDIA GPU of at least this compute capability
+        devices = facts["cuda"]["devices"]
+        best = max((parse_version(d["compute_capability"]) for d in devices), default=None)
+        need(best is not None and best >= parse_version(hw.gpu_compute_capability),
+             f"NVIDIA GPU with compute capability >= {hw.gpu_compute_capability}"
+             + ("" if devices else f" ({facts['cuda'].get('reason') or 'none found'})"), 3)
+    if hw.openvino_device:
+        devices = facts["backends"].get("openvino", {}).get("devices", {})
+        need(any(d.split(".")[0] == hw.openvino_device for d in devices),
+             f"OpenVINO device {hw.openvino_device}" + ("" if devices else " (OpenVINO not installed)"), 3)
+    if "tensorrt" in profile.deploy.backends:
+        trt = facts["backends"].get("tensorrt", {}).get("version")
+        wanted = profile.software.tensorrt
+        if trt and wanted and parse_version(trt)[:1] != parse_version(wanted)[:1]:
+            fit.missing.append(f"TensorRT {wanted}.x (this has {trt})")
+    fit.fits = not fit.missing
+    return fit
+
+
+def rank_profiles(facts: dict, profiles: dict[str, DeviceProfile] | None = None) -> list[Fit]:
+    """Every profile's fit, the fitting ones first, the most specific fit first among them."""
+    fits = [profile_fit(p, facts) for p in (profiles or load_profiles()).values()]
+    return sorted(fits, key=lambda f: (not f.fits, -f.specificity, len(f.missing), f.profile))
+
+
+def doctor_report() -> dict:
+    facts = gather()
+    fits = rank_profiles(facts)
+    facts["profiles"] = [{"name": f.profile, "fits": f.fits, "matched": f.matched, "missing": f.missing}
+                         for f in fits]
+    facts["best_profile"] = fits[0].profile if fits and fits[0].fits else None
+    return facts

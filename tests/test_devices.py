@@ -1,0 +1,422 @@
+"""Device profiles, building for a target, TensorRT planning, safe archives and doctor."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import platform
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli import main as host
+from edgetl.devices import PROFILE_DIR, get_profile, load_profiles, parse_profile
+from edgetl.exporters import EXPORT_FORMATS
+from edgetl.exporters.bundle import export_run, run_records
+from edgetl.exporters.targets import formats_for_target
+from edgetl.runtime import EdgeModel, read_bundle_manifest
+from edgetl.runtime.archive import pack_bundle, unpack_bundle
+from edgetl.runtime.backends import BACKENDS, create_backend, installed
+from edgetl.runtime.cli import main as rt
+from edgetl.runtime.doctor import profile_fit, rank_profiles
+from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
+from edgetl.runtime.manifest import Artifact, BundleManifest
+from edgetl.runtime.model import choose_artifact, runnable_backends
+from edgetl.runtime.tensorrt_plan import (
+    EngineMetadata, check_engine_compatible, plan_build, read_sidecar, sidecar_path, trtexec_command,
+)
+
+PROFILES = load_profiles()
+REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "x86-avx2",
+            "x86-avx512-vnni", "x86-nvidia-gpu", "intel-igpu"}
+
+
+# --- profiles -------------------------------------------------------------------------------------------------
+
+def test_every_required_target_has_a_valid_profile():
+    assert REQUIRED <= set(PROFILES)
+    for name, profile in PROFILES.items():
+        assert (PROFILE_DIR / f"{name}.toml").is_file()
+        formats, _ = formats_for_target(profile)
+        assert formats.split(",")[0] == "onnx" and all(f in EXPORT_FORMATS for f in formats.split(","))
+        assert all(b in BACKENDS for b in profile.deploy.backends)
+        if "tensorrt" in profile.deploy.backends:
+            assert profile.software.tensorrt and profile.deploy.engine_precision in ("fp16", "int8")
+    jetsons = [p for p in PROFILES.values() if p.hardware.is_jetson]
+    assert len(jetsons) == 4 and all(p.hardware.arch == "aarch64" for p in jetsons)
+    assert {p.software.tensorrt_major for p in jetsons if p.software.jetpack.startswith("6")} == {10}
+    assert PROFILES["x86-nvidia-gpu"].software.tensorrt_major == 11
+    assert PROFILES["jetson-orin-nano"].hardware.dla_cores == 0 and PROFILES["jetson-agx-orin"].hardware.dla_cores == 2
+
+
+def test_format_choice_per_target():
+    jetson, _ = formats_for_target(PROFILES["jetson-orin-nano"])
+    assert set(jetson.split(",")) == {"onnx", "onnx-fp16", "onnx-int8-trt"}   # engine sources + CPU fallback
+    assert "openvino-int8" in formats_for_target(PROFILES["x86-avx512-vnni"])[0]
+    assert formats_for_target(PROFILES["x86-avx2"])[0] == "onnx,onnx-int8,openvino"
+    igpu, options = formats_for_target(PROFILES["intel-igpu"])
+    assert "openvino" in igpu.split(",") and options == {"fp16": True}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = 'x'\n[hardware]\narch='x86_64'\n[deploy]\nbackends=['tflite']\nprecisions=['fp32']\n"
+     "memory_budget_mb=1", "unknown backend 'tflite'"),
+    ("name = 'x'\n[hardware]\narch='riscv'\n[deploy]\nbackends=['onnxruntime']\nprecisions=['fp32']\n"
+     "memory_budget_mb=1", "arch must be one of"),
+    ("name = 'x'\n[hardware]\narch='aarch64'\n[deploy]\nbackends=['tensorrt']\nprecisions=['fp16']\n"
+     "memory_budget_mb=1", "must state \\[software\\] tensorrt"),
+    ("name = 'x'\n[hardware]\narch='x86_64'\ncolour='red'\n[deploy]\nbackends=['onnxruntime']\n"
+     "precisions=['fp32']\nmemory_budget_mb=1", "unknown key\\(s\\) colour"),
+    ("name = 'x'\n[hardware\n", "not valid TOML"),
+])
+def test_bad_profiles_name_file_and_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_profile(text, "mine.toml")
+
+
+def test_unknown_target_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'jetson-orin-nano'"):
+        get_profile("jetson-orin-nan")
+    own = tmp_path / "my-board.toml"
+    own.write_text((PROFILE_DIR / "x86-avx2.toml").read_text().replace('"x86-avx2"', '"my-board"'))
+    assert get_profile(str(own)).name == "my-board"
+
+
+def test_devices_command_lists_every_profile():
+    result = CliRunner().invoke(host, ["devices", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert REQUIRED <= set(listed)
+    assert listed["jetson-agx-orin"]["software"]["tensorrt"] == "10.3"
+    assert listed["jetson-agx-orin"]["formats"] == formats_for_target(PROFILES["jetson-agx-orin"])[0]
+    table = CliRunner().invoke(host, ["devices"])
+    assert table.exit_code == 0 and all(name in table.output for name in REQUIRED)
+
+
+# --- TensorRT planning (no TensorRT needed) -----------------------------------------------------------------------
+
+def _artifact(name, fmt, precision, backends, role="backbone"):
+    return Artifact(name=name, format=fmt, precision=precision, backend=backends[0], role=role, file=f"{name}.onnx",
+                    sha256="ab" * 32, size=1, input_name="input", output_name="features", backends=list(backends))
+
+
+def _manifest(artifacts, target=None):
+    return BundleManifest(
+        schema_version=1, edgetl_version="0", created="", backbone={}, labels=["a", "b"], feature_dim=4,
+        preprocess={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize_size": 64, "interpolation": "bilinear"},
+        head={}, artifacts=artifacts, target=target or {})
+
+
+TRT_BUNDLE = _manifest([
+    _artifact("onnx", "onnx", "fp32", ["onnxruntime"]),
+    _artifact("onnx-fp16", "onnx-fp16", "fp16", ["tensorrt", "onnxruntime"]),
+    _artifact("onnx-int8-trt", "onnx-int8-trt", "int8", ["tensorrt", "onnxruntime-reference"]),
+])
+
+
+def test_tensorrt10_uses_builder_flags_and_tensorrt11_strong_typing():
+    ten = plan_build(TRT_BUNDLE, "int8", "10.3.0.30", max_batch=8)
+    assert not ten.strongly_typed and ten.builder_flags == ("INT8", "FP16")
+    assert ten.source_artifact == "onnx-int8-trt" and ten.max_shape == (8, 3, 64, 64) and ten.min_shape[0] == 1
+    eleven = plan_build(TRT_BUNDLE, "int8", "11.4.0", max_batch=8)
+    assert eleven.strongly_typed and eleven.builder_flags == ()
+    assert eleven.source_artifact == "onnx-int8-trt"          # same Q/DQ file on both versions
+    fp16 = plan_build(TRT_BUNDLE, "fp16", "8.5.2")
+    assert fp16.builder_flags == ("FP16",) and fp16.source_artifact == "onnx-fp16"
+    dla = plan_build(TRT_BUNDLE, "fp16", "10.3", dla_core=1, dla_cores_available=2)
+    assert dla.builder_flags == ("FP16", "GPU_FALLBACK") and dla.engine_file.endswith("-dla1.engine")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(precision="fp16", tensorrt_version="11.4", dla_core=0), "does not support DLA"),
+    (dict(precision="fp32", tensorrt_version="10.3", dla_core=0), "fp16 or int8 only"),
+    (dict(precision="int8", tensorrt_version="10.3", dla_core=2, dla_cores_available=2), "lacks"),
+    (dict(precision="int8", tensorrt_version="10.3", max_batch=0), "at least 1"),
+    (dict(precision="int4", tensorrt_version="10.3"), "unknown engine precision"),
+])
+def test_build_requests_that_cannot_work_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_build(TRT_BUNDLE, **kwargs)
+
+
+def test_missing_source_artifact_says_how_to_export():
+    with pytest.raises(BundleError, match="--format onnx,onnx-int8-trt"):
+        plan_build(_manifest([_artifact("onnx", "onnx", "fp32", ["onnxruntime"])]), "int8", "10.3")
+
+
+def test_trtexec_lines_for_both_major_versions():
+    ten = trtexec_command("int8", 224, 16, 10)
+    assert ten.startswith("trtexec --onnx=backbone-onnx-int8-trt.onnx --saveEngine=engines/backbone-int8.engine")
+    assert "--minShapes=input:1x3x224x224" in ten and "--maxShapes=input:16x3x224x224" in ten
+    assert "--int8 --fp16" in ten and "--timingCacheFile=engines/timing.cache" in ten
+    eleven = trtexec_command("fp16", 224, 16, 11)
+    assert "--fp16" not in eleven and "--int8" not in eleven and "backbone-onnx-fp16.onnx" in eleven
+    assert trtexec_command("fp16", 64, 4, 10, dla_core=0).endswith("--fp16 --useDLACore=0 --allowGPUFallback")
+
+
+def _sidecar(tmp_path, version="10.3.0.30", cc="8.7"):
+    plan = plan_build(TRT_BUNDLE, "fp16", version)
+    engine = tmp_path / "backbone-fp16.engine"
+    engine.write_bytes(b"engine")
+    sidecar_path(engine).write_text(EngineMetadata.from_plan(plan, cc, "Orin", "00").to_json())
+    return engine
+
+
+def test_engine_from_another_tensorrt_or_gpu_is_refused_with_the_rebuild_command(tmp_path):
+    meta = read_sidecar(_sidecar(tmp_path))
+    check_engine_compatible(meta, "10.3.0.30", "8.7")
+    check_engine_compatible(meta, "10.3.0.26", "8.7")          # build number differs only
+    with pytest.raises(BundleError, match="TensorRT 10.3.0.30 built it, this device has TensorRT 10.7.0.*"
+                                          "edgetl-rt build-engine"):
+        check_engine_compatible(meta, "10.7.0.23", "8.7")
+    with pytest.raises(BundleError, match="compute capability 8.7 .*this GPU has 7.2"):
+        check_engine_compatible(meta, "10.3.0.30", "7.2")
+
+
+def test_engine_without_or_with_foreign_sidecar_is_refused(tmp_path):
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(BundleError, match="no metadata file"):
+        read_sidecar(engine)
+    sidecar_path(engine).write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(BundleError, match="not an edgetl engine sidecar"):
+        read_sidecar(engine)
+
+
+def test_tensorrt_backend_without_tensorrt_gives_the_install_line(tmp_path):
+    if "tensorrt" in installed(["tensorrt"]):
+        pytest.skip("TensorRT is installed here; the missing-package path cannot be shown")
+    with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[tensorrt\]"'):
+        create_backend("tensorrt", _sidecar(tmp_path)).open()
+    result = CliRunner().invoke(rt, ["build-engine", str(tmp_path)])
+    assert result.exit_code != 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="TensorRT is not installed (NVIDIA's index is unreachable here); this runs on a Jetson "
+                           "or a CUDA host with TensorRT")
+def test_engine_build_and_run_on_real_tensorrt(digits_run, tmp_path):
+    from edgetl.runtime.tensorrt_build import build_engine
+
+    bundle = export_run(digits_run.run_dir, tmp_path / "b", target="x86-nvidia-gpu").bundle
+    build = build_engine(bundle, precision="fp16")
+    with EdgeModel(bundle, artifact=build.artifact.name) as engine, EdgeModel(bundle, artifact="onnx") as ort:
+        x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+        assert np.argmax(engine.logits(x), 1).tolist() == np.argmax(ort.logits(x), 1).tolist()
+
+
+# --- artifact choice from the target ------------------------------------------------------------------------------
+
+def test_target_preference_picks_what_runs_on_its_intended_backend():
+    jetson = {"backends": ["tensorrt", "onnxruntime"], "precisions": ["fp16", "int8", "fp32"]}
+    chosen = choose_artifact(_manifest(TRT_BUNDLE.artifacts, jetson), None, None)
+    assert chosen.name == "onnx"   # no TensorRT here: the fp16/Q-DQ files are engine sources, not CPU models
+    vnni = {"backends": ["openvino", "onnxruntime"], "precisions": ["int8", "fp32"]}
+    cpu = _manifest([_artifact("onnx", "onnx", "fp32", ["onnxruntime"]),
+                     _artifact("openvino", "openvino", "fp32", ["openvino"]),
+                     _artifact("openvino-int8", "openvino-int8", "int8", ["openvino"])], vnni)
+    if "openvino" in installed(["openvino"]):
+        assert choose_artifact(cpu, None, None).name == "openvino-int8"
+    avx2 = dict(vnni, backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"])
+    assert choose_artifact(_manifest(cpu.artifacts, avx2), None, None).name == "onnx"
+
+
+# --- safe archives ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_bundle(tmp_path):
+    """A real (tiny) bundle: manifest + files with their sha256, built without a model."""
+    from edgetl.runtime.manifest import FileEntry
+
+    folder = tmp_path / "bundle"
+    (folder / "engines").mkdir(parents=True)
+    np.savez(folder / "head.npz", weight=np.zeros((2, 4), np.float32))
+    (folder / "backbone.onnx").write_bytes(b"not really onnx, but hashed")
+    (folder / "engines" / "notes.txt").write_text("nested file")
+    head, backbone = FileEntry.of(folder, "head.npz"), FileEntry.of(folder, "backbone.onnx")
+    artifact = _artifact("onnx", "onnx", "fp32", ["onnxruntime"])
+    artifact.sha256, artifact.size, artifact.file = backbone.sha256, backbone.size, backbone.file
+    artifact.companions = [FileEntry.of(folder, "engines/notes.txt").__dict__]
+    manifest = _manifest([artifact])
+    manifest.head = {"kind": "linear", "file": head.file, "sha256": head.sha256, "size": head.size}
+    manifest.write(folder)
+    return folder
+
+
+def test_pack_and_unpack_round_trip(small_bundle, tmp_path):
+    archive = pack_bundle(small_bundle)
+    assert archive.name == "bundle.tar.gz"
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["backbone.onnx", "engines/notes.txt", "head.npz", "manifest.json"]
+    out = unpack_bundle(archive, tmp_path / "device" / "bundle")
+    assert read_bundle_manifest(out).artifact("onnx").size == (small_bundle / "backbone.onnx").stat().st_size
+    # an archive made with plain tar, one folder on top, works too
+    plain = tmp_path / "plain.tgz"
+    with tarfile.open(plain, "w:gz") as tar:
+        tar.add(small_bundle, arcname="bundle")
+    assert read_bundle_manifest(unpack_bundle(plain, tmp_path / "second")).labels == ["a", "b"]
+
+
+def _evil_archive(path, small_bundle, add):
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("manifest.json", "head.npz", "backbone.onnx"):
+            tar.add(small_bundle / name, arcname=name)
+        add(tar)
+    return path
+
+
+def _member(tar, name, kind=tarfile.REGTYPE, data=b"x", linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.mark.parametrize("name, kind, linkname, message", [
+    ("../escape.txt", tarfile.REGTYPE, "", "points outside"),
+    ("engines/../../escape.txt", tarfile.REGTYPE, "", "points outside"),
+    ("/tmp/edgetl-absolute.txt", tarfile.REGTYPE, "", "absolute path"),
+    ("engines/link", tarfile.SYMTYPE, "/etc/passwd", "is a link"),
+    ("engines/hard", tarfile.LNKTYPE, "manifest.json", "is a link"),
+    ("engines/fifo", tarfile.FIFOTYPE, "", "not a regular file"),
+])
+def test_crafted_archives_are_refused_and_write_nothing(small_bundle, tmp_path, name, kind, linkname, message):
+    archive = _evil_archive(tmp_path / "evil.tar.gz", small_bundle,
+                            lambda tar: _member(tar, name, kind, linkname=linkname))
+    dest = tmp_path / "work" / "dest"
+    result = CliRunner().invoke(rt, ["unpack", str(archive), str(dest)])
+    assert result.exit_code == BundleError.exit_code and message in result.output
+    assert not dest.exists() and not (tmp_path / "work" / "escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "work").exists()   # refused before any folder, staging included, was made
+
+
+def test_tampered_archive_fails_verification_and_keeps_the_old_bundle(small_bundle, tmp_path):
+    dest = unpack_bundle(pack_bundle(small_bundle), tmp_path / "dest")
+    (small_bundle / "backbone.onnx").write_bytes(b"tampered")
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(tampered, "w:gz") as tar:
+        for path in sorted(small_bundle.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(small_bundle).as_posix())
+    with pytest.raises(BundleError, match="backbone.onnx fails its sha256"):
+        unpack_bundle(tampered, dest, overwrite=True)
+    assert (dest / "backbone.onnx").read_bytes() == b"not really onnx, but hashed"
+
+
+def test_runtime_commands_point_a_packed_bundle_to_unpack(small_bundle):
+    archive = pack_bundle(small_bundle)
+    with pytest.raises(BundleError, match="edgetl-rt unpack"):
+        EdgeModel(archive)
+
+
+# --- doctor -------------------------------------------------------------------------------------------------------
+
+def test_doctor_on_this_machine():
+    result = CliRunner().invoke(rt, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    machine = platform.machine().lower()
+    assert report["cpu"]["arch"] == {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    assert report["cpu"]["cores"] >= 1 and report["memory"]["total_mb"] > 0
+    assert report["backends"]["onnxruntime"]["version"] and "CPUExecutionProvider" in \
+        report["backends"]["onnxruntime"]["providers"]
+    assert {p["name"] for p in report["profiles"]} == set(PROFILES)
+    if report["cpu"]["arch"] == "x86_64" and "avx2" in report["cpu"]["flags"] and not report["cuda"]["available"]:
+        expected = "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(report["cpu"]["flags"]) \
+            else "x86-avx2"
+        assert report["best_profile"] == expected
+    table = CliRunner().invoke(rt, ["doctor"])
+    assert table.exit_code == 0 and "best profile" in table.output
+
+
+def _facts(arch="x86_64", flags=(), jetson=None, cuda=(), ov_devices=None):
+    return {"cpu": {"arch": arch, "flags": list(flags)}, "jetson": jetson,
+            "cuda": {"devices": [{"index": i, "compute_capability": cc} for i, cc in enumerate(cuda)],
+                     "reason": "" if cuda else "no CUDA device"},
+            "backends": {"openvino": {"devices": ov_devices}} if ov_devices else {}}
+
+
+@pytest.mark.parametrize("facts, best", [
+    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson Orin Nano Developer Kit"}), "jetson-orin-nano"),
+    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson AGX Orin Developer Kit"}), "jetson-agx-orin"),
+    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson Xavier NX Developer Kit"}), "jetson-xavier-nx"),
+    (_facts(flags=["avx2", "fma", "avx512f", "avx512_vnni"]), "x86-avx512-vnni"),
+    (_facts(flags=["avx2", "fma"], cuda=["8.9"]), "x86-nvidia-gpu"),
+    (_facts(flags=["avx2", "fma"], ov_devices={"CPU": "i7", "GPU.0": "Iris Xe"}), "intel-igpu"),
+    (_facts(flags=["avx2", "fma"], cuda=["7.0"]), "x86-avx2"),   # a Volta card is below the 7.5 minimum
+    (_facts("aarch64", ["asimd"]), None),                         # a Raspberry Pi: no profile fits
+])
+def test_profile_fit_on_other_machines(facts, best):
+    ranked = rank_profiles(facts, PROFILES)
+    assert (ranked[0].profile if ranked[0].fits else None) == best
+    if best is None:
+        assert "not a Jetson" in " ".join(profile_fit(PROFILES["jetson-orin-nx"], facts).missing)
+
+
+# --- building for every target ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_flowers_run(flowers_dir, tmp_path_factory):
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+
+    return finetune(str(flowers_dir), tmp_path_factory.mktemp("tiny-flowers") / "run",
+                    FinetuneConfig(backbone="tiny_cnn_test", head=HeadConfig(epochs=20, lr=0.05)))
+
+
+def _check_cpu_artifacts_match_manifest(bundle, run):
+    manifest = read_bundle_manifest(bundle)
+    _, val = run_records(run.manifest, None)
+    checked = []
+    for artifact in manifest.artifacts:
+        if artifact.role != "backbone" or not runnable_backends(artifact):
+            continue
+        with EdgeModel(bundle, artifact=artifact.name) as model:
+            report = model.evaluate(val)
+        assert report["accuracy"] == pytest.approx(artifact.accuracy), artifact.name
+        checked.append(artifact.name)
+    return manifest, checked
+
+
+@pytest.mark.parametrize("target", sorted(REQUIRED))
+def test_export_for_every_target_runs_here_at_the_recorded_accuracy(tiny_flowers_run, tmp_path, target):
+    bundle = export_run(tiny_flowers_run.run_dir, tmp_path / target, target=target, max_accuracy_drop=100.0,
+                        calibration_size=8).bundle
+    manifest, checked = _check_cpu_artifacts_match_manifest(bundle, tiny_flowers_run)
+    expected = formats_for_target(PROFILES[target])[0].split(",")
+    assert {a.format for a in manifest.artifacts if a.role == "backbone"} == set(expected)
+    assert "onnx" in checked and manifest.target["name"] == target
+    if "tensorrt" in PROFILES[target].deploy.backends:
+        assert manifest.target["tensorrt"]["trtexec"]["fp16"].startswith("trtexec --onnx=backbone-onnx-fp16.onnx")
+
+
+def test_jetson_bundle_with_real_weights_end_to_end(digits_run, digits_folder, tmp_path):
+    """Lite0 on digits for the Orin Nano: export, pack, unpack on the 'device', evaluate every CPU artifact."""
+    out = tmp_path / "orin"
+    result = CliRunner().invoke(host, ["export", str(digits_run.run_dir), "--target", "jetson-orin-nano",
+                                       "--out", str(out), "--pack"])
+    assert result.exit_code == 0, result.output
+    device_copy = unpack_bundle(tmp_path / "orin.tar.gz", tmp_path / "device" / "orin")
+    manifest = read_bundle_manifest(device_copy)
+    assert manifest.artifact("onnx-fp16").precision == "fp16"
+    assert manifest.artifact("onnx-int8-trt").accuracy_drop <= 1.0
+    for artifact in ("onnx", "onnx-fp16", "onnx-int8-trt"):
+        ran = CliRunner().invoke(rt, ["evaluate", str(device_copy), str(digits_folder), "--artifact", artifact,
+                                      "--json"])
+        assert ran.exit_code == 0, ran.output
+        assert json.loads(ran.output[ran.output.index("{"):])["accuracy"] == pytest.approx(
+            manifest.artifact(artifact).accuracy)
+    line = CliRunner().invoke(rt, ["build-engine", str(device_copy), "--print-trtexec", "--precision", "int8"])
+    assert line.output.strip() == manifest.target["tensorrt"]["trtexec"]["int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(REQUIRED))
+def test_every_target_with_real_weights(digits_run, tmp_path, target):
+    bundle = export_run(digits_run.run_dir, tmp_path / target, target=target).bundle
+    manifest, checked = _check_cpu_artifacts_match_manifest(bundle, digits_run)
+    assert manifest.reference_accuracy >= 0.95 and checked

@@ -37,10 +37,12 @@ bench: install
 	$(BIN)/python benchmarks/finetune_cache.py
 	$(BIN)/python benchmarks/runtime_vs_eager.py
 	$(BIN)/python benchmarks/engine_extraction.py
+	$(BIN)/python benchmarks/device_update.py
+	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install
-	$(BIN)/ruff check edgetl exporters runtime tests benchmarks
+	$(BIN)/ruff check edgetl exporters runtime devices tests benchmarks
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -37,6 +37,7 @@ from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .context import BuildContext
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
+from .learning_data import write_learning_data
 from .targets import formats_for_target, target_block
 
 CHECK_IMAGES = 16
@@ -201,6 +202,8 @@ def export_run(
                     continue
                 artifacts.append(_build_gated(ctx, fmt, feature_model, check, reference, labels, options))
             shutil.copyfile(run_dir / run.files["head"], staging / "head.npz")
+            log("computing the features the device keeps learning from (learning/features.npz)")
+            learning = write_learning_data(staging, staging / base.filename(), data)
             head_entry = FileEntry.of(staging, "head.npz")
             manifest = BundleManifest(
                 schema_version=BUNDLE_SCHEMA_VERSION,
@@ -224,6 +227,7 @@ def export_run(
                 },
                 source_run={"path": str(run_dir.resolve()), "created": run.created, "data": run.data_address},
                 target=target_block(profile, preprocess.input_size) if profile is not None else {},
+                learning=learning,
             )
             manifest.write(staging)
     finally:

@@ -68,7 +68,17 @@ def measure(run: Callable[[], object], settings: BenchSettings) -> list[float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (Linux reports kB, macOS bytes)."""
+    """Peak resident set size of this process.
+
+    On Linux from ``VmHWM`` in /proc/self/status: ``ru_maxrss`` survives ``exec``, so a process started
+    by a large parent (a test runner, a benchmark with torch loaded) would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 

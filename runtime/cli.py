@@ -194,6 +194,141 @@ def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, 
 
 
 @main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--method", type=click.Choice(["ridge", "sgd", "ncm"]), default="ridge", show_default=True,
+              help="ridge: exact streaming ridge; sgd: logistic head with replay; ncm: nearest class mean.")
+@click.option("--holdout", "holdout_fraction", type=float, default=0.2, show_default=True,
+              help="Share of the new images kept out of training to measure accuracy.")
+@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
+              help="Refuse to commit when accuracy on the earlier held-out samples falls by more points.")
+@click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
+@click.option("--reselect-alpha", is_flag=True, help="ridge: search the regularisation again now.")
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for another update to finish.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@with_model_options
+def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, lock_timeout, skip_bad,
+           as_json, artifact, backend, threads) -> None:
+    """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
+    from .update import UpdateSettings, update_bundle
+
+    settings = UpdateSettings(method=method, holdout_fraction=holdout_fraction, max_accuracy_drop=max_accuracy_drop,
+                              force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
+                              reselect_alpha=reselect_alpha)
+    report = update_bundle(bundle, data, settings, artifact=artifact, backend=backend, threads=threads,
+                           progress=terminal_progress)
+    if as_json:
+        print_json(report)
+        return
+    print_table([
+        ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
+        ("new images", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
+                       f"{report['n_duplicate']} already stored)"),
+        ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
+                                                    if report["new_classes"] else "")),
+        ("held-out accuracy", f"{_fmt(report['accuracy'])} on {report['holdout_n']} samples"),
+        ("earlier held-out", f"{_fmt(report['accuracy_before'])} -> {_fmt(report['accuracy_after_on_earlier_holdout'])}"),
+        ("backbone s", report["timings"]["backbone_s"]), ("head math s", report["timings"]["head_s"]),
+        ("evicted", report["evicted"]),
+    ])
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def history(bundle, as_json) -> None:
+    """The head versions kept in BUNDLE's feature store (newest last)."""
+    from dataclasses import asdict
+
+    from .store import FeatureStore
+
+    store = FeatureStore(bundle)
+    versions = store.history() if store.exists else []
+    current = store.current_number() if store.exists else None
+    if as_json:
+        print_json({"bundle": str(bundle), "current": current,
+                    "versions": [{k: v for k, v in asdict(x).items() if k != "files"} for x in versions]})
+        return
+    if not versions:
+        click.echo(f"{bundle}: no on-device updates yet (the bundle's own head is in use)")
+        return
+    click.echo(f"{'ver':>4s} {'action':8s} {'method':6s} {'classes':>7s} {'train':>6s} {'held':>5s} {'new':>5s} "
+               f"{'held-out acc':>12s}  created")
+    for v in versions:
+        mark = "*" if v.version == current else " "
+        click.echo(f"{v.version:>3d}{mark} {v.action:8s} {v.method or '-':6s} {len(v.classes):>7d} {v.n_train:>6d} "
+                   f"{v.n_holdout:>5d} {v.n_new:>5d} {_fmt(v.accuracy.get('holdout')):>12s}  {v.created}"
+                   + (f"  {v.note}" if v.note else ""))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "to_version", type=int, default=None, help="Version to return to (default: the previous one).")
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True)
+def rollback(bundle, to_version, lock_timeout) -> None:
+    """Make an earlier head version current again (recorded as a new version)."""
+    from .update import rollback_bundle
+
+    version = rollback_bundle(bundle, to_version, lock_timeout)
+    click.echo(f"version {version.version} is current: {version.note}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--check", default=None, help="Labelled images of the target domain to measure the change on.")
+@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True)
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@with_model_options
+def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, backend, threads) -> None:
+    """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
+    from .update import adapt_bundle
+
+    report = adapt_bundle(bundle, data, check, max_accuracy_drop, force, artifact=artifact, backend=backend,
+                          threads=threads, progress=terminal_progress)
+    if as_json:
+        print_json(report)
+        return
+    rows = [("version", report["version"]), ("unlabelled images", report["n_unlabeled"]),
+            ("feature mean shift", report["mean_shift"])]
+    if "accuracy_before" in report:
+        rows.append(("check accuracy", f"{report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f} "
+                                       f"({report['check_n']} images)"))
+    print_table(rows)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--k", type=int, required=True, help="Number of groups.")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@with_model_options
+def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads) -> None:
+    """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
+    from .cluster import cluster_images
+
+    summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
+                             backend=backend, progress=terminal_progress)
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"wrote {k} groups of {summary['n']} images to {out} (groups.csv, summary.json)")
+    for g in summary["groups"]:
+        click.echo(f"  {g['group']}: {g['size']:4d} images; head suggests {g['head_suggests']} "
+                   f"({g['agreement']:.0%} agree)")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def doctor(as_json) -> None:
     """Report this device: CPU flags, memory, backends and their devices, and the profile that fits."""

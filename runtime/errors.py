@@ -89,3 +89,9 @@ class AccuracyGateError(EdgetlError):
         self.artifact = artifact
         self.reference = reference
         self.accuracy = accuracy
+
+
+class UpdateRejectedError(EdgetlError):
+    """An on-device update would lower held-out accuracy by more than allowed; nothing was committed."""
+
+    exit_code = 6

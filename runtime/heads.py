@@ -240,7 +240,44 @@ class RidgeHead(LinearHead):
         return cls(arrays["weight"], arrays["bias"], statistics, float(arrays["alpha"]))
 
 
-HEAD_KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead, "ridge": RidgeHead}
+NCM_SCALE = 16.0   # logits are cosine similarities times this, so softmax scores are usable
+
+
+@dataclass
+class NCMHead(Head):
+    """``logits = scale * cos(features, class mean)``; the sums and counts let it keep learning."""
+
+    sums: np.ndarray      # (C, d) sums of L2-normalised features, float64
+    counts: np.ndarray    # (C,)
+    scale: float = NCM_SCALE
+    kind: ClassVar[str] = "ncm"
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        x = normalise_rows(self.check_features(features))
+        means = normalise_rows(self.sums / np.maximum(self.counts, 1)[:, None]).astype(np.float32)
+        return (self.scale * x @ means.T).astype(np.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.sums.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.sums.shape[1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums, "counts": self.counts, "scale": np.array(self.scale)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "NCMHead":
+        return cls(arrays["sums"], arrays["counts"], float(arrays["scale"]))
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+HEAD_KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead, "ridge": RidgeHead, "ncm": NCMHead}
 
 
 def load_head(path: str | Path) -> Head:

@@ -76,6 +76,7 @@ class BundleManifest:
     validation: dict = field(default_factory=dict)
     source_run: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)   # the device profile it was built for (edgetl export --target)
+    learning: dict = field(default_factory=dict)  # learning/features.npz: what on-device updates start from
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -128,6 +129,8 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
         entries = [(manifest.head["file"], manifest.head["sha256"])]
         entries += [(a.file, a.sha256) for a in manifest.artifacts]
         entries += [(c["file"], c["sha256"]) for a in manifest.artifacts for c in a.companions]
+        if manifest.learning:
+            entries.append((manifest.learning["file"], manifest.learning["sha256"]))
         for name, expected in entries:
             verify_file(folder, name, expected)
     return manifest

@@ -21,6 +21,7 @@ from .metrics import classification_report
 from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
 from .reader import ReadReport, read_batches
+from .store import FeatureStore, apply_adapter
 
 
 @dataclass
@@ -85,8 +86,23 @@ def target_rank(target: dict, artifact: Artifact) -> tuple[bool, int, int]:
             precisions.index(artifact.precision) if artifact.precision in precisions else len(precisions))
 
 
+def bundle_head(bundle: Path, manifest: BundleManifest) -> Head:
+    """The head the bundle was exported with, checked against the manifest's classes and feature size."""
+    head = load_head(Path(bundle) / manifest.head["file"])
+    if head.num_classes != len(manifest.labels) or head.feature_dim != manifest.feature_dim:
+        raise BundleError(
+            f"head {manifest.head['file']} has shape ({head.num_classes} classes, {head.feature_dim} features) "
+            f"but the manifest says ({len(manifest.labels)}, {manifest.feature_dim})"
+        )
+    return head
+
+
 class EdgeModel:
-    """Backbone artifact + head of a verified bundle."""
+    """Backbone artifact + head of a verified bundle.
+
+    The head is the feature store's current version when the device has learned (``edgetl-rt update``;
+    ``use_store=False`` ignores it), else the bundle's own.
+    """
 
     def __init__(
         self,
@@ -95,6 +111,7 @@ class EdgeModel:
         backend: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        use_store: bool = True,
     ):
         self.bundle = Path(bundle)
         if self.bundle.is_file() and self.bundle.name.endswith((".tar.gz", ".tgz")):
@@ -102,14 +119,17 @@ class EdgeModel:
         self.manifest = read_bundle_manifest(self.bundle, verify=verify)
         self.artifact = choose_artifact(self.manifest, artifact, backend)
         self.preprocess = self.manifest.preprocess_config
-        self.labels = list(self.manifest.labels)
-        self.head: Head = load_head(self.bundle / self.manifest.head["file"])
-        if self.head.num_classes != len(self.labels) or self.head.feature_dim != self.manifest.feature_dim:
-            raise BundleError(
-                f"head {self.manifest.head['file']} has shape ({self.head.num_classes} classes, "
-                f"{self.head.feature_dim} features) but the manifest says ({len(self.labels)}, "
-                f"{self.manifest.feature_dim})"
-            )
+        store = FeatureStore(self.bundle)
+        self.head_version: int | None = None
+        self.adapter: dict | None = None
+        if use_store and store.exists:   # the head learned on the device (edgetl-rt update), as last committed
+            version = store.version()
+            self.head, self.labels, self.adapter = store.head(version), list(version.classes), store.adapter(version)
+            self.head_version = version.version
+            if self.head.num_classes != len(self.labels) or self.head.feature_dim != self.manifest.feature_dim:
+                raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
+        else:
+            self.head, self.labels = bundle_head(self.bundle, self.manifest), list(self.manifest.labels)
         if backend is None:
             runnable = runnable_backends(self.artifact)
             if not runnable:
@@ -135,7 +155,7 @@ class EdgeModel:
         return self.backend.infer(batch)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.head.logits(self.features(batch))
+        return self.head.logits(apply_adapter(self.features(batch), self.adapter))
 
     def predict(
         self,
@@ -184,4 +204,5 @@ class EdgeModel:
         result["skipped"] = [f"{e.source}: {e.reason}" for e in report.skipped]
         result["artifact"] = self.artifact.name
         result["backend"] = self.backend.name
+        result["head_version"] = self.head_version
         return result

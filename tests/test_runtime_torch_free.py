@@ -58,3 +58,35 @@ def test_runtime_cli_runs_without_torch(digits_bundle, digits_folder):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["accuracy"] >= 0.95
+
+
+def test_update_and_predict_without_torch_or_onnx(digits_bundle, digits_folder, tmp_path):
+    """On-device learning end to end in an interpreter where torch and onnx cannot be imported."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.bundle, bundle)
+    new_data = tmp_path / "new"
+    for digit in ("3", "8"):
+        shutil.copytree(digits_folder / "val" / digit, new_data / f"digit-{digit}")   # renamed: new classes
+    code = SCRIPT.split("from edgetl.runtime import EdgeModel")[0] + textwrap.dedent(
+        """
+        from edgetl.runtime import EdgeModel
+        from edgetl.runtime.update import update_bundle
+
+        bundle, data, image = sys.argv[1:4]
+        report = update_bundle(bundle, data)
+        with EdgeModel(bundle) as model:
+            top = model.predict([image])[0].top[0][0]
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print(json.dumps({"version": report["version"], "classes": report["classes"], "top": top,
+                          "leaked": leaked}))
+        """
+    )
+    image = sorted((new_data / "digit-8").glob("*.png"))[0]
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(new_data), str(image)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == [] and result["version"] == 1
+    assert result["classes"][-2:] == ["digit-3", "digit-8"] and result["top"] in ("digit-8", "8")

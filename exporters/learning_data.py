@@ -1,0 +1,62 @@
+"""The learning data a bundle ships so the device can keep learning: the run's features.
+
+The device's ridge / NCM updates continue from statistics of the host's
+training samples, its held-out accuracy guard needs labelled held-out
+samples, and ``sgd`` replays stored samples so earlier classes are not
+forgotten.  So the bundle carries the backbone features of the run's
+training split (seeded sample, at most the store's per-class bound) and of
+its validation split (the held-out part), computed by the fp32 ONNX
+backbone exactly as the device computes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.runtime.backends import create_backend
+from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.manifest import FileEntry
+from edgetl.runtime.store import DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS
+
+from .calibration import ExportData, decode_to_memmap
+
+LEARNING_FILE = "learning/features.npz"
+
+
+def _capped(records: list[ImageRecord], per_class: int, seed: int) -> list[ImageRecord]:
+    rng = np.random.default_rng(seed)
+    labels = np.array([r.label for r in records])
+    keep: list[int] = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        keep.extend(rows if len(rows) <= per_class else np.sort(rng.choice(rows, per_class, replace=False)))
+    return [records[i] for i in sorted(keep)]
+
+
+def _features(backbone: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    with create_backend("onnxruntime", backbone) as runner:
+        return np.concatenate([runner.infer(np.ascontiguousarray(images[i:i + batch]))
+                               for i in range(0, len(images), batch)])
+
+
+def write_learning_data(staging: Path, backbone: Path, data: ExportData) -> dict:
+    """Write ``learning/features.npz`` into the bundle being built; returns its manifest entry."""
+    train = _capped(data.train_records, DEFAULT_MAX_PER_CLASS, seed=0)
+    val = _capped(data.val_records, DEFAULT_MAX_HOLDOUT_PER_CLASS, seed=0)
+    train_images = decode_to_memmap(train, data.preprocess, data.scratch, "learning-train", data.progress)
+    val_index = {id(r): i for i, r in enumerate(data.val_records)}
+    val_images = data.val_images[[val_index[id(r)] for r in val]]
+    features = np.concatenate([_features(backbone, train_images), _features(backbone, val_images)])
+    records = train + val
+    path = staging / LEARNING_FILE
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez(handle, features=features.astype(np.float32),
+                 labels=np.array([r.label for r in records], dtype=np.int64),
+                 holdout=np.array([False] * len(train) + [True] * len(val)),
+                 keys=np.array([r.content_digest().hex() for r in records], dtype="<U64"))
+    entry = FileEntry.of(staging, LEARNING_FILE)
+    return {**entry.__dict__, "n_train": len(train), "n_holdout": len(val), "artifact": "onnx",
+            "max_per_class": DEFAULT_MAX_PER_CLASS, "max_holdout_per_class": DEFAULT_MAX_HOLDOUT_PER_CLASS}

@@ -1,0 +1,354 @@
+"""The on-device feature store: versioned heads and stored features, crash-safe.
+
+Layout inside a bundle::
+
+    store/CURRENT                  the committed version number (the only file ever replaced)
+    store/lock                     flock()ed by a writer; holds its pid
+    store/versions/000007/         version.json, head.npz, state.npz[, adapter.npz]   (immutable)
+    store/segments/000012.npz      features, labels, holdout flags, image keys          (immutable)
+
+A write (update, adapt, rollback) takes the lock, writes any new segment and
+a complete new version folder beside the old ones (temp name, fsync,
+rename), then switches ``CURRENT`` by an atomic rename and fsyncs the
+folder: that rename is the commit.  A process killed at any point leaves
+``CURRENT`` naming a complete version; leftovers (a version newer than
+``CURRENT``, temp files, unreferenced segments) are removed by the next
+writer.  Readers never take the lock: they read ``CURRENT`` and an immutable
+folder, so they see the old head or the new one, never a mix.  The last
+``keep_versions`` versions are kept for ``history`` and ``rollback``.
+
+Eviction (the store's size bound): per class, at most ``max_per_class``
+training rows and ``max_holdout_per_class`` held-out rows are kept; the
+oldest rows of a class over its bound are evicted first.  Eviction only
+bounds stored features (replay for ``sgd``, held-out accuracy, alpha
+choice): the ridge and NCM statistics keep every sample ever learned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import BundleError, EdgetlError
+from .fsutil import atomic_directory, atomic_write_text, fsync_dir, sha256_file
+from .heads import Head, RidgeStatistics, load_head
+
+STORE_SCHEMA = "edgetl.store/1"
+STORE_FOLDER = "store"
+DEFAULT_KEEP_VERSIONS = 5
+DEFAULT_MAX_PER_CLASS = 500
+DEFAULT_MAX_HOLDOUT_PER_CLASS = 100
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def apply_adapter(features: np.ndarray, adapter: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Map target-domain features onto the source statistics the head was trained on (``edgetl-rt adapt``)."""
+    if adapter is None:
+        return features
+    return ((features - adapter["target_mean"]) * adapter["scale"] + adapter["source_mean"]).astype(np.float32)
+
+
+class StoreBusyError(EdgetlError):
+    """Another process holds the store's lock."""
+
+    exit_code = 7
+
+
+@dataclass
+class Version:
+    version: int
+    parent: int | None
+    action: str                    # init | update | adapt | rollback
+    method: str | None
+    classes: list[str]
+    segments: list[int]
+    files: dict[str, str]          # file name -> sha256
+    n_train: int = 0
+    n_holdout: int = 0
+    n_new: int = 0
+    new_classes: list[str] = field(default_factory=list)
+    accuracy: dict = field(default_factory=dict)
+    alpha: float | None = None
+    artifact: str | None = None
+    note: str = ""
+    created: str = field(default_factory=now_iso)
+    schema: str = STORE_SCHEMA
+
+
+@dataclass
+class Samples:
+    """Stored rows: features in the head's input space, label indices, held-out flags, image keys."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    holdout: np.ndarray
+    keys: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> "Samples":
+        return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, "<U64"))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, mask: np.ndarray) -> "Samples":
+        return Samples(self.features[mask], self.labels[mask], self.holdout[mask], self.keys[mask])
+
+    @classmethod
+    def concat(cls, parts: list["Samples"], dim: int) -> "Samples":
+        if not parts:
+            return cls.empty(dim)
+        return cls(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
+                   np.concatenate([p.holdout for p in parts]), np.concatenate([p.keys for p in parts]))
+
+
+@dataclass
+class LearnerState:
+    """What every update maintains whatever the method: ridge and NCM statistics (float64)."""
+
+    ridge: RidgeStatistics
+    ncm_sums: np.ndarray
+    ncm_counts: np.ndarray
+    alpha: float | None = None
+    alpha_selected_at: int = 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        r = self.ridge
+        return {"gram": r.gram, "cross": r.cross, "feature_sum": r.feature_sum, "target_sum": r.target_sum,
+                "count": np.array(r.count), "ncm_sums": self.ncm_sums, "ncm_counts": self.ncm_counts,
+                "alpha": np.array(np.nan if self.alpha is None else self.alpha),
+                "alpha_selected_at": np.array(self.alpha_selected_at)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "LearnerState":
+        alpha = float(a["alpha"])
+        return cls(RidgeStatistics(a["gram"], a["cross"], a["feature_sum"], a["target_sum"], int(a["count"])),
+                   a["ncm_sums"], a["ncm_counts"], None if np.isnan(alpha) else alpha, int(a["alpha_selected_at"]))
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+class FeatureStore:
+    def __init__(self, bundle: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS,
+                 max_per_class: int = DEFAULT_MAX_PER_CLASS,
+                 max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS):
+        if keep_versions < 2:
+            raise EdgetlError("keep at least 2 versions (the current one and one to roll back to)")
+        self.bundle = Path(bundle)
+        self.root = self.bundle / STORE_FOLDER
+        self.keep_versions = keep_versions
+        self.max_per_class = max_per_class
+        self.max_holdout_per_class = max_holdout_per_class
+
+    # --- reading (no lock) --------------------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return (self.root / "CURRENT").is_file()
+
+    def current_number(self) -> int:
+        try:
+            text = (self.root / "CURRENT").read_text().strip()
+            return int(text)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{self.bundle} has no feature store yet (run edgetl-rt update first)") from exc
+        except ValueError as exc:
+            raise BundleError(f"{self.root / 'CURRENT'} is damaged ({text!r}); roll back with "
+                              "edgetl-rt rollback --to VERSION") from exc
+
+    def _folder(self, number: int) -> Path:
+        return self.root / "versions" / f"{number:06d}"
+
+    def version(self, number: int | None = None) -> Version:
+        """A committed version (default: the current one); its files are checked against their sha256."""
+        for attempt in range(5):  # a concurrent writer may prune the version we just read CURRENT for
+            wanted = self.current_number() if number is None else number
+            folder = self._folder(wanted)
+            try:
+                data = json.loads((folder / "version.json").read_text())
+            except FileNotFoundError:
+                if number is None and attempt < 4:
+                    time.sleep(0.01)
+                    continue
+                raise BundleError(f"store version {wanted} no longer exists (kept: {self.kept_numbers()})") from None
+            except json.JSONDecodeError as exc:
+                raise BundleError(f"{folder / 'version.json'} is damaged: {exc}") from exc
+            if data.get("schema") != STORE_SCHEMA:
+                raise BundleError(f"{folder} is not an {STORE_SCHEMA} version")
+            return Version(**data)
+        raise BundleError("the feature store changed too fast to read")  # pragma: no cover
+
+    def kept_numbers(self) -> list[int]:
+        folder = self.root / "versions"
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "version.json").is_file())
+
+    def history(self) -> list[Version]:
+        current = self.current_number()
+        return [self.version(n) for n in self.kept_numbers() if n <= current]
+
+    def _verified(self, version: Version, name: str) -> Path:
+        path = self._folder(version.version) / name
+        if not path.is_file() or sha256_file(path) != version.files.get(name):
+            raise BundleError(f"store file {path} is missing or fails its sha256 check; roll back with "
+                              f"edgetl-rt rollback {self.bundle} --to VERSION")
+        return path
+
+    def head(self, version: Version) -> Head:
+        return load_head(self._verified(version, "head.npz"))
+
+    def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
+        return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
+
+    def state(self, version: Version) -> LearnerState:
+        return LearnerState.from_arrays(_load_npz(self._verified(version, "state.npz")))
+
+    def samples(self, version: Version, dim: int) -> Samples:
+        parts = []
+        for segment in version.segments:
+            a = _load_npz(self.root / "segments" / f"{segment:06d}.npz")
+            parts.append(Samples(a["features"], a["labels"], a["holdout"], a["keys"]))
+        return Samples.concat(parts, dim)
+
+    # --- writing (under the lock) -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 60.0) -> Iterator[None]:
+        """Exclusive writer lock (flock on store/lock); waits up to ``timeout`` seconds, then fails clearly."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                        raise StoreBusyError(
+                            f"another update is running on {self.bundle} (lock {self.root / 'lock'} held by pid "
+                            f"{holder}); it was waited for {timeout:g} s. Retry later or raise --lock-timeout"
+                        ) from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._clean()
+            yield
+        finally:
+            os.close(fd)   # releases the flock
+
+    def _clean(self) -> None:
+        """Remove what a killed writer left: uncommitted versions, temp files, unreferenced segments."""
+        if not self.exists:
+            return
+        current = self.current_number()
+        versions = self.root / "versions"
+        for path in list(versions.iterdir()) if versions.is_dir() else []:
+            if not path.name.isdigit() or int(path.name) > current:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for path in self.root.iterdir():
+            if path.name.startswith("."):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        self._drop_unreferenced_segments()
+
+    def _drop_unreferenced_segments(self) -> None:
+        referenced = {s for n in self.kept_numbers() for s in self.version(n).segments}
+        folder = self.root / "segments"
+        for path in list(folder.iterdir()) if folder.is_dir() else []:
+            stem = path.name.split(".")[0]
+            if not stem.isdigit() or int(stem) not in referenced:
+                path.unlink(missing_ok=True)
+
+    def write_segment(self, samples: Samples) -> int:
+        folder = self.root / "segments"
+        folder.mkdir(parents=True, exist_ok=True)
+        used = [int(p.name.split(".")[0]) for p in folder.iterdir() if p.name.split(".")[0].isdigit()]
+        number = max(used, default=-1) + 1
+        target = folder / f"{number:06d}.npz"
+        tmp = folder / f".{number:06d}.tmp"
+        _save_npz(tmp, {"features": samples.features.astype(np.float32), "labels": samples.labels.astype(np.int64),
+                        "holdout": samples.holdout.astype(bool), "keys": samples.keys.astype("<U64")})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        fsync_dir(folder)
+        return number
+
+    def commit(self, version: Version, head: Head, state: LearnerState,
+               adapter: dict[str, np.ndarray] | None = None) -> Version:
+        """Write ``version`` (its number is assigned here) and switch CURRENT to it."""
+        version.version = (self.current_number() + 1) if self.exists else 0
+        (self.root / "versions").mkdir(parents=True, exist_ok=True)
+        with atomic_directory(self._folder(version.version)) as staging:
+            head.save(staging / "head.npz")
+            _save_npz(staging / "state.npz", state.arrays())
+            names = ["head.npz", "state.npz"]
+            if adapter is not None:
+                _save_npz(staging / "adapter.npz", adapter)
+                names.append("adapter.npz")
+            version.files = {name: sha256_file(staging / name) for name in names}
+            (staging / "version.json").write_text(json.dumps(asdict(version), indent=2))
+        atomic_write_text(self.root / "CURRENT", f"{version.version}\n")   # the commit point
+        self._prune()
+        return version
+
+    def _prune(self) -> None:
+        numbers = self.kept_numbers()
+        for number in numbers[:-self.keep_versions]:
+            shutil.rmtree(self._folder(number), ignore_errors=True)
+        self._drop_unreferenced_segments()
+
+    def evict(self, version: Version, dim: int) -> int:
+        """Apply the per-class bounds to ``version.segments`` (oldest rows first); returns rows evicted."""
+        per_segment = [(s, _load_npz(self.root / "segments" / f"{s:06d}.npz")) for s in version.segments]
+        labels = np.concatenate([a["labels"] for _, a in per_segment]) if per_segment else np.zeros(0, np.int64)
+        holdout = np.concatenate([a["holdout"] for _, a in per_segment]) if per_segment else np.zeros(0, bool)
+        keep = np.ones(len(labels), bool)
+        for flag, bound in ((False, self.max_per_class), (True, self.max_holdout_per_class)):
+            for label in np.unique(labels):
+                rows = np.flatnonzero((labels == label) & (holdout == flag))
+                if len(rows) > bound:
+                    keep[rows[:len(rows) - bound]] = False       # rows are in age order: oldest first
+        if keep.all():
+            return 0
+        segments, offset = [], 0
+        for number, a in per_segment:
+            mask = keep[offset:offset + len(a["labels"])]
+            offset += len(a["labels"])
+            if mask.all():
+                segments.append(number)
+            elif mask.any():
+                segments.append(self.write_segment(Samples(a["features"][mask], a["labels"][mask],
+                                                           a["holdout"][mask], a["keys"][mask])))
+        version.segments = segments
+        return int((~keep).sum())

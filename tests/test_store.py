@@ -1,0 +1,238 @@
+"""The feature store's transactions: SIGKILL at random moments, concurrent readers and writers,
+the accuracy guard, eviction, rollback and damaged files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from edgetl.runtime import EdgeModel
+from edgetl.runtime.errors import BundleError, UpdateRejectedError
+from edgetl.runtime.store import FeatureStore, StoreBusyError
+from edgetl.runtime.update import UpdateSettings, learn_features, rollback_bundle
+
+from conftest import make_folder_dataset
+
+DIM = 16   # the tiny test backbone's feature size
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from edgetl.exporters.bundle import export_run
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+
+    root = make_folder_dataset(tmp_path_factory.mktemp("store") / "data", classes=("red", "green", "blue"),
+                               per_class=10, size=(36, 36))
+    run = finetune(str(root), root.parent / "run",
+                   FinetuneConfig(backbone="tiny_cnn_test", head=HeadConfig(kind="ridge")))
+    return export_run(run.run_dir, root.parent / "bundle").bundle
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    return copy
+
+
+CENTRES = np.random.default_rng(0).normal(0, 3, (3, DIM))
+
+
+def _batch(rng, n=6, names=("k0", "k1", "k2")):
+    y = rng.integers(0, len(names), n)
+    features = (CENTRES[y % 3] + rng.normal(0, 1, (n, DIM))).astype(np.float32)
+    return features, [names[v] for v in y], [uuid.uuid4().hex for _ in y]
+
+
+LOOSE = UpdateSettings(max_accuracy_drop=100.0)
+
+
+def test_versions_history_and_rollback(bundle):
+    rng = np.random.default_rng(0)
+    first = learn_features(bundle, *_batch(rng), LOOSE)
+    assert first["version"] == 1 and first["parent"] == 0 and sorted(first["new_classes"]) == ["k0", "k1", "k2"]
+    for _ in range(6):
+        last = learn_features(bundle, *_batch(rng), LOOSE)
+    store = FeatureStore(bundle)
+    assert last["version"] == 7 and [v.version for v in store.history()] == [3, 4, 5, 6, 7]   # 5 kept
+    rolled = rollback_bundle(bundle, to=4)
+    assert rolled.version == 8 and rolled.action == "rollback" and rolled.segments == store.version(4).segments
+    with EdgeModel(bundle) as model:
+        assert model.head_version == 8
+        np.testing.assert_array_equal(model.head.weight, store.head(store.version(4)).weight)
+    with pytest.raises(BundleError, match="no longer exists"):
+        rollback_bundle(bundle, to=1)
+
+
+def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundle):
+    from edgetl.runtime.heads import RidgeHead, RidgeStatistics
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        learn_features(bundle, *_batch(rng, n=12), LOOSE)
+    store = FeatureStore(bundle)
+    version = store.version()
+    samples = store.samples(version, DIM)
+    train = samples.select(~samples.holdout)
+    state = store.state(version)
+    batch = RidgeStatistics.empty(DIM, len(version.classes))
+    batch.add(train.features, train.labels)
+    assert state.ridge.count == len(train)        # every stored training row counted exactly once
+    # version 0 continues from the host ridge head's statistics (torch features); the stored rows of the
+    # bundle are the same images through ONNX Runtime, which agree to ~1e-7
+    np.testing.assert_allclose(state.ridge.gram, batch.gram, rtol=1e-6)
+    expected = RidgeHead.solve(batch, version.alpha)
+    head = store.head(version)
+    assert np.max(np.abs(head.weight - expected.weight)) / np.max(np.abs(expected.weight)) < 1e-6
+
+
+KILLED_UPDATER = textwrap.dedent("""
+    import json, sys, uuid
+    import numpy as np
+    from edgetl.runtime.update import UpdateSettings, learn_features
+
+    bundle, seed = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(0, 3, (3, 16))
+    while True:
+        y = rng.integers(0, 3, 6)
+        x = centres[y] + rng.normal(0, 1, (6, 16))
+        keys = [uuid.uuid4().hex for _ in y]
+        report = learn_features(bundle, x, ["k%d" % v for v in y], keys, UpdateSettings(max_accuracy_drop=100.0))
+        print(json.dumps({"version": report["version"], "keys": keys}), flush=True)
+""")
+
+
+def test_sigkill_at_random_moments_never_loses_a_returned_update(bundle):
+    rng = np.random.default_rng(2024)
+    returned: set[str] = set()
+    last_version = -1
+    for attempt in range(25):
+        child = subprocess.Popen([sys.executable, "-c", KILLED_UPDATER, str(bundle), str(attempt)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(float(rng.uniform(0.3, 1.2)))
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL, err
+        lines = [json.loads(line) for line in out.splitlines() if line.endswith("}")]
+        for line in lines:
+            returned.update(line["keys"])
+            last_version = max(last_version, line["version"])
+        store = FeatureStore(bundle)
+        version = store.version()                       # loads, and its files pass their sha256
+        assert version.version >= last_version
+        samples = store.samples(version, DIM)
+        assert returned <= set(samples.keys.tolist()), "a sample whose update returned was lost"
+        assert store.head(version).num_classes == len(version.classes)
+        assert store.state(version).ridge.count == int((~samples.holdout).sum())
+    assert len(returned) > 0 and last_version >= 5
+    report = learn_features(bundle, *_batch(np.random.default_rng(9)), LOOSE)   # the store still works
+    assert report["version"] > last_version
+    leftovers = [p for p in FeatureStore(bundle).root.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_second_writer_waits_or_fails_clearly(bundle):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from edgetl.runtime.store import FeatureStore
+        with FeatureStore({str(bundle)!r}).locked():
+            print("locked", flush=True)
+            time.sleep(2.0)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    rng = np.random.default_rng(3)
+    with pytest.raises(StoreBusyError, match=f"held by pid {holder.pid}"):
+        learn_features(bundle, *_batch(rng), UpdateSettings(max_accuracy_drop=100.0, lock_timeout=0.3))
+    started = time.monotonic()
+    report = learn_features(bundle, *_batch(rng), UpdateSettings(max_accuracy_drop=100.0, lock_timeout=30))
+    assert report["committed"] and time.monotonic() - started > 0.5     # it waited for the holder
+    holder.wait(timeout=10)
+
+
+def test_readers_see_the_old_head_or_the_new_one_never_a_mix(bundle):
+    learn_features(bundle, *_batch(np.random.default_rng(4)), LOOSE)
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_UPDATER, str(bundle), "77"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = FeatureStore(bundle)
+    seen = set()
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            version = store.version()
+            head = store.head(version)                 # sha256 against that version's own record
+            assert head.num_classes == len(version.classes)
+            seen.add(version.version)
+    finally:
+        writer.kill()
+        writer.communicate()
+    assert len(seen) >= 2      # commits happened while reading
+
+
+def test_bad_labels_are_not_committed_unless_forced(bundle):
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        learn_features(bundle, *_batch(rng, n=30), LOOSE)
+    store = FeatureStore(bundle)
+    before = store.current_number()
+    features, names, keys = _batch(rng, n=200)
+    wrong = [{"k0": "k1", "k1": "k2", "k2": "k0"}[n] for n in names]     # systematically mislabelled
+    with pytest.raises(UpdateRejectedError, match="would fall from"):
+        learn_features(bundle, features, wrong, keys, UpdateSettings())
+    assert store.current_number() == before
+    forced = learn_features(bundle, features, wrong, keys, UpdateSettings(force=True))
+    assert forced["committed"] and forced["accuracy_after_on_earlier_holdout"] < forced["accuracy_before"]
+
+
+def test_eviction_keeps_the_newest_rows_per_class_and_the_statistics_of_all(bundle):
+    settings = UpdateSettings(max_accuracy_drop=100.0, max_per_class=10, max_holdout_per_class=3, holdout_fraction=0.2)
+    rng = np.random.default_rng(6)
+    batches = [_batch(rng, n=12, names=("k0", "k0", "k0")) for _ in range(4)]
+    reports = [learn_features(bundle, *b, settings) for b in batches]
+    store = FeatureStore(bundle)
+    version = store.version()
+    samples = store.samples(version, DIM)
+    k0 = version.classes.index("k0")
+    assert int(((samples.labels == k0) & ~samples.holdout).sum()) == 10
+    assert int(((samples.labels == k0) & samples.holdout).sum()) <= 3
+    assert sum(r["evicted"] for r in reports) > 0
+    assert set(batches[-1][2]) & set(samples.keys.tolist())           # the newest are kept ...
+    assert not set(batches[0][2]) & set(samples.keys[samples.labels == k0].tolist())   # ... the oldest went
+    assert store.state(version).ridge.target_sum[k0] == sum(r["n_train_new"] for r in reports)
+
+
+def test_damaged_store_files_are_refused_with_a_rollback_hint(bundle):
+    rng = np.random.default_rng(7)
+    learn_features(bundle, *_batch(rng), LOOSE)
+    learn_features(bundle, *_batch(rng), LOOSE)
+    store = FeatureStore(bundle)
+    head = store.root / "versions" / f"{store.current_number():06d}" / "head.npz"
+    head.write_bytes(head.read_bytes()[:-7])
+    with pytest.raises(BundleError, match="rollback"):
+        EdgeModel(bundle)
+    rollback_bundle(bundle)                                # back to the previous, intact version
+    with EdgeModel(bundle) as model:
+        assert model.head_version == 3
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned(bundle):
+    rng = np.random.default_rng(8)
+    learn_features(bundle, *_batch(rng), LOOSE)
+    store = FeatureStore(bundle)
+    (store.root / "versions" / "000099").mkdir()                       # a version never committed
+    (store.root / "segments" / "000777.npz").write_bytes(b"orphan")      # a segment no version lists
+    (store.root / ".CURRENT.tmp-x").write_text("9")
+    report = learn_features(bundle, *_batch(rng), LOOSE)
+    assert report["version"] == 2
+    assert not (store.root / "versions" / "000099").exists()
+    assert not (store.root / "segments" / "000777.npz").exists() and not (store.root / ".CURRENT.tmp-x").exists()

@@ -23,12 +23,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: install
 	$(BIN)/edgetl finetune builtin:digits --out $(DEMO)/run --overwrite
-	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --format onnx,openvino --overwrite
+	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --format onnx,onnx-int8,openvino,openvino-int8 --overwrite
 	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite
 	$(BIN)/edgetl-rt evaluate $(DEMO)/bundle $(DEMO)/digits --min-accuracy 0.95
 	$(BIN)/edgetl-rt predict $(DEMO)/bundle $(DEMO)/digits/val/7/*.png --top-k 2 | head -n 5
 	$(BIN)/edgetl-rt compare $(DEMO)/bundle $(DEMO)/digits
-	$(BIN)/edgetl-rt bench $(DEMO)/bundle --batch 1
+	$(BIN)/edgetl bench $(DEMO)/bundle --batch 1,8 --out $(DEMO)/bench
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/engine_extraction.py
 	$(BIN)/python benchmarks/device_update.py
 	$(BIN)/python benchmarks/targets.py
+	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.runtime.deps import require
+from edgetl.runtime.errors import EdgetlError
 
 from .context import BuildContext, BuildResult
 from .onnx import INPUT_NAME
@@ -137,6 +138,25 @@ def build_int8_dynamic(ctx: BuildContext, out: Path, attempt: int) -> BuildResul
     return BuildResult([out.name], notes)
 
 
+def sort_topologically(graph) -> None:
+    """Reorder ``graph.node`` so every input is produced before it is used (ONNX requires it; TensorRT's
+    parser and onnx's checker enforce it, ONNX Runtime does not).  The fp16 converter appends the Cast of a
+    kept-fp32 graph input after its consumers."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise EdgetlError(f"the converted ONNX graph cannot be ordered: {len(pending)} node(s) read inputs "
+                              f"nothing produces (first: {pending[0].name}); the conversion broke the graph")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def build_fp16(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -145,6 +165,8 @@ def build_fp16(ctx: BuildContext, out: Path, attempt: int) -> BuildResult:
     blocked = stem_and_last_conv(ctx.fp32_onnx) if attempt >= 1 else None
     with quiet():
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    sort_topologically(converted.graph)
+    onnx.checker.check_model(converted, full_check=True)
     onnx.save(converted, str(out))
     notes = ["fp16 weights and compute, fp32 graph inputs and outputs"]
     if blocked:

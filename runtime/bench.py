@@ -7,16 +7,17 @@ machine recorded next to the numbers.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .machine import cpu_facts, jetson_facts, library_versions, memory_facts
 
 
 @dataclass(frozen=True)
@@ -84,34 +85,18 @@ def peak_rss_mb() -> float:
 
 
 def machine_info() -> dict:
-    """CPU model, cores and flags of note, memory, OS and Python: context for every figure."""
+    """CPU model, cores and flags of note, memory, GPU, OS and library versions: context for every figure."""
+    from .cuda import cuda_info
+
+    cpu, memory, cuda = cpu_facts(), memory_facts(), cuda_info()
     info = {
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
+        "machine": cpu["arch"], "system": f"{platform.system()} {platform.release()}",
+        "cpu_model": cpu["model"], "cpu_count": cpu["cores"], "cores_usable": cpu["cores_usable"],
+        "cpu_flags": cpu["notable_flags"],
+        "memory_gb": round(memory["total_mb"] / 1024, 1) if memory["total_mb"] else None,
+        "gpus": cuda.devices or [], "versions": library_versions(),
     }
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        flags_line = next((l for l in text.splitlines() if l.startswith("flags")), "")
-        flags = set(flags_line.split(":", 1)[-1].split())
-        info["cpu_flags"] = sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                            "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd"})
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    jetson = jetson_facts()
+    if jetson:
+        info["jetson"] = jetson
     return info
-
-
-def settings_dict(settings: BenchSettings) -> dict:
-    return asdict(settings)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from pathlib import Path
 
 import click
-import numpy as np
 
-from .bench import BenchSettings, latency_stats, machine_info, measure, peak_rss_mb, settings_dict
+from .bench import BenchSettings
 from .errors import EdgetlError
 from .evaluate import SPLITS, evaluate_bundle
 from .model import EdgeModel
@@ -147,50 +146,83 @@ def compare(bundle, data, split, limit, as_json) -> None:
                    f"{r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}")
 
 
+def _ints(text: str | None, name: str) -> tuple:
+    if not text:
+        return (None,)
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=name) from None
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in text.split(",") if v.strip()) if text else None
+
+
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.argument("bundle", type=click.Path(file_okay=False), required=False)
+@click.option("--artifacts", "--artifact", "artifacts", default=None, help="Comma-separated artifact names.")
+@click.option("--backends", "--backend", "backends", default=None,
+              help="Comma-separated backends (onnxruntime, openvino, tensorrt).")
+@click.option("--precisions", default=None, help="Comma-separated precisions (fp32, fp16, int8).")
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8.")
+@click.option("--threads", default=None, help="Comma-separated intra-op thread counts (default: the backend's).")
+@click.option("--target", default=None, help="Device profile: its backends, precisions and memory budget.")
+@click.option("--data", default=None, help="Measure accuracy again on this labelled data (default: the manifest's).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write results.json, results.csv, report.md and pareto.png here.")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Compare two results.json files (A B): ratios B/A of every shared row.")
 @click.option("--min-runs", type=int, default=100, show_default=True)
 @click.option("--min-seconds", type=float, default=3.0, show_default=True)
 @click.option("--warmup-runs", type=int, default=10, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@with_model_options
-def bench(bundle, batch, min_runs, min_seconds, warmup_runs, as_json, artifact, backend, threads) -> None:
-    """Latency percentiles, throughput, load time and memory of BUNDLE on this machine."""
-    if batch < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--batch")
-    settings = BenchSettings(batch=batch, warmup_runs=warmup_runs, min_runs=min_runs, min_seconds=min_seconds)
-    t0 = time.perf_counter()
-    model = EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads)
-    load_s = time.perf_counter() - t0
-    with model:
-        size = model.preprocess.input_size
-        x = np.random.default_rng(settings.seed).standard_normal((batch, 3, size, size)).astype(np.float32)
-        t1 = time.perf_counter()
-        model.logits(x)
-        first_s = time.perf_counter() - t1
-        samples = measure(lambda: model.logits(x), settings)
-        result = latency_stats(samples, batch)
-        result.update(
-            bundle=str(bundle), artifact=model.artifact.name, precision=model.artifact.precision,
-            backend=model.backend.describe(), batch=batch, input_size=size,
-            load_s=load_s, first_inference_s=first_s, peak_rss_mb=peak_rss_mb(),
-            file_sizes={model.artifact.file: model.artifact.size, model.manifest.head["file"]: model.manifest.head["size"],
-                        **{c["file"]: c["size"] for c in model.artifact.companions}},
-            settings=settings_dict(settings), machine=machine_info(),
-        )
+@click.option("--noise-threshold", type=float, default=1.5, show_default=True,
+              help="Flag rows whose p99/p50 exceeds this.")
+@click.option("--in-process", is_flag=True, help="Measure every cell in this process (faster; RSS accumulates).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(bundle, artifacts, backends, precisions, batches, threads, target, data, out, compare, min_runs, min_seconds,
+          warmup_runs, noise_threshold, in_process, as_json) -> None:
+    """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
+    this machine can run, per backend, thread count and batch size."""
+    from .bench_report import table_lines, write_reports
+    from .benchmark import MatrixSettings, compare_results, run_matrix
+
+    if compare:
+        a, b = (json.loads(open(path).read()) for path in compare)
+        rows = compare_results(a, b)
+        if as_json:
+            print_json({"a": compare[0], "b": compare[1], "rows": rows})
+            return
+        click.echo(f"B/A for each shared row (below 1: B is faster); A={compare[0]} B={compare[1]}")
+        click.echo(f"{'artifact':16s} {'backend':22s} {'thr':>4s} {'batch':>5s} {'A p50 ms':>9s} {'B p50 ms':>9s} "
+                   f"{'p50':>6s} {'p90':>6s} {'thrpt':>6s} {'RSS':>6s} {'acc +/-':>8s}")
+        for r in rows:
+            change = "-" if r["accuracy_change"] is None else f"{r['accuracy_change']:+.4f}"
+            click.echo(f"{r['artifact']:16s} {r['backend']:22s} {str(r['threads'] or '-'):>4s} {r['batch']:>5d} "
+                       f"{r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {r['p50_ratio']:6.2f} {r['p90_ratio']:6.2f} "
+                       f"{r['throughput_ratio']:6.2f} {r['rss_ratio']:6.2f} {change:>8s}")
+        machines = [x["machine"].get("cpu_model") for x in (a, b)]
+        if machines[0] != machines[1]:
+            click.echo(f"note: different machines: A {machines[0]}, B {machines[1]}")
+        return
+    if bundle is None:
+        raise click.UsageError("give BUNDLE, or --compare A.json B.json")
+    settings = MatrixSettings(
+        batches=_ints(batches, "--batch"), threads=_ints(threads, "--threads"), artifacts=_names(artifacts),
+        backends=_names(backends), precisions=_names(precisions), target=target, isolate=not in_process,
+        noise_threshold=noise_threshold,
+        bench=BenchSettings(warmup_runs=warmup_runs, min_runs=min_runs, min_seconds=min_seconds),
+    )
+    result = run_matrix(bundle, settings, data=data, log=lambda message: click.echo(message, err=True))
+    result["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    if out:
+        written = write_reports(result, out)
+        click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
     if as_json:
         print_json(result)
         return
-    print_table([
-        ("artifact", f"{result['artifact']} ({result['precision']}, {model.backend.name})"),
-        ("batch", batch), ("runs", result["runs"]),
-        ("p50 ms", result["p50_ms"]), ("p90 ms", result["p90_ms"]), ("p99 ms", result["p99_ms"]),
-        ("mean ms", result["mean_ms"]), ("std ms", result["std_ms"]),
-        ("throughput /s", result["throughput_per_s"]), ("load s", load_s),
-        ("peak RSS MB", result["peak_rss_mb"]),
-        ("model MB", sum(result["file_sizes"].values()) / 1e6),
-    ])
+    for line in table_lines(result):
+        click.echo(line)
 
 
 @main.command()

@@ -403,6 +403,10 @@ def test_jetson_bundle_with_real_weights_end_to_end(digits_run, digits_folder, t
     device_copy = unpack_bundle(tmp_path / "orin.tar.gz", tmp_path / "device" / "orin")
     manifest = read_bundle_manifest(device_copy)
     assert manifest.artifact("onnx-fp16").precision == "fp16"
+    import onnx
+
+    for source in ("onnx-fp16", "onnx-int8-trt"):             # the TensorRT engine sources are valid ONNX
+        onnx.checker.check_model(str(device_copy / manifest.artifact(source).file), full_check=True)
     assert manifest.artifact("onnx-int8-trt").accuracy_drop <= 1.0
     for artifact in ("onnx", "onnx-fp16", "onnx-int8-trt"):
         ran = CliRunner().invoke(rt, ["evaluate", str(device_copy), str(digits_folder), "--artifact", artifact,

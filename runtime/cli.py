@@ -1,4 +1,7 @@
-"""``edgetl-rt``: the device-side command line (predict, evaluate, bench).
+"""``edgetl-rt``: the device-side command line.
+
+Run (predict, evaluate, compare, bench), learn (update, history, rollback, adapt, cluster), deploy
+(doctor, build-engine, pack, unpack).
 
 Every user error is an :class:`EdgetlError`; the group prints its message
 and exits with its non-zero code, without a traceback.
@@ -59,7 +62,7 @@ def with_model_options(func):
 @click.group(cls=ErrorReportingGroup)
 @click.version_option(package_name="edgetl")
 def main() -> None:
-    """edgetl device runtime: run, evaluate and benchmark a bundle (no torch needed)."""
+    """edgetl device runtime: run, evaluate, benchmark, keep learning and build engines (no torch needed)."""
 
 
 @main.command()

@@ -79,7 +79,7 @@ def predict(bundle, images, top_k, as_json, max_pixels, artifact, backend, threa
         predictions = model.predict(images, top_k=top_k, max_pixels=max_pixels)
         if as_json:
             print_json({"artifact": model.artifact.name, "backend": model.backend.name,
-                        "predictions": [p.to_dict() for p in predictions]})
+                        "artifact_choice": model.choice_reason, "predictions": [p.to_dict() for p in predictions]})
             return
         for p in predictions:
             ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
@@ -182,9 +182,11 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--noise-threshold", type=float, default=1.5, show_default=True,
               help="Flag rows whose p99/p50 exceeds this.")
 @click.option("--in-process", is_flag=True, help="Measure every cell in this process (faster; RSS accumulates).")
+@click.option("--record", is_flag=True,
+              help="Keep the batch-1 figures in BUNDLE/timings/ so the runtime runs the fastest artifact here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(bundle, artifacts, backends, precisions, batches, threads, target, data, out, compare, min_runs, min_seconds,
-          warmup_runs, noise_threshold, in_process, as_json) -> None:
+          warmup_runs, noise_threshold, in_process, record, as_json) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size."""
     from .bench_report import table_lines, write_reports
@@ -218,6 +220,11 @@ def bench(bundle, artifacts, backends, precisions, batches, threads, target, dat
     )
     result = run_matrix(bundle, settings, data=data, log=lambda message: click.echo(message, err=True))
     result["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    if record:
+        from .timings import record_timings
+
+        click.echo(f"recorded {record_timings(bundle, result)}: the runtime now runs the fastest artifact here",
+                   err=True)
     if out:
         written = write_reports(result, out)
         click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)

@@ -22,6 +22,7 @@ from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
 from .reader import ReadReport, read_batches
 from .store import FeatureStore, apply_adapter
+from .timings import recorded_timings
 
 
 @dataclass
@@ -49,13 +50,28 @@ def runnable_backends(artifact: Artifact) -> list[str]:
     return installed(artifact.backends or [artifact.backend])
 
 
-def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None) -> Artifact:
+@dataclass
+class Choice:
+    artifact: Artifact
+    backend: str | None        # None: the artifact's first installed backend
+    reason: str
+
+
+def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None,
+                    timings: dict[tuple[str, str], float] | None = None) -> Artifact:
     """The named artifact, or the fastest deployable backbone artifact this machine can run."""
+    return choose(manifest, artifact, backend, timings).artifact
+
+
+def choose(manifest: BundleManifest, artifact: str | None, backend: str | None,
+           timings: dict[tuple[str, str], float] | None = None) -> Choice:
+    """Which artifact (and backend) to run, and why: named; else the fastest recorded on this machine
+    (``edgetl-rt bench --record``); else the bundle's device profile; else a fixed CPU order."""
     if artifact is not None:
         chosen = manifest.artifact(artifact)
         if chosen.role != "backbone":
             raise ConfigError(f"artifact '{artifact}' is a {chosen.role} model; pick a backbone artifact")
-        return chosen
+        return Choice(chosen, backend, "named")
     candidates = [
         a for a in manifest.artifacts
         if a.role == "backbone" and a.deployable and runnable_backends(a)
@@ -68,10 +84,17 @@ def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str
             + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)}; "
             f"installed backends: {', '.join(available_backends()) or 'none'})"
         )
+    measured = [(p50, a, b) for a in candidates for b in runnable_backends(a)
+                if (a.name, b) in (timings or {}) and (backend is None or b == backend)
+                for p50 in [timings[(a.name, b)]]]
+    if measured:
+        p50, fastest, on = min(measured, key=lambda m: m[0])
+        return Choice(fastest, on, f"fastest batch-1 p50 recorded on this machine ({p50:.3g} ms)")
     if manifest.target:
-        return min(candidates, key=lambda a: target_rank(manifest.target, a))
+        return Choice(min(candidates, key=lambda a: target_rank(manifest.target, a)), backend,
+                      f"device profile {manifest.target.get('name')}")
     rank = {name: i for i, name in enumerate(CPU_PREFERENCE)}
-    return min(candidates, key=lambda a: rank.get(a.format, len(rank)))
+    return Choice(min(candidates, key=lambda a: rank.get(a.format, len(rank))), backend, "default CPU order")
 
 
 def target_rank(target: dict, artifact: Artifact) -> tuple[bool, int, int]:
@@ -117,7 +140,8 @@ class EdgeModel:
         if self.bundle.is_file() and self.bundle.name.endswith((".tar.gz", ".tgz")):
             raise BundleError(f"{bundle} is a packed bundle; unpack it first: edgetl-rt unpack {bundle} DEST")
         self.manifest = read_bundle_manifest(self.bundle, verify=verify)
-        self.artifact = choose_artifact(self.manifest, artifact, backend)
+        choice = choose(self.manifest, artifact, backend, recorded_timings(self.bundle))
+        self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
         self.preprocess = self.manifest.preprocess_config
         store = FeatureStore(self.bundle)
         self.head_version: int | None = None
@@ -205,4 +229,5 @@ class EdgeModel:
         result["artifact"] = self.artifact.name
         result["backend"] = self.backend.name
         result["head_version"] = self.head_version
+        result["artifact_choice"] = self.choice_reason
         return result

@@ -113,3 +113,39 @@ def test_compare_prints_ratios_of_shared_rows(tmp_path):
     pb.write_text(json.dumps({"rows": []}))
     refused = CliRunner().invoke(host, ["bench", "--compare", str(pa), str(pb)])
     assert refused.exit_code == 2 and "edgetl.bench/1" in refused.output
+
+
+def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundle, tmp_path):
+    import shutil
+
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.errors import BundleError
+    from edgetl.runtime.timings import TIMINGS_FOLDER, machine_key
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.bundle, bundle)
+    with EdgeModel(bundle) as model:
+        assert model.choice_reason == "default CPU order"
+    recorded = CliRunner().invoke(rt, ["bench", str(bundle), "--record", "--in-process", "--json", *FAST])
+    assert recorded.exit_code == 0, recorded.output
+    rows = json.loads(recorded.stdout)["rows"]
+    fastest = min(rows, key=lambda r: r["p50_ms"])
+    with EdgeModel(bundle) as model:
+        assert (model.artifact.name, model.backend.name) == (fastest["artifact"], fastest["backend"])
+        assert "recorded on this machine" in model.choice_reason
+    key, _ = machine_key()
+    path = bundle / TIMINGS_FOLDER / f"{key}.json"
+    data = json.loads(path.read_text())
+    for row in data["rows"]:                     # pretend onnx was the fastest here
+        row["p50_ms"] = 0.01 if row["artifact"] == "onnx" else 99.0
+    path.write_text(json.dumps(data))
+    with EdgeModel(bundle) as model:
+        assert model.artifact.name == "onnx"
+    with EdgeModel(bundle, backend="openvino") as model:          # a backend filter still applies
+        assert model.backend.name == "openvino"
+    path.rename(bundle / TIMINGS_FOLDER / "another-machine.json")  # another device's figures are ignored
+    with EdgeModel(bundle) as model:
+        assert model.choice_reason == "default CPU order"
+    path.write_text("{not json")
+    with pytest.raises(BundleError, match="record again"):
+        EdgeModel(bundle)

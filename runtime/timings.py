@@ -52,6 +52,8 @@ def record_timings(bundle: str | Path, result: dict) -> Path:
 
 def recorded_timings(bundle: str | Path) -> dict[tuple[str, str], float]:
     """(artifact, backend) -> batch-1 p50 ms measured on this machine, or {} when none was recorded."""
+    if not (Path(bundle) / TIMINGS_FOLDER).is_dir():
+        return {}          # the common case, without the ~35 ms of reading the machine's identity
     key, _ = machine_key()
     path = Path(bundle) / TIMINGS_FOLDER / f"{key}.json"
     if not path.is_file():

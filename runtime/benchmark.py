@@ -122,7 +122,7 @@ def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], ben
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _accuracy(manifest: BundleManifest, bundle: str, artifact: Artifact, backend: str, data: str | None,
+def _accuracy(bundle: str, artifact: Artifact, backend: str, data: str | None,
               cache: dict) -> tuple[float | None, str]:
     if data is None:
         return artifact.accuracy, f"manifest ({artifact.evaluated_with or artifact.backend}, export validation split)"
@@ -155,7 +155,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
         measured = (measure_cell_isolated if settings.isolate else measure_cell)(bundle, cell, settings.batches,
                                                                              settings.bench)
         artifact = manifest.artifact(cell.artifact)
-        accuracy, source = _accuracy(manifest, bundle, artifact, cell.backend, data, accuracy_cache)
+        accuracy, source = _accuracy(bundle, artifact, cell.backend, data, accuracy_cache)
         size = artifact.size + sum(c["size"] for c in artifact.companions)
         for stats in measured["batches"]:
             spread = stats["p99_ms"] / stats["p50_ms"] if stats["p50_ms"] > 0 else float("inf")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import io
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import BundleError, EdgetlError
-from .fsutil import atomic_directory, atomic_write_text, fsync_dir, sha256_file
+from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head
 
 STORE_SCHEMA = "edgetl.store/1"
@@ -228,12 +229,16 @@ class FeatureStore:
     def state(self, version: Version) -> LearnerState:
         return LearnerState.from_arrays(_load_npz(self._verified(version, "state.npz")))
 
-    def samples(self, version: Version, dim: int) -> Samples:
+    def segment_parts(self, version: Version) -> list[tuple[int, Samples]]:
+        """The version's segments in age order, each with its number."""
         parts = []
         for segment in version.segments:
             a = _load_npz(self.root / "segments" / f"{segment:06d}.npz")
-            parts.append(Samples(a["features"], a["labels"], a["holdout"], a["keys"]))
-        return Samples.concat(parts, dim)
+            parts.append((segment, Samples(a["features"], a["labels"], a["holdout"], a["keys"])))
+        return parts
+
+    def samples(self, version: Version, dim: int) -> Samples:
+        return Samples.concat([part for _, part in self.segment_parts(version)], dim)
 
     # --- writing (under the lock) -------------------------------------------------------------------------------
 
@@ -294,14 +299,10 @@ class FeatureStore:
         folder.mkdir(parents=True, exist_ok=True)
         used = [int(p.name.split(".")[0]) for p in folder.iterdir() if p.name.split(".")[0].isdigit()]
         number = max(used, default=-1) + 1
-        target = folder / f"{number:06d}.npz"
-        tmp = folder / f".{number:06d}.tmp"
-        _save_npz(tmp, {"features": samples.features.astype(np.float32), "labels": samples.labels.astype(np.int64),
-                        "holdout": samples.holdout.astype(bool), "keys": samples.keys.astype("<U64")})
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fsync_dir(folder)
+        data = io.BytesIO()
+        np.savez(data, features=samples.features.astype(np.float32), labels=samples.labels.astype(np.int64),
+                 holdout=samples.holdout.astype(bool), keys=samples.keys.astype("<U64"))
+        atomic_write_bytes(folder / f"{number:06d}.npz", data.getvalue())
         return number
 
     def commit(self, version: Version, head: Head, state: LearnerState,
@@ -328,27 +329,25 @@ class FeatureStore:
             shutil.rmtree(self._folder(number), ignore_errors=True)
         self._drop_unreferenced_segments()
 
-    def evict(self, version: Version, dim: int) -> int:
-        """Apply the per-class bounds to ``version.segments`` (oldest rows first); returns rows evicted."""
-        per_segment = [(s, _load_npz(self.root / "segments" / f"{s:06d}.npz")) for s in version.segments]
-        labels = np.concatenate([a["labels"] for _, a in per_segment]) if per_segment else np.zeros(0, np.int64)
-        holdout = np.concatenate([a["holdout"] for _, a in per_segment]) if per_segment else np.zeros(0, bool)
+    def evict(self, version: Version, parts: list[tuple[int, Samples]]) -> int:
+        """Apply the per-class bounds to ``parts`` (the new version's segments, oldest first, already loaded);
+        sets ``version.segments`` and its row counts and returns the number of rows evicted."""
+        labels = np.concatenate([p.labels for _, p in parts]) if parts else np.zeros(0, np.int64)
+        holdout = np.concatenate([p.holdout for _, p in parts]) if parts else np.zeros(0, bool)
         keep = np.ones(len(labels), bool)
         for flag, bound in ((False, self.max_per_class), (True, self.max_holdout_per_class)):
             for label in np.unique(labels):
                 rows = np.flatnonzero((labels == label) & (holdout == flag))
                 if len(rows) > bound:
                     keep[rows[:len(rows) - bound]] = False       # rows are in age order: oldest first
-        if keep.all():
-            return 0
+        version.n_train, version.n_holdout = int((keep & ~holdout).sum()), int((keep & holdout).sum())
         segments, offset = [], 0
-        for number, a in per_segment:
-            mask = keep[offset:offset + len(a["labels"])]
-            offset += len(a["labels"])
+        for number, part in parts:
+            mask = keep[offset:offset + len(part)]
+            offset += len(part)
             if mask.all():
                 segments.append(number)
             elif mask.any():
-                segments.append(self.write_segment(Samples(a["features"][mask], a["labels"][mask],
-                                                           a["holdout"][mask], a["keys"][mask])))
+                segments.append(self.write_segment(part.select(mask)))
         version.segments = segments
         return int((~keep).sum())

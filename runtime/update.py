@@ -164,7 +164,8 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
     store = settings.store(bundle)
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
-        fresh, seen = [], set(store.samples(parent, _dim(bundle)).keys.tolist())
+        parts = store.segment_parts(parent)
+        fresh, seen = [], {key for _, part in parts for key in part.keys.tolist()}
         for i, key in enumerate(keys):      # an image already stored (or repeated) is learned once only
             if key not in seen:
                 fresh.append(i)
@@ -179,7 +180,8 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
             artifact_name = model.artifact.name
         backbone_s = time.perf_counter() - t0
         rows = [fresh[i] for i in kept]
-        report = _learn_locked(store, parent, features, [names[i] for i in rows], keys[rows], settings, artifact_name)
+        report = _learn_locked(store, parent, parts, features, [names[i] for i in rows], keys[rows], settings,
+                               artifact_name)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report
@@ -195,23 +197,20 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
     store = settings.store(bundle)
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
-        return _learn_locked(store, parent, np.asarray(features, np.float32), [str(n) for n in labels],
-                             np.array(keys, dtype="<U64"), settings, None)
+        return _learn_locked(store, parent, store.segment_parts(parent), np.asarray(features, np.float32),
+                             [str(n) for n in labels], np.array(keys, dtype="<U64"), settings, None)
 
 
-def _dim(bundle: Path) -> int:
-    return read_bundle_manifest(bundle, verify=False).feature_dim
-
-
-def _learn_locked(store: FeatureStore, parent: Version, features: np.ndarray, new_names: list[str], keys: np.ndarray,
-                  settings: UpdateSettings, artifact_name: str | None) -> dict:
-    """Statistics, head, accuracy guard, eviction and commit; the caller holds the store's lock."""
+def _learn_locked(store: FeatureStore, parent: Version, parts: list[tuple[int, Samples]], features: np.ndarray,
+                  new_names: list[str], keys: np.ndarray, settings: UpdateSettings, artifact_name: str | None) -> dict:
+    """Statistics, head, accuracy guard, eviction and commit; the caller holds the store's lock and has
+    loaded the parent's segments (``parts``) once."""
     t1 = time.perf_counter()
-    dim = _dim(store.bundle)
+    dim = read_bundle_manifest(store.bundle, verify=False).feature_dim
     if features.ndim != 2 or features.shape[1] != dim or not len(features) == len(new_names) == len(keys):
         raise ConfigError(f"expected features of shape (N, {dim}) with N labels and keys, got {features.shape}, "
                           f"{len(new_names)} labels, {len(keys)} keys")
-    stored = store.samples(parent, dim)
+    stored = Samples.concat([part for _, part in parts], dim)
     classes = list(parent.classes)
     added = [n for n in dict.fromkeys(new_names) if n not in classes]
     classes += added
@@ -250,13 +249,10 @@ def _learn_locked(store: FeatureStore, parent: Version, features: np.ndarray, ne
         )
     t2 = time.perf_counter()
     version = Version(version=-1, parent=parent.version, action="update", method=settings.method,
-                      classes=classes, segments=list(parent.segments) + [store.write_segment(new)], files={},
-                      n_new=len(labels), new_classes=added, alpha=alpha, artifact=artifact_name,
-                      accuracy={"holdout": after, "earlier_holdout_before": before,
-                                "earlier_holdout_after": after_old})
-    report["evicted"] = store.evict(version, dim)
-    kept = store.samples(version, dim)
-    version.n_train, version.n_holdout = int((~kept.holdout).sum()), int(kept.holdout.sum())
+                      classes=classes, segments=[], files={}, n_new=len(labels), new_classes=added, alpha=alpha,
+                      artifact=artifact_name, accuracy={"holdout": after, "earlier_holdout_before": before,
+                                                        "earlier_holdout_after": after_old})
+    report["evicted"] = store.evict(version, parts + [(store.write_segment(new), new)])
     store.commit(version, head, state, store.adapter(parent))
     report["timings"]["commit_s"] = time.perf_counter() - t2
     report.update(version=version.version, committed=True, n_train=version.n_train, n_holdout=version.n_holdout)
@@ -310,7 +306,7 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
         with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
-            model.adapter = None                                   # statistics of raw target features
+            current_adapter, model.adapter = model.adapter, None   # statistics of raw target features
             raw, _ = compute_features(model, records, 16, False, progress)
             source_mean = state.ridge.feature_sum / state.ridge.count
             source_var = np.maximum(np.diag(state.ridge.gram) / state.ridge.count - source_mean ** 2, 0.0)
@@ -329,10 +325,9 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
                     raise DataError(f"{check} has classes the model does not know: {', '.join(unknown)}")
                 check_raw, kept = compute_features(model, check_records, 16, False, progress)
                 truth = np.array([position[check_names[i]] for i in kept])
-                head = store.head(parent)
-                before = float(np.mean(np.argmax(head.logits(apply_adapter(check_raw, store.adapter(parent))), 1)
+                before = float(np.mean(np.argmax(model.head.logits(apply_adapter(check_raw, current_adapter)), 1)
                                        == truth))
-                after = float(np.mean(np.argmax(head.logits(apply_adapter(check_raw, adapter)), 1) == truth))
+                after = float(np.mean(np.argmax(model.head.logits(apply_adapter(check_raw, adapter)), 1) == truth))
                 report.update(check=check, check_n=len(truth), accuracy_before=before, accuracy_after=after)
                 if (before - after) * 100 > max_accuracy_drop and not force:
                     raise UpdateRejectedError(
@@ -343,6 +338,6 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
                              "note": f"feature normalisation from {len(raw)} unlabelled images of {data}",
                              "created": now_iso()})
-        store.commit(version, store.head(parent), state, adapter)
+        store.commit(version, model.head, state, adapter)    # the head the model loaded: the parent's
         report.update(version=version.version, committed=True)
     return report

@@ -57,6 +57,14 @@ def _batch(rng, n=6, names=("k0", "k1", "k2")):
 LOOSE = UpdateSettings(max_accuracy_drop=100.0)
 
 
+def _learned(bundle, seed: int, rounds: int, n: int):
+    """``rounds`` accepted updates of ``n`` samples; returns the generator (to go on with) and the store."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        learn_features(bundle, *_batch(rng, n=n), LOOSE)
+    return rng, FeatureStore(bundle)
+
+
 def test_versions_history_and_rollback(bundle):
     rng = np.random.default_rng(0)
     first = learn_features(bundle, *_batch(rng), LOOSE)
@@ -77,10 +85,7 @@ def test_versions_history_and_rollback(bundle):
 def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundle):
     from edgetl.runtime.heads import RidgeHead, RidgeStatistics
 
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        learn_features(bundle, *_batch(rng, n=12), LOOSE)
-    store = FeatureStore(bundle)
+    _, store = _learned(bundle, seed=1, rounds=5, n=12)
     version = store.version()
     samples = store.samples(version, DIM)
     train = samples.select(~samples.holdout)
@@ -180,10 +185,7 @@ def test_readers_see_the_old_head_or_the_new_one_never_a_mix(bundle):
 
 
 def test_bad_labels_are_not_committed_unless_forced(bundle):
-    rng = np.random.default_rng(5)
-    for _ in range(4):
-        learn_features(bundle, *_batch(rng, n=30), LOOSE)
-    store = FeatureStore(bundle)
+    rng, store = _learned(bundle, seed=5, rounds=4, n=30)
     before = store.current_number()
     features, names, keys = _batch(rng, n=200)
     wrong = [{"k0": "k1", "k1": "k2", "k2": "k0"}[n] for n in names]     # systematically mislabelled

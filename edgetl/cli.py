@@ -116,9 +116,10 @@ def export(run, out, formats, target, pack_archive, max_accuracy_drop, calib, fp
         rows.append(("archive", str(archive)))
     for a in result.manifest.artifacts:
         size = a.size + sum(c["size"] for c in a.companions)
-        rows.append((f"{a.name} ({a.file})",
-                     f"acc {a.accuracy:.4f}  drop {a.accuracy_drop:+.2f} pt  max|diff| {a.max_abs_diff:.2e}  "
-                     f"{size / 1e6:.1f} MB  [{a.evaluated_with}]"))
+        measured = (f"acc {a.accuracy:.4f}  drop {a.accuracy_drop:+.2f} pt  max|diff| {a.max_abs_diff:.2e}"
+                    if a.accuracy is not None else "not measured here; the device checks it before use")
+        how = "" if a.measured == "as-deployed" else f" ({a.measured}: {a.measurement_note})"
+        rows.append((f"{a.name} ({a.file})", f"{measured}  {size / 1e6:.1f} MB  [{a.evaluated_with or '-'}]{how}"))
     print_table(rows)
 
 

@@ -29,12 +29,14 @@ from edgetl.runtime.data import ImageRecord, LabeledData, open_data
 from edgetl.runtime.errors import AccuracyGateError, DataError, EdgetlError, ExportValidationError, MissingDependencyError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.heads import Head, load_head
+from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.preprocess import PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
+from .check_data import write_check_data
 from .context import BuildContext
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .learning_data import write_learning_data
@@ -98,32 +100,55 @@ def _relative(source: str, root: str) -> str:
         return source
 
 
-def evaluation_backend(fmt: ExportFormat) -> str:
-    """The first backend of the format that is installed here (TensorRT formats fall back to ORT)."""
+@dataclass(frozen=True)
+class Measurement:
+    """How this machine measures a format: with which backend, and how faithful that is (``MEASUREMENTS``)."""
+
+    backend: str | None
+    measured: str
+    note: str = ""
+
+
+def measurement_plan(fmt: ExportFormat, cpu_flags) -> Measurement:
+    """Measure a format as the device will run it where this CPU can; else exactly on the float reference
+    (int8 Q/DQ), else in OpenVINO's bf16 emulation (decided once the backend reports what it ran), else not."""
     found = installed(fmt.backends)
     if not found:
         raise MissingDependencyError(fmt.backends[0], fmt.backends[0], f"measuring the {fmt.name} artifact")
-    return found[0]
+    native = not fmt.requires_cpu or bool(set(fmt.requires_cpu) & set(cpu_flags))
+    if native:
+        exact = found[0].endswith("-reference")   # TensorRT-form int8 measured by fake-quantization
+        return Measurement(found[0], "exact" if exact else "as-deployed",
+                           f"measured on {found[0]}, not on {fmt.backends[0]}" if exact else "")
+    lacking = f"this CPU has none of {', '.join(fmt.requires_cpu)}"
+    if "onnxruntime-reference" in found:
+        return Measurement("onnxruntime-reference", "exact",
+                           f"{lacking}: measured exactly by float fake-quantization (onnxruntime-reference)")
+    if fmt.precision == "bf16" and "openvino" in found:
+        return Measurement("openvino", "emulated", f"{lacking}: measured in OpenVINO's bf16 emulation")
+    return Measurement(None, "not-measured", f"{lacking} and no engine here computes it exactly")
 
 
 def artifact_accuracy(backend: str, path: Path, head: Head | None, images: np.ndarray, labels: np.ndarray,
-                      batch_size: int = 32) -> float:
-    """Top-1 accuracy of an artifact run exactly as the device runs it.
+                      batch_size: int = 32, precision: str = "fp32") -> tuple[float, str]:
+    """Top-1 accuracy of an artifact run exactly as the device runs it, and the precision the engine reports
+    it computed in (an engine may fall back, e.g. OpenVINO runs bf16 as f32 on a CPU without AVX-512).
 
     ``head`` follows a backbone artifact; ``None`` means the file itself outputs logits (fused).
     """
     correct = 0
-    with create_backend(backend, path) as runner:
+    with create_backend(backend, path, precision=precision) as runner:
         for start in range(0, len(labels), batch_size):
             outputs = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
             logits = head.logits(outputs) if head is not None else outputs
             correct += int(np.sum(np.argmax(logits, axis=1) == labels[start:start + batch_size]))
-    return correct / len(labels)
+        ran = runner.effective_precision
+    return correct / len(labels), ran
 
 
-def _check_images(val: np.ndarray) -> np.ndarray:
-    step = max(1, len(val) // CHECK_IMAGES)
-    return np.ascontiguousarray(val[::step][:CHECK_IMAGES])
+def _check_rows(n: int) -> np.ndarray:
+    """Positions of the (at most ``CHECK_IMAGES``) validation images every check uses, spread over the split."""
+    return np.arange(0, n, max(1, n // CHECK_IMAGES))[:CHECK_IMAGES]
 
 
 def _entry(staging: Path, fmt: ExportFormat, files: list[str], role: str, output: str, options: dict,
@@ -178,7 +203,8 @@ def export_run(
     try:
         with atomic_directory(out, overwrite=overwrite) as staging:
             labels = data.val_labels
-            check = _check_images(data.val_images)
+            rows = _check_rows(len(labels))
+            check = np.ascontiguousarray(data.val_images[rows])
             base = EXPORT_FORMATS["onnx"]
             artifacts: list[Artifact] = []
             for role, module, output in (("backbone", feature_model, "features"), ("model", fused, "logits")):
@@ -190,11 +216,11 @@ def export_run(
                                   output, options, "onnxruntime")
                 artifact.max_abs_diff = diff
                 artifacts.append(artifact)
-            reference = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
+            reference, _ = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
             for artifact in artifacts:
                 artifact.accuracy, artifact.accuracy_drop = reference, 0.0
-            artifacts[1].accuracy = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
-                                                      data.val_images, labels)
+            artifacts[1].accuracy, _ = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
+                                                         data.val_images, labels)
             artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
             ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
             for fmt in chosen:
@@ -204,6 +230,8 @@ def export_run(
             shutil.copyfile(run_dir / run.files["head"], staging / "head.npz")
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
+            check_entry = write_check_data(staging, staging / base.filename(), head,
+                                           [val_records[i] for i in rows], preprocess)
             head_entry = FileEntry.of(staging, "head.npz")
             manifest = BundleManifest(
                 schema_version=BUNDLE_SCHEMA_VERSION,
@@ -228,6 +256,7 @@ def export_run(
                 source_run={"path": str(run_dir.resolve()), "created": run.created, "data": run.data_address},
                 target=target_block(profile, preprocess.input_size) if profile is not None else {},
                 learning=learning,
+                check=check_entry,
             )
             manifest.write(staging)
     finally:
@@ -237,28 +266,46 @@ def export_run(
 
 def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module, check: np.ndarray,
                  reference: float, labels: np.ndarray, options: dict) -> Artifact:
-    """Build ``fmt``, retrying with its fallbacks until the accuracy drop is within the limit."""
-    backend = evaluation_backend(fmt)
+    """Build ``fmt``, retrying with its fallbacks until the accuracy drop is within the limit.
+
+    A format this CPU cannot compute at all (bf16 without bf16 or its emulation) is built once and
+    recorded as not measured: the device checks it before it is ever chosen."""
+    plan = measurement_plan(fmt, cpu_facts()["flags"])
+    precision = fmt.precision_with(options)
     path = ctx.staging / fmt.filename()
     attempts: list[str] = []
-    accuracy = 0.0
+    accuracy: float | None = None
     for attempt in range(fmt.attempts):
         ctx.log(f"exporting {path.name} ({fmt.name}, attempt {attempt + 1} of at most {fmt.attempts})")
         result = fmt.build(ctx, path, attempt)
-        accuracy = artifact_accuracy(backend, path, ctx.head, ctx.data.val_images, labels)
+        if plan.backend is None:
+            ctx.log(f"  {fmt.name}: not measured here ({plan.note})")
+            break
+        accuracy, ran = artifact_accuracy(plan.backend, ctx.staging / result.files[0], ctx.head,
+                                          ctx.data.val_images, labels, precision=precision)
+        if ran != precision:   # the engine fell back (bf16 on a CPU that cannot even emulate it)
+            plan = Measurement(None, "not-measured", f"this CPU cannot compute {precision}: {plan.backend} ran it "
+                                                     f"in {ran}")
+            accuracy = None
+            ctx.log(f"  {fmt.name}: not measured here ({plan.note})")
+            break
         drop = (reference - accuracy) * 100.0
         attempts.append(f"{', '.join(result.notes)} -> {accuracy:.4f}")
-        ctx.log(f"  {fmt.name}: val accuracy {accuracy:.4f}, drop {drop:+.2f} points on {backend}")
+        ctx.log(f"  {fmt.name}: val accuracy {accuracy:.4f}, drop {drop:+.2f} points on {plan.backend}"
+                + (f" ({plan.measured})" if plan.measured != "as-deployed" else ""))
         if drop <= ctx.max_accuracy_drop:
             break
     else:
         raise AccuracyGateError(fmt.name, reference, accuracy, ctx.max_accuracy_drop, attempts, fmt.gate_hint)
-    diff = max_abs_difference(feature_model, path, check, backend)
-    if fmt.tolerance is not None and fmt.precision_with(options) == "fp32" and diff > fmt.tolerance:
+    diff = (max_abs_difference(feature_model, ctx.staging / result.files[0], check, plan.backend, precision)
+            if plan.backend else None)
+    if fmt.tolerance is not None and precision == "fp32" and diff is not None and diff > fmt.tolerance:
         raise ExportValidationError(path.name, {"features": diff}, fmt.tolerance)
-    artifact = _entry(ctx.staging, fmt, result.files, "backbone", "features", options, backend)
+    artifact = _entry(ctx.staging, fmt, result.files, "backbone", "features", options, plan.backend)
     artifact.accuracy = accuracy
-    artifact.accuracy_drop = round((reference - accuracy) * 100.0, 4)
+    artifact.accuracy_drop = round((reference - accuracy) * 100.0, 4) if accuracy is not None else None
     artifact.max_abs_diff = diff
     artifact.export_notes = result.notes + ([f"attempts: {len(attempts)}"] if len(attempts) > 1 else [])
+    artifact.requires_cpu = list(fmt.requires_cpu)
+    artifact.measured, artifact.measurement_note = plan.measured, plan.note
     return artifact

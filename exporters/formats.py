@@ -24,6 +24,7 @@ class ExportFormat:
     tolerance: float | None         # max |diff| against torch; None where only accuracy is gated
     options: frozenset[str] = field(default_factory=frozenset)
     gate_hint: str = ""             # what to try instead when the accuracy gate fails
+    requires_cpu: tuple[str, ...] = ()   # CPU flags (any of) without which it does not run as stated
 
     def filename(self, role: str = "backbone") -> str:
         return f"{role}{'' if self.name == 'onnx' else '-' + self.name}{self.suffix}"
@@ -45,6 +46,8 @@ def parse_formats(text: str, table: dict[str, ExportFormat], options: dict) -> l
             raise ConfigError(f"unknown export format '{name}' (valid: {', '.join(table)}){hint}")
         if table[name] not in chosen:
             chosen.append(table[name])
+    order = list(table)
+    chosen.sort(key=lambda f: order.index(f.name))   # table order: formats that share files come after their source
     for option, value in options.items():
         if value and not any(option in f.options for f in chosen):
             takers = [f.name for f in table.values() if option in f.options]

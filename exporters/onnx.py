@@ -50,11 +50,12 @@ def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str
             raise EdgetlError(f"ONNX export of {path.name} failed: {exc}") from exc
 
 
-def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, backend: str = "onnxruntime") -> float:
+def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, backend: str = "onnxruntime",
+                       precision: str = "fp32") -> float:
     """Max |torch - backend| over ``images`` (NCHW float32), at batch 1 and the full batch."""
     with torch.inference_mode():
         expected = module.eval()(torch.from_numpy(images)).numpy()
-    with create_backend(backend, path) as runner:
+    with create_backend(backend, path, precision=precision) as runner:
         # batch 1 and the full batch both exercise the dynamic batch dimension
         single = runner.infer(images[:1])
         full = runner.infer(images)

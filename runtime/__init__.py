@@ -1,24 +1,37 @@
 """edgetl device runtime: torch-free loading, prediction, evaluation and on-device learning of bundles.
 
-Imports numpy, Pillow and, when a model is opened, its backend
-(onnxruntime); never torch or onnx.
+Imports numpy, Pillow and, when a model is opened, its backend (onnxruntime,
+openvino or tensorrt); never torch or onnx.  The names below are loaded on
+first use (PEP 562), so ``edgetl-rt predict`` pays only for what it runs.
 """
 
-from .data import ImageRecord, LabeledData, open_data
-from .errors import BundleError, ConfigError, DataError, EdgetlError, ImageDecodeError
-from .heads import HEAD_KINDS, Head, LinearHead, MLPHead, NCMHead, RidgeHead, load_head
-from .learning import NCMLearner, RidgeLearner, SGDLearner
-from .manifest import BundleManifest, read_bundle_manifest
-from .model import EdgeModel, Prediction
-from .preprocess import PreprocessConfig, load_image, preprocess
-from .store import FeatureStore
-from .update import UpdateSettings, learn_features, update_bundle
+from __future__ import annotations
 
-__all__ = [
-    "EdgeModel", "Prediction", "BundleManifest", "read_bundle_manifest",
-    "PreprocessConfig", "preprocess", "load_image",
-    "ImageRecord", "LabeledData", "open_data",
-    "Head", "LinearHead", "MLPHead", "RidgeHead", "NCMHead", "HEAD_KINDS", "load_head",
-    "RidgeLearner", "SGDLearner", "NCMLearner", "FeatureStore", "UpdateSettings", "update_bundle", "learn_features",
-    "EdgetlError", "BundleError", "ConfigError", "DataError", "ImageDecodeError",
-]
+import importlib
+
+_EXPORTS = {
+    "EdgeModel": "model", "Prediction": "model",
+    "BundleManifest": "manifest", "read_bundle_manifest": "manifest",
+    "PreprocessConfig": "preprocess", "preprocess": "preprocess", "load_image": "preprocess",
+    "ImageRecord": "data", "LabeledData": "data", "open_data": "data",
+    "Head": "heads", "LinearHead": "heads", "MLPHead": "heads", "RidgeHead": "heads", "NCMHead": "heads",
+    "HEAD_KINDS": "heads", "load_head": "heads",
+    "RidgeLearner": "learning", "SGDLearner": "learning", "NCMLearner": "learning",
+    "FeatureStore": "store", "UpdateSettings": "update", "update_bundle": "update", "learn_features": "update",
+    "EdgetlError": "errors", "BundleError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "ImageDecodeError": "errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgetl.runtime' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -25,6 +25,7 @@ import numpy as np
 from .backends import installed
 from .bench import BenchSettings, latency_stats, machine_info, measure, peak_rss_mb
 from .errors import ConfigError, EdgetlError
+from .machine import cpu_facts
 from .manifest import Artifact, BundleManifest, read_bundle_manifest
 
 RESULT_SCHEMA = "edgetl.bench/1"
@@ -75,8 +76,11 @@ def plan_cells(manifest: BundleManifest, settings: MatrixSettings) -> list[Cell]
                               f"(the bundle has: {', '.join(a.name for a in artifacts)})")
         artifacts = [a for a in artifacts if a.name in settings.artifacts]
     cells = []
+    flags = cpu_facts()["flags"]
     for artifact in artifacts:
         if precisions and artifact.precision not in precisions:
+            continue
+        if not artifact.runs_on(flags):   # would not run as stated here (saturating int8, emulated bf16)
             continue
         for backend in installed(artifact.backends or [artifact.backend]):
             if backends and backend.removesuffix("-reference") not in backends:
@@ -90,8 +94,11 @@ def plan_cells(manifest: BundleManifest, settings: MatrixSettings) -> list[Cell]
 
 def measure_cell(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
     """Cold start, latency per batch and peak RSS of one cell, in this process."""
+    from .backends import BACKEND_MODULES
     from .model import EdgeModel
+    from .tune import import_seconds
 
+    import_s = import_seconds(BACKEND_MODULES.get(cell.backend, cell.backend))
     t0 = time.perf_counter()
     model = EdgeModel(bundle, artifact=cell.artifact, backend=cell.backend, threads=cell.threads)
     load_s = time.perf_counter() - t0
@@ -109,8 +116,9 @@ def measure_cell(bundle: str, cell: Cell, batches: tuple[int, ...], bench: Bench
             samples = measure(lambda: model.logits(x), replace(bench, batch=batch))
             rows.append({"batch": batch, **latency_stats(samples, batch)})
         backend = model.backend.describe()
-    return {"load_s": load_s, "first_inference_s": first_s, "cold_start_s": load_s + first_s,
-            "peak_rss_mb": peak_rss_mb(), "backend_info": backend, "batches": rows}
+    return {"import_s": import_s, "load_s": load_s, "first_inference_s": first_s,
+            "cold_start_s": (import_s or 0.0) + load_s + first_s, "peak_rss_mb": peak_rss_mb(),
+            "backend_info": backend, "batches": rows}
 
 
 def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
@@ -161,10 +169,18 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
             spread = stats["p99_ms"] / stats["p50_ms"] if stats["p50_ms"] > 0 else float("inf")
             row = {"artifact": cell.artifact, "format": artifact.format, "precision": artifact.precision,
                    "backend": cell.backend, "threads": cell.threads, **stats,
+                   "effective_precision": measured["backend_info"].get("effective_precision", artifact.precision),
                    "cold_start_s": measured["cold_start_s"], "load_s": measured["load_s"],
+                   "import_s": measured["import_s"], "first_inference_s": measured["first_inference_s"],
                    "peak_rss_mb": measured["peak_rss_mb"], "size_mb": size / 1e6, "accuracy": accuracy,
                    "accuracy_source": source, "p99_over_p50": spread, "noisy": spread > settings.noise_threshold,
                    "backend_info": measured["backend_info"]}
+            if cell.backend == "openvino":   # the same settings for OpenVINO's own tool, to check our figure
+                from .backends.openvino import benchmark_app_command
+
+                row["benchmark_app"] = " ".join(benchmark_app_command(
+                    str(Path(bundle) / artifact.file), manifest.preprocess_config.input_size, stats["batch"],
+                    artifact.precision, measured["backend_info"]["threads"]))
             if budget is not None:
                 row["within_memory_budget"] = measured["peak_rss_mb"] <= budget
             rows.append(row)

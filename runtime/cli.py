@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 
-from .bench import BenchSettings
 from .errors import EdgetlError
 from .evaluate import SPLITS, evaluate_bundle
 from .model import EdgeModel
@@ -49,8 +48,16 @@ def print_table(rows: list[tuple[str, object]]) -> None:
 model_options = [
     click.option("--artifact", default=None, help="Backbone artifact of the bundle to run, by name (e.g. onnx)."),
     click.option("--backend", default=None, help="Runtime backend (default: the artifact's own)."),
-    click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's choice)."),
+    click.option("--threads", type=int, default=None,
+                 help="Intra-op threads (default: one per usable physical core, stated to every engine)."),
+    click.option("--no-tune", is_flag=True,
+                 help="Never measure the artifacts on this machine: with no timings here, the device profile or "
+                      "the CPU class's order decides."),
 ]
+
+
+def log_err(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def with_model_options(func):
@@ -73,13 +80,15 @@ def main() -> None:
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels.")
 @with_model_options
-def predict(bundle, images, top_k, as_json, max_pixels, artifact, backend, threads) -> None:
+def predict(bundle, images, top_k, as_json, max_pixels, artifact, backend, threads, no_tune) -> None:
     """Classify IMAGES with BUNDLE."""
-    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, images=len(images),
+                   tune=not no_tune, log=log_err) as model:
         predictions = model.predict(images, top_k=top_k, max_pixels=max_pixels)
         if as_json:
             print_json({"artifact": model.artifact.name, "backend": model.backend.name,
-                        "artifact_choice": model.choice_reason, "predictions": [p.to_dict() for p in predictions]})
+                        "precision": model.backend.effective_precision, "artifact_choice": model.choice_reason,
+                        "predictions": [p.to_dict() for p in predictions]})
             return
         for p in predictions:
             ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
@@ -96,9 +105,10 @@ def predict(bundle, images, top_k, as_json, max_pixels, artifact, backend, threa
               help="Exit with status 6 when the accuracy is below this (a deployment gate).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_model_options
-def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads) -> None:
+def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads, no_tune) -> None:
     """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME)."""
-    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=not no_tune,
+                   log=log_err) as model:
         report = evaluate_bundle(model, data, split=split, skip_bad=skip_bad, progress=terminal_progress)
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} bad file(s), e.g. {report['skipped'][0]}", err=True)
@@ -143,10 +153,12 @@ def compare(bundle, data, split, limit, as_json) -> None:
                     "rows": rows_to_dicts(rows)})
         return
     click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
-    click.echo(f"{'artifact':22s} {'backend':12s} {'prec':5s} {'max|diff|':>10s} {'mean|diff|':>10s} {'top-1 agree':>11s}")
+    click.echo(f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
+               f"{'top-1 agree':>11s}")
     for r in rows:
-        click.echo(f"{r.artifact:22s} {r.backend:12s} {r.precision:5s} {r.max_abs_diff:10.3g} "
-                   f"{r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}")
+        click.echo(f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
+                   f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
+                   + (f"  ({r.note})" if r.note else ""))
 
 
 def _ints(text: str | None, name: str) -> tuple:
@@ -189,6 +201,7 @@ def bench(bundle, artifacts, backends, precisions, batches, threads, target, dat
           warmup_runs, noise_threshold, in_process, record, as_json) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size."""
+    from .bench import BenchSettings
     from .bench_report import table_lines, write_reports
     from .benchmark import MatrixSettings, compare_results, run_matrix
 
@@ -252,7 +265,7 @@ def bench(bundle, artifacts, backends, precisions, batches, threads, target, dat
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_model_options
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, lock_timeout, skip_bad,
-           as_json, artifact, backend, threads) -> None:
+           as_json, artifact, backend, threads, no_tune) -> None:
     """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
     from .update import UpdateSettings, update_bundle
 
@@ -260,7 +273,7 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
                               force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
                               reselect_alpha=reselect_alpha)
     report = update_bundle(bundle, data, settings, artifact=artifact, backend=backend, threads=threads,
-                           progress=terminal_progress)
+                           progress=terminal_progress, tune=not no_tune)
     if as_json:
         print_json(report)
         return
@@ -329,12 +342,12 @@ def rollback(bundle, to_version, lock_timeout) -> None:
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @with_model_options
-def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, backend, threads) -> None:
+def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, backend, threads, no_tune) -> None:
     """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
     from .update import adapt_bundle
 
     report = adapt_bundle(bundle, data, check, max_accuracy_drop, force, artifact=artifact, backend=backend,
-                          threads=threads, progress=terminal_progress)
+                          threads=threads, progress=terminal_progress, tune=not no_tune)
     if as_json:
         print_json(report)
         return
@@ -355,12 +368,12 @@ def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, back
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @with_model_options
-def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads) -> None:
+def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:
     """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
     from .cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
-                             backend=backend, progress=terminal_progress)
+                             backend=backend, progress=terminal_progress, tune=not no_tune)
     if as_json:
         print_json(summary)
         return

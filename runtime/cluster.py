@@ -58,10 +58,10 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts
 
 def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overwrite: bool = False, seed: int = 0,
                    artifact: str | None = None, backend: str | None = None,
-                   progress: ProgressFactory = silent_progress) -> dict:
+                   progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
     source = open_data(data)
     records = source.split("all")
-    with EdgeModel(bundle, artifact=artifact, backend=backend) as model:
+    with EdgeModel(bundle, artifact=artifact, backend=backend, tune=tune) as model:
         features, kept = compute_features(model, records, 16, True, progress)
         predicted = np.argmax(model.head.logits(features), axis=1) if len(kept) else np.zeros(0, int)
         labels = model.labels

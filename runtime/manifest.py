@@ -59,6 +59,24 @@ class Artifact:
     deployable: bool = True
     evaluated_with: str | None = None
     export_notes: list[str] = field(default_factory=list)
+    requires_cpu: list[str] = field(default_factory=list)   # CPU flags (any of) it needs to run as stated
+    measured: str = "as-deployed"    # how the export measured it: MEASUREMENTS
+    measurement_note: str = ""
+
+    @property
+    def needs_device_check(self) -> bool:
+        """Not measured at export as the device runs it: the device checks it before choosing it."""
+        return self.measured != "as-deployed"
+
+    def runs_on(self, flags) -> bool:
+        """Whether a CPU with ``flags`` runs this artifact as stated."""
+        return not self.requires_cpu or bool(set(self.requires_cpu) & set(flags))
+
+
+#: How an artifact's accuracy was measured at export: on the engine and kind of CPU it deploys to; exactly
+#: but on another engine (int8 for VNNI by the float reference on a CPU without VNNI); in emulation (bf16
+#: numerics on a CPU without bf16); or not at all (the exporting CPU cannot compute it).
+MEASUREMENTS = ("as-deployed", "exact", "emulated", "not-measured")
 
 
 @dataclass
@@ -77,6 +95,7 @@ class BundleManifest:
     source_run: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)   # the device profile it was built for (edgetl export --target)
     learning: dict = field(default_factory=dict)  # learning/features.npz: what on-device updates start from
+    check: dict = field(default_factory=dict)     # check.npz: images + fp32 logits the device checks artifacts on
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -129,8 +148,9 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
         entries = [(manifest.head["file"], manifest.head["sha256"])]
         entries += [(a.file, a.sha256) for a in manifest.artifacts]
         entries += [(c["file"], c["sha256"]) for a in manifest.artifacts for c in a.companions]
-        if manifest.learning:
-            entries.append((manifest.learning["file"], manifest.learning["sha256"]))
+        for extra in (manifest.learning, manifest.check):
+            if extra:
+                entries.append((extra["file"], extra["sha256"]))
         for name, expected in entries:
             verify_file(folder, name, expected)
     return manifest

@@ -1,7 +1,11 @@
 """A loaded bundle: backbone on a runtime backend, numpy head beside it.
 
 :class:`EdgeModel` is the device-side API behind ``edgetl-rt predict``,
-``evaluate`` and ``bench``.  Loading verifies every file's sha256 first.
+``evaluate`` and ``bench``.  Loading verifies the sha256 of every file it
+reads (the manifest's entries for the chosen artifact and the head; the
+feature store checks its own); ``edgetl-rt unpack`` and ``pack`` verify the
+whole bundle.  Which artifact runs is :mod:`.choice`'s decision; with nothing
+measured on this machine yet, the candidates are measured first (:mod:`.tune`).
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import available_backends, create_backend, installed
+from .backends import create_backend
+from .choice import candidates, choose, deployment_backends, imported_engines, unmeasured
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
-from .manifest import Artifact, BundleManifest, read_bundle_manifest
+from .machine import cpu_facts, cpu_class
+from .manifest import BundleManifest, read_bundle_manifest, verify_file
 from .metrics import classification_report
 from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
 from .reader import ReadReport, read_batches
 from .store import FeatureStore, apply_adapter
-from .timings import recorded_timings
+from .timings import read_timings
+from .tune import model_cache_dir
 
 
 @dataclass
@@ -37,76 +44,6 @@ class Prediction:
             "score": self.top[0][1],
             "top_k": [{"label": label, "score": score} for label, score in self.top],
         }
-
-
-#: Default order on a CPU host: fastest first, among artifacts that passed the accuracy gate.
-#: TensorRT-flavoured and fp16 files run on CPU backends only as a fallback (they are slower there).
-CPU_PREFERENCE = ("openvino-int8", "onnx-int8", "openvino", "onnx", "onnx-int8-dynamic", "onnx-fp16",
-                  "onnx-int8-trt")
-
-
-def runnable_backends(artifact: Artifact) -> list[str]:
-    """The artifact's backends (in its order of preference) that are installed here."""
-    return installed(artifact.backends or [artifact.backend])
-
-
-@dataclass
-class Choice:
-    artifact: Artifact
-    backend: str | None        # None: the artifact's first installed backend
-    reason: str
-
-
-def choose_artifact(manifest: BundleManifest, artifact: str | None, backend: str | None,
-                    timings: dict[tuple[str, str], float] | None = None) -> Artifact:
-    """The named artifact, or the fastest deployable backbone artifact this machine can run."""
-    return choose(manifest, artifact, backend, timings).artifact
-
-
-def choose(manifest: BundleManifest, artifact: str | None, backend: str | None,
-           timings: dict[tuple[str, str], float] | None = None) -> Choice:
-    """Which artifact (and backend) to run, and why: named; else the fastest recorded on this machine
-    (``edgetl-rt bench --record``); else the bundle's device profile; else a fixed CPU order."""
-    if artifact is not None:
-        chosen = manifest.artifact(artifact)
-        if chosen.role != "backbone":
-            raise ConfigError(f"artifact '{artifact}' is a {chosen.role} model; pick a backbone artifact")
-        return Choice(chosen, backend, "named")
-    candidates = [
-        a for a in manifest.artifacts
-        if a.role == "backbone" and a.deployable and runnable_backends(a)
-        and (backend is None or backend in runnable_backends(a))
-    ]
-    if not candidates:
-        raise BundleError(
-            "bundle has no backbone artifact this machine can run"
-            + (f" with backend {backend}" if backend else "")
-            + f" (artifacts: {', '.join(f'{a.name}/{a.backend}' for a in manifest.artifacts)}; "
-            f"installed backends: {', '.join(available_backends()) or 'none'})"
-        )
-    measured = [(p50, a, b) for a in candidates for b in runnable_backends(a)
-                if (a.name, b) in (timings or {}) and (backend is None or b == backend)
-                for p50 in [timings[(a.name, b)]]]
-    if measured:
-        p50, fastest, on = min(measured, key=lambda m: m[0])
-        return Choice(fastest, on, f"fastest batch-1 p50 recorded on this machine ({p50:.3g} ms)")
-    if manifest.target:
-        return Choice(min(candidates, key=lambda a: target_rank(manifest.target, a)), backend,
-                      f"device profile {manifest.target.get('name')}")
-    rank = {name: i for i, name in enumerate(CPU_PREFERENCE)}
-    return Choice(min(candidates, key=lambda a: rank.get(a.format, len(rank))), backend, "default CPU order")
-
-
-def target_rank(target: dict, artifact: Artifact) -> tuple[bool, int, int]:
-    """Sort key from the bundle's device profile: artifacts that run on their intended backend here first,
-    then the profile's backend order, then its precision order."""
-    runnable = runnable_backends(artifact)
-    intended = (artifact.backends or [artifact.backend])[0]
-    used = runnable[0].removesuffix("-reference")
-    backends, precisions = target.get("backends", []), target.get("precisions", [])
-    return (intended not in runnable,
-            backends.index(used) if used in backends else len(backends),
-            precisions.index(artifact.precision) if artifact.precision in precisions else len(precisions))
 
 
 def bundle_head(bundle: Path, manifest: BundleManifest) -> Head:
@@ -124,7 +61,10 @@ class EdgeModel:
     """Backbone artifact + head of a verified bundle.
 
     The head is the feature store's current version when the device has learned (``edgetl-rt update``;
-    ``use_store=False`` ignores it), else the bundle's own.
+    ``use_store=False`` ignores it), else the bundle's own.  ``images`` says how many inputs the caller
+    will run (a one-shot command), so the choice weighs time to those results; None means a long run.
+    ``tune=False`` never measures: with nothing recorded here, the profile or CPU-class order decides.
+    ``log`` receives a line when the candidates are measured.
     """
 
     def __init__(
@@ -135,14 +75,17 @@ class EdgeModel:
         threads: int | None = None,
         verify: bool = True,
         use_store: bool = True,
+        images: int | None = None,
+        tune: bool = True,
+        log=lambda message: None,
     ):
+        imported = imported_engines()    # before measuring, which imports them all
         self.bundle = Path(bundle)
         if self.bundle.is_file() and self.bundle.name.endswith((".tar.gz", ".tgz")):
             raise BundleError(f"{bundle} is a packed bundle; unpack it first: edgetl-rt unpack {bundle} DEST")
-        self.manifest = read_bundle_manifest(self.bundle, verify=verify)
-        choice = choose(self.manifest, artifact, backend, recorded_timings(self.bundle))
-        self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
-        self.preprocess = self.manifest.preprocess_config
+        self.manifest = read_bundle_manifest(self.bundle, verify=False)
+        if verify:
+            verify_file(self.bundle, self.manifest.head["file"], self.manifest.head["sha256"])
         store = FeatureStore(self.bundle)
         self.head_version: int | None = None
         self.adapter: dict | None = None
@@ -154,17 +97,52 @@ class EdgeModel:
                 raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
         else:
             self.head, self.labels = bundle_head(self.bundle, self.manifest), list(self.manifest.labels)
+        self.preprocess = self.manifest.preprocess_config
+        device = self.manifest.target.get("profile", {}).get("hardware", {}).get("openvino_device")
+        timings = read_timings(self.bundle) if artifact is None else None
+        self.tuning = self._measure_if_needed(artifact, backend, threads, tune, device, timings, log)
+        if self.tuning is not None:
+            timings = read_timings(self.bundle)
+        flags = cpu_facts()["flags"]
+        choice = choose(self.manifest, artifact, backend, timings,
+                        cpu_class(flags, cpu_facts()["arch"]), flags, images, imported)
+        self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
         if backend is None:
-            runnable = runnable_backends(self.artifact)
+            runnable = deployment_backends(self.artifact)
             if not runnable:
                 raise BundleError(
                     f"artifact {self.artifact.name} needs one of {', '.join(self.artifact.backends)}, "
                     "none of which is installed here"
                 )
             backend = runnable[0]
-        device = self.manifest.target.get("profile", {}).get("hardware", {}).get("openvino_device")
-        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads, device=device)
+        if verify:
+            for name, digest in [(self.artifact.file, self.artifact.sha256)] + [
+                    (c["file"], c["sha256"]) for c in self.artifact.companions]:
+                verify_file(self.bundle, name, digest)
+        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads, device=device,
+                                      precision=self.artifact.precision,
+                                      cache_dir=model_cache_dir(self.bundle) if backend == "openvino" else None)
         self.backend.open()
+
+    def _measure_if_needed(self, artifact, backend, threads, tune, device, timings, log):
+        """Measure the candidates that have no timing on this machine (see :mod:`.tune`); None if none."""
+        if artifact is not None or not tune:
+            return None
+        flags = cpu_facts()["flags"]
+        found = candidates(self.manifest, backend, flags)
+        todo = unmeasured(found, timings)
+        if not todo or (len(found) == 1 and not found[0].artifact.needs_device_check):
+            return None
+        from .checkset import load_check_set
+        from .tune import tune as measure
+
+        log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest "
+            "(--no-tune skips this)")
+        cpu = cpu_class(flags, cpu_facts()["arch"])
+        report = measure(self.bundle, self.manifest, todo, bundle_head(self.bundle, self.manifest), cpu,
+                         load_check_set(self.bundle, self.manifest), threads=threads, device=device)
+        log(f"measured in {report.seconds:.1f} s; recorded in {report.path}")
+        return report
 
     def close(self) -> None:
         self.backend.close()
@@ -230,4 +208,5 @@ class EdgeModel:
         result["backend"] = self.backend.name
         result["head_version"] = self.head_version
         result["artifact_choice"] = self.choice_reason
+        result["precision"] = self.backend.effective_precision
         return result

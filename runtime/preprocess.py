@@ -185,15 +185,20 @@ def resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image
     return image.crop((left, top, left + config.input_size, top + config.input_size))
 
 
-def normalize(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """RGB uint8 image to a CHW float32 array normalized with mean and std."""
+def normalize(image: Image.Image | np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """RGB uint8 image (or HxWx3 uint8 array) to a CHW float32 array normalized with mean and std."""
     array = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
     mean = np.asarray(config.mean, dtype=np.float32)
     inv_std = np.float32(1.0) / np.asarray(config.std, dtype=np.float32)
     return np.ascontiguousarray(((array - mean) * inv_std).transpose(2, 0, 1))
 
 
+def crop(source: ImageSource, config: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode, resize and crop one image: the (S, S, 3) uint8 pixels the network sees before normalization."""
+    image = load_image(source, max_pixels=max_pixels, draft_size=config.resize_size)
+    return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
+
+
 def preprocess(source: ImageSource, config: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode and preprocess one image to a (3, S, S) float32 array."""
-    image = load_image(source, max_pixels=max_pixels, draft_size=config.resize_size)
-    return normalize(resize_and_crop(image, config), config)
+    return normalize(crop(source, config, max_pixels), config)

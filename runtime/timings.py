@@ -1,19 +1,25 @@
-"""Latency measured on this machine, kept in the bundle, so the runtime can run the fastest artifact.
+"""Latency measured on this machine, kept beside the bundle, so the runtime can run the fastest artifact.
 
-``edgetl-rt bench BUNDLE --record`` writes ``BUNDLE/timings/<machine>.json``:
-the batch-1 p50 of every artifact/backend it measured.  The machine key
-covers what the figures depend on (CPU model, usable cores, architecture,
-backend versions), so a bundle copied to another device ignores them.
-The file is local state, like the feature store, and not part of the
-signed manifest; every artifact in the manifest already passed the
-accuracy gate, so the record only decides which of them is fastest.
+Two writers fill ``BUNDLE/timings/<machine>.json``: the runtime's brief
+measurement the first time it has to choose (:mod:`.tune`) and ``edgetl-rt
+bench --record`` (the full benchmark).  A row holds the batch-1 p50 and p90
+of one artifact/backend and what a one-shot command pays before its first
+result: importing the engine, loading (and compiling) the model, the first
+inference.  The machine key covers what the figures depend on (CPU model,
+usable cores, architecture, backend versions), so a bundle copied to another
+device ignores them.  The file is local state, like the feature store and
+the compiled-model cache, and not part of the signed manifest; where the
+bundle folder is read-only, local state goes to the user's cache instead.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import BundleError
@@ -21,48 +27,122 @@ from .fsutil import atomic_write_text
 from .machine import cpu_facts, library_versions
 
 TIMINGS_FOLDER = "timings"
-TIMINGS_SCHEMA = "edgetl.timings/1"
+TIMINGS_SCHEMA = "edgetl.timings/2"
+READABLE_SCHEMAS = ("edgetl.timings/1", TIMINGS_SCHEMA)
+ENGINES = ("onnxruntime", "openvino", "tensorrt")
+#: Folders of a bundle that hold this device's own state, never packed or signed.
+LOCAL_STATE = (TIMINGS_FOLDER, "cache")
 
 
+@dataclass
+class Timing:
+    """Batch-1 figures of one artifact on one backend, on this machine."""
+
+    artifact: str
+    backend: str
+    p50_ms: float
+    p90_ms: float | None = None
+    load_s: float | None = None       # open + compile, in a process that has the engine imported
+    first_s: float | None = None      # first inference after loading
+    import_s: float | None = None     # importing the engine's Python package, once per process
+    source: str = "tune"              # "tune" (brief, by the runtime) or "bench" (edgetl-rt bench --record)
+    check: dict | None = None         # the device check of an artifact not measured at export as deployed
+    eligible: bool = True             # False when that check failed: never chosen here
+
+    def one_shot_s(self, images: int, imported: bool) -> float | None:
+        """Seconds from a fresh process to ``images`` results, or None when load time is unknown."""
+        if self.load_s is None or self.first_s is None:
+            return None
+        return (0.0 if imported else (self.import_s or 0.0)) + self.load_s + self.first_s \
+            + max(0, images - 1) * self.p50_ms / 1000.0
+
+
+@dataclass
+class TimingRecord:
+    machine: dict
+    rows: list[Timing] = field(default_factory=list)
+
+    def get(self, artifact: str, backend: str) -> Timing | None:
+        return next((r for r in self.rows if (r.artifact, r.backend) == (artifact, backend)), None)
+
+    def merge(self, rows: list[Timing]) -> None:
+        """Replace rows of the same artifact/backend; a full benchmark replaces a brief measurement."""
+        for row in rows:
+            self.rows = [r for r in self.rows if (r.artifact, r.backend) != (row.artifact, row.backend)] + [row]
+
+
+@functools.lru_cache(maxsize=1)
 def machine_key() -> tuple[str, dict]:
+    """A short digest of what the figures depend on, and the facts behind it."""
     cpu = cpu_facts()
-    versions = library_versions()
+    versions = library_versions(ENGINES)
     identity = {"cpu": cpu["model"], "arch": cpu["arch"], "cores_usable": cpu["cores_usable"],
-                **{k: versions[k] for k in ("onnxruntime", "openvino", "tensorrt") if k in versions}}
+                **{k: versions[k] for k in ENGINES if k in versions}}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return digest, identity
 
 
+def local_state_dir(bundle: str | Path, kind: str, create: bool = False) -> Path:
+    """``BUNDLE/<kind>`` where the bundle folder is writable, else the user's cache for this bundle."""
+    bundle = Path(bundle)
+    inside = bundle / kind
+    if inside.is_dir() or os.access(bundle, os.W_OK):
+        if create:
+            inside.mkdir(exist_ok=True)
+        return inside
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetl" / "bundles"
+    digest = hashlib.sha256(str(bundle.resolve()).encode()).hexdigest()[:16]
+    outside = root / digest / kind
+    if create:
+        outside.mkdir(parents=True, exist_ok=True)
+    return outside
+
+
+def _path(bundle: str | Path, key: str, create: bool = False) -> Path:
+    return local_state_dir(bundle, TIMINGS_FOLDER, create) / f"{key}.json"
+
+
+def read_timings(bundle: str | Path) -> TimingRecord | None:
+    """This machine's record for ``bundle``, or None when nothing was measured here."""
+    folder = local_state_dir(bundle, TIMINGS_FOLDER)
+    if not folder.is_dir():
+        return None          # the common case, without the ~35 ms of reading the machine's identity
+    key, identity = machine_key()
+    path = folder / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema") not in READABLE_SCHEMAS:
+            raise ValueError(f"schema {data.get('schema')!r}")
+        known = set(Timing.__dataclass_fields__)
+        rows = [Timing(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
+        for row in rows:
+            row.p50_ms = float(row.p50_ms)
+        return TimingRecord(data.get("machine", identity), rows)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{path} is damaged ({exc}); delete it or record again with "
+                          f"edgetl-rt bench {bundle} --record") from exc
+
+
+def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
+    """Merge ``rows`` into this machine's record (atomically) and return its path."""
+    key, identity = machine_key()
+    record = read_timings(bundle) or TimingRecord(identity)
+    record.merge(rows)
+    path = _path(bundle, key, create=True)
+    atomic_write_text(path, json.dumps({
+        "schema": TIMINGS_SCHEMA, "machine": identity, "rows": [asdict(r) for r in record.rows],
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2))
+    return path
+
+
 def record_timings(bundle: str | Path, result: dict) -> Path:
     """Keep the batch-1 rows of a benchmark matrix (default thread count) for this machine."""
-    key, identity = machine_key()
-    rows = [{"artifact": r["artifact"], "backend": r["backend"], "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"]}
+    rows = [Timing(r["artifact"], r["backend"], r["p50_ms"], r["p90_ms"], load_s=r.get("load_s"),
+                   first_s=r.get("first_inference_s"), import_s=r.get("import_s"), source="bench")
             for r in result["rows"] if r["batch"] == 1 and r["threads"] is None]
     if not rows:
         raise BundleError("nothing to record: --record keeps batch-1 rows at the default thread count; "
                           "include --batch 1 and leave out --threads")
-    folder = Path(bundle) / TIMINGS_FOLDER
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{key}.json"
-    atomic_write_text(path, json.dumps({"schema": TIMINGS_SCHEMA, "machine": identity, "rows": rows,
-                                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
-                                            timespec="seconds")}, indent=2))
-    return path
-
-
-def recorded_timings(bundle: str | Path) -> dict[tuple[str, str], float]:
-    """(artifact, backend) -> batch-1 p50 ms measured on this machine, or {} when none was recorded."""
-    if not (Path(bundle) / TIMINGS_FOLDER).is_dir():
-        return {}          # the common case, without the ~35 ms of reading the machine's identity
-    key, _ = machine_key()
-    path = Path(bundle) / TIMINGS_FOLDER / f"{key}.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        if data.get("schema") != TIMINGS_SCHEMA:
-            raise ValueError(f"schema {data.get('schema')!r}")
-        return {(r["artifact"], r["backend"]): float(r["p50_ms"]) for r in data["rows"]}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BundleError(f"{path} is damaged ({exc}); delete it or record again with "
-                          f"edgetl-rt bench {bundle} --record") from exc
+    return write_timings(bundle, rows)

@@ -154,7 +154,7 @@ def _new_head(method: str, current: Head, state: LearnerState, classes: list[str
 
 def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None = None,
                   artifact: str | None = None, backend: str | None = None, threads: int | None = None,
-                  progress: ProgressFactory = silent_progress) -> dict:
+                  progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
     """Learn the labelled images of ``data`` into the bundle's head; commit a new version or change nothing."""
     settings = settings or UpdateSettings()
     settings.check()
@@ -174,7 +174,7 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
             raise DataError(f"every image of {data} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
         t0 = time.perf_counter()
-        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
             features, kept = compute_features(model, [records[i] for i in fresh], settings.batch_size,
                                               settings.skip_bad, progress)
             artifact_name = model.artifact.name
@@ -289,7 +289,7 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
 def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_accuracy_drop: float = 2.0,
                  force: bool = False, lock_timeout: float = 60.0, artifact: str | None = None,
                  backend: str | None = None, threads: int | None = None,
-                 progress: ProgressFactory = silent_progress) -> dict:
+                 progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
     """Re-estimate per-feature normalisation on unlabelled target-domain images (labels in DATA are ignored).
 
     The adapter maps each feature from the target's mean and spread onto the source's (those of the
@@ -305,7 +305,7 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
         state = store.state(parent)
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
-        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads) as model:
+        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
             current_adapter, model.adapter = model.adapter, None   # statistics of raw target features
             raw, _ = compute_features(model, records, 16, False, progress)
             source_mean = state.ridge.feature_sum / state.ridge.count

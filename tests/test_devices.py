@@ -23,11 +23,18 @@ from edgetl.runtime.backends import BACKENDS, create_backend, installed
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.doctor import profile_fit, rank_profiles
 from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
+from edgetl.runtime.choice import choose, runnable_backends
+from edgetl.runtime.machine import cpu_facts, this_cpu_class
 from edgetl.runtime.manifest import Artifact, BundleManifest
-from edgetl.runtime.model import choose_artifact, runnable_backends
 from edgetl.runtime.tensorrt_plan import (
     EngineMetadata, check_engine_compatible, plan_build, read_sidecar, sidecar_path, trtexec_command,
 )
+
+
+def choose_artifact(manifest, artifact, backend):
+    """The artifact the runtime picks on this machine with nothing measured here."""
+    return choose(manifest, artifact, backend, None, this_cpu_class(), cpu_facts()["flags"]).artifact
+
 
 PROFILES = load_profiles()
 REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "x86-avx2",
@@ -373,7 +380,8 @@ def _check_cpu_artifacts_match_manifest(bundle, run):
     _, val = run_records(run.manifest, None)
     checked = []
     for artifact in manifest.artifacts:
-        if artifact.role != "backbone" or not runnable_backends(artifact):
+        if artifact.role != "backbone" or not runnable_backends(artifact) or artifact.accuracy is None \
+                or not artifact.runs_on(cpu_facts()["flags"]):
             continue
         with EdgeModel(bundle, artifact=artifact.name) as model:
             report = model.evaluate(val)

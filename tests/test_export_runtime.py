@@ -12,10 +12,12 @@ from edgetl.runtime.evaluate import evaluate_bundle
 
 
 def test_bundle_layout_and_manifest(digits_bundle):
+    from edgetl.runtime.timings import LOCAL_STATE
+
     folder = digits_bundle.bundle
-    assert {p.name for p in folder.iterdir()} == {
+    assert {p.name for p in folder.iterdir()} - set(LOCAL_STATE) == {
         "manifest.json", "backbone.onnx", "model.onnx", "head.npz", "backbone-onnx-int8.onnx",
-        "backbone-openvino.xml", "backbone-openvino.bin", "learning"}
+        "backbone-openvino.xml", "backbone-openvino.bin", "learning", "check.npz"}
     manifest = read_bundle_manifest(folder)
     assert manifest.labels == [str(i) for i in range(10)] and manifest.feature_dim == 1280
     backbone = manifest.artifact("onnx")
@@ -69,6 +71,9 @@ def test_unknown_schema_and_missing_files_are_refused(digits_bundle, tmp_path):
     shutil.copytree(digits_bundle.bundle, tmp_path / "b2")
     (tmp_path / "b2" / "backbone.onnx").unlink()
     with pytest.raises(BundleError, match="backbone.onnx is missing"):
+        EdgeModel(tmp_path / "b2", artifact="onnx")
+    shutil.rmtree(tmp_path / "b2" / "timings", ignore_errors=True)
+    with pytest.raises(BundleError, match="backbone.onnx is missing"):   # measuring verifies what it loads too
         EdgeModel(tmp_path / "b2")
 
 

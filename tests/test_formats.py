@@ -13,6 +13,7 @@ from edgetl.runtime import EdgeModel, read_bundle_manifest
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import AccuracyGateError, ConfigError, MissingDependencyError
 from edgetl.runtime.evaluate import evaluate_bundle
+from edgetl.runtime.machine import cpu_facts
 
 from conftest import make_folder_dataset
 
@@ -35,10 +36,11 @@ def test_every_format_builds_verifies_and_runs(tiny_run, tmp_path):
     manifest = read_bundle_manifest(tmp_path / "bundle")  # every sha256, companions included
     names = {a.name for a in manifest.artifacts}
     assert names == set(EXPORT_FORMATS) | {"onnx-fused"}
+    flags = cpu_facts()["flags"]
     for artifact in manifest.artifacts:
-        assert artifact.accuracy is not None and artifact.deployable
+        assert artifact.deployable and (artifact.accuracy is not None or artifact.measured == "not-measured")
         assert (tmp_path / "bundle" / artifact.file).stat().st_size == artifact.size
-        if artifact.role != "backbone":
+        if artifact.role != "backbone" or not artifact.runs_on(flags):
             continue
         with EdgeModel(tmp_path / "bundle", artifact=artifact.name) as model:
             report = evaluate_bundle(model, str(root), split="all")
@@ -48,6 +50,12 @@ def test_every_format_builds_verifies_and_runs(tiny_run, tmp_path):
     assert by_name["onnx-int8-trt"].evaluated_with == "onnxruntime-reference"
     assert by_name["openvino"].max_abs_diff <= 1e-4
     assert by_name["onnx-fp16"].precision == "fp16" and by_name["onnx-int8"].precision == "int8"
+    assert by_name["openvino-bf16"].file == by_name["openvino"].file      # bf16 is a compile setting of the IR
+    assert by_name["openvino-bf16"].requires_cpu == ["avx512_bf16", "amx_bf16"]
+    assert by_name["onnx-int8-vnni"].requires_cpu == ["avx512_vnni", "avx_vnni", "amx_int8"]
+    assert by_name["openvino-bf16"].measured == ("as-deployed" if set(flags) & {"avx512_bf16", "amx_bf16"}
+                                                 else "emulated" if by_name["openvino-bf16"].accuracy is not None
+                                                 else "not-measured")
 
 
 def test_int8_graphs_are_qdq_with_the_promised_types(tiny_run, tmp_path):
@@ -103,10 +111,26 @@ def test_real_weights_int8_within_one_point(digits_bundle):
     assert manifest.artifact("openvino").max_abs_diff <= 1e-4
 
 
-def test_default_artifact_is_the_fastest_deployable_one(digits_bundle):
-    with EdgeModel(digits_bundle.bundle) as model:
-        assert model.artifact.name == "onnx-int8"
-    with EdgeModel(digits_bundle.bundle, backend="openvino") as model:
+def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
+    import shutil
+
+    from edgetl.runtime.timings import read_timings
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings", "cache"))
+    with EdgeModel(bundle, tune=False) as model:            # nothing measured: this CPU class's order
+        assert "CPU order (nothing measured here)" in model.choice_reason and model.tuning is None
+    lines = []
+    with EdgeModel(bundle, log=lines.append) as model:      # the first choice measures every candidate
+        rows = read_timings(bundle).rows
+        assert {(r.artifact, r.backend) for r in rows} == {("onnx", "onnxruntime"), ("onnx-int8", "onnxruntime"),
+                                                          ("openvino", "openvino")}
+        assert model.artifact.name == min(rows, key=lambda r: r.p50_ms).artifact
+        assert "measuring 3 artifact(s)" in lines[0] and model.tuning.seconds < 10
+        assert all(r.load_s > 0 and r.first_s > 0 and r.p50_ms > 0 for r in rows)
+    with EdgeModel(bundle) as model:                        # and never again on this machine
+        assert model.tuning is None and "measured on this machine" in model.choice_reason
+    with EdgeModel(bundle, backend="openvino") as model:
         assert model.artifact.name == "openvino" and model.backend.name == "openvino"
 
 

@@ -1,18 +1,18 @@
-"""Registry of runtime backends; each imports its engine only when opened."""
+"""Registry of runtime backends; a backend's module, and its engine, are imported only when it is used."""
 
 from __future__ import annotations
 
+import importlib
+
 from ..errors import ConfigError
 from .base import Backend
-from .onnxruntime import OnnxRuntimeBackend, OnnxRuntimeReferenceBackend
-from .openvino import OpenVINOBackend
-from .tensorrt import TensorRTBackend
 
-BACKENDS: dict[str, type[Backend]] = {
-    OnnxRuntimeBackend.name: OnnxRuntimeBackend,
-    OnnxRuntimeReferenceBackend.name: OnnxRuntimeReferenceBackend,
-    OpenVINOBackend.name: OpenVINOBackend,
-    TensorRTBackend.name: TensorRTBackend,
+#: backend name -> (module of this package, class name).
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
+    "onnxruntime-reference": ("onnxruntime", "OnnxRuntimeReferenceBackend"),
+    "openvino": ("openvino", "OpenVINOBackend"),
+    "tensorrt": ("tensorrt", "TensorRTBackend"),
 }
 
 #: Python module each backend needs, to tell which are usable here without importing them.
@@ -33,10 +33,18 @@ def available_backends() -> list[str]:
     return [name for name, module in BACKEND_MODULES.items() if importlib.util.find_spec(module) is not None]
 
 
-def create_backend(name: str, path, threads: int | None = None, device: str | None = None) -> Backend:
+def backend_class(name: str) -> type[Backend]:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
-    return BACKENDS[name](path, threads=threads, device=device)
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
 
 
-__all__ = ["Backend", "BACKENDS", "available_backends", "create_backend", "installed"]
+def create_backend(name: str, path, threads: int | None = None, device: str | None = None,
+                   precision: str = "fp32", cache_dir=None) -> Backend:
+    """A backend for the model file ``path``; ``precision`` is the precision its artifact declares."""
+    return backend_class(name)(path, threads=threads, device=device, precision=precision, cache_dir=cache_dir)
+
+
+__all__ = ["Backend", "BACKENDS", "BACKEND_MODULES", "available_backends", "backend_class", "create_backend",
+           "installed"]

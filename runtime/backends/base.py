@@ -3,6 +3,12 @@
 A backend opens one model file, runs it, and closes.  Input checks and state
 checks live here once; a backend implements only ``_open_impl``,
 ``_infer_impl`` and ``_close_impl``.
+
+Every setting that changes numerics or speed with the hardware is stated by
+the backend, never left to the engine's default: the precision the artifact
+declares (``precision``), the thread count (one per usable physical core
+unless given) and the engine's own switches.  ``settings`` holds what the
+engine reports it actually uses once opened, so a figure carries its truth.
 """
 
 from __future__ import annotations
@@ -12,17 +18,29 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, EdgetlError
+from ..machine import default_threads
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class Backend:
-    """Base class of runtime backends (onnxruntime, and later OpenVINO, TensorRT)."""
+    """Base class of runtime backends (onnxruntime, OpenVINO, TensorRT)."""
 
     name: str = "base"
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
+                 precision: str = "fp32", cache_dir: str | Path | None = None):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
         self.path = Path(path)
-        self.threads = threads
+        self.threads = threads or default_threads()
+        self.threads_stated = threads is not None     # given by the user, not this machine's default
         self.requested_device = device      # e.g. OpenVINO's GPU; backends without devices ignore it
+        self.precision = precision          # what the artifact declares; the backend makes the engine run it
+        self.cache_dir = Path(cache_dir) if cache_dir else None   # compiled-model cache, where the engine has one
+        self.settings: dict = {}            # the engine's effective settings, filled by _open_impl
         self.input_name = ""
         self.input_shape: tuple = ()
         self._open = False
@@ -68,6 +86,12 @@ class Backend:
     def _close_impl(self) -> None:
         pass
 
+    @property
+    def effective_precision(self) -> str:
+        """The precision the engine computes in, as far as it reports it (else the declared one)."""
+        return self.settings.get("effective_precision", self.precision)
+
     def describe(self) -> dict:
         """Versions and settings recorded next to measurements."""
-        return {"backend": self.name, "threads": self.threads}
+        return {"backend": self.name, "threads": self.threads, "precision": self.precision,
+                "effective_precision": self.effective_precision, "settings": dict(self.settings)}

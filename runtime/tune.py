@@ -1,0 +1,119 @@
+"""Measure the candidate artifacts briefly on this machine, the first time the runtime has to choose.
+
+Machines differ more than any fixed order can say (int8 is 2x fp32 on a
+VNNI Xeon and slower than fp32 on some AVX2 CPUs; bf16 is 1.8x f32 where it
+is native and 4x slower where it is emulated), so with no timings recorded
+for this machine the runtime measures each candidate once: engine import,
+load (compile), first inference, the device check where the export could not
+measure the artifact as deployed, and a few batch-1 runs, within a budget of
+about a second of measuring (loads and compiles come on top), most promising
+candidates first.  The rows are recorded beside the bundle (:mod:`.timings`)
+and never measured again on this machine; ``--no-tune`` skips all of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import BACKEND_MODULES, create_backend
+from .checkset import CheckSet, check_logits
+from .choice import Candidate, cpu_order
+from .heads import Head
+from .machine import CpuClass
+from .manifest import BundleManifest, verify_file
+from .timings import Timing, local_state_dir, write_timings
+
+DEFAULT_BUDGET_S = 1.0
+MIN_RUNS, WARMUP_RUNS = 5, 2
+
+#: Seconds each engine module took to import in this process (measured by whoever imported it first here).
+_IMPORT_SECONDS: dict[str, float] = {}
+
+
+def import_seconds(module: str) -> float | None:
+    """Import ``module`` if needed and return how long that took (None when it was imported before us)."""
+    if module not in sys.modules:
+        t0 = time.perf_counter()
+        importlib.import_module(module)
+        _IMPORT_SECONDS[module] = time.perf_counter() - t0
+    return _IMPORT_SECONDS.get(module)
+
+
+def model_cache_dir(bundle: str | Path) -> Path:
+    """Where engines keep compiled models for this bundle (OpenVINO's CACHE_DIR)."""
+    return local_state_dir(bundle, "cache", create=True) / "openvino"
+
+
+@dataclass
+class TuneReport:
+    rows: list[Timing]
+    seconds: float
+    path: Path | None
+
+
+def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], head: Head, cpu: CpuClass,
+         check: CheckSet | None, threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S,
+         device: str | None = None) -> TuneReport:
+    """Measure ``todo`` and record the rows; returns them with the time it took."""
+    start = time.perf_counter()
+    rank = {name: i for i, name in enumerate(cpu_order(cpu))}
+    todo = sorted(todo, key=lambda c: rank.get(c.artifact.format, len(rank)))
+    max_drop = float(manifest.validation.get("max_accuracy_drop", 1.0))
+    size = manifest.preprocess_config.input_size
+    sample = (check.images[:1] if check is not None and len(check.labels)
+              else np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
+    rows, spent = [], 0.0
+    for index, candidate in enumerate(todo):
+        share = max(0.05, (budget_s - spent) / (len(todo) - index))
+        row, used = _measure(bundle, candidate, head, sample, check, max_drop, threads, share, device)
+        spent += used
+        rows.append(row)
+    path = write_timings(bundle, rows) if rows else None
+    return TuneReport(rows, time.perf_counter() - start, path)
+
+
+def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check: CheckSet | None,
+             max_drop: float, threads: int | None, share_s: float, device: str | None) -> tuple[Timing, float]:
+    artifact, name = candidate.artifact, candidate.backend
+    for file, digest in [(artifact.file, artifact.sha256)] + [(c["file"], c["sha256"]) for c in artifact.companions]:
+        verify_file(Path(bundle), file, digest)     # nothing is loaded unverified, measured or not
+    import_s = import_seconds(BACKEND_MODULES.get(name, name))
+    t0 = time.perf_counter()
+    backend = create_backend(name, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
+                             cache_dir=model_cache_dir(bundle) if name == "openvino" else None).open()
+    try:
+        load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        head.logits(backend.infer(sample))
+        first_s = time.perf_counter() - t1
+        begin = time.perf_counter()
+        verdict = None
+        if artifact.needs_device_check and check is not None:
+            logits = np.concatenate([head.logits(backend.infer(check.images[i:i + 1]))
+                                     for i in range(len(check.labels))])
+            verdict = check_logits(logits, check, max_drop).to_dict()
+            verdict["effective_precision"] = backend.effective_precision
+        for _ in range(WARMUP_RUNS):
+            head.logits(backend.infer(sample))
+        samples: list[float] = []
+        while len(samples) < MIN_RUNS or time.perf_counter() - begin < share_s:
+            t2 = time.perf_counter()
+            head.logits(backend.infer(sample))
+            samples.append(time.perf_counter() - t2)
+            if time.perf_counter() - begin > 2 * share_s and len(samples) >= MIN_RUNS:
+                break
+        used = time.perf_counter() - begin
+    finally:
+        backend.close()
+    ms = np.asarray(samples) * 1000.0
+    eligible = True
+    if artifact.needs_device_check:
+        eligible = bool(verdict and verdict["passed"] and verdict["effective_precision"] == artifact.precision)
+    return Timing(artifact.name, name, float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), load_s=load_s,
+                  first_s=first_s, import_s=import_s, source="tune", check=verdict, eligible=eligible), used

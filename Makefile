@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: install
 	$(BIN)/edgetl finetune builtin:digits --out $(DEMO)/run --overwrite
-	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --format onnx,onnx-int8,openvino,openvino-int8 --overwrite
+	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --overwrite \
+		--format onnx,onnx-int8,onnx-int8-vnni,openvino,openvino-bf16,openvino-int8,openvino-int8-vnni
 	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite
 	$(BIN)/edgetl-rt evaluate $(DEMO)/bundle $(DEMO)/digits --min-accuracy 0.95
 	$(BIN)/edgetl-rt predict $(DEMO)/bundle $(DEMO)/digits/val/7/*.png --top-k 2 | head -n 5
@@ -36,10 +37,12 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/finetune_cache.py
 	$(BIN)/python benchmarks/runtime_vs_eager.py
+	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/engine_extraction.py
 	$(BIN)/python benchmarks/device_update.py
 	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python benchmarks/bench_fidelity.py
+	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 PROFILE_DIR = Path(__file__).resolve().parent
 ARCHITECTURES = ("x86_64", "aarch64")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BACKEND_NAMES = ("onnxruntime", "openvino", "tensorrt")
 
 
@@ -45,6 +45,14 @@ class Hardware:
     @property
     def is_jetson(self) -> bool:
         return self.jetson_model is not None
+
+    @property
+    def int8_dot(self) -> bool:
+        """Every CPU of the profile multiplies int8 into int32 (VNNI/AMX): full 8-bit weights are exact."""
+        from edgetl.runtime.machine import INT8_DOT_FLAGS
+
+        dot = set(INT8_DOT_FLAGS)
+        return bool(set(self.cpu_flags) & dot) or bool(self.cpu_flags_any and set(self.cpu_flags_any) <= dot)
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,24 @@ from edgetl.devices import DeviceProfile
 from edgetl.runtime.tensorrt_plan import engine_filename, source_format, trtexec_command
 
 #: (backend, precision) -> (export format, options it needs).  ONNX Runtime on a CPU gains nothing from
-#: fp16, so that pair builds nothing; OpenVINO's fp16 is its fp32 IR with weights compressed to fp16.
+#: fp16 and has no bf16 convolutions, so those pairs build nothing; OpenVINO's fp16 is its fp32 IR with
+#: weights compressed to fp16 and its bf16 the fp32 IR compiled in bf16.  CPU int8 has two variants: 7-bit
+#: weights for any x86, 8-bit where the profile guarantees int8 dot products (``VNNI_VARIANT``).
 FORMAT_FOR: dict[tuple[str, str], tuple[str, dict] | None] = {
     ("onnxruntime", "fp32"): ("onnx", {}),
     ("onnxruntime", "fp16"): None,
+    ("onnxruntime", "bf16"): None,
     ("onnxruntime", "int8"): ("onnx-int8", {}),
     ("openvino", "fp32"): ("openvino", {}),
     ("openvino", "fp16"): ("openvino", {"fp16": True}),
+    ("openvino", "bf16"): ("openvino-bf16", {}),
     ("openvino", "int8"): ("openvino-int8", {}),
     ("tensorrt", "fp32"): ("onnx", {}),
     ("tensorrt", "fp16"): ("onnx-fp16", {}),
+    ("tensorrt", "bf16"): None,
     ("tensorrt", "int8"): ("onnx-int8-trt", {}),
 }
+VNNI_VARIANT = {"onnx-int8": "onnx-int8-vnni", "openvino-int8": "openvino-int8-vnni"}
 
 
 def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
@@ -35,7 +41,7 @@ def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
     The profile's precisions are built for its preferred (first) backend; the other backends are
     fallbacks and get fp32 only (the fp32 ONNX file is in every bundle anyway).  A Jetson bundle thus
     holds the fp16 and Q/DQ int8 sources of its engines plus fp32 ONNX for ONNX Runtime, not a CPU int8
-    model it would never prefer.
+    model it would never prefer; a VNNI profile gets the 8-bit int8 variant, an AVX2 one the 7-bit.
     """
     names = ["onnx"]
     options: dict = {}
@@ -46,6 +52,8 @@ def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
             if choice is None:
                 continue
             name, extra = choice
+            if profile.hardware.int8_dot:
+                name = VNNI_VARIANT.get(name, name)
             if name not in names:
                 names.append(name)
             options.update(extra)

@@ -18,13 +18,17 @@ from pathlib import Path, PurePosixPath
 from .errors import BundleError, EdgetlError
 from .fsutil import atomic_directory
 from .manifest import MANIFEST_NAME, read_bundle_manifest
+from .timings import LOCAL_STATE
 
 #: Refuse archives that would expand beyond this (a "tar bomb"); bundles are tens of MB.
 MAX_UNPACKED_BYTES = 8 << 30
 
 
 def pack_bundle(bundle: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write ``bundle`` (verified first) as a gzip tarball with flat, sorted member names."""
+    """Write ``bundle`` (verified first) as a gzip tarball with flat, sorted member names.
+
+    This machine's local state (its timings and compiled-model cache) stays behind: it describes this
+    machine, not the bundle."""
     bundle = Path(bundle)
     read_bundle_manifest(bundle)
     out = Path(out) if out else bundle.with_name(bundle.name + ".tar.gz")
@@ -32,6 +36,8 @@ def pack_bundle(bundle: str | Path, out: str | Path | None = None, overwrite: bo
         raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
     files = []
     for path in sorted(bundle.rglob("*")):
+        if path.relative_to(bundle).parts[0] in LOCAL_STATE:
+            continue
         if path.is_symlink():
             raise BundleError(f"{path} is a symbolic link; bundles hold regular files only")
         if path.is_file():

@@ -396,6 +396,10 @@ def doctor(as_json) -> None:
     cpu, memory, cuda = report["cpu"], report["memory"], report["cuda"]
     rows = [("cpu", f"{cpu['model']} ({cpu['arch']}, {cpu['cores_usable']}/{cpu['cores']} cores usable)"),
             ("cpu flags", " ".join(cpu["notable_flags"]) or "none of note"),
+            ("cpu class", f"{report['cpu_class']['name']}: int8 dot products "
+                          f"{'yes' if report['cpu_class']['int8_dot_products'] else 'no (8-bit int8 would saturate)'}, "
+                          f"native bf16 {'yes' if report['cpu_class']['native_bf16'] else 'no'}; "
+                          f"{report['cpu_class']['default_threads']} threads by default"),
             ("memory MB", f"{memory['total_mb']} total, {memory['available_mb']} available"),
             ("jetson", (f"{report['jetson']['model']} ({report['jetson']['l4t']})" if report["jetson"] else "no")),
             ("cuda", (", ".join(f"GPU {d['index']}: compute capability {d['compute_capability']}"
@@ -457,11 +461,21 @@ def pack(bundle, out, overwrite) -> None:
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new bundle is verified).")
-def unpack(archive, dest, overwrite) -> None:
-    """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links) and verify it."""
+@click.option("--no-tune", is_flag=True, help="Do not measure the artifacts on this machine now (the first run will).")
+def unpack(archive, dest, overwrite, no_tune) -> None:
+    """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links), verify it, and measure which
+    of its artifacts runs fastest on this machine."""
     from .archive import unpack_bundle
 
-    click.echo(str(unpack_bundle(archive, dest, overwrite=overwrite)))
+    folder = unpack_bundle(archive, dest, overwrite=overwrite)
+    if not no_tune:
+        from .manifest import read_bundle_manifest
+        from .timings import read_timings
+        from .tune import tune_bundle
+
+        manifest = read_bundle_manifest(folder, verify=False)   # verified by unpacking
+        tune_bundle(folder, manifest, device=manifest.openvino_device, timings=read_timings(folder), log=log_err)
+    click.echo(str(folder))
 
 
 if __name__ == "__main__":  # pragma: no cover

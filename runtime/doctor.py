@@ -18,7 +18,7 @@ from edgetl.devices import DeviceProfile, load_profiles
 
 from .backends import available_backends
 from .cuda import cuda_info
-from .machine import cpu_facts, jetson_facts, memory_facts
+from .machine import cpu_class, cpu_facts, jetson_facts, memory_facts
 from .tensorrt_plan import parse_version
 
 def backend_facts() -> dict:
@@ -32,7 +32,8 @@ def backend_facts() -> dict:
             ov = importlib.import_module("openvino")
             core = ov.Core()
             devices = {d: core.get_property(d, "FULL_DEVICE_NAME") for d in core.available_devices}
-            found["openvino"] = {"version": ov.get_version(), "devices": devices}
+            capabilities = {d: list(core.get_property(d, "OPTIMIZATION_CAPABILITIES")) for d in core.available_devices}
+            found["openvino"] = {"version": ov.get_version(), "devices": devices, "capabilities": capabilities}
         except Exception as exc:  # a broken plugin must not stop the report
             found["openvino"] = {"error": str(exc)}
     if "tensorrt" in present:
@@ -46,10 +47,14 @@ def backend_facts() -> dict:
 
 def gather() -> dict:
     cuda = cuda_info()
+    cpu = cpu_facts()
+    cls = cpu_class(cpu["flags"], cpu["arch"])
     return {
         "platform": {"system": platform.system(), "release": platform.release(),
                      "python": platform.python_version()},
-        "cpu": cpu_facts(),
+        "cpu": cpu,
+        "cpu_class": {"name": cls.name, "int8_dot_products": cls.int8_dot, "native_bf16": cls.bf16,
+                      "default_threads": cpu["physical_cores_usable"]},
         "memory": memory_facts(),
         "jetson": jetson_facts(),
         "cuda": {"available": cuda.available, "reason": cuda.reason, "devices": cuda.devices or [],

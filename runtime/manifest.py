@@ -101,6 +101,11 @@ class BundleManifest:
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.preprocess)
 
+    @property
+    def openvino_device(self) -> str | None:
+        """The OpenVINO device the bundle's target profile asks for (an iGPU), if any."""
+        return self.target.get("profile", {}).get("hardware", {}).get("openvino_device")
+
     def artifact(self, name: str) -> Artifact:
         for artifact in self.artifacts:
             if artifact.name == name:

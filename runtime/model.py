@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends import create_backend
-from .choice import candidates, choose, deployment_backends, imported_engines, unmeasured
+from .choice import choose, deployment_backends, imported_engines
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
@@ -29,7 +29,7 @@ from .progress import ProgressFactory, silent_progress
 from .reader import ReadReport, read_batches
 from .store import FeatureStore, apply_adapter
 from .timings import read_timings
-from .tune import model_cache_dir
+from .tune import model_cache_dir, tune_bundle
 
 
 @dataclass
@@ -98,11 +98,13 @@ class EdgeModel:
         else:
             self.head, self.labels = bundle_head(self.bundle, self.manifest), list(self.manifest.labels)
         self.preprocess = self.manifest.preprocess_config
-        device = self.manifest.target.get("profile", {}).get("hardware", {}).get("openvino_device")
+        device = self.manifest.openvino_device
         timings = read_timings(self.bundle) if artifact is None else None
-        self.tuning = self._measure_if_needed(artifact, backend, threads, tune, device, timings, log)
-        if self.tuning is not None:
-            timings = read_timings(self.bundle)
+        self.tuning = None
+        if artifact is None and tune:
+            self.tuning = tune_bundle(self.bundle, self.manifest, backend, threads, device, timings, log)
+            if self.tuning is not None:
+                timings = read_timings(self.bundle)
         flags = cpu_facts()["flags"]
         choice = choose(self.manifest, artifact, backend, timings,
                         cpu_class(flags, cpu_facts()["arch"]), flags, images, imported)
@@ -123,26 +125,6 @@ class EdgeModel:
                                       precision=self.artifact.precision,
                                       cache_dir=model_cache_dir(self.bundle) if backend == "openvino" else None)
         self.backend.open()
-
-    def _measure_if_needed(self, artifact, backend, threads, tune, device, timings, log):
-        """Measure the candidates that have no timing on this machine (see :mod:`.tune`); None if none."""
-        if artifact is not None or not tune:
-            return None
-        flags = cpu_facts()["flags"]
-        found = candidates(self.manifest, backend, flags)
-        todo = unmeasured(found, timings)
-        if not todo or (len(found) == 1 and not found[0].artifact.needs_device_check):
-            return None
-        from .checkset import load_check_set
-        from .tune import tune as measure
-
-        log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest "
-            "(--no-tune skips this)")
-        cpu = cpu_class(flags, cpu_facts()["arch"])
-        report = measure(self.bundle, self.manifest, todo, bundle_head(self.bundle, self.manifest), cpu,
-                         load_check_set(self.bundle, self.manifest), threads=threads, device=device)
-        log(f"measured in {report.seconds:.1f} s; recorded in {report.path}")
-        return report
 
     def close(self) -> None:
         self.backend.close()

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKEND_MODULES, create_backend
-from .checkset import CheckSet, check_logits
-from .choice import Candidate, cpu_order
-from .heads import Head
-from .machine import CpuClass
+from .checkset import CheckSet, check_logits, load_check_set
+from .choice import Candidate, candidates, cpu_order, unmeasured
+from .heads import Head, load_head
+from .machine import CpuClass, cpu_class, cpu_facts
 from .manifest import BundleManifest, verify_file
-from .timings import Timing, local_state_dir, write_timings
+from .timings import Timing, TimingRecord, local_state_dir, write_timings
 
 DEFAULT_BUDGET_S = 1.0
 MIN_RUNS, WARMUP_RUNS = 5, 2
@@ -55,6 +55,24 @@ class TuneReport:
     rows: list[Timing]
     seconds: float
     path: Path | None
+
+
+def tune_bundle(bundle: str | Path, manifest: BundleManifest, backend: str | None = None, threads: int | None = None,
+                device: str | None = None, timings: TimingRecord | None = None,
+                log=lambda message: None) -> TuneReport | None:
+    """Measure the candidates that have no timing on this machine yet; None when there is nothing to decide."""
+    flags = cpu_facts()["flags"]
+    found = candidates(manifest, backend, flags)
+    todo = unmeasured(found, timings)
+    if not todo or (len(found) == 1 and not found[0].artifact.needs_device_check):
+        return None
+    log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest (--no-tune skips this)")
+    verify_file(Path(bundle), manifest.head["file"], manifest.head["sha256"])
+    report = tune(bundle, manifest, todo, load_head(Path(bundle) / manifest.head["file"]),
+                  cpu_class(flags, cpu_facts()["arch"]), load_check_set(bundle, manifest), threads=threads,
+                  device=device)
+    log(f"measured in {report.seconds:.1f} s; recorded in {report.path}")
+    return report
 
 
 def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], head: Head, cpu: CpuClass,

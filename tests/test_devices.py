@@ -37,7 +37,7 @@ def choose_artifact(manifest, artifact, backend):
 
 
 PROFILES = load_profiles()
-REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "x86-avx2",
+REQUIRED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "x86-avx2", "x86-avx512-bf16",
             "x86-avx512-vnni", "x86-nvidia-gpu", "intel-igpu"}
 
 
@@ -62,8 +62,9 @@ def test_every_required_target_has_a_valid_profile():
 def test_format_choice_per_target():
     jetson, _ = formats_for_target(PROFILES["jetson-orin-nano"])
     assert set(jetson.split(",")) == {"onnx", "onnx-fp16", "onnx-int8-trt"}   # engine sources + CPU fallback
-    assert "openvino-int8" in formats_for_target(PROFILES["x86-avx512-vnni"])[0]
-    assert formats_for_target(PROFILES["x86-avx2"])[0] == "onnx,onnx-int8,openvino"
+    assert formats_for_target(PROFILES["x86-avx512-vnni"])[0] == "onnx,openvino-int8-vnni,openvino"
+    assert formats_for_target(PROFILES["x86-avx2"])[0] == "onnx,onnx-int8,openvino"    # 7-bit: no saturation
+    assert formats_for_target(PROFILES["x86-avx512-bf16"])[0] == "onnx,openvino-int8-vnni,openvino-bf16,openvino"
     igpu, options = formats_for_target(PROFILES["intel-igpu"])
     assert "openvino" in igpu.split(",") and options == {"fp16": True}
 
@@ -333,8 +334,9 @@ def test_doctor_on_this_machine():
         report["backends"]["onnxruntime"]["providers"]
     assert {p["name"] for p in report["profiles"]} == set(PROFILES)
     if report["cpu"]["arch"] == "x86_64" and "avx2" in report["cpu"]["flags"] and not report["cuda"]["available"]:
-        expected = "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(report["cpu"]["flags"]) \
-            else "x86-avx2"
+        flags = set(report["cpu"]["flags"])
+        expected = ("x86-avx512-bf16" if {"avx512_bf16", "amx_bf16"} & flags and "avx512_vnni" in flags
+                    else "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags else "x86-avx2")
         assert report["best_profile"] == expected
     table = CliRunner().invoke(rt, ["doctor"])
     assert table.exit_code == 0 and "best profile" in table.output
@@ -352,6 +354,9 @@ def _facts(arch="x86_64", flags=(), jetson=None, cuda=(), ov_devices=None):
     (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson AGX Orin Developer Kit"}), "jetson-agx-orin"),
     (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson Xavier NX Developer Kit"}), "jetson-xavier-nx"),
     (_facts(flags=["avx2", "fma", "avx512f", "avx512_vnni"]), "x86-avx512-vnni"),
+    (_facts(flags=["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]), "x86-avx512-bf16"),      # Zen 4
+    (_facts(flags=["avx2", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"]), "x86-avx512-bf16"),   # SPR
+    (_facts(flags=["avx2", "fma", "avx_vnni"]), "x86-avx512-vnni"),                                  # Alder Lake
     (_facts(flags=["avx2", "fma"], cuda=["8.9"]), "x86-nvidia-gpu"),
     (_facts(flags=["avx2", "fma"], ov_devices={"CPU": "i7", "GPU.0": "Iris Xe"}), "intel-igpu"),
     (_facts(flags=["avx2", "fma"], cuda=["7.0"]), "x86-avx2"),   # a Volta card is below the 7.5 minimum

@@ -56,6 +56,8 @@ def notes(result: dict) -> list[str]:
     if over:
         out.append(f"note: over the target's memory budget of {result['memory_budget_mb']} MB: "
                    + ", ".join(f"{r['artifact']}/{r['backend']} ({r['peak_rss_mb']:.0f} MB)" for r in over))
+    for skipped in result.get("not_run", []):
+        out.append(f"note: {skipped['artifact']} not run: it needs a CPU with one of {', '.join(skipped['needs'])}")
     return out
 
 

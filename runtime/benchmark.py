@@ -151,6 +151,9 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
     bundle = str(bundle)
     manifest = read_bundle_manifest(bundle)
     cells = plan_cells(manifest, settings)
+    flags = cpu_facts()["flags"]
+    not_run = [{"artifact": a.name, "needs": a.requires_cpu} for a in manifest.artifacts
+               if a.role == "backbone" and not a.runs_on(flags)]
     budget = None
     if settings.target:
         from edgetl.devices import get_profile
@@ -190,7 +193,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "bench"}, **asdict(settings.bench),
                      "process_per_cell": settings.isolate},
         "input_size": manifest.preprocess_config.input_size, "target": settings.target,
-        "memory_budget_mb": budget, "rows": rows,
+        "memory_budget_mb": budget, "rows": rows, "not_run": not_run,
     }
 
 

@@ -2,7 +2,8 @@
 
 In order: the artifact the user names; else the fastest on this machine by
 the timings recorded here (``timings``: the runtime's own brief measurement
-or ``edgetl-rt bench --record``); else, with no timings, the bundle's device
+or ``edgetl-rt bench --record``; within ``TIE`` of the fastest p50, the most
+accurate); else, with no timings, the bundle's device
 profile or this CPU class's order.  Only artifacts that run as stated on this
 CPU are candidates (8-bit int8 for VNNI saturates without it; bf16 without
 native bf16 is emulated or silently f32), and an artifact the export could
@@ -28,6 +29,8 @@ from .timings import Timing, TimingRecord
 REFERENCE = "onnx"
 #: A one-shot command runs another artifact than the reference only when it is this much faster to its results.
 ONE_SHOT_MARGIN = 0.9
+#: Artifacts whose p50 is within this factor of the fastest are a tie, which the more accurate one wins.
+TIE = 1.05
 
 _INT8 = ("openvino-int8-vnni", "onnx-int8-vnni", "openvino-int8", "onnx-int8")
 _SLOW_ON_CPU = ("onnx-int8-dynamic", "onnx-fp16", "onnx-int8-trt")
@@ -138,12 +141,19 @@ def choose(manifest: BundleManifest, artifact: str | None, backend: str | None, 
     return Choice(best.artifact, None, f"{cpu.name} CPU order (nothing measured here)")
 
 
+def _accuracy(artifact: Artifact) -> float:
+    return artifact.accuracy if artifact.accuracy is not None else -1.0
+
+
 def _fastest(measured: list[tuple[Candidate, Timing]], images: int | None, imported: frozenset[str]) -> Choice:
-    p50 = min(measured, key=lambda m: m[1].p50_ms)
+    best = min(row.p50_ms for _, row in measured)
+    tied = [m for m in measured if m[1].p50_ms <= TIE * best]
+    p50 = max(tied, key=lambda m: (_accuracy(m[0].artifact), -m[1].p50_ms))
     if images is None:
         c, row = p50
+        tie = f"; the most accurate within {round((TIE - 1) * 100)}% of the fastest" if len(tied) > 1 else ""
         return Choice(c.artifact, c.backend, f"fastest batch-1 p50 measured on this machine ({row.p50_ms:.3g} ms, "
-                                             f"{row.source})")
+                                             f"{row.source}{tie})")
     costs = [(row.one_shot_s(images, BACKEND_MODULES.get(c.backend, c.backend) in imported), c, row)
              for c, row in measured]
     known = [(cost, c, row) for cost, c, row in costs if cost is not None]

@@ -203,6 +203,16 @@ def test_one_shot_commands_weigh_time_to_the_result():
     assert near.artifact.name == "onnx"
 
 
+def test_a_near_tie_goes_to_the_more_accurate_artifact():
+    seven, eight = _artifact("onnx-int8", "int8"), _artifact("onnx-int8-vnni", "int8", requires=INT8_DOT)
+    seven.accuracy, eight.accuracy = 0.961, 0.9666
+    manifest = _manifest(seven, eight)
+    for p50_eight, winner in ((0.53, "onnx-int8-vnni"), (0.60, "onnx-int8")):   # 2% slower: a tie; 13%: not
+        rows = TimingRecord({}, [Timing("onnx-int8", "onnxruntime", 0.52), Timing("onnx-int8-vnni", "onnxruntime",
+                                                                                 p50_eight)])
+        assert choose(manifest, None, None, rows, cpu_class(VNNI), VNNI).artifact.name == winner
+
+
 def test_naming_an_artifact_the_cpu_cannot_run_as_stated_is_refused():
     with pytest.raises(ConfigError, match="saturate"):
         check_named(ARTIFACTS[3], AVX2)

@@ -231,7 +231,7 @@ def export_run(
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
             check_entry = write_check_data(staging, staging / base.filename(), head,
-                                           [val_records[i] for i in rows], preprocess)
+                                           [val_records[i] for i in rows], preprocess, artifacts)
             head_entry = FileEntry.of(staging, "head.npz")
             manifest = BundleManifest(
                 schema_version=BUNDLE_SCHEMA_VERSION,

@@ -107,8 +107,8 @@ def unpack_bundle(archive: str | Path, dest: str | Path, overwrite: bool = False
                 relative = PurePosixPath(member.name)
                 if prefix is not None:
                     relative = relative.relative_to(prefix)
-                if not relative.parts or relative == PurePosixPath("."):
-                    continue
+                if not relative.parts or relative == PurePosixPath(".") or relative.parts[0] in LOCAL_STATE:
+                    continue   # another machine's timings or compiled models are never installed
                 target = staging.joinpath(*relative.parts)
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,8 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
 
                 row["benchmark_app"] = " ".join(benchmark_app_command(
                     str(Path(bundle) / artifact.file), manifest.preprocess_config.input_size, stats["batch"],
-                    artifact.precision, measured["backend_info"]["threads"]))
+                    artifact.precision, measured["backend_info"]["threads"],
+                    device=measured["backend_info"].get("device") or "CPU"))
             if budget is not None:
                 row["within_memory_budget"] = measured["peak_rss_mb"] <= budget
             rows.append(row)

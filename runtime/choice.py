@@ -24,6 +24,7 @@ from .backends import BACKEND_MODULES, available_backends, installed
 from .errors import BundleError, ConfigError
 from .machine import CpuClass
 from .manifest import Artifact, BundleManifest
+from .tensorrt_plan import ENGINE_FORMAT
 from .timings import Timing, TimingRecord
 
 REFERENCE = "onnx"
@@ -81,8 +82,10 @@ def check_named(artifact: Artifact, flags) -> None:
 
 
 def deployment_backends(artifact: Artifact) -> list[str]:
-    """Installed backends that deploy ``artifact``: a float reference backend only where it is the sole one."""
-    runnable = runnable_backends(artifact)
+    """Installed backends that deploy ``artifact``: TensorRT only for built engines (the ONNX files that list it
+    are engine sources), a float reference backend only where it is the sole one."""
+    runnable = [b for b in runnable_backends(artifact)
+                if b != "tensorrt" or artifact.format == ENGINE_FORMAT]
     engines = [b for b in runnable if not b.endswith("-reference")]
     return engines or runnable
 
@@ -130,15 +133,19 @@ def choose(manifest: BundleManifest, artifact: str | None, backend: str | None, 
         return _fastest(measured, images, imported)
     checked = [c for c in found if not c.artifact.needs_device_check]
     if not checked:
-        raise BundleError("every artifact this machine can run must first pass the device check, and none was "
-                          "measured here; run without --no-tune once (or edgetl-rt bench BUNDLE --record)")
+        failed = [c.artifact.name for c in found if timings and (row := timings.get(c.artifact.name, c.backend))
+                  and not row.eligible]
+        raise BundleError("no artifact this machine can run is usable: "
+                          + (f"{', '.join(failed)} failed the device check or could not be loaded here"
+                             if failed else "each must first pass the device check; run once without --no-tune"))
     if manifest.target:
-        best = min(checked, key=lambda c: target_rank(manifest.target, c.artifact))
-        return Choice(best.artifact, None, f"device profile {manifest.target.get('name')} (nothing measured here)")
+        best = min(checked, key=lambda c: target_rank(manifest.target, c))
+        return Choice(best.artifact, best.backend, f"device profile {manifest.target.get('name')} "
+                                                   "(nothing measured here)")
     order = cpu_order(cpu)
     rank = {name: i for i, name in enumerate(order)}
     best = min(checked, key=lambda c: rank.get(c.artifact.format, len(rank)))
-    return Choice(best.artifact, None, f"{cpu.name} CPU order (nothing measured here)")
+    return Choice(best.artifact, best.backend, f"{cpu.name} CPU order (nothing measured here)")
 
 
 def _accuracy(artifact: Artifact) -> float:
@@ -173,13 +180,13 @@ def imported_engines() -> frozenset[str]:
     return frozenset(m for m in BACKEND_MODULES.values() if m in sys.modules)
 
 
-def target_rank(target: dict, artifact: Artifact) -> tuple[bool, int, int]:
+def target_rank(target: dict, candidate: Candidate) -> tuple[bool, int, int]:
     """Sort key from the bundle's device profile: artifacts that run on their intended backend here first,
     then the profile's backend order, then its precision order."""
-    runnable = runnable_backends(artifact)
+    artifact = candidate.artifact
     intended = (artifact.backends or [artifact.backend])[0]
-    used = runnable[0].removesuffix("-reference")
+    used = candidate.backend.removesuffix("-reference")
     backends, precisions = target.get("backends", []), target.get("precisions", [])
-    return (intended not in runnable,
+    return (intended != candidate.backend,
             backends.index(used) if used in backends else len(backends),
             precisions.index(artifact.precision) if artifact.precision in precisions else len(precisions))

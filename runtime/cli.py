@@ -148,9 +148,14 @@ def compare(bundle, data, split, limit, as_json) -> None:
     records = source.split(split or ("val" if source.has_val else "all"))
     step = max(1, len(records) // limit)
     rows = compare_bundle(bundle, records[::step][:limit])
+    from .machine import cpu_facts
+
+    compared = {(r.artifact, r.backend) for r in rows}
+    not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
+               if not a.runs_on(cpu_facts()["flags"]) for b in a.backends if (a.name, b) not in compared]
     if as_json:
         print_json({"bundle": str(bundle), "data": address, "reference": "onnx (onnxruntime, fp32)",
-                    "rows": rows_to_dicts(rows)})
+                    "rows": rows_to_dicts(rows), "not_run": not_run})
         return
     click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
     click.echo(f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
@@ -159,6 +164,9 @@ def compare(bundle, data, split, limit, as_json) -> None:
         click.echo(f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
                    f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
                    + (f"  ({r.note})" if r.note else ""))
+    for skipped in not_run:
+        click.echo(f"{skipped['artifact']:22s} {skipped['backend']:21s} not run: its kernels need one of "
+                   f"{', '.join(skipped['needs'])}")
 
 
 def _ints(text: str | None, name: str) -> tuple:

@@ -16,7 +16,9 @@ from .errors import BundleError
 from .fsutil import sha256_file
 from .preprocess import PreprocessConfig
 
-BUNDLE_SCHEMA_VERSION = 1
+#: 2 added per-artifact ``requires_cpu`` / ``measured`` and the check set; version 1 bundles still load.
+BUNDLE_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -60,7 +62,10 @@ class Artifact:
     evaluated_with: str | None = None
     export_notes: list[str] = field(default_factory=list)
     requires_cpu: list[str] = field(default_factory=list)   # CPU flags (any of) it needs to run as stated
-    measured: str = "as-deployed"    # how the export measured it: MEASUREMENTS
+    # How the export measured its accuracy: "as-deployed" (the engine and kind of CPU it deploys to), "exact"
+    # (the same arithmetic on another engine: Q/DQ int8 by float fake-quantization), "emulated" (bf16
+    # numerics on a CPU without bf16) or "not-measured" (the exporting CPU cannot compute it).
+    measured: str = "as-deployed"
     measurement_note: str = ""
 
     @property
@@ -72,11 +77,6 @@ class Artifact:
         """Whether a CPU with ``flags`` runs this artifact as stated."""
         return not self.requires_cpu or bool(set(self.requires_cpu) & set(flags))
 
-
-#: How an artifact's accuracy was measured at export: on the engine and kind of CPU it deploys to; exactly
-#: but on another engine (int8 for VNNI by the float reference on a CPU without VNNI); in emulation (bf16
-#: numerics on a CPU without bf16); or not at all (the exporting CPU cannot compute it).
-MEASUREMENTS = ("as-deployed", "exact", "emulated", "not-measured")
 
 
 @dataclass
@@ -140,10 +140,10 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged") from exc
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != BUNDLE_SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise BundleError(
-            f"{path} has schema version {version!r}; this edgetl runtime reads version "
-            f"{BUNDLE_SCHEMA_VERSION}. Re-export the bundle or upgrade edgetl."
+            f"{path} has schema version {version!r}; this edgetl runtime reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}. Re-export the bundle or upgrade edgetl."
         )
     try:
         manifest = BundleManifest.from_dict(data)

@@ -21,7 +21,7 @@ from .choice import choose, deployment_backends, imported_engines
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
-from .machine import cpu_facts, cpu_class
+from .machine import cpu_facts, this_cpu_class
 from .manifest import BundleManifest, read_bundle_manifest, verify_file
 from .metrics import classification_report
 from .preprocess import DEFAULT_MAX_PIXELS
@@ -105,9 +105,8 @@ class EdgeModel:
             self.tuning = tune_bundle(self.bundle, self.manifest, backend, threads, device, timings, log)
             if self.tuning is not None:
                 timings = read_timings(self.bundle)
-        flags = cpu_facts()["flags"]
-        choice = choose(self.manifest, artifact, backend, timings,
-                        cpu_class(flags, cpu_facts()["arch"]), flags, images, imported)
+        choice = choose(self.manifest, artifact, backend, timings, this_cpu_class(), cpu_facts()["flags"], images,
+                        imported)
         self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
         if backend is None:
             runnable = deployment_backends(self.artifact)
@@ -123,7 +122,7 @@ class EdgeModel:
                 verify_file(self.bundle, name, digest)
         self.backend = create_backend(backend, self.bundle / self.artifact.file, threads, device=device,
                                       precision=self.artifact.precision,
-                                      cache_dir=model_cache_dir(self.bundle) if backend == "openvino" else None)
+                                      cache_dir=model_cache_dir(self.artifact) if backend == "openvino" else None)
         self.backend.open()
 
     def close(self) -> None:

@@ -8,8 +8,10 @@ result: importing the engine, loading (and compiling) the model, the first
 inference.  The machine key covers what the figures depend on (CPU model,
 usable cores, architecture, backend versions), so a bundle copied to another
 device ignores them.  The file is local state, like the feature store and
-the compiled-model cache, and not part of the signed manifest; where the
-bundle folder is read-only, local state goes to the user's cache instead.
+the compiled-model cache (kept outside the bundle, see :func:`state_root`),
+and not part of the signed manifest; where the bundle folder is read-only,
+the timings go to the user's state folder instead.  Failing to write them
+costs the next run a new measurement, never the current result.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ TIMINGS_FOLDER = "timings"
 TIMINGS_SCHEMA = "edgetl.timings/2"
 READABLE_SCHEMAS = ("edgetl.timings/1", TIMINGS_SCHEMA)
 ENGINES = ("onnxruntime", "openvino", "tensorrt")
-#: Folders of a bundle that hold this device's own state, never packed or signed.
+#: Folders of a bundle that hold a device's own state: never packed, never unpacked from an archive.
 LOCAL_STATE = (TIMINGS_FOLDER, "cache")
 
 
@@ -42,10 +44,11 @@ class Timing:
     backend: str
     p50_ms: float
     p90_ms: float | None = None
-    load_s: float | None = None       # open + compile, in a process that has the engine imported
-    first_s: float | None = None      # first inference after loading
+    load_s: float | None = None       # open (ONNX Runtime: session with its optimizations), engine imported
+    first_s: float | None = None      # first inference after loading (OpenVINO compiles here)
     import_s: float | None = None     # importing the engine's Python package, once per process
     source: str = "tune"              # "tune" (brief, by the runtime) or "bench" (edgetl-rt bench --record)
+    error: str = ""                   # why the candidate could not be measured (then not eligible)
     check: dict | None = None         # the device check of an artifact not measured at export as deployed
     eligible: bool = True             # False when that check failed: never chosen here
 
@@ -82,17 +85,24 @@ def machine_key() -> tuple[str, dict]:
     return digest, identity
 
 
+def state_root() -> Path:
+    """Where the runtime keeps state that is not the bundle's: ``$EDGETL_STATE_DIR``, else the user's cache."""
+    explicit = os.environ.get("EDGETL_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetl"
+
+
 def local_state_dir(bundle: str | Path, kind: str, create: bool = False) -> Path:
-    """``BUNDLE/<kind>`` where the bundle folder is writable, else the user's cache for this bundle."""
+    """``BUNDLE/<kind>`` where it can be written, else a folder for this bundle under :func:`state_root`."""
     bundle = Path(bundle)
     inside = bundle / kind
-    if inside.is_dir() or os.access(bundle, os.W_OK):
+    if os.access(inside, os.W_OK) if inside.is_dir() else os.access(bundle, os.W_OK):
         if create:
             inside.mkdir(exist_ok=True)
         return inside
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetl" / "bundles"
     digest = hashlib.sha256(str(bundle.resolve()).encode()).hexdigest()[:16]
-    outside = root / digest / kind
+    outside = state_root() / "bundles" / digest / kind
     if create:
         outside.mkdir(parents=True, exist_ok=True)
     return outside
@@ -116,7 +126,8 @@ def read_timings(bundle: str | Path) -> TimingRecord | None:
         if data.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"schema {data.get('schema')!r}")
         known = set(Timing.__dataclass_fields__)
-        rows = [Timing(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
+        legacy = {"source": "bench"} if data["schema"] == READABLE_SCHEMAS[0] else {}   # only bench wrote v1
+        rows = [Timing(**{**{k: v for k, v in r.items() if k in known}, **legacy}) for r in data["rows"]]
         for row in rows:
             row.p50_ms = float(row.p50_ms)
         return TimingRecord(data.get("machine", identity), rows)
@@ -126,14 +137,19 @@ def read_timings(bundle: str | Path) -> TimingRecord | None:
 
 
 def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
-    """Merge ``rows`` into this machine's record (atomically) and return its path."""
+    """Merge ``rows`` into this machine's record (atomically) and return its path; raises
+    :class:`BundleError` naming the folder when it cannot be written."""
     key, identity = machine_key()
     record = read_timings(bundle) or TimingRecord(identity)
     record.merge(rows)
-    path = _path(bundle, key, create=True)
-    atomic_write_text(path, json.dumps({
-        "schema": TIMINGS_SCHEMA, "machine": identity, "rows": [asdict(r) for r in record.rows],
-        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2))
+    try:
+        path = _path(bundle, key, create=True)
+        atomic_write_text(path, json.dumps({
+            "schema": TIMINGS_SCHEMA, "machine": identity, "rows": [asdict(r) for r in record.rows],
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2))
+    except OSError as exc:
+        raise BundleError(f"cannot record timings for {bundle} ({exc.strerror or exc}); set EDGETL_STATE_DIR to "
+                          "a writable folder") from exc
     return path
 
 

@@ -5,10 +5,14 @@ VNNI Xeon and slower than fp32 on some AVX2 CPUs; bf16 is 1.8x f32 where it
 is native and 4x slower where it is emulated), so with no timings recorded
 for this machine the runtime measures each candidate once: engine import,
 load (compile), first inference, the device check where the export could not
-measure the artifact as deployed, and a few batch-1 runs, within a budget of
-about a second of measuring (loads and compiles come on top), most promising
-candidates first.  The rows are recorded beside the bundle (:mod:`.timings`)
-and never measured again on this machine; ``--no-tune`` skips all of it.
+measure the artifact as deployed, and a few batch-1 runs within a budget of
+about a second of measuring (loads, compiles and checks come on top; about
+2 s for six artifacts at 64 px), most promising candidates first.  A
+candidate that fails to load is recorded as not eligible, with the reason,
+and the others still run.  The rows are recorded beside the bundle
+(:mod:`.timings`) and not measured again on this machine; figures taken with
+a ``--threads`` other than the default are used for this choice only.
+``--no-tune`` skips all of it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import numpy as np
 from .backends import BACKEND_MODULES, create_backend
 from .checkset import CheckSet, check_logits, load_check_set
 from .choice import Candidate, candidates, cpu_order, unmeasured
+from .errors import BundleError, EdgetlError, MissingDependencyError
 from .heads import Head, load_head
-from .machine import CpuClass, cpu_class, cpu_facts
-from .manifest import BundleManifest, verify_file
-from .timings import Timing, TimingRecord, local_state_dir, write_timings
+from .machine import CpuClass, cpu_facts, this_cpu_class
+from .manifest import Artifact, BundleManifest, verify_file
+from .timings import Timing, TimingRecord, state_root, write_timings
 
 DEFAULT_BUDGET_S = 1.0
 MIN_RUNS, WARMUP_RUNS = 5, 2
@@ -40,14 +45,25 @@ def import_seconds(module: str) -> float | None:
     """Import ``module`` if needed and return how long that took (None when it was imported before us)."""
     if module not in sys.modules:
         t0 = time.perf_counter()
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingDependencyError(module, module, f"measuring the {module} backend") from exc
         _IMPORT_SECONDS[module] = time.perf_counter() - t0
     return _IMPORT_SECONDS.get(module)
 
 
-def model_cache_dir(bundle: str | Path) -> Path:
-    """Where engines keep compiled models for this bundle (OpenVINO's CACHE_DIR)."""
-    return local_state_dir(bundle, "cache", create=True) / "openvino"
+def model_cache_dir(artifact: Artifact) -> Path | None:
+    """Where OpenVINO keeps this artifact's compiled models (its CACHE_DIR), or None when it cannot be made.
+
+    Outside the bundle and keyed by the artifact's sha256, so a bundle copied or unpacked from elsewhere never
+    brings compiled blobs with it (OpenVINO would load them in place of the verified IR)."""
+    folder = state_root() / "openvino" / artifact.sha256[:32]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
 
 
 @dataclass
@@ -55,6 +71,7 @@ class TuneReport:
     rows: list[Timing]
     seconds: float
     path: Path | None
+    note: str = ""
 
 
 def tune_bundle(bundle: str | Path, manifest: BundleManifest, backend: str | None = None, threads: int | None = None,
@@ -68,17 +85,19 @@ def tune_bundle(bundle: str | Path, manifest: BundleManifest, backend: str | Non
         return None
     log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest (--no-tune skips this)")
     verify_file(Path(bundle), manifest.head["file"], manifest.head["sha256"])
-    report = tune(bundle, manifest, todo, load_head(Path(bundle) / manifest.head["file"]),
-                  cpu_class(flags, cpu_facts()["arch"]), load_check_set(bundle, manifest), threads=threads,
-                  device=device)
-    log(f"measured in {report.seconds:.1f} s; recorded in {report.path}")
+    report = tune(bundle, manifest, todo, load_head(Path(bundle) / manifest.head["file"]), this_cpu_class(),
+                  load_check_set(bundle, manifest), threads=threads, device=device)
+    failed = [f"{r.artifact} on {r.backend}: {r.error}" for r in report.rows if r.error]
+    for line in failed:
+        log(f"warning: could not measure {line}")
+    log(f"measured in {report.seconds:.1f} s; " + (f"recorded in {report.path}" if report.path else report.note))
     return report
 
 
 def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], head: Head, cpu: CpuClass,
          check: CheckSet | None, threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S,
          device: str | None = None) -> TuneReport:
-    """Measure ``todo`` and record the rows; returns them with the time it took."""
+    """Measure ``todo`` and record the rows (at the default thread count); returns them with the time taken."""
     start = time.perf_counter()
     rank = {name: i for i, name in enumerate(cpu_order(cpu))}
     todo = sorted(todo, key=lambda c: rank.get(c.artifact.format, len(rank)))
@@ -89,23 +108,36 @@ def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], he
     rows, spent = [], 0.0
     for index, candidate in enumerate(todo):
         share = max(0.05, (budget_s - spent) / (len(todo) - index))
-        row, used = _measure(bundle, candidate, head, sample, check, max_drop, threads, share, device)
+        artifact = candidate.artifact
+        for file, digest in [(artifact.file, artifact.sha256)] + [(c["file"], c["sha256"]) for c in artifact.companions]:
+            verify_file(Path(bundle), file, digest)  # nothing loads unverified; a tampered bundle stops here
+        try:
+            row, used = _measure(bundle, candidate, head, sample, check, max_drop, threads, share, device)
+        except (EdgetlError, RuntimeError, OSError) as exc:   # a broken engine or model: this one is out
+            row, used = Timing(candidate.artifact.name, candidate.backend, 0.0, eligible=False,
+                               error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__), 0.0
         spent += used
         rows.append(row)
-    path = write_timings(bundle, rows) if rows else None
-    return TuneReport(rows, time.perf_counter() - start, path)
+    path, note = None, ""
+    if threads is not None:
+        note = "not recorded: measured with --threads, the record keeps the default thread count"
+    else:
+        try:
+            path = write_timings(bundle, rows)
+        except BundleError as exc:
+            note = f"not recorded: {exc}"
+    return TuneReport(rows, time.perf_counter() - start, path, note)
 
 
 def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check: CheckSet | None,
              max_drop: float, threads: int | None, share_s: float, device: str | None) -> tuple[Timing, float]:
     artifact, name = candidate.artifact, candidate.backend
-    for file, digest in [(artifact.file, artifact.sha256)] + [(c["file"], c["sha256"]) for c in artifact.companions]:
-        verify_file(Path(bundle), file, digest)     # nothing is loaded unverified, measured or not
     import_s = import_seconds(BACKEND_MODULES.get(name, name))
     t0 = time.perf_counter()
     backend = create_backend(name, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
-                             cache_dir=model_cache_dir(bundle) if name == "openvino" else None).open()
+                             cache_dir=model_cache_dir(artifact) if name == "openvino" else None)
     try:
+        backend.open()
         load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         head.logits(backend.infer(sample))
@@ -115,7 +147,7 @@ def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check
         if artifact.needs_device_check and check is not None:
             logits = np.concatenate([head.logits(backend.infer(check.images[i:i + 1]))
                                      for i in range(len(check.labels))])
-            verdict = check_logits(logits, check, max_drop).to_dict()
+            verdict = check_logits(logits, check, artifact.name, max_drop).to_dict()
             verdict["effective_precision"] = backend.effective_precision
         for _ in range(WARMUP_RUNS):
             head.logits(backend.infer(sample))

@@ -16,14 +16,16 @@ FLOWERS = SHARED_DATA / "flowers3"
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Keep the feature cache of the test session out of the user's home."""
-    previous = os.environ.get("EDGETL_CACHE_DIR")
+    """Keep the feature cache and the runtime's state (compiled models, timings) out of the user's home."""
+    previous = {k: os.environ.get(k) for k in ("EDGETL_CACHE_DIR", "EDGETL_STATE_DIR")}
     os.environ["EDGETL_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["EDGETL_STATE_DIR"] = str(tmp_path_factory.mktemp("runtime-state"))
     yield
-    if previous is None:
-        os.environ.pop("EDGETL_CACHE_DIR", None)
-    else:
-        os.environ["EDGETL_CACHE_DIR"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

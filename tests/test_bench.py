@@ -123,15 +123,16 @@ def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundl
     from edgetl.runtime.timings import TIMINGS_FOLDER, machine_key
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings", "cache"))
+    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))
     with EdgeModel(bundle, tune=False) as model:
         assert "CPU order" in model.choice_reason
     recorded = CliRunner().invoke(rt, ["bench", str(bundle), "--record", "--in-process", "--json", *FAST])
     assert recorded.exit_code == 0, recorded.output
     rows = json.loads(recorded.stdout)["rows"]
-    fastest = min(rows, key=lambda r: r["p50_ms"])
+    best = min(r["p50_ms"] for r in rows if r["batch"] == 1 and not r["backend"].endswith("-reference"))
     with EdgeModel(bundle) as model:
-        assert (model.artifact.name, model.backend.name) == (fastest["artifact"], fastest["backend"])
+        chosen = next(r for r in rows if (r["artifact"], r["backend"]) == (model.artifact.name, model.backend.name))
+        assert chosen["p50_ms"] <= 1.05 * best             # the fastest, or a near tie won by accuracy
         assert "measured on this machine" in model.choice_reason and "bench" in model.choice_reason
         assert model.tuning is None                  # the benchmark's record counts: nothing measured again
     key, _ = machine_key()

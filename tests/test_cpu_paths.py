@@ -80,14 +80,13 @@ def test_openvino_runs_fp32_even_where_the_core_defaults_to_bf16(digits_bundle, 
 
 def test_openvino_settings_are_stated_for_every_precision_and_device():
     for precision, hint in (("fp32", "f32"), ("int8", "f32"), ("bf16", "bf16")):
-        config = compile_config(precision, 2, "CPU", ("FP32", "INT8"), physical_cores=2)
+        config = compile_config(precision, 2, "CPU", physical_cores=2)
         assert config["INFERENCE_PRECISION_HINT"] == hint
         assert config["EXECUTION_MODE_HINT"] == "PERFORMANCE" and config["NUM_STREAMS"] == 1
         assert config["INFERENCE_NUM_THREADS"] == 2 and config["ENABLE_HYPER_THREADING"] is False
         assert config["CPU_DENORMALS_OPTIMIZATION"] is False and config["ENABLE_CPU_PINNING"] is True
-    assert compile_config("fp16", 2, "CPU", ("FP32",))["INFERENCE_PRECISION_HINT"] == "f32"   # fp16 weights only
-    assert compile_config("fp16", 2, "CPU", ("FP32", "FP16"))["INFERENCE_PRECISION_HINT"] == "f16"
-    gpu = compile_config("fp16", 2, "GPU", ("FP16",), cache_dir="/tmp/c")
+    assert compile_config("fp16", 2, "CPU")["INFERENCE_PRECISION_HINT"] == "f32"   # fp16 weights, on every CPU
+    gpu = compile_config("fp16", 2, "GPU", cache_dir="/tmp/c")
     assert gpu["INFERENCE_PRECISION_HINT"] == "f16" and "INFERENCE_NUM_THREADS" not in gpu
     assert gpu["CACHE_DIR"] == "/tmp/c"
     assert compile_config("fp32", 4, "CPU", physical_cores=2)["ENABLE_HYPER_THREADING"] is True
@@ -102,8 +101,9 @@ def test_onnxruntime_settings_are_stated(digits_bundle):
         settings = runner.describe()["settings"]
     assert settings["intra_op_num_threads"] == default_threads() >= 1
     assert settings["inter_op_num_threads"] == 1 and settings["execution_mode"] == "sequential"
-    assert settings["mlas.enable_gemm_fastmath_arm64_bfloat16"] == "0"
-    assert settings["session.set_denormal_as_zero"] == "0"
+    assert settings["mlas.enable_gemm_fastmath_arm64_bfloat16"] == "0"   # read back from the session
+    assert settings["session.set_denormal_as_zero"] == "0" and settings["session.x64quantprecision"] == "0"
+    assert settings["session.qdqisint8allowed"] == ("1" if cpu_facts()["arch"] == "aarch64" else "0")
     with pytest.raises(ConfigError, match="at least 1"):
         create_backend("onnxruntime", digits_bundle.bundle / "backbone.onnx", threads=0)
 
@@ -203,6 +203,27 @@ def test_one_shot_commands_weigh_time_to_the_result():
     assert near.artifact.name == "onnx"
 
 
+def test_the_device_check_compares_like_with_like():
+    from edgetl.runtime.checkset import CheckSet, check_logits
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(16, 3)).astype(np.float32)
+    own = fp32.copy()
+    own[:2] = np.roll(own[:2], 1, axis=1)                 # the artifact's exact logits differ from fp32 on 2 images
+    check = CheckSet(np.zeros((16, 3, 8, 8), np.float32), fp32.argmax(1), fp32, {"onnx-int8-vnni": own})
+    same_as_export = check_logits(own + 1e-4, check, "onnx-int8-vnni", 1.0)
+    assert same_as_export.passed and same_as_export.against == "export" and same_as_export.agree == 16
+    one_off = own.copy()
+    one_off[5] = np.roll(one_off[5], 1)
+    assert check_logits(one_off, check, "onnx-int8-vnni", 1.0).passed       # one differing answer of 16
+    saturated = own.copy()
+    saturated[5:9] = np.roll(saturated[5:9], 1, axis=1)
+    failed = check_logits(saturated, check, "onnx-int8-vnni", 1.0)
+    assert not failed.passed and failed.agree == 12
+    unmeasured = check_logits(own, check, "openvino-bf16", 1.0)            # no export logits: fp32 is the yardstick
+    assert unmeasured.against == "fp32" and unmeasured.agree == 14
+
+
 def test_a_near_tie_goes_to_the_more_accurate_artifact():
     seven, eight = _artifact("onnx-int8", "int8"), _artifact("onnx-int8-vnni", "int8", requires=INT8_DOT)
     seven.accuracy, eight.accuracy = 0.961, 0.9666
@@ -284,6 +305,12 @@ AVX2_EVAL = textwrap.dedent("""
     for name in names:
         with create_backend("onnxruntime", f"{bundle}/{manifest.artifact(name).file}", threads=1) as runner:
             out[name] = runner.infer(images).tolist()
+    import onnxruntime as ort                  # ONNX Runtime's own switch to exact (slower) products on AVX2
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(f"{bundle}/{manifest.artifact(names[-1]).file}", options,
+                                   providers=["CPUExecutionProvider"])
+    out["exact-products"] = session.run(None, {"input": images})[0].tolist()
     print(json.dumps(out))
 """)
 
@@ -320,3 +347,75 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
     eight_bit = np.abs(emulated["onnx-int8-vnni"] - native["onnx-int8-vnni"]).max()
     assert seven_bit <= 1e-3, seven_bit          # the same int32 sums: only float rounding differs
     assert eight_bit > 100 * max(seven_bit, 1e-4), eight_bit   # saturated int16 pair sums
+    exact = np.abs(emulated["exact-products"] - native["onnx-int8-vnni"]).max()
+    assert exact <= 1e-3, exact                  # what session.x64quantprecision=1 would buy, at 2.4x on VNNI
+
+
+def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path, monkeypatch):
+    """On a (described) CPU with native bf16, an openvino-bf16 the export could not measure as deployed is
+    run on the check set first; it is eligible only if it agrees with fp32 and really computed in bf16."""
+    import edgetl.runtime.model as model_module
+    import edgetl.runtime.tune as tune_module
+    from edgetl.exporters.bundle import export_run
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.timings import read_timings
+
+    bundle = export_run(digits_run.run_dir, tmp_path / "b", formats="openvino,openvino-bf16").bundle
+    bf16 = read_bundle_manifest(bundle).artifact("openvino-bf16")
+    if not bf16.needs_device_check:
+        pytest.skip("this CPU has native bf16: the export measured openvino-bf16 as deployed")
+    described = dict(cpu_facts(), flags=sorted(set(cpu_facts()["flags"]) | {"avx512_bf16"}))
+    for module in (model_module, tune_module):
+        monkeypatch.setattr(module, "cpu_facts", lambda: described)
+    with EdgeModel(bundle) as model:
+        row = read_timings(bundle).get("openvino-bf16", "openvino")
+        assert row.check is not None and row.check["n"] == 16
+        ran_bf16 = row.check["effective_precision"] == "bf16"     # emulated on AVX-512, f32 on AVX2
+        # compared with its own export-time logits where the export could compute it (emulation), else fp32
+        assert row.check["against"] == ("export" if bf16.measured == "emulated" else "fp32")
+        assert row.eligible == (ran_bf16 and row.check["passed"])
+        if not row.eligible:
+            assert model.artifact.name != "openvino-bf16"
+    with EdgeModel(bundle) as again:                              # measured once: the check is not repeated
+        assert again.tuning is None
+
+
+def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_path):
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from edgetl.runtime.archive import pack_bundle
+    from edgetl.runtime.cli import main as rt
+    from edgetl.runtime.timings import read_timings
+
+    (digits_bundle.bundle / "timings").mkdir(exist_ok=True)        # this machine's state, if not there yet
+    archive = pack_bundle(digits_bundle.bundle, tmp_path / "b.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "check.npz" in names and not [n for n in names if n.split("/")[0] in ("timings", "cache")]
+    measured = CliRunner().invoke(rt, ["unpack", str(archive), str(tmp_path / "device")])
+    assert measured.exit_code == 0, measured.output
+    assert "measuring 3 artifact(s)" in measured.output
+    assert {r.artifact for r in read_timings(tmp_path / "device").rows} == {"onnx", "onnx-int8", "openvino"}
+    skipped = CliRunner().invoke(rt, ["unpack", str(archive), str(tmp_path / "later"), "--no-tune"])
+    assert skipped.exit_code == 0 and read_timings(tmp_path / "later") is None
+
+
+def test_a_candidate_that_cannot_load_is_skipped_not_fatal(digits_bundle, tmp_path, monkeypatch):
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.backends.openvino import OpenVINOBackend
+    from edgetl.runtime.timings import read_timings
+
+    def broken(self):
+        raise RuntimeError("Exception from src/inference/src/core.cpp: plugin CPU failed to load")
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))
+    monkeypatch.setattr(OpenVINOBackend, "_open_impl", broken)
+    lines = []
+    with EdgeModel(bundle, log=lines.append) as model:
+        assert model.backend.name == "onnxruntime"
+    row = read_timings(bundle).get("openvino", "openvino")
+    assert not row.eligible and "plugin CPU failed" in row.error
+    assert any(line.startswith("warning: could not measure openvino on openvino") for line in lines)

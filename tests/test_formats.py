@@ -117,7 +117,7 @@ def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
     from edgetl.runtime.timings import read_timings
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings", "cache"))
+    shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))
     with EdgeModel(bundle, tune=False) as model:            # nothing measured: this CPU class's order
         assert "CPU order (nothing measured here)" in model.choice_reason and model.tuning is None
     lines = []
@@ -125,9 +125,10 @@ def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
         rows = read_timings(bundle).rows
         assert {(r.artifact, r.backend) for r in rows} == {("onnx", "onnxruntime"), ("onnx-int8", "onnxruntime"),
                                                           ("openvino", "openvino")}
-        assert model.artifact.name == min(rows, key=lambda r: r.p50_ms).artifact
-        assert "measuring 3 artifact(s)" in lines[0] and model.tuning.seconds < 10
-        assert all(r.load_s > 0 and r.first_s > 0 and r.p50_ms > 0 for r in rows)
+        chosen = next(r for r in rows if r.artifact == model.artifact.name)
+        assert chosen.p50_ms <= 1.05 * min(r.p50_ms for r in rows)     # the fastest, or a near tie
+        assert "measuring 3 artifact(s)" in lines[0] and "recorded in" in lines[-1]
+        assert all(r.load_s > 0 and r.first_s > 0 and r.p50_ms > 0 and r.eligible for r in rows)
     with EdgeModel(bundle) as model:                        # and never again on this machine
         assert model.tuning is None and "measured on this machine" in model.choice_reason
     with EdgeModel(bundle, backend="openvino") as model:

@@ -36,7 +36,6 @@ class Backend:
             raise ConfigError(f"--threads must be at least 1, got {threads}")
         self.path = Path(path)
         self.threads = threads or default_threads()
-        self.threads_stated = threads is not None     # given by the user, not this machine's default
         self.requested_device = device      # e.g. OpenVINO's GPU; backends without devices ignore it
         self.precision = precision          # what the artifact declares; the backend makes the engine run it
         self.cache_dir = Path(cache_dir) if cache_dir else None   # compiled-model cache, where the engine has one

@@ -33,15 +33,16 @@ def import_openvino():
     return require("openvino", "openvino", "the OpenVINO backend")
 
 
-def compile_config(precision: str, threads: int, device: str = "CPU", capabilities: tuple[str, ...] = (),
-                   physical_cores: int | None = None, cache_dir: str | None = None) -> dict:
+def compile_config(precision: str, threads: int, device: str = "CPU", physical_cores: int | None = None,
+                   cache_dir: str | None = None) -> dict:
     """The explicit OpenVINO settings for one artifact precision on ``device`` (a pure function).
 
-    fp16 on a CPU without native fp16 means fp16 weights computed in f32 (that is what the IR's compressed
-    weights are for); bf16 is always asked for as bf16, and the caller reads back whether it ran natively.
+    fp16 on a CPU means fp16 weights computed in f32, on every CPU (some Arm and AMX-FP16 CPUs could compute
+    in f16, which the export did not measure); on a GPU it is f16.  bf16 is always asked for as bf16, and
+    the caller reads back whether it ran natively.
     """
     hint = INFERENCE_PRECISION[precision]
-    if precision == "fp16" and device == "CPU" and "FP16" not in capabilities:
+    if precision == "fp16" and device == "CPU":
         hint = "f32"
     config: dict = {"INFERENCE_PRECISION_HINT": hint, "EXECUTION_MODE_HINT": "PERFORMANCE",
                     "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -98,8 +99,7 @@ class OpenVINOBackend(Backend):
         shape = model_input.get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
         self._capabilities = tuple(self._core.get_property(self.device, "OPTIMIZATION_CAPABILITIES"))
-        self._config = compile_config(self.precision, self.threads, self.device, self._capabilities,
-                                      cpu_facts()["physical_cores_usable"],
+        self._config = compile_config(self.precision, self.threads, self.device, cpu_facts()["physical_cores_usable"],
                                       str(self.cache_dir) if self.cache_dir else None)
         self._compiled: dict[int, object] = {}
         self._version = ov.get_version()
@@ -144,10 +144,6 @@ class OpenVINOBackend(Backend):
                                                    f"{self.precision}): the numerics are {self.precision}'s, "
                                                    "the speed is not")
         self.settings.update(effective=effective, effective_precision=precision)
-
-    def prepare(self, batch: int = 1) -> None:
-        """Compile for ``batch`` now (loading, not the first inference, then pays the compile)."""
-        self._request(batch)
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
         # Set the input as a tensor over the caller's memory and read the output tensor directly: half

@@ -127,7 +127,8 @@ def choose(manifest: BundleManifest, artifact: str | None, backend: str | None, 
         check_named(chosen, flags)
         return Choice(chosen, backend, "named")
     found = candidates(manifest, backend, flags)
-    measured = [(c, r) for c in found if c not in unmeasured(found, timings)
+    missing = unmeasured(found, timings)
+    measured = [(c, r) for c in found if c not in missing
                 for r in [timings.get(c.artifact.name, c.backend)] if r.eligible]
     if measured:
         return _fastest(measured, images, imported)
@@ -155,18 +156,14 @@ def _accuracy(artifact: Artifact) -> float:
 def _fastest(measured: list[tuple[Candidate, Timing]], images: int | None, imported: frozenset[str]) -> Choice:
     best = min(row.p50_ms for _, row in measured)
     tied = [m for m in measured if m[1].p50_ms <= TIE * best]
-    p50 = max(tied, key=lambda m: (_accuracy(m[0].artifact), -m[1].p50_ms))
-    if images is None:
-        c, row = p50
+    costs = [(row.one_shot_s(images, BACKEND_MODULES.get(c.backend, c.backend) in imported), c, row)
+             for c, row in measured] if images is not None else []
+    known = [(cost, c, row) for cost, c, row in costs if cost is not None]
+    if not known:   # a long run, or no load times recorded: batch-1 p50 decides
+        c, row = max(tied, key=lambda m: (_accuracy(m[0].artifact), -m[1].p50_ms))
         tie = f"; the most accurate within {round((TIE - 1) * 100)}% of the fastest" if len(tied) > 1 else ""
         return Choice(c.artifact, c.backend, f"fastest batch-1 p50 measured on this machine ({row.p50_ms:.3g} ms, "
                                              f"{row.source}{tie})")
-    costs = [(row.one_shot_s(images, BACKEND_MODULES.get(c.backend, c.backend) in imported), c, row)
-             for c, row in measured]
-    known = [(cost, c, row) for cost, c, row in costs if cost is not None]
-    if not known:
-        c, row = p50
-        return Choice(c.artifact, c.backend, f"fastest batch-1 p50 measured on this machine ({row.p50_ms:.3g} ms)")
     cost, c, _ = min(known, key=lambda k: k[0])
     reference = next((k for k in known if k[1].artifact.name == REFERENCE), None)
     if reference is not None and c.artifact.name != REFERENCE and cost > ONE_SHOT_MARGIN * reference[0]:

@@ -150,15 +150,20 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
     except TypeError as exc:
         raise BundleError(f"{path} does not match the bundle schema: {exc}") from exc
     if verify:
-        entries = [(manifest.head["file"], manifest.head["sha256"])]
-        entries += [(a.file, a.sha256) for a in manifest.artifacts]
-        entries += [(c["file"], c["sha256"]) for a in manifest.artifacts for c in a.companions]
+        verify_file(folder, manifest.head["file"], manifest.head["sha256"])
+        for artifact in manifest.artifacts:
+            verify_artifact(folder, artifact)
         for extra in (manifest.learning, manifest.check):
             if extra:
-                entries.append((extra["file"], extra["sha256"]))
-        for name, expected in entries:
-            verify_file(folder, name, expected)
+                verify_file(folder, extra["file"], extra["sha256"])
     return manifest
+
+
+def verify_artifact(folder: Path, artifact: Artifact) -> None:
+    """Check the sha256 of an artifact's file and of its companions (OpenVINO's .bin)."""
+    verify_file(folder, artifact.file, artifact.sha256)
+    for companion in artifact.companions:
+        verify_file(folder, companion["file"], companion["sha256"])
 
 
 def verify_file(folder: Path, name: str, expected_sha256: str) -> Path:

@@ -16,20 +16,19 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import create_backend
 from .choice import choose, deployment_backends, imported_engines
 from .data import ImageRecord
 from .errors import BundleError, ConfigError
 from .heads import Head, load_head, softmax
 from .machine import cpu_facts, this_cpu_class
-from .manifest import BundleManifest, read_bundle_manifest, verify_file
+from .manifest import BundleManifest, read_bundle_manifest, verify_artifact, verify_file
 from .metrics import classification_report
 from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
 from .reader import ReadReport, read_batches
 from .store import FeatureStore, apply_adapter
 from .timings import read_timings
-from .tune import model_cache_dir, tune_bundle
+from .tune import artifact_backend, tune_bundle
 
 
 @dataclass
@@ -117,13 +116,8 @@ class EdgeModel:
                 )
             backend = runnable[0]
         if verify:
-            for name, digest in [(self.artifact.file, self.artifact.sha256)] + [
-                    (c["file"], c["sha256"]) for c in self.artifact.companions]:
-                verify_file(self.bundle, name, digest)
-        self.backend = create_backend(backend, self.bundle / self.artifact.file, threads, device=device,
-                                      precision=self.artifact.precision,
-                                      cache_dir=model_cache_dir(self.artifact) if backend == "openvino" else None)
-        self.backend.open()
+            verify_artifact(self.bundle, self.artifact)
+        self.backend = artifact_backend(self.bundle, self.artifact, backend, threads, device).open()
 
     def close(self) -> None:
         self.backend.close()

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BACKEND_MODULES, create_backend
+from .backends import BACKEND_MODULES, Backend, create_backend
+from .bench import BenchSettings, measure
 from .checkset import CheckSet, check_logits, load_check_set
 from .choice import Candidate, candidates, cpu_order, unmeasured
 from .errors import BundleError, EdgetlError, MissingDependencyError
 from .heads import Head, load_head
 from .machine import CpuClass, cpu_facts, this_cpu_class
-from .manifest import Artifact, BundleManifest, verify_file
+from .manifest import Artifact, BundleManifest, verify_artifact, verify_file
 from .timings import Timing, TimingRecord, state_root, write_timings
 
 DEFAULT_BUDGET_S = 1.0
@@ -64,6 +65,13 @@ def model_cache_dir(artifact: Artifact) -> Path | None:
     except OSError:
         return None
     return folder
+
+
+def artifact_backend(bundle: str | Path, artifact: Artifact, backend: str, threads: int | None = None,
+                     device: str | None = None) -> Backend:
+    """The (unopened) backend that runs ``artifact`` as deployed: its declared precision, and OpenVINO's cache."""
+    return create_backend(backend, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
+                          cache_dir=model_cache_dir(artifact) if backend == "openvino" else None)
 
 
 @dataclass
@@ -108,9 +116,7 @@ def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], he
     rows, spent = [], 0.0
     for index, candidate in enumerate(todo):
         share = max(0.05, (budget_s - spent) / (len(todo) - index))
-        artifact = candidate.artifact
-        for file, digest in [(artifact.file, artifact.sha256)] + [(c["file"], c["sha256"]) for c in artifact.companions]:
-            verify_file(Path(bundle), file, digest)  # nothing loads unverified; a tampered bundle stops here
+        verify_artifact(Path(bundle), candidate.artifact)   # nothing loads unverified; a tampered bundle stops here
         try:
             row, used = _measure(bundle, candidate, head, sample, check, max_drop, threads, share, device)
         except (EdgetlError, RuntimeError, OSError) as exc:   # a broken engine or model: this one is out
@@ -134,8 +140,7 @@ def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check
     artifact, name = candidate.artifact, candidate.backend
     import_s = import_seconds(BACKEND_MODULES.get(name, name))
     t0 = time.perf_counter()
-    backend = create_backend(name, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
-                             cache_dir=model_cache_dir(artifact) if name == "openvino" else None)
+    backend = artifact_backend(bundle, artifact, name, threads, device)
     try:
         backend.open()
         load_s = time.perf_counter() - t0
@@ -149,15 +154,8 @@ def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check
                                      for i in range(len(check.labels))])
             verdict = check_logits(logits, check, artifact.name, max_drop).to_dict()
             verdict["effective_precision"] = backend.effective_precision
-        for _ in range(WARMUP_RUNS):
-            head.logits(backend.infer(sample))
-        samples: list[float] = []
-        while len(samples) < MIN_RUNS or time.perf_counter() - begin < share_s:
-            t2 = time.perf_counter()
-            head.logits(backend.infer(sample))
-            samples.append(time.perf_counter() - t2)
-            if time.perf_counter() - begin > 2 * share_s and len(samples) >= MIN_RUNS:
-                break
+        samples = measure(lambda: head.logits(backend.infer(sample)), BenchSettings(
+            warmup_runs=WARMUP_RUNS, warmup_seconds=0.0, min_runs=MIN_RUNS, min_seconds=share_s, max_seconds=2 * share_s))
         used = time.perf_counter() - begin
     finally:
         backend.close()

@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite
 	$(BIN)/edgetl-rt evaluate $(DEMO)/bundle $(DEMO)/digits --min-accuracy 0.95
 	$(BIN)/edgetl-rt predict $(DEMO)/bundle $(DEMO)/digits/val/7/*.png --top-k 2 | head -n 5
-	$(BIN)/edgetl-rt compare $(DEMO)/bundle $(DEMO)/digits
+	$(BIN)/edgetl compare $(DEMO)/bundle $(DEMO)/digits
 	$(BIN)/edgetl bench $(DEMO)/bundle --batch 1,8 --out $(DEMO)/bench --record
 
 test: install

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from edgetl.runtime import cli as runtime_cli
 from edgetl.runtime.cli import ErrorReportingGroup, print_json, print_table
+from edgetl.runtime.evaluate import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import terminal_progress
 
@@ -100,7 +104,7 @@ def export(run, out, formats, target, pack_archive, max_accuracy_drop, calib, fp
            as_json) -> None:
     """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy."""
     from edgetl.exporters.bundle import export_run
-    from edgetl.runtime.archive import pack_bundle
+    from edgetl.exporters.pack import pack_bundle
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
                         max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
@@ -177,6 +181,92 @@ def backbones() -> None:
         click.echo(name)
 
 
-for _command in (runtime_cli.predict, runtime_cli.evaluate, runtime_cli.bench, runtime_cli.compare,
-                 runtime_cli.pack):
+@main.command()
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Compare two results.json files (A B): ratios B/A of every shared row.")
+@runtime_cli.with_bench_options
+def bench(compare, **options) -> None:
+    """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
+    this machine can run, per backend, thread count and batch size; --out adds report.md and pareto.png."""
+    from edgetl.bench_report import compare_results, write_reports
+
+    if compare:
+        a, b = (json.loads(Path(path).read_text()) for path in compare)
+        rows = compare_results(a, b)
+        if options["as_json"]:
+            print_json({"a": compare[0], "b": compare[1], "rows": rows})
+            return
+        click.echo(f"B/A for each shared row (below 1: B is faster); A={compare[0]} B={compare[1]}")
+        click.echo(f"{'artifact':16s} {'backend':22s} {'thr':>4s} {'batch':>5s} {'A p50 ms':>9s} {'B p50 ms':>9s} "
+                   f"{'p50':>6s} {'p90':>6s} {'thrpt':>6s} {'RSS':>6s} {'acc +/-':>8s}")
+        for r in rows:
+            change = "-" if r["accuracy_change"] is None else f"{r['accuracy_change']:+.4f}"
+            click.echo(f"{r['artifact']:16s} {r['backend']:22s} {str(r['threads'] or '-'):>4s} {r['batch']:>5d} "
+                       f"{r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {r['p50_ratio']:6.2f} {r['p90_ratio']:6.2f} "
+                       f"{r['throughput_ratio']:6.2f} {r['rss_ratio']:6.2f} {change:>8s}")
+        machines = [x["machine"].get("cpu_model") for x in (a, b)]
+        if machines[0] != machines[1]:
+            click.echo(f"note: different machines: A {machines[0]}, B {machines[1]}")
+        return
+    if options["bundle"] is None:
+        raise click.UsageError("give BUNDLE, or --compare A.json B.json")
+    runtime_cli.run_bench(**options, write=write_reports)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("data", required=False)
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which split of DATA (default: val when DATA has one, else all).")
+@click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compare(bundle, data, split, limit, as_json) -> None:
+    """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
+
+    DATA defaults to the data the bundle was exported from, when it is reachable.
+    """
+    from edgetl.exporters.compare import compare_bundle, rows_to_dicts
+    from edgetl.runtime.data import open_data
+    from edgetl.runtime.machine import cpu_facts
+    from edgetl.runtime.manifest import read_bundle_manifest
+
+    manifest = read_bundle_manifest(bundle)
+    address = data or manifest.source_run.get("data")
+    if not address:
+        raise click.UsageError("give DATA: the bundle does not name the data it came from")
+    source = open_data(address).remap_to(manifest.labels)
+    records = source.split(split or ("val" if source.has_val else "all"))
+    step = max(1, len(records) // limit)
+    rows = compare_bundle(bundle, records[::step][:limit])
+    compared = {(r.artifact, r.backend) for r in rows}
+    not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
+               if not a.runs_on(cpu_facts()["flags"]) for b in a.backends if (a.name, b) not in compared]
+    if as_json:
+        print_json({"bundle": str(bundle), "data": address, "reference": "onnx (onnxruntime, fp32)",
+                    "rows": rows_to_dicts(rows), "not_run": not_run})
+        return
+    click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
+    click.echo(f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
+               f"{'top-1 agree':>11s}")
+    for r in rows:
+        click.echo(f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
+                   f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
+                   + (f"  ({r.note})" if r.note else ""))
+    for skipped in not_run:
+        click.echo(f"{skipped['artifact']:22s} {skipped['backend']:21s} not run: its kernels need one of "
+                   f"{', '.join(skipped['needs'])}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Archive path (default: BUNDLE.tar.gz).")
+@click.option("--overwrite", is_flag=True)
+def pack(bundle, out, overwrite) -> None:
+    """Verify BUNDLE and pack it as one .tar.gz file to copy to devices."""
+    from edgetl.exporters.pack import pack_bundle
+
+    click.echo(str(pack_bundle(bundle, out, overwrite=overwrite)))
+
+
+for _command in (runtime_cli.predict, runtime_cli.evaluate):
     main.add_command(_command)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from edgetl.devices import DeviceProfile
-from edgetl.runtime.tensorrt_plan import engine_filename, source_format, trtexec_command
+from edgetl.runtime.tools.engine_plan import engine_filename, source_format, trtexec_command
 
 #: (backend, precision) -> (export format, options it needs).  ONNX Runtime on a CPU gains nothing from
 #: fp16 and has no bf16 convolutions, so those pairs build nothing; OpenVINO's fp16 is its fp32 IR with

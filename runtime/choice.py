@@ -24,7 +24,7 @@ from .backends import BACKEND_MODULES, available_backends, installed
 from .errors import BundleError, ConfigError
 from .machine import CpuClass
 from .manifest import Artifact, BundleManifest
-from .tensorrt_plan import ENGINE_FORMAT
+from .engines import ENGINE_FORMAT
 from .timings import Timing, TimingRecord
 
 REFERENCE = "onnx"

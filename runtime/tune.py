@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKEND_MODULES, Backend, create_backend
-from .bench import BenchSettings, measure
+from .latency import BenchSettings, measure
 from .checkset import CheckSet, check_logits, load_check_set
 from .choice import Candidate, candidates, cpu_order, unmeasured
 from .errors import BundleError, EdgetlError, MissingDependencyError

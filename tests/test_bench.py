@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main as host
-from edgetl.runtime.bench_report import markdown, table_lines, write_reports
-from edgetl.runtime.benchmark import compare_results, pareto_front
+from edgetl.bench_report import compare_results, markdown, pareto_front, write_reports
+from edgetl.runtime.tools.bench import table_lines
 from edgetl.runtime.cli import main as rt
 
 FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]

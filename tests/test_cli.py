@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main as host
-from edgetl.runtime.bench import latency_stats
+from edgetl.runtime.latency import latency_stats
 from edgetl.runtime.cli import main as rt
 
 from conftest import make_folder_dataset

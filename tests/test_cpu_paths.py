@@ -385,7 +385,7 @@ def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_p
 
     from click.testing import CliRunner
 
-    from edgetl.runtime.archive import pack_bundle
+    from edgetl.exporters.pack import pack_bundle
     from edgetl.runtime.cli import main as rt
     from edgetl.runtime.timings import read_timings
 

@@ -18,17 +18,17 @@ from edgetl.exporters import EXPORT_FORMATS
 from edgetl.exporters.bundle import export_run, run_records
 from edgetl.exporters.targets import formats_for_target
 from edgetl.runtime import EdgeModel, read_bundle_manifest
-from edgetl.runtime.archive import pack_bundle, unpack_bundle
+from edgetl.exporters.pack import pack_bundle
+from edgetl.runtime.tools.unpack import unpack_bundle
 from edgetl.runtime.backends import BACKENDS, create_backend, installed
 from edgetl.runtime.cli import main as rt
-from edgetl.runtime.doctor import profile_fit, rank_profiles
+from edgetl.runtime.tools.doctor import profile_fit, rank_profiles
 from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from edgetl.runtime.choice import choose, runnable_backends
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
 from edgetl.runtime.manifest import Artifact, BundleManifest
-from edgetl.runtime.tensorrt_plan import (
-    EngineMetadata, check_engine_compatible, plan_build, read_sidecar, sidecar_path, trtexec_command,
-)
+from edgetl.runtime.engines import check_engine_compatible, read_sidecar, sidecar_path
+from edgetl.runtime.tools.engine_plan import engine_metadata, plan_build, trtexec_command
 
 
 def choose_artifact(manifest, artifact, backend):
@@ -169,7 +169,7 @@ def _sidecar(tmp_path, version="10.3.0.30", cc="8.7"):
     plan = plan_build(TRT_BUNDLE, "fp16", version)
     engine = tmp_path / "backbone-fp16.engine"
     engine.write_bytes(b"engine")
-    sidecar_path(engine).write_text(EngineMetadata.from_plan(plan, cc, "Orin", "00").to_json())
+    sidecar_path(engine).write_text(engine_metadata(plan, cc, "Orin", "00").to_json())
     return engine
 
 
@@ -207,7 +207,7 @@ def test_tensorrt_backend_without_tensorrt_gives_the_install_line(tmp_path):
                     reason="TensorRT is not installed (NVIDIA's index is unreachable here); this runs on a Jetson "
                            "or a CUDA host with TensorRT")
 def test_engine_build_and_run_on_real_tensorrt(digits_run, tmp_path):
-    from edgetl.runtime.tensorrt_build import build_engine
+    from edgetl.runtime.tools.engine_build import build_engine
 
     bundle = export_run(digits_run.run_dir, tmp_path / "b", target="x86-nvidia-gpu").bundle
     build = build_engine(bundle, precision="fp16")

@@ -14,7 +14,7 @@ import numpy as np
 from ..cuda import CudaRuntime
 from ..deps import require
 from ..errors import BundleError, ConfigError
-from ..tensorrt_plan import check_engine_compatible, read_sidecar
+from ..engines import check_engine_compatible, read_sidecar
 from .base import Backend
 
 

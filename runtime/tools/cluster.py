@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import open_data
-from .errors import ConfigError
-from .fsutil import atomic_directory
-from .heads import normalise_rows
-from .model import EdgeModel
-from .progress import ProgressFactory, silent_progress
-from .update import compute_features
+from ..data import open_data
+from ..errors import ConfigError
+from ..fsutil import atomic_directory
+from ..heads import normalise_rows
+from ..model import EdgeModel
+from ..progress import ProgressFactory, silent_progress
+from ..update import compute_features
 
 
 def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -1,64 +1,54 @@
-"""Reports of a benchmark matrix: terminal table, JSON, CSV, Markdown and a Pareto plot (PNG).
+"""Reports of a benchmark matrix, on the host: Markdown, a Pareto plot (PNG) and A/B comparison of two results.
 
-The plot is drawn with Pillow (already a runtime dependency), so devices
-can produce it too: accuracy against p90 batch-1 latency, one point per
-artifact/backend/threads, the Pareto front joined and its points filled.
+The device writes the results (JSON, CSV) and prints the table (:mod:`edgetl.runtime.tools.bench`).
+
+The plot: accuracy against p90 batch-1 latency, one point per artifact/backend/threads, the Pareto front
+joined and its points filled (drawn with Pillow).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .benchmark import pareto_front
-from .fsutil import atomic_directory
-
-COLUMNS = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
-           "min_ms", "max_ms", "runs", "throughput_per_s", "cold_start_s", "peak_rss_mb", "size_mb", "accuracy",
-           "p99_over_p50", "noisy")
+from edgetl.runtime.errors import ConfigError
+from edgetl.runtime.fsutil import atomic_directory
+from edgetl.runtime.tools.bench import COLUMNS, RESULT_SCHEMA, cell_text, notes, row_key, write_result_files
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
-    return str(value)
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of (latency, accuracy) points no other point beats on both (lower latency, higher accuracy)."""
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for j, (l2, a2) in enumerate(points)
+                        if j != i)
+        if not dominated:
+            front.append(i)
+    return front
 
 
-def table_lines(result: dict) -> list[str]:
-    shown = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
-             "cold_start_s", "peak_rss_mb", "size_mb", "accuracy", "noisy")
-    headers = [c.replace("_per_s", "/s").replace("_ms", " ms").replace("_s", " s").replace("_mb", " MB")
-               for c in shown]
-    body = [[_cell(r[c]) for c in shown] for r in result["rows"]]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
-    lines += notes(result)
-    return lines
-
-
-def notes(result: dict) -> list[str]:
-    out = []
-    noisy = [r for r in result["rows"] if r["noisy"]]
-    if noisy:
-        threshold = result["settings"]["noise_threshold"]
-        out.append(f"note: {len(noisy)} row(s) have p99/p50 above {threshold:g} (noisy machine or backend): "
-                   + ", ".join(f"{r['artifact']}/{r['backend']} b{r['batch']} ({r['p99_over_p50']:.2f})"
-                               for r in noisy) + "; rerun with a longer --min-seconds or on an idle machine")
-    over = [r for r in result["rows"] if r.get("within_memory_budget") is False]
-    if over:
-        out.append(f"note: over the target's memory budget of {result['memory_budget_mb']} MB: "
-                   + ", ".join(f"{r['artifact']}/{r['backend']} ({r['peak_rss_mb']:.0f} MB)" for r in over))
-    for skipped in result.get("not_run", []):
-        out.append(f"note: {skipped['artifact']} not run: it needs a CPU with one of {', '.join(skipped['needs'])}")
-    return out
+def compare_results(a: dict, b: dict) -> list[dict]:
+    """Rows present in both results, with B/A ratios (below 1 means B is faster / smaller)."""
+    for result, name in ((a, "A"), (b, "B")):
+        if result.get("schema") != RESULT_SCHEMA:
+            raise ConfigError(f"{name} is not an {RESULT_SCHEMA} result (written by 'edgetl bench --out')")
+    by_key = {row_key(r): r for r in a["rows"]}
+    shared = []
+    for row in b["rows"]:
+        old = by_key.get(row_key(row))
+        if old is None:
+            continue
+        ratio = lambda k: row[k] / old[k] if old[k] else float("nan")  # noqa: E731
+        shared.append({"artifact": row["artifact"], "backend": row["backend"], "threads": row["threads"],
+                       "batch": row["batch"], "p50_ratio": ratio("p50_ms"), "p90_ratio": ratio("p90_ms"),
+                       "throughput_ratio": ratio("throughput_per_s"), "rss_ratio": ratio("peak_rss_mb"),
+                       "accuracy_change": (row["accuracy"] - old["accuracy"])
+                       if row["accuracy"] is not None and old["accuracy"] is not None else None,
+                       "a_p50_ms": old["p50_ms"], "b_p50_ms": row["p50_ms"]})
+    if not shared:
+        raise ConfigError("the two results share no (artifact, backend, threads, batch) row")
+    return shared
 
 
 def markdown(result: dict) -> str:
@@ -76,7 +66,7 @@ def markdown(result: dict) -> str:
         f"- created: {result['created']}" + (f", by `{result['command']}`" if result.get("command") else ""), "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in result["rows"]]
+    lines += ["| " + " | ".join(cell_text(r.get(c)) for c in COLUMNS) + " |" for r in result["rows"]]
     extra = notes(result)
     if extra:
         lines += [""] + [f"> {n}" for n in extra]
@@ -146,12 +136,7 @@ def write_reports(result: dict, out: str | Path, overwrite: bool = True) -> dict
     """results.json, results.csv, report.md and pareto.png in ``out`` (written together, atomically)."""
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as staging:
-        (staging / "results.json").write_text(json.dumps(result, indent=2, default=float))
-        with open(staging / "results.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS + ("accuracy_source",))
-            for r in result["rows"]:
-                writer.writerow([r.get(c) for c in COLUMNS] + [r["accuracy_source"]])
+        write_result_files(result, staging)
         (staging / "report.md").write_text(markdown(result))
         draw_pareto(result, staging / "pareto.png")
     return {name: out / name for name in ("results.json", "results.csv", "report.md", "pareto.png")}

@@ -1,4 +1,5 @@
-"""Latency measurement in the manner of MLPerf SingleStream and benchmark_app.
+"""Latency measurement in the manner of MLPerf SingleStream and benchmark_app (used by the choice of
+artifact when the runtime measures, and by ``edgetl-rt bench``).
 
 Warm-up first, then at least ``min_runs`` timed runs lasting at least
 ``min_seconds``; percentiles, not only the mean, with the settings and the
@@ -7,7 +8,6 @@ machine recorded next to the numbers.
 
 from __future__ import annotations
 
-import platform
 import resource
 import sys
 import time
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from .machine import cpu_facts, jetson_facts, library_versions, memory_facts
 
 
 @dataclass(frozen=True)
@@ -82,21 +80,3 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
-def machine_info() -> dict:
-    """CPU model, cores and flags of note, memory, GPU, OS and library versions: context for every figure."""
-    from .cuda import cuda_info
-
-    cpu, memory, cuda = cpu_facts(), memory_facts(), cuda_info()
-    info = {
-        "machine": cpu["arch"], "system": f"{platform.system()} {platform.release()}",
-        "cpu_model": cpu["model"], "cpu_count": cpu["cores"], "cores_usable": cpu["cores_usable"],
-        "cpu_flags": cpu["notable_flags"],
-        "memory_gb": round(memory["total_mb"] / 1024, 1) if memory["total_mb"] else None,
-        "gpus": cuda.devices or [], "versions": library_versions(),
-    }
-    jetson = jetson_facts()
-    if jetson:
-        info["jetson"] = jetson
-    return info

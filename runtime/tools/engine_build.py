@@ -16,14 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cuda import CudaRuntime
-from .deps import require
-from .errors import BundleError, EdgetlError
-from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from .manifest import Artifact, FileEntry, read_bundle_manifest
-from .tensorrt_plan import (
-    ENGINE_FORMAT, TIMING_CACHE, BuildPlan, EngineMetadata, plan_build, sidecar_path,
-)
+from ..cuda import CudaRuntime
+from ..deps import require
+from ..errors import BundleError, EdgetlError
+from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from ..manifest import Artifact, FileEntry, read_bundle_manifest
+from ..engines import ENGINE_FORMAT, EngineMetadata, sidecar_path
+from .engine_plan import TIMING_CACHE, BuildPlan, engine_metadata, plan_build
 
 
 @dataclass
@@ -86,7 +85,7 @@ def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int
     engine_path.parent.mkdir(exist_ok=True)
     atomic_write_bytes(engine_path, bytes(serialized))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    metadata = EngineMetadata.from_plan(plan, compute_capability, _gpu_name(), sha256_file(engine_path))
+    metadata = engine_metadata(plan, compute_capability, _gpu_name(), sha256_file(engine_path))
     atomic_write_text(sidecar_path(engine_path), metadata.to_json())
 
     engine = FileEntry.of(bundle, plan.engine_file)

@@ -16,13 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import available_backends, create_backend
-from .data import ImageRecord
-from .errors import BundleError
-from .heads import load_head
-from .machine import cpu_facts
-from .manifest import read_bundle_manifest
-from .reader import read_batches
+from edgetl.runtime.backends import available_backends, create_backend
+from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.errors import BundleError
+from edgetl.runtime.heads import load_head
+from edgetl.runtime.machine import cpu_facts
+from edgetl.runtime.manifest import read_bundle_manifest
+from edgetl.runtime.reader import read_batches
 
 REFERENCE = "onnx"
 

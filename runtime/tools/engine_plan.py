@@ -11,23 +11,17 @@ decision that does not need the library, so that it can be tested anywhere:
   TensorRT 11, which removed the precision flags and the INT8 calibrator
   (the types then come from the ONNX file itself);
 * the equivalent ``trtexec`` command line;
-* the engine's sidecar metadata, and the check that refuses an engine built
-  for another TensorRT version or GPU.
+* the engine's sidecar metadata (read and checked by :mod:`edgetl.runtime.engines`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from .errors import BundleError, ConfigError
-from .manifest import BundleManifest
+from ..engines import ENGINE_FOLDER, EngineMetadata, parse_version
+from ..errors import BundleError, ConfigError
+from ..manifest import BundleManifest
 
-ENGINE_FOLDER = "engines"
-ENGINE_FORMAT = "tensorrt-engine"
-SIDECAR_SCHEMA = "edgetl.trt-engine/1"
 TIMING_CACHE = f"{ENGINE_FOLDER}/timing.cache"
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 _SOURCE_FORMAT = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8-trt"}
@@ -42,19 +36,6 @@ def source_format(precision: str) -> str:
 
 def engine_filename(precision: str, dla_core: int | None) -> str:
     return f"{ENGINE_FOLDER}/backbone-{precision}{'' if dla_core is None else f'-dla{dla_core}'}.engine"
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"10.3.0.30"`` -> (10, 3, 0, 30); only leading numeric fields count."""
-    parts: list[int] = []
-    for piece in str(text).split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    if not parts:
-        raise ConfigError(f"cannot read a version number from {text!r}")
-    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -156,79 +137,11 @@ def trtexec_command(precision: str, input_size: int, max_batch: int, tensorrt_ma
     return " ".join(parts)
 
 
-@dataclass
-class EngineMetadata:
-    """The sidecar JSON next to an engine: the engine file itself stays a plain serialized engine."""
-
-    tensorrt_version: str
-    compute_capability: str
-    gpu_name: str
-    precision: str
-    strongly_typed: bool
-    builder_flags: list[str]
-    dla_core: int | None
-    input_name: str
-    output_name: str
-    min_shape: list[int]
-    opt_shape: list[int]
-    max_shape: list[int]
-    source_artifact: str
-    source_sha256: str
-    engine_sha256: str
-    built: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    schema: str = SIDECAR_SCHEMA
-
-    @classmethod
-    def from_plan(cls, plan: BuildPlan, compute_capability: str, gpu_name: str, engine_sha256: str) -> "EngineMetadata":
-        return cls(tensorrt_version=plan.tensorrt_version, compute_capability=compute_capability, gpu_name=gpu_name,
-                   precision=plan.precision, strongly_typed=plan.strongly_typed,
-                   builder_flags=list(plan.builder_flags), dla_core=plan.dla_core, input_name=plan.input_name,
-                   output_name=plan.output_name, min_shape=list(plan.min_shape), opt_shape=list(plan.opt_shape),
-                   max_shape=list(plan.max_shape), source_artifact=plan.source_artifact,
-                   source_sha256=plan.source_sha256, engine_sha256=engine_sha256)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    return Path(f"{engine}.json")
-
-
-def read_sidecar(engine: str | Path) -> EngineMetadata:
-    path = sidecar_path(engine)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BundleError(f"engine {Path(engine).name} has no metadata file {path.name}; rebuild it with "
-                          "edgetl-rt build-engine") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path.name} is not valid JSON ({exc}); rebuild the engine") from exc
-    if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
-        raise BundleError(f"{path.name} is not an edgetl engine sidecar ({SIDECAR_SCHEMA}); rebuild the engine")
-    try:
-        return EngineMetadata(**data)
-    except TypeError as exc:
-        raise BundleError(f"{path.name} does not match {SIDECAR_SCHEMA}: {exc}") from exc
-
-
-def check_engine_compatible(meta: EngineMetadata, tensorrt_version: str, compute_capability: str | None,
-                            bundle: str = "BUNDLE") -> None:
-    """Refuse an engine built by another TensorRT release or for another GPU architecture.
-
-    A serialized engine loads only into the TensorRT release (major.minor.patch) that built it and runs
-    only on GPUs of the compute capability it was built for; anything else fails or misbehaves later.
-    """
-    built = parse_version(meta.tensorrt_version)[:3]
-    here = parse_version(tensorrt_version)[:3]
-    problems = []
-    if built != here:
-        problems.append(f"TensorRT {meta.tensorrt_version} built it, this device has TensorRT {tensorrt_version}")
-    if compute_capability is not None and meta.compute_capability != compute_capability:
-        problems.append(f"it was built for a GPU of compute capability {meta.compute_capability} "
-                        f"({meta.gpu_name}), this GPU has {compute_capability}")
-    if problems:
-        raise BundleError(
-            f"TensorRT engine ({meta.precision}) cannot run here: {'; '.join(problems)}. Engines are not portable; "
-            f"rebuild it on this device with: edgetl-rt build-engine {bundle} --precision {meta.precision}"
-        )
+def engine_metadata(plan: BuildPlan, compute_capability: str, gpu_name: str, engine_sha256: str) -> EngineMetadata:
+    """The sidecar of an engine built by ``plan`` on this GPU."""
+    return EngineMetadata(tensorrt_version=plan.tensorrt_version, compute_capability=compute_capability,
+                          gpu_name=gpu_name, precision=plan.precision, strongly_typed=plan.strongly_typed,
+                          builder_flags=list(plan.builder_flags), dla_core=plan.dla_core, input_name=plan.input_name,
+                          output_name=plan.output_name, min_shape=list(plan.min_shape), opt_shape=list(plan.opt_shape),
+                          max_shape=list(plan.max_shape), source_artifact=plan.source_artifact,
+                          source_sha256=plan.source_sha256, engine_sha256=engine_sha256)

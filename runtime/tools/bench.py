@@ -1,9 +1,9 @@
-"""The benchmark matrix behind ``edgetl bench``: every artifact x backend x threads x batch this machine can run.
+"""The benchmark matrix behind ``edgetl-rt bench`` (and ``edgetl bench``): every artifact x backend x threads x batch this machine can run.
 
 Each (artifact, backend, threads) cell runs in a fresh interpreter by
 default, so that its cold start (load to first result) and peak RSS are its
 own and not the sum of the cells before it.  Latency follows MLPerf
-SingleStream / benchmark_app practice (:mod:`.bench`): warm-up, a minimum
+SingleStream / benchmark_app practice (:mod:`edgetl.runtime.latency`): warm-up, a minimum
 count and duration, percentiles; larger batches give throughput.  Accuracy
 comes from the manifest (measured at export on the run's validation split,
 with the backend named) or, with ``data``, is measured again here.  Rows
@@ -12,8 +12,10 @@ whose p99/p50 exceeds a threshold are flagged as noisy instead of hidden.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -22,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import installed
-from .bench import BenchSettings, latency_stats, machine_info, measure, peak_rss_mb
-from .errors import ConfigError, EdgetlError
-from .machine import cpu_facts
-from .manifest import Artifact, BundleManifest, read_bundle_manifest
+from ..backends import installed
+from ..errors import ConfigError, EdgetlError
+from ..fsutil import atomic_directory
+from ..latency import BenchSettings, latency_stats, measure, peak_rss_mb
+from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
+from ..manifest import Artifact, BundleManifest, read_bundle_manifest
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
+RESULT_FILES = ("results.json", "results.csv")
 
 
 @dataclass
@@ -94,9 +98,9 @@ def plan_cells(manifest: BundleManifest, settings: MatrixSettings) -> list[Cell]
 
 def measure_cell(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
     """Cold start, latency per batch and peak RSS of one cell, in this process."""
-    from .backends import BACKEND_MODULES
-    from .model import EdgeModel
-    from .tune import import_seconds
+    from ..backends import BACKEND_MODULES
+    from ..model import EdgeModel
+    from ..tune import import_seconds
 
     import_s = import_seconds(BACKEND_MODULES.get(cell.backend, cell.backend))
     t0 = time.perf_counter()
@@ -123,7 +127,7 @@ def measure_cell(bundle: str, cell: Cell, batches: tuple[int, ...], bench: Bench
 
 def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
     spec = json.dumps({"bundle": bundle, "cell": asdict(cell), "batches": list(batches), "bench": asdict(bench)})
-    out = subprocess.run([sys.executable, "-m", "edgetl.runtime.benchmark", spec], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "edgetl.runtime.tools.bench", spec], capture_output=True, text=True)
     if out.returncode != 0:
         message = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgetlError(f"benchmarking {cell.artifact} on {cell.backend} failed: {message}")
@@ -136,8 +140,8 @@ def _accuracy(bundle: str, artifact: Artifact, backend: str, data: str | None,
         return artifact.accuracy, f"manifest ({artifact.evaluated_with or artifact.backend}, export validation split)"
     key = (artifact.name, backend)
     if key not in cache:
-        from .evaluate import evaluate_bundle
-        from .model import EdgeModel
+        from ..evaluate import evaluate_bundle
+        from ..model import EdgeModel
 
         with EdgeModel(bundle, artifact=artifact.name, backend=backend) as model:
             cache[key] = evaluate_bundle(model, data)["accuracy"]
@@ -179,7 +183,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
                    "accuracy_source": source, "p99_over_p50": spread, "noisy": spread > settings.noise_threshold,
                    "backend_info": measured["backend_info"]}
             if cell.backend == "openvino":   # the same settings for OpenVINO's own tool, to check our figure
-                from .backends.openvino import benchmark_app_command
+                from ..backends.openvino import benchmark_app_command
 
                 row["benchmark_app"] = " ".join(benchmark_app_command(
                     str(Path(bundle) / artifact.file), manifest.preprocess_config.input_size, stats["batch"],
@@ -202,41 +206,88 @@ def row_key(row: dict) -> tuple:
     return (row["artifact"], row["backend"], row["threads"], row["batch"])
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of (latency, accuracy) points no other point beats on both (lower latency, higher accuracy)."""
-    front = []
-    for i, (lat, acc) in enumerate(points):
-        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for j, (l2, a2) in enumerate(points)
-                        if j != i)
-        if not dominated:
-            front.append(i)
-    return front
+def machine_info() -> dict:
+    """CPU model, cores and flags of note, memory, GPU, OS and library versions: context for every figure."""
+    from ..cuda import cuda_info
+
+    cpu, memory, cuda = cpu_facts(), memory_facts(), cuda_info()
+    info = {
+        "machine": cpu["arch"], "system": f"{platform.system()} {platform.release()}",
+        "cpu_model": cpu["model"], "cpu_count": cpu["cores"], "cores_usable": cpu["cores_usable"],
+        "cpu_flags": cpu["notable_flags"],
+        "memory_gb": round(memory["total_mb"] / 1024, 1) if memory["total_mb"] else None,
+        "gpus": cuda.devices or [], "versions": library_versions(),
+    }
+    jetson = jetson_facts()
+    if jetson:
+        info["jetson"] = jetson
+    return info
 
 
-def compare_results(a: dict, b: dict) -> list[dict]:
-    """Rows present in both results, with B/A ratios (below 1 means B is faster / smaller)."""
-    for result, name in ((a, "A"), (b, "B")):
-        if result.get("schema") != RESULT_SCHEMA:
-            raise ConfigError(f"{name} is not an {RESULT_SCHEMA} result (written by 'edgetl bench --out')")
-    by_key = {row_key(r): r for r in a["rows"]}
-    shared = []
-    for row in b["rows"]:
-        old = by_key.get(row_key(row))
-        if old is None:
-            continue
-        ratio = lambda k: row[k] / old[k] if old[k] else float("nan")  # noqa: E731
-        shared.append({"artifact": row["artifact"], "backend": row["backend"], "threads": row["threads"],
-                       "batch": row["batch"], "p50_ratio": ratio("p50_ms"), "p90_ratio": ratio("p90_ms"),
-                       "throughput_ratio": ratio("throughput_per_s"), "rss_ratio": ratio("peak_rss_mb"),
-                       "accuracy_change": (row["accuracy"] - old["accuracy"])
-                       if row["accuracy"] is not None and old["accuracy"] is not None else None,
-                       "a_p50_ms": old["p50_ms"], "b_p50_ms": row["p50_ms"]})
-    if not shared:
-        raise ConfigError("the two results share no (artifact, backend, threads, batch) row")
-    return shared
+COLUMNS = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+           "min_ms", "max_ms", "runs", "throughput_per_s", "cold_start_s", "peak_rss_mb", "size_mb", "accuracy",
+           "p99_over_p50", "noisy")
 
 
-def _main() -> None:   # the isolated cell: python -m edgetl.runtime.benchmark SPEC
+def cell_text(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+    return str(value)
+
+
+def table_lines(result: dict) -> list[str]:
+    shown = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
+             "cold_start_s", "peak_rss_mb", "size_mb", "accuracy", "noisy")
+    headers = [c.replace("_per_s", "/s").replace("_ms", " ms").replace("_s", " s").replace("_mb", " MB")
+               for c in shown]
+    body = [[cell_text(r[c]) for c in shown] for r in result["rows"]]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
+    lines += notes(result)
+    return lines
+
+
+def notes(result: dict) -> list[str]:
+    out = []
+    noisy = [r for r in result["rows"] if r["noisy"]]
+    if noisy:
+        threshold = result["settings"]["noise_threshold"]
+        out.append(f"note: {len(noisy)} row(s) have p99/p50 above {threshold:g} (noisy machine or backend): "
+                   + ", ".join(f"{r['artifact']}/{r['backend']} b{r['batch']} ({r['p99_over_p50']:.2f})"
+                               for r in noisy) + "; rerun with a longer --min-seconds or on an idle machine")
+    over = [r for r in result["rows"] if r.get("within_memory_budget") is False]
+    if over:
+        out.append(f"note: over the target's memory budget of {result['memory_budget_mb']} MB: "
+                   + ", ".join(f"{r['artifact']}/{r['backend']} ({r['peak_rss_mb']:.0f} MB)" for r in over))
+    for skipped in result.get("not_run", []):
+        out.append(f"note: {skipped['artifact']} not run: it needs a CPU with one of {', '.join(skipped['needs'])}")
+    return out
+
+def write_results(result: dict, out: str | Path, overwrite: bool = True) -> dict[str, Path]:
+    """results.json and results.csv in ``out``, written together, atomically (reports and plots: the host's
+    ``edgetl bench``)."""
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        write_result_files(result, staging)
+    return {name: out / name for name in RESULT_FILES}
+
+
+
+def write_result_files(result: dict, folder: Path) -> None:
+    (folder / "results.json").write_text(json.dumps(result, indent=2, default=float))
+    with open(folder / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS + ("accuracy_source",))
+        for r in result["rows"]:
+            writer.writerow([r.get(c) for c in COLUMNS] + [r["accuracy_source"]])
+
+
+def _main() -> None:   # the isolated cell: python -m edgetl.runtime.tools.bench SPEC
     spec = json.loads(sys.argv[1])
     result = measure_cell(spec["bundle"], Cell(**spec["cell"]), tuple(spec["batches"]), BenchSettings(**spec["bench"]))
     print(json.dumps(result))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 
-from .errors import EdgetlError
-from .evaluate import SPLITS, evaluate_bundle
-from .model import EdgeModel
-from .preprocess import DEFAULT_MAX_PIXELS
-from .progress import terminal_progress
+from ..errors import EdgetlError
+from ..evaluate import SPLITS, evaluate_bundle
+from ..model import EdgeModel
+from ..preprocess import DEFAULT_MAX_PIXELS
+from ..progress import terminal_progress
 
 
 class ErrorReportingGroup(click.Group):
@@ -124,51 +124,6 @@ def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, bac
         raise SystemExit(6)
 
 
-@main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
-@click.argument("data", required=False)
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Which split of DATA (default: val when DATA has one, else all).")
-@click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def compare(bundle, data, split, limit, as_json) -> None:
-    """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
-
-    DATA defaults to the data the bundle was exported from, when it is reachable.
-    """
-    from .compare import compare_bundle, rows_to_dicts
-    from .data import open_data
-    from .manifest import read_bundle_manifest
-
-    manifest = read_bundle_manifest(bundle)
-    address = data or manifest.source_run.get("data")
-    if not address:
-        raise click.UsageError("give DATA: the bundle does not name the data it came from")
-    source = open_data(address).remap_to(manifest.labels)
-    records = source.split(split or ("val" if source.has_val else "all"))
-    step = max(1, len(records) // limit)
-    rows = compare_bundle(bundle, records[::step][:limit])
-    from .machine import cpu_facts
-
-    compared = {(r.artifact, r.backend) for r in rows}
-    not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
-               if not a.runs_on(cpu_facts()["flags"]) for b in a.backends if (a.name, b) not in compared]
-    if as_json:
-        print_json({"bundle": str(bundle), "data": address, "reference": "onnx (onnxruntime, fp32)",
-                    "rows": rows_to_dicts(rows), "not_run": not_run})
-        return
-    click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
-    click.echo(f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
-               f"{'top-1 agree':>11s}")
-    for r in rows:
-        click.echo(f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
-                   f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
-                   + (f"  ({r.note})" if r.note else ""))
-    for skipped in not_run:
-        click.echo(f"{skipped['artifact']:22s} {skipped['backend']:21s} not run: its kernels need one of "
-                   f"{', '.join(skipped['needs'])}")
-
-
 def _ints(text: str | None, name: str) -> tuple:
     if not text:
         return (None,)
@@ -182,57 +137,45 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in text.split(",") if v.strip()) if text else None
 
 
-@main.command()
-@click.argument("bundle", type=click.Path(file_okay=False), required=False)
-@click.option("--artifacts", "--artifact", "artifacts", default=None, help="Comma-separated artifact names.")
-@click.option("--backends", "--backend", "backends", default=None,
-              help="Comma-separated backends (onnxruntime, openvino, tensorrt).")
-@click.option("--precisions", default=None, help="Comma-separated precisions (fp32, fp16, int8).")
-@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8.")
-@click.option("--threads", default=None, help="Comma-separated intra-op thread counts (default: the backend's).")
-@click.option("--target", default=None, help="Device profile: its backends, precisions and memory budget.")
-@click.option("--data", default=None, help="Measure accuracy again on this labelled data (default: the manifest's).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write results.json, results.csv, report.md and pareto.png here.")
-@click.option("--compare", nargs=2, type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Compare two results.json files (A B): ratios B/A of every shared row.")
-@click.option("--min-runs", type=int, default=100, show_default=True)
-@click.option("--min-seconds", type=float, default=3.0, show_default=True)
-@click.option("--warmup-runs", type=int, default=10, show_default=True)
-@click.option("--noise-threshold", type=float, default=1.5, show_default=True,
-              help="Flag rows whose p99/p50 exceeds this.")
-@click.option("--in-process", is_flag=True, help="Measure every cell in this process (faster; RSS accumulates).")
-@click.option("--record", is_flag=True,
-              help="Keep the batch-1 figures in BUNDLE/timings/ so the runtime runs the fastest artifact here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(bundle, artifacts, backends, precisions, batches, threads, target, data, out, compare, min_runs, min_seconds,
-          warmup_runs, noise_threshold, in_process, record, as_json) -> None:
-    """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
-    this machine can run, per backend, thread count and batch size."""
-    from .bench import BenchSettings
-    from .bench_report import table_lines, write_reports
-    from .benchmark import MatrixSettings, compare_results, run_matrix
+bench_options = [
+    click.argument("bundle", type=click.Path(file_okay=False), required=False),
+    click.option("--artifacts", "--artifact", "artifacts", default=None, help="Comma-separated artifact names."),
+    click.option("--backends", "--backend", "backends", default=None,
+                 help="Comma-separated backends (onnxruntime, openvino, tensorrt)."),
+    click.option("--precisions", default=None, help="Comma-separated precisions (fp32, fp16, int8)."),
+    click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8."),
+    click.option("--threads", default=None, help="Comma-separated intra-op thread counts (default: the backend's)."),
+    click.option("--target", default=None, help="Device profile: its backends, precisions and memory budget."),
+    click.option("--data", default=None, help="Measure accuracy again on this labelled data (default: the manifest's)."),
+    click.option("--out", type=click.Path(file_okay=False), default=None,
+                 help="Write results.json and results.csv here (the host's 'edgetl bench' adds report.md and "
+                      "pareto.png)."),
+    click.option("--min-runs", type=int, default=100, show_default=True),
+    click.option("--min-seconds", type=float, default=3.0, show_default=True),
+    click.option("--warmup-runs", type=int, default=10, show_default=True),
+    click.option("--noise-threshold", type=float, default=1.5, show_default=True,
+                 help="Flag rows whose p99/p50 exceeds this."),
+    click.option("--in-process", is_flag=True, help="Measure every cell in this process (faster; RSS accumulates)."),
+    click.option("--record", is_flag=True,
+                 help="Keep the batch-1 figures in BUNDLE/timings/ so the runtime runs the fastest artifact here."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
 
-    if compare:
-        a, b = (json.loads(open(path).read()) for path in compare)
-        rows = compare_results(a, b)
-        if as_json:
-            print_json({"a": compare[0], "b": compare[1], "rows": rows})
-            return
-        click.echo(f"B/A for each shared row (below 1: B is faster); A={compare[0]} B={compare[1]}")
-        click.echo(f"{'artifact':16s} {'backend':22s} {'thr':>4s} {'batch':>5s} {'A p50 ms':>9s} {'B p50 ms':>9s} "
-                   f"{'p50':>6s} {'p90':>6s} {'thrpt':>6s} {'RSS':>6s} {'acc +/-':>8s}")
-        for r in rows:
-            change = "-" if r["accuracy_change"] is None else f"{r['accuracy_change']:+.4f}"
-            click.echo(f"{r['artifact']:16s} {r['backend']:22s} {str(r['threads'] or '-'):>4s} {r['batch']:>5d} "
-                       f"{r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {r['p50_ratio']:6.2f} {r['p90_ratio']:6.2f} "
-                       f"{r['throughput_ratio']:6.2f} {r['rss_ratio']:6.2f} {change:>8s}")
-        machines = [x["machine"].get("cpu_model") for x in (a, b)]
-        if machines[0] != machines[1]:
-            click.echo(f"note: different machines: A {machines[0]}, B {machines[1]}")
-        return
+
+def with_bench_options(func):
+    for option in reversed(bench_options):
+        func = option(func)
+    return func
+
+
+def run_bench(bundle, artifacts, backends, precisions, batches, threads, target, data, out, min_runs, min_seconds,
+              warmup_runs, noise_threshold, in_process, record, as_json, write=None) -> dict:
+    """The matrix, recorded, written (``write(result, out)``) and printed as the options say."""
+    from ..latency import BenchSettings
+    from ..tools.bench import MatrixSettings, run_matrix, table_lines, write_results
+
     if bundle is None:
-        raise click.UsageError("give BUNDLE, or --compare A.json B.json")
+        raise click.UsageError("give BUNDLE")
     settings = MatrixSettings(
         batches=_ints(batches, "--batch"), threads=_ints(threads, "--threads"), artifacts=_names(artifacts),
         backends=_names(backends), precisions=_names(precisions), target=target, isolate=not in_process,
@@ -242,18 +185,27 @@ def bench(bundle, artifacts, backends, precisions, batches, threads, target, dat
     result = run_matrix(bundle, settings, data=data, log=lambda message: click.echo(message, err=True))
     result["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     if record:
-        from .timings import record_timings
+        from ..timings import record_timings
 
         click.echo(f"recorded {record_timings(bundle, result)}: the runtime now runs the fastest artifact here",
                    err=True)
     if out:
-        written = write_reports(result, out)
+        written = (write or write_results)(result, out)
         click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
     if as_json:
         print_json(result)
-        return
-    for line in table_lines(result):
-        click.echo(line)
+    else:
+        for line in table_lines(result):
+            click.echo(line)
+    return result
+
+
+@main.command()
+@with_bench_options
+def bench(**options) -> None:
+    """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
+    this machine can run, per backend, thread count and batch size."""
+    run_bench(**options)
 
 
 @main.command()
@@ -275,7 +227,7 @@ def bench(bundle, artifacts, backends, precisions, batches, threads, target, dat
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, lock_timeout, skip_bad,
            as_json, artifact, backend, threads, no_tune) -> None:
     """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
-    from .update import UpdateSettings, update_bundle
+    from ..update import UpdateSettings, update_bundle
 
     settings = UpdateSettings(method=method, holdout_fraction=holdout_fraction, max_accuracy_drop=max_accuracy_drop,
                               force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
@@ -309,7 +261,7 @@ def history(bundle, as_json) -> None:
     """The head versions kept in BUNDLE's feature store (newest last)."""
     from dataclasses import asdict
 
-    from .store import FeatureStore
+    from ..store import FeatureStore
 
     store = FeatureStore(bundle)
     versions = store.history() if store.exists else []
@@ -336,7 +288,7 @@ def history(bundle, as_json) -> None:
 @click.option("--lock-timeout", type=float, default=60.0, show_default=True)
 def rollback(bundle, to_version, lock_timeout) -> None:
     """Make an earlier head version current again (recorded as a new version)."""
-    from .update import rollback_bundle
+    from ..update import rollback_bundle
 
     version = rollback_bundle(bundle, to_version, lock_timeout)
     click.echo(f"version {version.version} is current: {version.note}")
@@ -352,7 +304,7 @@ def rollback(bundle, to_version, lock_timeout) -> None:
 @with_model_options
 def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, backend, threads, no_tune) -> None:
     """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
-    from .update import adapt_bundle
+    from ..update import adapt_bundle
 
     report = adapt_bundle(bundle, data, check, max_accuracy_drop, force, artifact=artifact, backend=backend,
                           threads=threads, progress=terminal_progress, tune=not no_tune)
@@ -378,7 +330,7 @@ def adapt(bundle, data, check, max_accuracy_drop, force, as_json, artifact, back
 @with_model_options
 def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:
     """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
-    from .cluster import cluster_images
+    from ..tools.cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
                              backend=backend, progress=terminal_progress, tune=not no_tune)
@@ -395,7 +347,7 @@ def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, t
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def doctor(as_json) -> None:
     """Report this device: CPU flags, memory, backends and their devices, and the profile that fits."""
-    from .doctor import doctor_report
+    from ..tools.doctor import doctor_report
 
     report = doctor_report()
     if as_json:
@@ -432,8 +384,9 @@ def doctor(as_json) -> None:
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command line.")
 def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trtexec) -> None:
     """Build the backbone's TensorRT engine on this device, into BUNDLE (needs TensorRT and a GPU)."""
-    from .manifest import read_bundle_manifest
-    from .tensorrt_plan import parse_version, trtexec_command
+    from ..manifest import read_bundle_manifest
+    from ..engines import parse_version
+    from ..tools.engine_plan import trtexec_command
 
     if print_trtexec:
         manifest = read_bundle_manifest(bundle)
@@ -443,7 +396,7 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
                                    manifest.preprocess_config.input_size, max_batch or engine.get("max_batch", 8),
                                    parse_version(version)[0] if version else None, dla_core))
         return
-    from .tensorrt_build import build_engine as build
+    from ..tools.engine_build import build_engine as build
 
     result = build(bundle, precision=precision, dla_core=dla_core, max_batch=max_batch, workspace_mb=workspace_mb,
                    log=lambda message: click.echo(message, err=True))
@@ -455,17 +408,6 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Archive path (default: BUNDLE.tar.gz).")
-@click.option("--overwrite", is_flag=True)
-def pack(bundle, out, overwrite) -> None:
-    """Verify BUNDLE and pack it as one .tar.gz file to copy to devices."""
-    from .archive import pack_bundle
-
-    click.echo(str(pack_bundle(bundle, out, overwrite=overwrite)))
-
-
-@main.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new bundle is verified).")
@@ -473,13 +415,13 @@ def pack(bundle, out, overwrite) -> None:
 def unpack(archive, dest, overwrite, no_tune) -> None:
     """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links), verify it, and measure which
     of its artifacts runs fastest on this machine."""
-    from .archive import unpack_bundle
+    from ..tools.unpack import unpack_bundle
 
     folder = unpack_bundle(archive, dest, overwrite=overwrite)
     if not no_tune:
-        from .manifest import read_bundle_manifest
-        from .timings import read_timings
-        from .tune import tune_bundle
+        from ..manifest import read_bundle_manifest
+        from ..timings import read_timings
+        from ..tune import tune_bundle
 
         manifest = read_bundle_manifest(folder, verify=False)   # verified by unpacking
         tune_bundle(folder, manifest, device=manifest.openvino_device, timings=read_timings(folder), log=log_err)

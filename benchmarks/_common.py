@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from edgetl.runtime.bench import machine_info
+from edgetl.runtime.tools.bench import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

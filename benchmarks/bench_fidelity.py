@@ -28,9 +28,9 @@ import numpy as np
 from _common import save_result
 
 from edgetl.runtime.backends.openvino import benchmark_app_command
-from edgetl.runtime.bench import BenchSettings
+from edgetl.runtime.latency import BenchSettings
 from edgetl.runtime.machine import default_threads
-from edgetl.runtime.benchmark import Cell, measure_cell_isolated
+from edgetl.runtime.tools.bench import Cell, measure_cell_isolated
 from edgetl.runtime.manifest import read_bundle_manifest
 
 

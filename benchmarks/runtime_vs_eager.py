@@ -27,7 +27,7 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.bench import BenchSettings, latency_stats, measure
+from edgetl.runtime.latency import BenchSettings, latency_stats, measure
 from edgetl.runtime.heads import load_head
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
 

@@ -7,6 +7,15 @@ from typing import Sequence
 import numpy as np
 
 
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray, among: int | None = None) -> float | None:
+    """Share of rows whose highest logit is their label; with ``among`` only the first ``among`` classes compete
+    (the classes an older head knew).  None for no rows."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(labels) == 0:
+        return None
+    return float(np.mean(np.argmax(logits[:, :among] if among else logits, axis=1) == labels))
+
+
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
     """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: truth)."""
     y_true = np.asarray(y_true, dtype=np.int64)

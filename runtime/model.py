@@ -1,11 +1,8 @@
-"""A loaded bundle: backbone on a runtime backend, numpy head beside it.
+"""A bundle ready to classify: its backbone on the chosen backend (:mod:`.backbone`) and the numpy head beside it.
 
-:class:`EdgeModel` is the device-side API behind ``edgetl-rt predict``,
-``evaluate`` and ``bench``.  Loading verifies the sha256 of every file it
-reads (the manifest's entries for the chosen artifact and the head; the
-feature store checks its own); ``edgetl-rt unpack`` and ``pack`` verify the
-whole bundle.  Which artifact runs is :mod:`.choice`'s decision; with nothing
-measured on this machine yet, the candidates are measured first (:mod:`.tune`).
+:class:`EdgeModel` is the device-side API behind ``edgetl-rt predict`` and ``evaluate`` (and ``serve``).  The
+bundle is opened once (:class:`~edgetl.runtime.bundle.Bundle`): the manifest read, and the sha256 of every file
+it loads checked once (the chosen artifact and the head; the feature store checks its own).
 """
 
 from __future__ import annotations
@@ -16,19 +13,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .choice import choose, deployment_backends, imported_engines
+from .backbone import Backbone
+from .bundle import Bundle
 from .data import ImageRecord
-from .errors import BundleError, ConfigError
-from .heads import Head, load_head, softmax
-from .machine import cpu_facts, this_cpu_class
-from .manifest import BundleManifest, read_bundle_manifest, verify_artifact, verify_file
+from .errors import ConfigError
+from .features import apply_adapter, backbone_features
+from .heads import softmax
 from .metrics import classification_report
 from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
-from .reader import ReadReport, read_batches
-from .store import FeatureStore, apply_adapter
-from .timings import read_timings
-from .tune import artifact_backend, tune_bundle
+from .reader import read_batches
 
 
 @dataclass
@@ -45,30 +39,17 @@ class Prediction:
         }
 
 
-def bundle_head(bundle: Path, manifest: BundleManifest) -> Head:
-    """The head the bundle was exported with, checked against the manifest's classes and feature size."""
-    head = load_head(Path(bundle) / manifest.head["file"])
-    if head.num_classes != len(manifest.labels) or head.feature_dim != manifest.feature_dim:
-        raise BundleError(
-            f"head {manifest.head['file']} has shape ({head.num_classes} classes, {head.feature_dim} features) "
-            f"but the manifest says ({len(manifest.labels)}, {manifest.feature_dim})"
-        )
-    return head
-
-
 class EdgeModel:
     """Backbone artifact + head of a verified bundle.
 
     The head is the feature store's current version when the device has learned (``edgetl-rt update``;
-    ``use_store=False`` ignores it), else the bundle's own.  ``images`` says how many inputs the caller
-    will run (a one-shot command), so the choice weighs time to those results; None means a long run.
-    ``tune=False`` never measures: with nothing recorded here, the profile or CPU-class order decides.
-    ``log`` receives a line when the candidates are measured.
+    ``use_store=False`` ignores it), else the bundle's own.  ``images``, ``tune`` and ``log``: see
+    :class:`~edgetl.runtime.backbone.Backbone`.  ``bundle`` is a folder or an opened :class:`Bundle`.
     """
 
     def __init__(
         self,
-        bundle: str | Path,
+        bundle: str | Path | Bundle,
         artifact: str | None = None,
         backend: str | None = None,
         threads: int | None = None,
@@ -78,49 +59,18 @@ class EdgeModel:
         tune: bool = True,
         log=lambda message: None,
     ):
-        imported = imported_engines()    # before measuring, which imports them all
-        self.bundle = Path(bundle)
-        if self.bundle.is_file() and self.bundle.name.endswith((".tar.gz", ".tgz")):
-            raise BundleError(f"{bundle} is a packed bundle; unpack it first: edgetl-rt unpack {bundle} DEST")
-        self.manifest = read_bundle_manifest(self.bundle, verify=False)
-        if verify:
-            verify_file(self.bundle, self.manifest.head["file"], self.manifest.head["sha256"])
-        store = FeatureStore(self.bundle)
-        self.head_version: int | None = None
-        self.adapter: dict | None = None
-        if use_store and store.exists:   # the head learned on the device (edgetl-rt update), as last committed
-            version = store.version()
-            self.head, self.labels, self.adapter = store.head(version), list(version.classes), store.adapter(version)
-            self.head_version = version.version
-            if self.head.num_classes != len(self.labels) or self.head.feature_dim != self.manifest.feature_dim:
-                raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
-        else:
-            self.head, self.labels = bundle_head(self.bundle, self.manifest), list(self.manifest.labels)
-        self.preprocess = self.manifest.preprocess_config
-        device = self.manifest.openvino_device
-        timings = read_timings(self.bundle) if artifact is None else None
-        self.tuning = None
-        if artifact is None and tune:
-            self.tuning = tune_bundle(self.bundle, self.manifest, backend, threads, device, timings, log)
-            if self.tuning is not None:
-                timings = read_timings(self.bundle)
-        choice = choose(self.manifest, artifact, backend, timings, this_cpu_class(), cpu_facts()["flags"], images,
-                        imported)
-        self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
-        if backend is None:
-            runnable = deployment_backends(self.artifact)
-            if not runnable:
-                raise BundleError(
-                    f"artifact {self.artifact.name} needs one of {', '.join(self.artifact.backends)}, "
-                    "none of which is installed here"
-                )
-            backend = runnable[0]
-        if verify:
-            verify_artifact(self.bundle, self.artifact)
-        self.backend = artifact_backend(self.bundle, self.artifact, backend, threads, device).open()
+        self.bundle = Bundle.open(bundle, verify=verify)
+        self.manifest = self.bundle.manifest
+        state = self.bundle.current_head(use_store)
+        self.head, self.labels, self.adapter, self.head_version = state.head, state.labels, state.adapter, state.version
+        self.backbone = Backbone(self.bundle, artifact, backend, threads, images, tune, log)
+        self.preprocess, self.feature_dim = self.backbone.preprocess, self.backbone.feature_dim
+        self.artifact, self.choice_reason, self.tuning = (self.backbone.artifact, self.backbone.choice_reason,
+                                                          self.backbone.tuning)
+        self.backend = self.backbone.backend
 
     def close(self) -> None:
-        self.backend.close()
+        self.backbone.close()
 
     def __enter__(self) -> "EdgeModel":
         return self
@@ -129,7 +79,7 @@ class EdgeModel:
         self.close()
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        return self.backend.infer(batch)
+        return self.backbone.features(batch)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.head.logits(apply_adapter(self.features(batch), self.adapter))
@@ -164,21 +114,11 @@ class EdgeModel:
         """Accuracy, per-class accuracy and confusion matrix; labels index ``self.labels``."""
         if not records:
             raise ConfigError("no images to evaluate")
-        report = ReadReport()
-        truth: list[int] = []
-        predicted: list[int] = []
-        bar = progress("evaluating", len(records))
-        try:
-            for batch in read_batches(records, self.preprocess, batch_size, max_pixels=max_pixels,
-                                      skip_bad=skip_bad, report=report):
-                if batch.indices:
-                    predicted.extend(np.argmax(self.logits(batch.images), axis=1).tolist())
-                    truth.extend(records[i].label for i in batch.indices)
-                bar.update(batch.consumed)
-        finally:
-            bar.close()
-        result = classification_report(np.array(truth), np.array(predicted), self.labels)
-        result["skipped"] = [f"{e.source}: {e.reason}" for e in report.skipped]
+        found = backbone_features(self, records, self.adapter, batch_size, skip_bad, max_pixels, progress,
+                                  label="evaluating")
+        predicted = np.argmax(self.head.logits(found.values), axis=1) if found.kept else np.zeros(0, np.int64)
+        result = classification_report(np.array([records[i].label for i in found.kept]), predicted, self.labels)
+        result["skipped"] = found.skipped
         result["artifact"] = self.artifact.name
         result["backend"] = self.backend.name
         result["head_version"] = self.head_version

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKEND_MODULES, Backend, create_backend
-from .latency import BenchSettings, measure
 from .checkset import CheckSet, check_logits, load_check_set
+from .bundle import Bundle
 from .choice import Candidate, candidates, cpu_order, unmeasured
 from .errors import BundleError, EdgetlError, MissingDependencyError
-from .heads import Head, load_head
+from .heads import Head
+from .latency import BenchSettings, measure
 from .machine import CpuClass, cpu_facts, this_cpu_class
-from .manifest import Artifact, BundleManifest, verify_artifact, verify_file
+from .manifest import Artifact
 from .timings import Timing, TimingRecord, state_root, write_timings
 
 DEFAULT_BUDGET_S = 1.0
@@ -82,19 +83,18 @@ class TuneReport:
     note: str = ""
 
 
-def tune_bundle(bundle: str | Path, manifest: BundleManifest, backend: str | None = None, threads: int | None = None,
+def tune_bundle(bundle: Bundle, backend: str | None = None, threads: int | None = None,
                 device: str | None = None, timings: TimingRecord | None = None,
                 log=lambda message: None) -> TuneReport | None:
     """Measure the candidates that have no timing on this machine yet; None when there is nothing to decide."""
-    flags = cpu_facts()["flags"]
-    found = candidates(manifest, backend, flags)
+    manifest = bundle.manifest
+    found = candidates(manifest, backend, cpu_facts()["flags"])
     todo = unmeasured(found, timings)
     if not todo or (len(found) == 1 and not found[0].artifact.needs_device_check):
         return None
     log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest (--no-tune skips this)")
-    verify_file(Path(bundle), manifest.head["file"], manifest.head["sha256"])
-    report = tune(bundle, manifest, todo, load_head(Path(bundle) / manifest.head["file"]), this_cpu_class(),
-                  load_check_set(bundle, manifest), threads=threads, device=device)
+    report = tune(bundle, todo, bundle.exported_head(), this_cpu_class(), load_check_set(bundle.path, manifest),
+                  threads=threads, device=device)
     failed = [f"{r.artifact} on {r.backend}: {r.error}" for r in report.rows if r.error]
     for line in failed:
         log(f"warning: could not measure {line}")
@@ -102,11 +102,11 @@ def tune_bundle(bundle: str | Path, manifest: BundleManifest, backend: str | Non
     return report
 
 
-def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], head: Head, cpu: CpuClass,
-         check: CheckSet | None, threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S,
-         device: str | None = None) -> TuneReport:
+def tune(bundle: Bundle, todo: list[Candidate], head: Head, cpu: CpuClass, check: CheckSet | None,
+         threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S, device: str | None = None) -> TuneReport:
     """Measure ``todo`` and record the rows (at the default thread count); returns them with the time taken."""
     start = time.perf_counter()
+    manifest = bundle.manifest
     rank = {name: i for i, name in enumerate(cpu_order(cpu))}
     todo = sorted(todo, key=lambda c: rank.get(c.artifact.format, len(rank)))
     max_drop = float(manifest.validation.get("max_accuracy_drop", 1.0))
@@ -116,9 +116,9 @@ def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], he
     rows, spent = [], 0.0
     for index, candidate in enumerate(todo):
         share = max(0.05, (budget_s - spent) / (len(todo) - index))
-        verify_artifact(Path(bundle), candidate.artifact)   # nothing loads unverified; a tampered bundle stops here
+        bundle.verify_artifact(candidate.artifact)   # nothing loads unverified; a tampered bundle stops here
         try:
-            row, used = _measure(bundle, candidate, head, sample, check, max_drop, threads, share, device)
+            row, used = _measure(bundle.path, candidate, head, sample, check, max_drop, threads, share, device)
         except (EdgetlError, RuntimeError, OSError) as exc:   # a broken engine or model: this one is out
             row, used = Timing(candidate.artifact.name, candidate.backend, 0.0, eligible=False,
                                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__), 0.0
@@ -129,7 +129,7 @@ def tune(bundle: str | Path, manifest: BundleManifest, todo: list[Candidate], he
         note = "not recorded: measured with --threads, the record keeps the default thread count"
     else:
         try:
-            path = write_timings(bundle, rows)
+            path = write_timings(bundle.path, rows)
         except BundleError as exc:
             note = f"not recorded: {exc}"
     return TuneReport(rows, time.perf_counter() - start, path, note)

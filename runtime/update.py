@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbone import Backbone
+from .bundle import Bundle
 from .data import ImageRecord, open_data
 from .errors import BundleError, ConfigError, DataError, UpdateRejectedError
+from .features import apply_adapter, backbone_features
 from .heads import Head, LinearHead, RidgeStatistics
 from .learning import LEARNERS, NCMLearner, RidgeLearner, SGDLearner
-from .manifest import read_bundle_manifest
-from .model import EdgeModel, bundle_head
+from .metrics import top1_accuracy
 from .progress import ProgressFactory, silent_progress
-from .reader import read_batches
 from .store import (
     DEFAULT_KEEP_VERSIONS, DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS, FeatureStore, LearnerState, Samples,
-    Version, apply_adapter, now_iso,
+    Version, now_iso,
 )
 
 METHODS = tuple(LEARNERS)
@@ -43,8 +44,8 @@ class UpdateSettings:
     max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS
     keep_versions: int = DEFAULT_KEEP_VERSIONS
 
-    def store(self, bundle: Path) -> FeatureStore:
-        return FeatureStore(bundle, self.keep_versions, self.max_per_class, self.max_holdout_per_class)
+    def store(self, bundle: Bundle) -> FeatureStore:
+        return FeatureStore(bundle.path, self.keep_versions, self.max_per_class, self.max_holdout_per_class)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -54,23 +55,20 @@ class UpdateSettings:
 
 
 def accuracy(head: Head, samples: Samples, among: int | None = None) -> float | None:
-    """Top-1 accuracy; with ``among`` only the first ``among`` classes compete (the classes of an older head)."""
-    if len(samples) == 0:
-        return None
-    logits = head.logits(samples.features)
-    return float(np.mean(np.argmax(logits[:, :among] if among else logits, axis=1) == samples.labels))
+    """Top-1 accuracy of ``head`` on stored samples (see :func:`~edgetl.runtime.metrics.top1_accuracy`)."""
+    return top1_accuracy(head.logits(samples.features), samples.labels, among) if len(samples) else None
 
 
-def ensure_store(store: FeatureStore, bundle: Path) -> Version:
+def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
     """The current version; on first use, version 0 is made from the bundle (under the caller's lock)."""
     if store.exists:
         return store.version()
-    manifest = read_bundle_manifest(bundle)
-    head = bundle_head(bundle, manifest)
+    manifest = bundle.manifest
+    head = bundle.exported_head()
     dim, classes = manifest.feature_dim, list(manifest.labels)
     seed = Samples.empty(dim)
     if manifest.learning:
-        path = bundle / manifest.learning["file"]
+        path = bundle.path / manifest.learning["file"]
         with np.load(path, allow_pickle=False) as a:
             seed = Samples(a["features"], a["labels"], a["holdout"], a["keys"])
     segments = [store.write_segment(seed)] if len(seed) else []
@@ -113,23 +111,6 @@ def _holdout_flags(keys: np.ndarray, labels: list[str], fraction: float) -> np.n
     return flags
 
 
-def compute_features(model: EdgeModel, records: list[ImageRecord], batch_size: int, skip_bad: bool,
-                     progress: ProgressFactory) -> tuple[np.ndarray, list[int]]:
-    """Backbone features (head-input space, i.e. adapted) of ``records``; returns them and the kept rows."""
-    chunks, kept = [], []
-    bar = progress("backbone", len(records))
-    try:
-        for batch in read_batches(records, model.preprocess, batch_size, skip_bad=skip_bad):
-            if batch.indices:
-                chunks.append(apply_adapter(model.features(batch.images), model.adapter))
-                kept.extend(batch.indices)
-            bar.update(batch.consumed)
-    finally:
-        bar.close()
-    dim = model.manifest.feature_dim
-    return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), kept
-
-
 def _new_head(method: str, current: Head, state: LearnerState, classes: list[str], train: Samples,
               holdout: Samples, replay: Samples, dim: int, reselect: bool) -> tuple[Head, float | None]:
     """Learn ``train`` into ``state`` (ridge and NCM statistics, always) and build the ``method`` head."""
@@ -158,7 +139,7 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
     """Learn the labelled images of ``data`` into the bundle's head; commit a new version or change nothing."""
     settings = settings or UpdateSettings()
     settings.check()
-    bundle = Path(bundle)
+    bundle = Bundle.open(bundle)
     records, names = _records(data, settings.skip_bad)
     keys = np.array([r.content_digest().hex() for r in records], dtype="<U64")
     store = settings.store(bundle)
@@ -174,14 +155,14 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
             raise DataError(f"every image of {data} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
         t0 = time.perf_counter()
-        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
-            features, kept = compute_features(model, [records[i] for i in fresh], settings.batch_size,
-                                              settings.skip_bad, progress)
-            artifact_name = model.artifact.name
+        with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
+            found = backbone_features(backbone, [records[i] for i in fresh], store.adapter(parent),
+                                      settings.batch_size, settings.skip_bad, progress=progress)
+            artifact_name = backbone.artifact.name
         backbone_s = time.perf_counter() - t0
-        rows = [fresh[i] for i in kept]
-        report = _learn_locked(store, parent, parts, features, [names[i] for i in rows], keys[rows], settings,
-                               artifact_name)
+        rows = [fresh[i] for i in found.kept]
+        report = _learn_locked(store, bundle.feature_dim, parent, parts, found.values, [names[i] for i in rows],
+                               keys[rows], settings, artifact_name)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report
@@ -193,20 +174,21 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
     pipeline; ``keys`` identify the samples (sha256 of the image, or any unique id of up to 64 characters)."""
     settings = settings or UpdateSettings()
     settings.check()
-    bundle = Path(bundle)
+    bundle = Bundle.open(bundle)
     store = settings.store(bundle)
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
-        return _learn_locked(store, parent, store.segment_parts(parent), np.asarray(features, np.float32),
+        return _learn_locked(store, bundle.feature_dim, parent, store.segment_parts(parent),
+                             np.asarray(features, np.float32),
                              [str(n) for n in labels], np.array(keys, dtype="<U64"), settings, None)
 
 
-def _learn_locked(store: FeatureStore, parent: Version, parts: list[tuple[int, Samples]], features: np.ndarray,
-                  new_names: list[str], keys: np.ndarray, settings: UpdateSettings, artifact_name: str | None) -> dict:
+def _learn_locked(store: FeatureStore, dim: int, parent: Version, parts: list[tuple[int, Samples]],
+                  features: np.ndarray, new_names: list[str], keys: np.ndarray, settings: UpdateSettings,
+                  artifact_name: str | None) -> dict:
     """Statistics, head, accuracy guard, eviction and commit; the caller holds the store's lock and has
     loaded the parent's segments (``parts``) once."""
     t1 = time.perf_counter()
-    dim = read_bundle_manifest(store.bundle, verify=False).feature_dim
     if features.ndim != 2 or features.shape[1] != dim or not len(features) == len(new_names) == len(keys):
         raise ConfigError(f"expected features of shape (N, {dim}) with N labels and keys, got {features.shape}, "
                           f"{len(new_names)} labels, {len(keys)} keys")
@@ -286,7 +268,7 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
         return store.commit(version, store.head(target), store.state(target), store.adapter(target))
 
 
-def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_accuracy_drop: float = 2.0,
+def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = None, max_accuracy_drop: float = 2.0,
                  force: bool = False, lock_timeout: float = 60.0, artifact: str | None = None,
                  backend: str | None = None, threads: int | None = None,
                  progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
@@ -297,24 +279,24 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
     brightness, colour or sensor response at the feature level.  With ``check`` (labelled images of the
     target domain) the accuracy before and after is reported and guards the commit.
     """
-    bundle = Path(bundle)
-    store = FeatureStore(bundle)
+    bundle = Bundle.open(bundle)
+    store = bundle.store
     records, _ = _records(data, False)
     with store.locked(lock_timeout):
         parent = ensure_store(store, bundle)
         state = store.state(parent)
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
-        with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
-            current_adapter, model.adapter = model.adapter, None   # statistics of raw target features
-            raw, _ = compute_features(model, records, 16, False, progress)
+        head, current_adapter = store.head(parent), store.adapter(parent)
+        with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
+            raw = backbone_features(backbone, records, progress=progress).values   # raw target features
             source_mean = state.ridge.feature_sum / state.ridge.count
             source_var = np.maximum(np.diag(state.ridge.gram) / state.ridge.count - source_mean ** 2, 0.0)
             target_mean, target_std = raw.mean(axis=0), raw.std(axis=0)
             scale = np.where(target_std > 1e-6, np.sqrt(source_var) / np.maximum(target_std, 1e-6), 1.0)
             adapter = {"target_mean": target_mean.astype(np.float32), "scale": scale.astype(np.float32),
                        "source_mean": source_mean.astype(np.float32)}
-            report = {"bundle": str(bundle), "n_unlabeled": len(raw), "parent": parent.version,
+            report = {"bundle": str(bundle.path), "n_unlabeled": len(raw), "parent": parent.version,
                       "mean_shift": float(np.linalg.norm(target_mean - source_mean) /
                                           max(np.linalg.norm(source_mean), 1e-12))}
             if check:
@@ -323,11 +305,10 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
                 unknown = sorted(set(check_names) - set(position))
                 if unknown:
                     raise DataError(f"{check} has classes the model does not know: {', '.join(unknown)}")
-                check_raw, kept = compute_features(model, check_records, 16, False, progress)
-                truth = np.array([position[check_names[i]] for i in kept])
-                before = float(np.mean(np.argmax(model.head.logits(apply_adapter(check_raw, current_adapter)), 1)
-                                       == truth))
-                after = float(np.mean(np.argmax(model.head.logits(apply_adapter(check_raw, adapter)), 1) == truth))
+                found = backbone_features(backbone, check_records, progress=progress)
+                truth = np.array([position[check_names[i]] for i in found.kept])
+                before = top1_accuracy(head.logits(apply_adapter(found.values, current_adapter)), truth)
+                after = top1_accuracy(head.logits(apply_adapter(found.values, adapter)), truth)
                 report.update(check=check, check_n=len(truth), accuracy_before=before, accuracy_after=after)
                 if (before - after) * 100 > max_accuracy_drop and not force:
                     raise UpdateRejectedError(
@@ -338,6 +319,6 @@ def adapt_bundle(bundle: str | Path, data: str, check: str | None = None, max_ac
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
                              "note": f"feature normalisation from {len(raw)} unlabelled images of {data}",
                              "created": now_iso()})
-        store.commit(version, model.head, state, adapter)    # the head the model loaded: the parent's
+        store.commit(version, head, state, adapter)    # the parent's head, with the new adapter
         report.update(version=version.version, committed=True)
     return report

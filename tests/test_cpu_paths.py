@@ -354,7 +354,7 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
 def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path, monkeypatch):
     """On a (described) CPU with native bf16, an openvino-bf16 the export could not measure as deployed is
     run on the check set first; it is eligible only if it agrees with fp32 and really computed in bf16."""
-    import edgetl.runtime.model as model_module
+    import edgetl.runtime.backbone as backbone_module
     import edgetl.runtime.tune as tune_module
     from edgetl.exporters.bundle import export_run
     from edgetl.runtime import EdgeModel
@@ -365,7 +365,7 @@ def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path,
     if not bf16.needs_device_check:
         pytest.skip("this CPU has native bf16: the export measured openvino-bf16 as deployed")
     described = dict(cpu_facts(), flags=sorted(set(cpu_facts()["flags"]) | {"avx512_bf16"}))
-    for module in (model_module, tune_module):
+    for module in (backbone_module, tune_module):
         monkeypatch.setattr(module, "cpu_facts", lambda: described)
     with EdgeModel(bundle) as model:
         row = read_timings(bundle).get("openvino-bf16", "openvino")

@@ -20,10 +20,10 @@ from PIL import Image
 from ..data import open_data
 from ..errors import ConfigError
 from ..fsutil import atomic_directory
+from ..features import backbone_features
 from ..heads import normalise_rows
 from ..model import EdgeModel
 from ..progress import ProgressFactory, silent_progress
-from ..update import compute_features
 
 
 def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -57,12 +57,13 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts
 
 
 def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overwrite: bool = False, seed: int = 0,
-                   artifact: str | None = None, backend: str | None = None,
+                   artifact: str | None = None, backend: str | None = None, threads: int | None = None,
                    progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
     source = open_data(data)
     records = source.split("all")
-    with EdgeModel(bundle, artifact=artifact, backend=backend, tune=tune) as model:
-        features, kept = compute_features(model, records, 16, True, progress)
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
+        found = backbone_features(model, records, model.adapter, skip_bad=True, progress=progress)
+        features, kept = found.values, found.kept
         predicted = np.argmax(model.head.logits(features), axis=1) if len(kept) else np.zeros(0, int)
         labels = model.labels
     if len(kept) < k:

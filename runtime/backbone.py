@@ -1,0 +1,66 @@
+"""The bundle's backbone as this machine runs it: which artifact (:mod:`.choice`, measuring first when nothing
+is recorded here: :mod:`.tune`), verified, on its backend.
+
+Update, adapt and cluster need features only, so they open a :class:`Backbone`; prediction adds the head
+(:class:`~edgetl.runtime.model.EdgeModel`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle
+from .choice import choose, deployment_backends, imported_engines
+from .errors import BundleError
+from .machine import cpu_facts, this_cpu_class
+from .tune import artifact_backend, tune_bundle
+
+
+class Backbone:
+    """The chosen artifact of ``bundle`` opened on its backend.
+
+    ``images`` says how many inputs the caller will run (a one-shot command), so the choice weighs time to
+    those results; None means a long run.  ``tune=False`` never measures: with nothing recorded here, the
+    profile or CPU-class order decides.  ``log`` receives a line when the candidates are measured.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, artifact: str | None = None, backend: str | None = None,
+                 threads: int | None = None, images: int | None = None, tune: bool = True,
+                 log=lambda message: None):
+        imported = imported_engines()    # before measuring, which imports them all
+        self.bundle = Bundle.open(bundle)
+        manifest = self.bundle.manifest
+        self.preprocess = manifest.preprocess_config
+        self.feature_dim = manifest.feature_dim
+        device = manifest.openvino_device
+        timings = self.bundle.timings() if artifact is None else None
+        self.tuning = None
+        if artifact is None and tune:
+            self.tuning = tune_bundle(self.bundle, backend, threads, device, timings, log)
+            if self.tuning is not None:
+                timings = self.bundle.timings()
+        choice = choose(manifest, artifact, backend, timings, this_cpu_class(), cpu_facts()["flags"], images,
+                        imported)
+        self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
+        if backend is None:
+            runnable = deployment_backends(self.artifact)
+            if not runnable:
+                raise BundleError(f"artifact {self.artifact.name} needs one of {', '.join(self.artifact.backends)}, "
+                                  "none of which is installed here")
+            backend = runnable[0]
+        self.bundle.verify_artifact(self.artifact)
+        self.backend = artifact_backend(self.bundle.path, self.artifact, backend, threads, device).open()
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        return self.backend.infer(batch)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Backbone":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

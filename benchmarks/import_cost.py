@@ -11,6 +11,7 @@ Run: python benchmarks/import_cost.py [--bundle demo-output/bundle] [--rounds 7]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -43,6 +44,12 @@ def imports(argv: list[str]) -> tuple[float, list[str]]:
     return total, modules
 
 
+def source_lines(module: str) -> int:
+    """Lines of an edgetl module's source file (0 when it has none, e.g. a namespace)."""
+    spec = importlib.util.find_spec(module)
+    return len(Path(spec.origin).read_text().splitlines()) if spec and spec.origin else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="demo-output/bundle")
@@ -69,11 +76,13 @@ def main() -> None:
             runtime = [m for m in ours if m.startswith("edgetl.runtime")]
             foreign = [m for m in ours if m.startswith(("edgetl.runtime.tools", "edgetl.runtime.bench"))
                        or not (m == "edgetl" or m.startswith(("edgetl.runtime", "edgetl.devices")))]
+            lines = sum(source_lines(m) for m in ours)
             report[name] = {"import_s_median": float(np.median(seconds)), "modules_total": len(modules),
-                            "edgetl_modules": len(ours), "runtime_modules": len(runtime),
+                            "edgetl_modules": len(ours), "runtime_modules": len(runtime), "edgetl_lines": lines,
                             "tools_or_host_modules": foreign, "edgetl_module_names": ours}
             print(f"{name:24s} {np.median(seconds) * 1000:7.1f} ms  {len(modules):4d} modules, "
-                  f"{len(ours):3d} of edgetl ({len(runtime)} runtime); tools/host: {', '.join(foreign) or 'none'}")
+                  f"{len(ours):3d} of edgetl ({len(runtime)} runtime, {lines} lines); "
+                  f"tools/host: {', '.join(foreign) or 'none'}")
     path = save_result("import_cost", {"command": "python benchmarks/import_cost.py " + " ".join(sys.argv[1:]),
                                        "rounds": args.rounds, "cases": report})
     print(f"wrote {path}")

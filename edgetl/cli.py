@@ -1,4 +1,10 @@
-"""``edgetl``: the host command line (fine-tune, export, data), plus the runtime commands."""
+"""``edgetl``: the host command line (fine-tune, export, compare, pack, data), plus the runtime's ``predict``,
+``evaluate`` and ``bench``.
+
+It speaks the runtime's grammar: the same group (``-q``/``-v``, one-line errors, exit codes), the same shared
+options (``--json`` on every command, ``--threads``, DATA positional) and output helpers, from
+:mod:`edgetl.runtime.cli`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,16 @@ from pathlib import Path
 
 import click
 
-from edgetl.runtime import cli as runtime_cli
-from edgetl.runtime.cli import ErrorReportingGroup, print_json, print_table
+from edgetl.runtime.cli import (ErrorReportingGroup, evaluate, predict, print_json, print_table, run_bench,
+                                with_bench_options, with_verbosity)
+from edgetl.runtime.cli.options import json_option, optional_data_argument
+from edgetl.runtime.cli.output import note, progress
 from edgetl.runtime.evaluate import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
-from edgetl.runtime.progress import terminal_progress
-
-
-def _log(message: str) -> None:
-    click.echo(message, err=True)
 
 
 @click.group(cls=ErrorReportingGroup)
+@with_verbosity
 @click.version_option(package_name="edgetl")
 def main() -> None:
     """edgetl: fine-tune on frozen backbones, export, and run on edge devices."""
@@ -51,7 +55,7 @@ def main() -> None:
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (decompression bombs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@json_option
 def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, train_last, cache_dir, device,
              engine, seed, val_fraction, skip_bad, max_pixels, overwrite, as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
@@ -63,7 +67,7 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine, seed=seed,
         val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels, overwrite=overwrite,
     )
-    result = run_finetune(data, out, config, progress=terminal_progress, log=_log)
+    result = run_finetune(data, out, config, progress=progress, log=note)
     timings = result.manifest.timings
     if as_json:
         print_json({"run": str(result.run_dir), "cache_hit": result.cache_hit, "timings": timings,
@@ -85,6 +89,7 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
+@optional_data_argument("Where the run's data is now, if it moved (for the accuracy check).")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to create.")
 @click.option("--format", "formats", default=None,
               help="Comma-separated formats: onnx, onnx-fp16, onnx-int8, onnx-int8-trt, onnx-int8-dynamic, "
@@ -97,18 +102,21 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
 @click.option("--calib", type=int, default=300, show_default=True,
               help="Calibration images (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
-@click.option("--data", default=None, help="Where the run's data is now, if it moved (for the accuracy check).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
-@click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON.")
-def export(run, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, data, overwrite,
+@json_option
+def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, overwrite,
            as_json) -> None:
-    """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy."""
+    """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy.
+
+    DATA is where the run's data is now, if it moved since fine-tuning (for the accuracy check); the JSON
+    output is the bundle manifest.
+    """
     from edgetl.exporters.bundle import export_run
     from edgetl.exporters.pack import pack_bundle
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
                         max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
-                        progress=terminal_progress, log=_log, target=target)
+                        progress=progress, log=note, target=target)
     archive = pack_bundle(result.bundle, overwrite=True) if pack_archive else None
     if as_json:
         click.echo(result.manifest.to_json())
@@ -136,27 +144,35 @@ def data() -> None:
 @click.argument("source")
 @click.argument("out", type=click.Path())
 @click.option("--classes", default=None, help="Comma-separated subset of class names to write.")
-@click.option("--overwrite", is_flag=True)
-def data_export(source, out, classes, overwrite) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+def data_export(source, out, classes, overwrite, as_json) -> None:
     """Write SOURCE (e.g. builtin:digits) as an image folder OUT with train/ and val/."""
     from edgetl.data_export import export_image_folder
 
     subset = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     counts = export_image_folder(source, out, classes=subset, overwrite=overwrite)
+    if as_json:
+        print_json({"source": source, "out": str(out), "images": dict(counts)})
+        return
     click.echo(f"wrote {out}: " + ", ".join(f"{split} {n} images" for split, n in counts.items()))
 
 
 @data.command("list")
-def data_list() -> None:
+@json_option
+def data_list(as_json) -> None:
     """List the built-in data sets."""
     from edgetl.runtime.builtin import BUILTIN_DATASETS
 
+    if as_json:
+        print_json({f"builtin:{name}": spec.description for name, spec in BUILTIN_DATASETS.items()})
+        return
     for name, spec in BUILTIN_DATASETS.items():
         click.echo(f"builtin:{name}\t{spec.description}")
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+@json_option
 def devices(as_json) -> None:
     """List the device profiles that --target accepts."""
     from edgetl.devices import load_profiles
@@ -173,18 +189,23 @@ def devices(as_json) -> None:
 
 
 @main.command()
-def backbones() -> None:
+@json_option
+def backbones(as_json) -> None:
     """List the available backbones."""
     from edgetl.backbones import list_backbones
 
-    for name in list_backbones():
+    names = list(list_backbones())
+    if as_json:
+        print_json({"backbones": names})
+        return
+    for name in names:
         click.echo(name)
 
 
 @main.command()
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False, exists=True), default=None,
               help="Compare two results.json files (A B): ratios B/A of every shared row.")
-@runtime_cli.with_bench_options
+@with_bench_options
 def bench(compare, **options) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size; --out adds report.md and pareto.png."""
@@ -210,7 +231,7 @@ def bench(compare, **options) -> None:
         return
     if options["bundle"] is None:
         raise click.UsageError("give BUNDLE, or --compare A.json B.json")
-    runtime_cli.run_bench(**options, write=write_reports)
+    run_bench(**options, write=write_reports)
 
 
 @main.command()
@@ -219,7 +240,7 @@ def bench(compare, **options) -> None:
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Which split of DATA (default: val when DATA has one, else all).")
 @click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def compare(bundle, data, split, limit, as_json) -> None:
     """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
 
@@ -260,13 +281,18 @@ def compare(bundle, data, split, limit, as_json) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Archive path (default: BUNDLE.tar.gz).")
-@click.option("--overwrite", is_flag=True)
-def pack(bundle, out, overwrite) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the archive if it exists.")
+@json_option
+def pack(bundle, out, overwrite, as_json) -> None:
     """Verify BUNDLE and pack it as one .tar.gz file to copy to devices."""
     from edgetl.exporters.pack import pack_bundle
 
-    click.echo(str(pack_bundle(bundle, out, overwrite=overwrite)))
+    archive = pack_bundle(bundle, out, overwrite=overwrite)
+    if as_json:
+        print_json({"bundle": str(bundle), "archive": str(archive)})
+        return
+    click.echo(str(archive))
 
 
-for _command in (runtime_cli.predict, runtime_cli.evaluate):
+for _command in (predict, evaluate):
     main.add_command(_command)

@@ -1,8 +1,8 @@
 """Write a data source (e.g. ``builtin:digits``) as an image folder with train/ and val/.
 
-The same data can then be copied to a device and read by ``edgetl-rt``
-without scikit-learn.  In-memory images are saved as PNG (lossless); files
-are copied as they are.
+The same data can then be copied to a device and read by ``edgetl-rt`` as
+plain image files (any tool can open them).  In-memory images are saved as
+PNG (lossless); files are copied as they are.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def choose_engine(
     candidates = installed(["onnxruntime", "openvino"]) if requested == "auto" else installed([requested])
     if not candidates:
         if requested != "auto":
-            raise ConfigError(f"--engine {requested}: its package is not installed (pip install \"edgetl[{requested}]\")")
+            raise ConfigError(f"{requested}: its package is not installed (pip install \"edgetl[{requested}]\")",
+                              option="engine")
         return EngineChoice("torch", None, "no engine installed")
     # bad images are the pass's business (it fails or skips them as configured); the probe just needs good ones
     batches = [b.images for b in read_batches(records[:4 * PARITY_IMAGES], preprocess, PARITY_IMAGES, skip_bad=True)

@@ -45,7 +45,7 @@ def resolve_device(name: str = "auto") -> ComputeDevice:
     if name not in DEVICES:
         raise ConfigError(f"unknown device '{name}'; choose one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
+        raise ConfigError("cuda was asked for but torch sees no CUDA device", option="device")
     use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     return ComputeDevice(torch.device("cuda" if use_cuda else "cpu"), amp=use_cuda)
 

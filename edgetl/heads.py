@@ -1,7 +1,8 @@
 """Head training on cached features: linear, MLP (gradient) and ridge (closed form).
 
 Gradient heads train in float32 (mixed precision pays off in the backbone
-pass, not on cached features) with AdamW, label smoothing, a cosine schedule
+pass, not on cached features) with AdamW (the runtime's :class:`~edgetl.runtime.learning.Adam`,
+which the device's ``sgd`` learner uses too), label smoothing, a cosine schedule
 and early stopping on validation accuracy; with ``--train-last N`` the unfrozen tail of
 the backbone trains together with the head, on the cached activations at the
 freeze boundary.  Whatever is trained, the result is a numpy head from
@@ -22,6 +23,7 @@ from torch import nn
 
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.heads import Head, LinearHead, MLPHead, RidgeHead
+from edgetl.runtime.learning import Adam
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .extract import ComputeDevice
@@ -47,7 +49,7 @@ class HeadConfig:
         if self.kind not in HEAD_TRAINERS:
             raise ConfigError(f"unknown head '{self.kind}'; choose one of {', '.join(HEAD_TRAINERS)}")
         if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+            raise ConfigError(f"must be at least 1, got {self.epochs}", option="epochs")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,84 +64,41 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def torch_head(head: Head) -> nn.Module:
-    """The torch module computing the same logits as a numpy head (for training and export)."""
-    if isinstance(head, LinearHead):
-        layer = nn.Linear(head.feature_dim, head.num_classes)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.asarray(head.weight, dtype=np.float32)))
-            layer.bias.copy_(torch.from_numpy(np.asarray(head.bias, dtype=np.float32)))
-        return layer
-    if isinstance(head, MLPHead):
-        first = nn.Linear(head.feature_dim, head.w1.shape[0])
-        second = nn.Linear(head.w1.shape[0], head.num_classes)
-        with torch.no_grad():
-            first.weight.copy_(torch.from_numpy(head.w1.astype(np.float32)))
-            first.bias.copy_(torch.from_numpy(head.b1.astype(np.float32)))
-            second.weight.copy_(torch.from_numpy(head.w2.astype(np.float32)))
-            second.bias.copy_(torch.from_numpy(head.b2.astype(np.float32)))
-        return nn.Sequential(first, nn.ReLU(), second)
-    raise ConfigError(f"no torch form for head kind '{head.kind}'")
-
-
-class AdamW:
-    """Decoupled-weight-decay Adam (Loshchilov & Hutter) over parameter groups.
-
-    Written out because ``torch.optim`` imports ``torch._dynamo`` on first use,
-    which costs about 2 s per process here: more than ten epochs of head
-    training on cached features.
-    """
-
-    def __init__(self, groups: list[dict], weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.param_groups = [dict(g, params=list(g["params"]), base_lr=g["lr"]) for g in groups]
-        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
-        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.steps = 0
-
-    def zero_grad(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
-
-    def set_lr_factor(self, factor: float) -> None:
-        for group in self.param_groups:
-            group["lr"] = group["base_lr"] * factor
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.steps += 1
-        beta1, beta2 = self.betas
-        correction1 = 1 - beta1 ** self.steps
-        correction2 = 1 - beta2 ** self.steps
-        for group in self.param_groups:
-            lr = group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                m, v = self.state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
-                p.mul_(1 - lr * self.weight_decay)
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (v / correction2).sqrt_().add_(self.eps)
-                p.addcdiv_(m, denom, value=-lr / correction1)
-
-
-def _new_module(kind: str, dim: int, num_classes: int, config: HeadConfig) -> nn.Module:
+def _torch_module(kind: str, dim: int, num_classes: int, hidden: int, dropout: float = 0.0) -> nn.Module:
+    """The torch form of a numpy head kind: ``linear`` is one layer, ``mlp`` is layer, ReLU, dropout, layer
+    (dropout is the identity in eval mode, so the logits are :class:`MLPHead`'s)."""
     if kind == "linear":
         return nn.Linear(dim, num_classes)
-    return nn.Sequential(
-        nn.Linear(dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, num_classes)
-    )
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    raise ConfigError(f"no torch form for head kind '{kind}'")
 
 
-def _to_numpy_head(kind: str, module: nn.Module) -> Head:
-    if kind == "linear":
-        return LinearHead(module.weight.detach().cpu().numpy().copy(), module.bias.detach().cpu().numpy().copy())
-    first, last = module[0], module[-1]
-    return MLPHead(
-        first.weight.detach().cpu().numpy().copy(), first.bias.detach().cpu().numpy().copy(),
-        last.weight.detach().cpu().numpy().copy(), last.bias.detach().cpu().numpy().copy(),
-    )
+def _layers(module: nn.Module) -> list[nn.Linear]:
+    """The linear layers of a :func:`_torch_module`, in order."""
+    return [module] if isinstance(module, nn.Linear) else [module[0], module[-1]]
+
+
+def torch_head(head: Head) -> nn.Module:
+    """The torch module computing the same logits as a numpy head (for export)."""
+    if isinstance(head, MLPHead):
+        kind, hidden, arrays = "mlp", head.w1.shape[0], [(head.w1, head.b1), (head.w2, head.b2)]
+    elif isinstance(head, LinearHead):
+        kind, hidden, arrays = "linear", 0, [(head.weight, head.bias)]
+    else:
+        raise ConfigError(f"no torch form for head kind '{head.kind}'")
+    module = _torch_module(kind, head.feature_dim, head.num_classes, hidden)
+    with torch.no_grad():
+        for layer, (weight, bias) in zip(_layers(module), arrays):
+            layer.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+            layer.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+    return module.eval()
+
+
+def _numpy_head(kind: str, module: nn.Module) -> Head:
+    """The numpy head (what ships) of a trained :func:`_torch_module`."""
+    arrays = [t.detach().cpu().numpy().copy() for layer in _layers(module) for t in (layer.weight, layer.bias)]
+    return LinearHead(*arrays) if kind == "linear" else MLPHead(*arrays)
 
 
 def _predict(tail: nn.Module, head: nn.Module, x: np.ndarray, compute: ComputeDevice, batch_size: int = 512) -> np.ndarray:
@@ -166,15 +125,14 @@ def train_gradient_head(
     """Train a linear or MLP head (and the unfrozen tail, if any) with early stopping."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = _new_module(config.kind, feature_dim, num_classes, config).to(compute.device)
+    head = _torch_module(config.kind, feature_dim, num_classes, config.hidden, config.dropout).to(compute.device)
     tail = tail.to(compute.device)
     tail_params = [p for p in tail.parameters()]
     for p in tail_params:
         p.requires_grad_(True)
-    groups = [{"params": head.parameters(), "lr": config.lr}]
+    optimizers = [Adam(head.parameters(), config.lr, weight_decay=config.weight_decay)]
     if tail_params:
-        groups.append({"params": tail_params, "lr": config.tail_lr})
-    optimizer = AdamW(groups, weight_decay=config.weight_decay)
+        optimizers.append(Adam(tail_params, config.tail_lr, weight_decay=config.weight_decay))
     steps_per_epoch = max(1, math.ceil(len(train_x) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     step = 0
@@ -196,10 +154,13 @@ def train_gradient_head(
                 x = torch.from_numpy(np.ascontiguousarray(train_x[idx])).to(compute.device)
                 y = labels[idx].to(compute.device)
                 loss = loss_fn(head(tail(x)), y)
-                optimizer.zero_grad()
+                head.zero_grad()
+                tail.zero_grad()
                 loss.backward()
-                optimizer.set_lr_factor(0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-                optimizer.step()
+                cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+                with torch.no_grad():
+                    for optimizer in optimizers:
+                        optimizer.step([p.grad for p in optimizer.params], lr_scale=cosine)
                 step += 1
                 running += float(loss.detach()) * len(idx)
             head.eval()
@@ -215,7 +176,7 @@ def train_gradient_head(
     head.load_state_dict(best[2])
     tail.load_state_dict(best[3])
     tail_state = {k: v.detach().cpu().clone() for k, v in tail.state_dict().items()} if tail_params else None
-    return TrainResult(_to_numpy_head(config.kind, head.cpu()), tail_state, best[1], epoch, history)
+    return TrainResult(_numpy_head(config.kind, head.cpu()), tail_state, best[1], epoch, history)
 
 
 def fit_ridge_head(
@@ -232,7 +193,8 @@ def fit_ridge_head(
 ) -> TrainResult:
     """Closed-form ridge on the pooled features; alpha chosen on the validation split."""
     if any(True for _ in tail.parameters()):
-        raise ConfigError("the ridge head is solved in closed form on frozen features; use --train-last 0")
+        raise ConfigError("the ridge head is solved in closed form on frozen features: train no backbone "
+                          "layers (0)", option="train_last")
     head = RidgeHead.fit(np.asarray(train_x), train_y, num_classes, np.asarray(val_x), val_y)
     return TrainResult(head, None, best_epoch=0, epochs_run=0, history=[{"alpha": head.alpha}])
 

@@ -37,7 +37,7 @@ def parse_formats(text: str, table: dict[str, ExportFormat], options: dict) -> l
     """``"onnx,onnx-int8"`` -> formats; refuse unknown names and options nobody takes."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise ConfigError("--format needs at least one format")
+        raise ConfigError("needs at least one format", option="format")
     chosen: list[ExportFormat] = []
     for name in names:
         if name not in table:

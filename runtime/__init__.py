@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "EdgeModel": "model", "Prediction": "model",
+    "Bundle": "bundle", "EdgeModel": "model", "Prediction": "model", "Backbone": "backbone",
+    "backbone_features": "features", "evaluate_bundle": "evaluate",
     "BundleManifest": "manifest", "read_bundle_manifest": "manifest",
     "PreprocessConfig": "preprocess", "preprocess": "preprocess", "load_image": "preprocess",
     "ImageRecord": "data", "LabeledData": "data", "open_data": "data",
@@ -18,6 +19,7 @@ _EXPORTS = {
     "HEAD_KINDS": "heads", "load_head": "heads",
     "RidgeLearner": "learning", "SGDLearner": "learning", "NCMLearner": "learning",
     "FeatureStore": "store", "UpdateSettings": "update", "update_bundle": "update", "learn_features": "update",
+    "adapt_bundle": "update", "rollback_bundle": "update",
     "EdgetlError": "errors", "BundleError": "errors", "ConfigError": "errors", "DataError": "errors",
     "ImageDecodeError": "errors",
 }

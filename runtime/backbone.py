@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
-from .choice import choose, deployment_backends, imported_engines
+from .artifacts import artifact_backend
+from .choice import choose, deployment_backends, imported_engines, to_measure
 from .errors import BundleError
 from .machine import cpu_facts, this_cpu_class
-from .tune import artifact_backend, tune_bundle
 
 
 class Backbone:
@@ -36,13 +36,14 @@ class Backbone:
         self.feature_dim = manifest.feature_dim
         device = manifest.openvino_device
         timings = self.bundle.timings() if artifact is None else None
+        flags = cpu_facts()["flags"]
         self.tuning = None
-        if artifact is None and tune:
+        if artifact is None and tune and to_measure(manifest, backend, flags, timings):
+            from .tune import tune_bundle   # measuring (and its check set) is loaded only when it runs
+
             self.tuning = tune_bundle(self.bundle, backend, threads, device, timings, log)
-            if self.tuning is not None:
-                timings = self.bundle.timings()
-        choice = choose(manifest, artifact, backend, timings, this_cpu_class(), cpu_facts()["flags"], images,
-                        imported)
+            timings = self.bundle.timings()
+        choice = choose(manifest, artifact, backend, timings, this_cpu_class(), flags, images, imported)
         self.artifact, self.choice_reason, backend = choice.artifact, choice.reason, choice.backend
         if backend is None:
             runnable = deployment_backends(self.artifact)

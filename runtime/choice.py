@@ -115,6 +115,17 @@ def unmeasured(found: list[Candidate], timings: TimingRecord | None) -> list[Can
     return missing
 
 
+def to_measure(manifest: BundleManifest, backend: str | None, flags,
+               timings: TimingRecord | None) -> list[Candidate]:
+    """What must be measured here before choosing: the unmeasured candidates, unless the only candidate needs no
+    device check (nothing to choose between)."""
+    found = candidates(manifest, backend, flags)
+    todo = unmeasured(found, timings)
+    if len(found) == 1 and not found[0].artifact.needs_device_check:
+        return []
+    return todo
+
+
 def choose(manifest: BundleManifest, artifact: str | None, backend: str | None, timings: TimingRecord | None,
            cpu: CpuClass, flags, images: int | None = None, imported: frozenset[str] = frozenset()) -> Choice:
     """Which artifact (and backend) to run, and why (see the module docstring).

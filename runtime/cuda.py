@@ -11,17 +11,13 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 
-from .errors import EdgetlError
+from .errors import CudaError
 
 _LIBRARY_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "cudart64_12.dll")
 _ATTR_CC_MAJOR = 75      # cudaDevAttrComputeCapabilityMajor
 _ATTR_CC_MINOR = 76      # cudaDevAttrComputeCapabilityMinor
 _HOST_TO_DEVICE = 1
 _DEVICE_TO_HOST = 2
-
-
-class CudaError(EdgetlError):
-    exit_code = 5
 
 
 def _load():

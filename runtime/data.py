@@ -1,4 +1,4 @@
-"""Labelled image sources: image folders, CSV files and built-in data sets.
+"""Labelled image sources: image folders, CSV files and built-in data sets (:mod:`.builtin`).
 
 Listing data is torch-free so that the device runtime (``evaluate``,
 ``update``) reads the same layouts as the host.  A source resolves to a
@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .builtin import builtin_dataset
 from .errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -208,13 +209,24 @@ def _open_csv(path: Path, skip_bad: bool) -> LabeledData:
     return LabeledData(str(path), class_names, splits, skipped=skipped)
 
 
+def _open_builtin(name: str) -> LabeledData:
+    """A shipped set (:mod:`edgetl.runtime.builtin`) with its fixed, seeded train/val split."""
+    spec = builtin_dataset(name)
+    arrays = spec.load_arrays()
+    train_idx, val_idx = stratified_split(arrays.labels, spec.val_fraction, spec.split_seed)
+
+    def records(indices: list[int]) -> list[ImageRecord]:
+        return [ImageRecord(f"builtin:{name}#{i}", int(arrays.labels[i]), arrays.images[i]) for i in indices]
+
+    return LabeledData(f"builtin:{name}", arrays.class_names, {"train": records(train_idx), "val": records(val_idx)},
+                       spec.recommended_image_size, spec.recommended_crop_pct)
+
+
 def open_data(address: str | Path, skip_bad: bool = False) -> LabeledData:
     """Resolve a data address: ``builtin:NAME``, an image folder, or a CSV file."""
     text = str(address)
     if text.startswith("builtin:"):
-        from .builtin import open_builtin
-
-        return open_builtin(text[len("builtin:"):])
+        return _open_builtin(text[len("builtin:"):])
     path = Path(text)
     if not path.exists():
         raise DataError(f"data not found: {path} (expected an image folder, a CSV file or builtin:NAME)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .data import open_data
-from .errors import ConfigError
+from .errors import BelowMinAccuracyError, ConfigError
 from .model import EdgeModel
 from .progress import ProgressFactory, silent_progress
 
@@ -26,3 +26,12 @@ def evaluate_bundle(
     report["skipped"] = list(data.skipped) + report["skipped"]
     report.update(data=data_address, split=chosen)
     return report
+
+
+def require_accuracy(report: dict, minimum: float) -> None:
+    """Raise :class:`BelowMinAccuracyError` when ``report``'s accuracy is below ``minimum``: a deployment gate
+    a script can test by exit code, after the report itself has been shown."""
+    if report["accuracy"] < minimum:
+        raise BelowMinAccuracyError(
+            f"accuracy {report['accuracy']:.4f} on {report['data']} [{report['split']}] is below the required "
+            f"{minimum:g}", option="min_accuracy")

@@ -29,6 +29,48 @@ import numpy as np
 from .errors import ConfigError
 from .heads import Head, LinearHead, NCMHead, RidgeHead, RidgeStatistics, normalise_rows
 
+
+class Adam:
+    """Adam (Kingma & Ba), with decoupled weight decay (AdamW, Loshchilov & Hutter) when ``weight_decay > 0``.
+
+    The project's only Adam: the device's ``sgd`` learner steps numpy arrays
+    with it, and the host's gradient heads step torch tensors (on any device,
+    inside ``torch.no_grad()``); it uses arithmetic operators only, so one
+    body serves both.  The host does not use ``torch.optim``: its first use imports
+    ``torch._dynamo``, about 1.3 s per process, longer than training a head on
+    cached features.  ``params`` are updated in place.
+    """
+
+    def __init__(self, params: Sequence, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.moments: list | None = None
+        self.squares: list | None = None
+        self.steps = 0
+
+    def step(self, grads: Sequence, lr_scale: float = 1.0) -> None:
+        """One step along ``grads`` (one per parameter; ``None`` leaves that parameter alone) at
+        ``lr * lr_scale`` (``lr_scale`` carries a schedule)."""
+        if self.moments is None:           # zeros of each parameter's type, shape and device
+            self.moments = [p * 0 for p in self.params]
+            self.squares = [p * 0 for p in self.params]
+        self.steps += 1
+        beta1, beta2 = self.betas
+        lr = self.lr * lr_scale
+        correction1, correction2 = 1 - beta1 ** self.steps, 1 - beta2 ** self.steps
+        for param, grad, m, v in zip(self.params, grads, self.moments, self.squares):
+            if grad is None:
+                continue
+            if self.weight_decay:
+                param *= 1 - lr * self.weight_decay
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * grad * grad
+            param -= lr * (m / correction1) / ((v / correction2) ** 0.5 + self.eps)
+
+
 class ClassIndex:
     """A growing, ordered list of class names and the encoding of labels onto it."""
 
@@ -200,9 +242,7 @@ class SGDLearner(IncrementalLearner):
         mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
         z = (x - mean) / std
         params = [self.weight * std, self.bias + self.weight @ mean]      # the same model, in z-space
-        moments = [np.zeros_like(p) for p in params]
-        squares = [np.zeros_like(p) for p in params]
-        step = 0
+        optimizer = Adam(params, self.lr)
         for _ in range(self.epochs):
             order = self.rng.permutation(len(y))
             for start in range(0, len(y), self.batch_size):
@@ -212,14 +252,7 @@ class SGDLearner(IncrementalLearner):
                 p = np.exp(logits)
                 p /= p.sum(axis=1, keepdims=True)
                 p[np.arange(len(rows)), y[rows]] -= 1.0
-                grads = [p.T @ z[rows] / len(rows) + self.l2 * params[0], p.mean(axis=0)]
-                step += 1
-                for param, grad, m, v in zip(params, grads, moments, squares):
-                    m *= 0.9
-                    m += 0.1 * grad
-                    v *= 0.999
-                    v += 0.001 * grad * grad
-                    param -= self.lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+                optimizer.step([p.T @ z[rows] / len(rows) + self.l2 * params[0], p.mean(axis=0)])
         self.weight = params[0] / std
         self.bias = params[1] - self.weight @ mean
 

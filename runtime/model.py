@@ -92,7 +92,7 @@ class EdgeModel:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> list[Prediction]:
         if top_k < 1:
-            raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+            raise ConfigError(f"must be at least 1, got {top_k}", option="top_k")
         k = min(top_k, len(self.labels))
         records = [ImageRecord(str(path), -1) for path in images]
         results: list[Prediction] = []

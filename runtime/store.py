@@ -40,7 +40,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import BundleError, EdgetlError
+from .errors import BundleError, EdgetlError, StoreBusyError
 from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head
 
@@ -53,19 +53,6 @@ DEFAULT_MAX_HOLDOUT_PER_CLASS = 100
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def apply_adapter(features: np.ndarray, adapter: dict[str, np.ndarray] | None) -> np.ndarray:
-    """Map target-domain features onto the source statistics the head was trained on (``edgetl-rt adapt``)."""
-    if adapter is None:
-        return features
-    return ((features - adapter["target_mean"]) * adapter["scale"] + adapter["source_mean"]).astype(np.float32)
-
-
-class StoreBusyError(EdgetlError):
-    """Another process holds the store's lock."""
-
-    exit_code = 7
 
 
 @dataclass

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BACKEND_MODULES, Backend, create_backend
+from .backends import BACKEND_MODULES
 from .checkset import CheckSet, check_logits, load_check_set
 from .bundle import Bundle
-from .choice import Candidate, candidates, cpu_order, unmeasured
+from .artifacts import artifact_backend
+from .choice import Candidate, cpu_order, to_measure
 from .errors import BundleError, EdgetlError, MissingDependencyError
 from .heads import Head
 from .latency import BenchSettings, measure
 from .machine import CpuClass, cpu_facts, this_cpu_class
-from .manifest import Artifact
-from .timings import Timing, TimingRecord, state_root, write_timings
+from .timings import Timing, TimingRecord, write_timings
 
 DEFAULT_BUDGET_S = 1.0
 MIN_RUNS, WARMUP_RUNS = 5, 2
@@ -55,26 +55,6 @@ def import_seconds(module: str) -> float | None:
     return _IMPORT_SECONDS.get(module)
 
 
-def model_cache_dir(artifact: Artifact) -> Path | None:
-    """Where OpenVINO keeps this artifact's compiled models (its CACHE_DIR), or None when it cannot be made.
-
-    Outside the bundle and keyed by the artifact's sha256, so a bundle copied or unpacked from elsewhere never
-    brings compiled blobs with it (OpenVINO would load them in place of the verified IR)."""
-    folder = state_root() / "openvino" / artifact.sha256[:32]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder
-
-
-def artifact_backend(bundle: str | Path, artifact: Artifact, backend: str, threads: int | None = None,
-                     device: str | None = None) -> Backend:
-    """The (unopened) backend that runs ``artifact`` as deployed: its declared precision, and OpenVINO's cache."""
-    return create_backend(backend, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
-                          cache_dir=model_cache_dir(artifact) if backend == "openvino" else None)
-
-
 @dataclass
 class TuneReport:
     rows: list[Timing]
@@ -88,9 +68,8 @@ def tune_bundle(bundle: Bundle, backend: str | None = None, threads: int | None 
                 log=lambda message: None) -> TuneReport | None:
     """Measure the candidates that have no timing on this machine yet; None when there is nothing to decide."""
     manifest = bundle.manifest
-    found = candidates(manifest, backend, cpu_facts()["flags"])
-    todo = unmeasured(found, timings)
-    if not todo or (len(found) == 1 and not found[0].artifact.needs_device_check):
+    todo = to_measure(manifest, backend, cpu_facts()["flags"], timings)
+    if not todo:
         return None
     log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest (--no-tune skips this)")
     report = tune(bundle, todo, bundle.exported_head(), this_cpu_class(), load_check_set(bundle.path, manifest),

@@ -51,7 +51,7 @@ class UpdateSettings:
         if self.method not in METHODS:
             raise ConfigError(f"unknown update method '{self.method}' (valid: {', '.join(METHODS)})")
         if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"--holdout must lie in [0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"must lie in [0, 1), got {self.holdout_fraction}", option="holdout")
 
 
 def accuracy(head: Head, samples: Samples, among: int | None = None) -> float | None:
@@ -259,7 +259,8 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
         current = store.version()
         target_number = current.parent if to is None else to
         if target_number is None:
-            raise ConfigError("the current version has no parent to roll back to; pass --to VERSION")
+            raise ConfigError("the current version has no parent to roll back to; name the version to return to",
+                              option="to")
         if target_number == current.version:
             raise ConfigError(f"version {target_number} is already the current one")
         target = store.version(target_number)

@@ -1,21 +1,43 @@
-"""The command lines: outputs users script against, and clean failures."""
+"""The command lines: outputs users script against, one grammar for both, and clean failures."""
 
+import ast
+import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main as host
-from edgetl.runtime.latency import latency_stats
+from edgetl.runtime import errors
 from edgetl.runtime.cli import main as rt
+from edgetl.runtime.cli.group import error_line
+from edgetl.runtime.cli.measure import SINGLE_CELL_KEYS, single_cell_figures
+from edgetl.runtime.cli.options import THREADS_HELP, THREADS_LIST_HELP, optional_data_argument
+from edgetl.runtime.errors import ConfigError, DataError, ExitCode
+from edgetl.runtime.latency import latency_stats
 
 from conftest import make_folder_dataset
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+CLIS = {"edgetl": host, "edgetl-rt": rt}
+FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]
+
+
+def commands(group: click.Group, prefix: str = ""):
+    """(path, command) of every leaf command of ``group``, subgroups included."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
 
 
 def test_console_scripts_are_installed():
@@ -32,8 +54,12 @@ def test_evaluate_json_and_accuracy_gate(digits_bundle, digits_folder):
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
     assert {"accuracy", "n", "per_class", "artifact"} <= set(report)
-    gated = runner.invoke(rt, ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--min-accuracy", "0.999"])
-    assert gated.exit_code == 6
+    gated = runner.invoke(rt, ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--min-accuracy", "0.999",
+                               "--json"])
+    assert gated.exit_code == ExitCode.BELOW_MIN_ACCURACY == 11
+    assert json.loads(gated.stdout)["accuracy"] < 0.999                      # the report comes first
+    last = gated.stderr.splitlines()[-1]
+    assert last.startswith("error: --min-accuracy: accuracy ") and last.endswith("is below the required 0.999")
 
 
 def test_predict_json_top_k(digits_bundle, digits_folder):
@@ -58,7 +84,7 @@ def test_tampered_bundle_exits_non_zero_with_a_message(digits_bundle, tmp_path):
     shutil.copytree(digits_bundle.bundle, copy)
     with open(copy / "backbone.onnx", "ab") as handle:
         handle.write(b"x")
-    out = CliRunner().invoke(rt, ["predict", str(copy), "whatever.png"])
+    out = CliRunner().invoke(rt, ["predict", str(copy), "whatever.png", "--artifact", "onnx"])   # the file it loads
     assert out.exit_code == 3 and "sha256" in out.output and "Traceback" not in out.output
 
 
@@ -66,11 +92,11 @@ def test_finetune_bad_input_exits_non_zero_and_writes_nothing(tmp_path):
     root = make_folder_dataset(tmp_path / "d")
     (root / "b" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = CliRunner().invoke(host, ["finetune", str(root), "--out", str(tmp_path / "run"), "--image-size", "32"])
-    assert out.exit_code == 2 and "0.png" in out.output
+    assert out.exit_code == DataError.exit_code == 8 and "0.png" in out.output
     assert not (tmp_path / "run").exists()
     single = make_folder_dataset(tmp_path / "single", classes=("only",))
     out = CliRunner().invoke(host, ["finetune", str(single), "--out", str(tmp_path / "run2")])
-    assert out.exit_code == 2 and "single class" in out.output
+    assert out.exit_code == DataError.exit_code and "single class" in out.output
 
 
 def test_data_export_and_lists(tmp_path):
@@ -81,7 +107,14 @@ def test_data_export_and_lists(tmp_path):
     assert "builtin:digits" in runner.invoke(host, ["data", "list"]).output
     assert "efficientnet_lite0" in runner.invoke(host, ["backbones"]).output
     bad = runner.invoke(host, ["data", "export", "builtin:digits", str(tmp_path / "e"), "--classes", "x"])
-    assert bad.exit_code == 2 and "no classes x" in bad.output
+    assert bad.exit_code == DataError.exit_code and "no classes x" in bad.output
+    listed = json.loads(runner.invoke(host, ["backbones", "--json"]).stdout)["backbones"]
+    assert "efficientnet_lite0" in listed
+    exported = runner.invoke(host, ["data", "export", "builtin:digits", str(tmp_path / "f"), "--classes", "3",
+                                    "--json"])
+    assert exported.exit_code == 0, exported.output
+    counts = json.loads(exported.stdout)["images"]
+    assert counts == {split: len(list((tmp_path / "f" / split / "3").iterdir())) for split in counts}
 
 
 def test_host_cli_finetune_and_export(tmp_path):
@@ -96,3 +129,196 @@ def test_host_cli_finetune_and_export(tmp_path):
     assert "onnx" in out.stdout and (tmp_path / "bundle" / "manifest.json").is_file()
     again = runner.invoke(host, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+# One grammar for both command lines.
+
+def test_every_command_of_both_clis_has_json():
+    missing = [f"{name} {path}" for name, cli in CLIS.items() for path, command in commands(cli)
+               if not any("--json" in p.opts for p in command.params)]
+    assert missing == []
+    assert {"pack", "compare", "backbones", "data export", "data list", "devices", "bench"} <= dict(commands(host)).keys()
+    assert {"unpack", "rollback", "build-engine", "history", "doctor", "cluster"} <= dict(commands(rt)).keys()
+
+
+def test_threads_has_one_meaning_everywhere():
+    """An int of at least 1 for the one model a command opens; bench alone takes a list (one cell each)."""
+    seen = {}
+    for name, cli in CLIS.items():
+        for path, command in commands(cli):
+            for p in command.params:
+                if "--threads" in p.opts:
+                    seen[f"{name} {path}"] = p
+    assert {"edgetl-rt predict", "edgetl-rt cluster", "edgetl bench", "edgetl-rt bench"} <= set(seen)
+    for where, p in seen.items():
+        if where.endswith(" bench"):
+            assert p.help == THREADS_LIST_HELP, where
+        else:
+            assert isinstance(p.type, click.IntRange) and p.type.min == 1 and p.help == THREADS_HELP, where
+
+
+def test_quiet_and_verbose_on_both_groups():
+    for cli in (host, rt):
+        names = {opt for p in cli.params for opt in p.opts}
+        assert {"-q", "--quiet", "-v", "--verbose"} <= names
+    both = CliRunner().invoke(rt, ["-q", "-v", "doctor"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_quiet_silences_progress_and_notes_not_errors(digits_bundle, digits_folder):
+    args = ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--no-tune", "--json"]
+    loud = CliRunner().invoke(rt, args)
+    quiet = CliRunner().invoke(rt, ["-q", *args])
+    assert loud.exit_code == quiet.exit_code == 0, loud.output + quiet.output
+    assert "evaluating" in loud.stderr and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["accuracy"] == json.loads(loud.stdout)["accuracy"]
+    failed = CliRunner().invoke(rt, ["-q", *args, "--min-accuracy", "1.01"])
+    assert failed.exit_code == ExitCode.BELOW_MIN_ACCURACY and failed.stderr.startswith("error: --min-accuracy:")
+
+
+def test_verbose_says_why_the_artifact_was_chosen(digits_bundle, digits_folder):
+    image = str(sorted((digits_folder / "val" / "3").glob("*.png"))[0])
+    plain = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--no-tune"])
+    verbose = CliRunner().invoke(rt, ["-v", "predict", str(digits_bundle.bundle), image, "--no-tune"])
+    assert plain.exit_code == verbose.exit_code == 0, plain.output + verbose.output
+    assert "artifact " not in plain.stderr and verbose.stderr.startswith("artifact ")
+
+
+def test_unexpected_error_is_one_line_and_its_traceback_needs_verbose(monkeypatch):
+    import edgetl.runtime.tools.doctor as doctor
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "doctor_report", broken)
+    plain = CliRunner().invoke(rt, ["doctor"])
+    assert plain.exit_code == ExitCode.ERROR and "Traceback" not in plain.output
+    assert plain.stderr.strip() == "error: unexpected RuntimeError: boom (run with -v for the traceback)"
+    verbose = CliRunner().invoke(rt, ["-v", "doctor"])
+    assert verbose.exit_code == ExitCode.ERROR and "Traceback" in verbose.stderr and "in broken" in verbose.stderr
+
+
+def test_an_error_about_an_option_names_its_flag(digits_bundle, digits_folder):
+    assert error_line(ConfigError("must be at least 1, got 0", option="top_k")) == "--top-k: must be at least 1, got 0"
+    assert error_line(ConfigError("no images to evaluate")) == "no images to evaluate"
+    image = str(sorted((digits_folder / "val" / "3").glob("*.png"))[0])
+    out = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--top-k", "0", "--no-tune"])
+    assert out.exit_code == ConfigError.exit_code and out.stderr.startswith("error: --top-k")
+    assert "Traceback" not in out.output
+
+
+def test_data_is_positional_and_the_old_option_still_works():
+    @click.command()
+    @optional_data_argument("Data.")
+    def show(data):
+        click.echo(repr(data))
+
+    runner = CliRunner()
+    assert runner.invoke(show, ["d/"]).stdout.strip() == "'d/'"
+    assert runner.invoke(show, ["--data", "d/"]).stdout.strip() == "'d/'"
+    assert runner.invoke(show, []).stdout.strip() == "None"
+    clash = runner.invoke(show, ["a/", "--data", "b/"])
+    assert clash.exit_code == 2 and "given twice" in clash.output
+    assert "--data" not in runner.invoke(show, ["--help"]).stdout                      # hidden alias
+    assert "[BUNDLE] [DATA]" in CliRunner().invoke(rt, ["bench", "--help"]).stdout
+    assert "RUN [DATA]" in CliRunner().invoke(host, ["export", "--help"]).stdout
+
+
+# Exit codes: one table, one meaning per code, all in the README.
+
+def error_classes() -> list[type]:
+    found, todo = [], [errors.EdgetlError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return [cls for cls in found if cls.__module__ == errors.__name__]
+
+
+def test_exit_codes_are_unique_per_meaning():
+    classes = error_classes()
+    assert {c.__name__ for c in classes} >= {"StoreBusyError", "CudaError", "BelowMinAccuracyError", "DataError",
+                                             "ConfigError", "UpdateRejectedError", "AccuracyGateError"}
+    by_code = {}
+    for cls in classes:
+        assert isinstance(cls.exit_code, ExitCode), cls
+        assert cls.exit_code not in (ExitCode.OK, ExitCode.USAGE), cls
+        by_code.setdefault(cls.exit_code, []).append(cls)
+    for code, owners in by_code.items():          # a shared code only within one family (ImageDecodeError)
+        roots = [c for c in owners if not any(c is not o and issubclass(c, o) for o in owners)]
+        assert len(roots) == 1, (code, owners)
+    assert set(by_code) == set(ExitCode) - {ExitCode.OK, ExitCode.USAGE}   # every code has its class
+    from edgetl.runtime.cuda import CudaError
+    from edgetl.runtime.store import StoreBusyError
+
+    assert (StoreBusyError.exit_code, CudaError.exit_code) == (ExitCode.STORE_BUSY, ExitCode.CUDA)
+
+
+def test_readme_lists_every_exit_code():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    rows = {int(m[1]): m[2] for m in re.finditer(r"^\| (\d+) \|(.*)$", section, re.M)}
+    assert sorted(rows) == sorted(int(code) for code in ExitCode)
+    for cls in error_classes():
+        assert f"`{cls.__name__}`" in rows[int(cls.exit_code)], cls
+
+
+# bench: the figures of a single cell at the top level, as scripts read them.
+
+def test_bench_single_cell_prints_its_figures_at_the_top_level(digits_bundle):
+    out = CliRunner().invoke(rt, ["bench", str(digits_bundle.bundle), "--artifacts", "onnx", "--in-process",
+                                  "--json", *FAST])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert len(result["rows"]) == 1
+    assert {key: result[key] for key in SINGLE_CELL_KEYS} == {key: result["rows"][0][key] for key in SINGLE_CELL_KEYS}
+    assert result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] and result["throughput_per_s"] > 0
+    two = {"rows": [{key: 1.0 for key in SINGLE_CELL_KEYS}, {key: 2.0 for key in SINGLE_CELL_KEYS}]}
+    assert single_cell_figures(two) == {}                      # a matrix has no single headline
+
+
+def test_cluster_threads_reach_the_model(digits_bundle, digits_folder, tmp_path, monkeypatch):
+    import edgetl.runtime.tools.cluster as cluster_module
+
+    seen = []
+
+    class Spy(cluster_module.EdgeModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.backend.describe()["threads"])
+
+    monkeypatch.setattr(cluster_module, "EdgeModel", Spy)
+    pool = tmp_path / "pool"
+    for digit in ("0", "1"):
+        for image in sorted((digits_folder / "val" / digit).glob("*.png"))[:4]:
+            (pool / "x").mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, pool / "x" / f"{digit}-{image.name}")
+    out = CliRunner().invoke(rt, ["cluster", str(digits_bundle.bundle), str(pool), "--k", "2", "--out",
+                                  str(tmp_path / "groups"), "--threads", "1", "--no-tune", "--json"])
+    assert out.exit_code == 0, out.output
+    assert seen == [1] and json.loads(out.stdout)["n"] == 8
+
+
+def test_pack_and_unpack_print_json(digits_bundle, tmp_path):
+    packed = CliRunner().invoke(host, ["pack", str(digits_bundle.bundle), "--out", str(tmp_path / "b.tar.gz"),
+                                       "--json"])
+    assert packed.exit_code == 0, packed.output
+    archive = json.loads(packed.stdout)["archive"]
+    assert Path(archive).is_file()
+    unpacked = CliRunner().invoke(rt, ["unpack", archive, str(tmp_path / "device"), "--no-tune", "--json"])
+    assert unpacked.exit_code == 0, unpacked.output
+    assert json.loads(unpacked.stdout) == {"bundle": str(tmp_path / "device"), "measured": [], "timings": None}
+
+
+def test_commands_use_every_parameter_they_declare():
+    """Every option a command declares is read by its function (``cluster --threads`` was once ignored)."""
+    unused = []
+    for name, cli in CLIS.items():
+        for path, command in commands(cli):
+            function = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(command.callback)))).body[0]
+            if function.args.kwarg:                        # bench(**options): handed on whole
+                continue
+            read = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)}
+            unused += [f"{name} {path} {p.name}" for p in command.params if p.expose_value and p.name not in read
+                       and p.name != "data_alias"]     # merged into data by optional_data_argument
+    assert unused == []

@@ -121,3 +121,45 @@ def test_data_export_writes_a_class_subset(tmp_path):
     record = data.split("val")[0]
     from PIL import Image
     np.testing.assert_array_equal(np.asarray(Image.open(record.source)), original[Path(record.source).stem])
+
+
+def test_builtin_digits_are_scikit_learns_digits_with_the_same_splits():
+    """The shipped file holds exactly what ``load_digits`` gave, so records and splits did not move."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    train, val = stratified_split(digits.target, 0.3, 0)
+    data = open_data("builtin:digits")
+    for name, indices in (("train", train), ("val", val)):
+        records = data.split(name)
+        assert [r.source for r in records] == [f"builtin:digits#{i}" for i in indices]
+        assert [r.label for r in records] == digits.target[indices].tolist()
+        np.testing.assert_array_equal(np.stack([r.pixels for r in records]), images[indices])
+        assert records[0].pixels.dtype == np.uint8
+    assert (len(train), len(val)) == (1258, 539)
+
+
+def test_damaged_builtin_file_is_refused(tmp_path, monkeypatch):
+    from edgetl.runtime import builtin
+
+    damaged = tmp_path / "digits.npz"
+    content = bytearray(builtin.DIGITS_FILE.read_bytes())
+    content[-100] ^= 0xFF
+    damaged.write_bytes(bytes(content))
+    monkeypatch.setattr(builtin, "DIGITS_FILE", damaged)
+    with pytest.raises(DataError, match="does not match its sha256.*reinstall edgetl"):
+        open_data("builtin:digits")
+    monkeypatch.setattr(builtin, "DIGITS_FILE", tmp_path / "missing.npz")
+    with pytest.raises(DataError, match="cannot read the built-in digits.*reinstall edgetl"):
+        open_data("builtin:digits")
+
+
+def test_data_list_describes_the_builtin_sets():
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    result = CliRunner().invoke(main, ["data", "list"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("builtin:digits\t1,797 real 8x8 handwritten digits, 10 classes")
+    assert "CC BY 4.0" in result.output

@@ -11,7 +11,6 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.cli import main as host
 from edgetl.heads import HeadConfig
 from edgetl.runtime import EdgeModel, read_bundle_manifest
-from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import AccuracyGateError, ConfigError, MissingDependencyError
 from edgetl.runtime.evaluate import evaluate_bundle
 from edgetl.runtime.machine import cpu_facts

@@ -70,3 +70,33 @@ def test_pickled_or_unknown_head_files_are_refused(tmp_path):
     np.savez(unknown, kind=np.array("forest"))
     with pytest.raises(BundleError, match="forest"):
         load_head(unknown)
+
+
+@pytest.mark.parametrize("head", [
+    LinearHead(*[np.random.default_rng(1).normal(size=s).astype(np.float32) for s in ((3, 4), (3,))]),
+    MLPHead(*[np.random.default_rng(2).normal(size=s).astype(np.float32) for s in ((5, 4), (5,), (3, 5), (3,))]),
+    RidgeHead.fit(*_blobs(60, 4, 3), 3, alpha=1.0),
+])
+def test_the_torch_form_of_a_head_computes_its_logits_and_converts_back(head):
+    """One torch mirror of the numpy heads: what exports and what trains have the same layers."""
+    import torch
+
+    from edgetl.heads import _numpy_head, torch_head
+
+    module = torch_head(head)
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    with torch.inference_mode():
+        logits = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, head.logits(x), rtol=1e-5, atol=1e-6)
+    back = _numpy_head("mlp" if isinstance(head, MLPHead) else "linear", module)
+    assert type(back) is (MLPHead if isinstance(head, MLPHead) else LinearHead)
+    for name, array in back.arrays().items():
+        np.testing.assert_array_equal(array, head.arrays()[name])
+
+
+def test_heads_without_a_torch_form_are_refused():
+    from edgetl.heads import torch_head
+    from edgetl.runtime.heads import NCMHead
+
+    with pytest.raises(ConfigError, match="no torch form for head kind 'ncm'"):
+        torch_head(NCMHead(np.ones((3, 4)), np.ones(3)))

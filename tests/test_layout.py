@@ -59,8 +59,8 @@ def layer(module: str) -> str:
         return "tools"
     if module.startswith("edgetl.runtime"):
         return "core"
-    if module.startswith("edgetl.devices"):
-        return "devices"
+    if module.startswith("edgetl.devices") or module == "edgetl":
+        return "devices"          # torch-free and tiny: the package's own __init__ and the device profiles
     if module == "edgetl" or module.startswith("edgetl."):
         return "host"
     return "library"

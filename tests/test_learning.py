@@ -102,3 +102,50 @@ def test_sgd_with_replay_learns_new_classes_without_forgetting_old_ones():
     forgetful.partial_fit(x[new], [str(v) for v in y[new]])            # no replay: old classes fade
     assert np.mean(np.array(forgetful.predict(x))[old] == y[old].astype(str)) < \
         np.mean(predicted[old] == y[old].astype(str))
+
+
+def _quadratic_problem(seed=0):
+    """Seeded parameters and a fixed sequence of gradients for them (those of a least-squares loss)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(20, 5)), rng.normal(size=20)
+    return rng.normal(size=5), lambda w: a.T @ (a @ w - b) / len(b)
+
+
+def test_adam_takes_the_steps_of_torch_adam_on_numpy_arrays():
+    """The device's ``sgd`` learner steps numpy arrays; its Adam is torch's, step for step."""
+    torch = pytest.importorskip("torch")
+    from edgetl.runtime.learning import Adam
+
+    start, gradient = _quadratic_problem()
+    ours = start.copy()
+    adam = Adam([ours], lr=0.05)
+    theirs = torch.tensor(start, requires_grad=True)
+    reference = torch.optim.Adam([theirs], lr=0.05)
+    for _ in range(40):
+        adam.step([gradient(ours)])
+        theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
+        reference.step()
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert adam.steps == 40 and np.abs(ours - start).max() > 0.5          # it moved
+
+
+def test_adamw_on_torch_tensors_with_a_schedule_is_torch_adamw():
+    """The host's gradient heads step torch parameters with the same class (decoupled weight decay)."""
+    torch = pytest.importorskip("torch")
+    from edgetl.runtime.learning import Adam
+
+    start, gradient = _quadratic_problem(1)
+    ours = torch.nn.Parameter(torch.tensor(start))
+    theirs = torch.nn.Parameter(torch.tensor(start))
+    unused = torch.nn.Parameter(torch.ones(3))
+    adam = Adam([ours, unused], lr=0.05, weight_decay=0.1)
+    reference = torch.optim.AdamW([theirs], lr=0.05, weight_decay=0.1)
+    for step in range(40):
+        scale = 0.5 * (1 + np.cos(np.pi * step / 40))
+        with torch.no_grad():
+            adam.step([torch.from_numpy(gradient(ours.detach().numpy())), None], lr_scale=scale)
+        reference.param_groups[0]["lr"] = 0.05 * scale
+        theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
+        reference.step()
+        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(unused.detach(), torch.ones(3))            # no gradient: left alone

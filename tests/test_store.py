@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -49,9 +48,10 @@ CENTRES = np.random.default_rng(0).normal(0, 3, (3, DIM))
 
 
 def _batch(rng, n=6, names=("k0", "k1", "k2")):
+    """Features, labels and keys, all drawn from ``rng``: the keys decide which samples are held out."""
     y = rng.integers(0, len(names), n)
     features = (CENTRES[y % 3] + rng.normal(0, 1, (n, DIM))).astype(np.float32)
-    return features, [names[v] for v in y], [uuid.uuid4().hex for _ in y]
+    return features, [names[v] for v in y], [rng.bytes(16).hex() for _ in y]
 
 
 LOOSE = UpdateSettings(max_accuracy_drop=100.0)
@@ -102,7 +102,7 @@ def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundl
 
 
 KILLED_UPDATER = textwrap.dedent("""
-    import json, sys, uuid
+    import json, sys
     import numpy as np
     from edgetl.runtime.update import UpdateSettings, learn_features
 
@@ -112,7 +112,7 @@ KILLED_UPDATER = textwrap.dedent("""
     while True:
         y = rng.integers(0, 3, 6)
         x = centres[y] + rng.normal(0, 1, (6, 16))
-        keys = [uuid.uuid4().hex for _ in y]
+        keys = [rng.bytes(16).hex() for _ in y]
         report = learn_features(bundle, x, ["k%d" % v for v in y], keys, UpdateSettings(max_accuracy_drop=100.0))
         print(json.dumps({"version": report["version"], "keys": keys}), flush=True)
 """)
@@ -197,20 +197,27 @@ def test_bad_labels_are_not_committed_unless_forced(bundle):
 
 
 def test_eviction_keeps_the_newest_rows_per_class_and_the_statistics_of_all(bundle):
+    from edgetl.runtime.update import _holdout_flags
+
     settings = UpdateSettings(max_accuracy_drop=100.0, max_per_class=10, max_holdout_per_class=3, holdout_fraction=0.2)
     rng = np.random.default_rng(6)
     batches = [_batch(rng, n=12, names=("k0", "k0", "k0")) for _ in range(4)]
     reports = [learn_features(bundle, *b, settings) for b in batches]
+    # which rows are held out follows from the seeded keys; every batch has some of each
+    flags = [_holdout_flags(np.array(keys), names, 0.2) for _, names, keys in batches]
+    train_keys = [k for (_, _, keys), f in zip(batches, flags) for k, held in zip(keys, f) if not held]
+    holdout_keys = [k for (_, _, keys), f in zip(batches, flags) for k, held in zip(keys, f) if held]
+    assert len(train_keys) > 10 and len(holdout_keys) > 3
+    assert [r["n_holdout_new"] for r in reports] == [int(f.sum()) for f in flags]
     store = FeatureStore(bundle)
     version = store.version()
     samples = store.samples(version, DIM)
     k0 = version.classes.index("k0")
-    assert int(((samples.labels == k0) & ~samples.holdout).sum()) == 10
-    assert int(((samples.labels == k0) & samples.holdout).sum()) <= 3
-    assert sum(r["evicted"] for r in reports) > 0
-    assert set(batches[-1][2]) & set(samples.keys.tolist())           # the newest are kept ...
-    assert not set(batches[0][2]) & set(samples.keys[samples.labels == k0].tolist())   # ... the oldest went
-    assert store.state(version).ridge.target_sum[k0] == sum(r["n_train_new"] for r in reports)
+    ours = samples.labels == k0
+    assert samples.keys[ours & ~samples.holdout].tolist() == train_keys[-10:]     # the newest 10, in age order
+    assert samples.keys[ours & samples.holdout].tolist() == holdout_keys[-3:]
+    assert sum(r["evicted"] for r in reports) == len(train_keys) - 10 + len(holdout_keys) - 3
+    assert store.state(version).ridge.target_sum[k0] == len(train_keys)   # the statistics keep every sample
 
 
 def test_damaged_store_files_are_refused_with_a_rollback_hint(bundle):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.runtime import EdgeModel
+from edgetl.runtime.errors import DataError
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.evaluate import evaluate_bundle
 
@@ -57,7 +58,7 @@ def test_host_five_classes_plus_device_five_classes_matches_host_ten(split_digit
     predicted = _json(CliRunner().invoke(rt, ["predict", str(bundle), *map(str, seven), "--json"]))
     assert [p["label"] for p in predicted["predictions"]].count("7") >= 4
     again = CliRunner().invoke(rt, ["update", str(bundle), str(d59 / "train")])
-    assert again.exit_code == 2 and "already in the store" in again.output
+    assert again.exit_code == DataError.exit_code and "already in the store" in again.output
     history = _json(CliRunner().invoke(rt, ["history", str(bundle), "--json"]))
     assert [v["action"] for v in history["versions"]] == ["init", "update"] and history["current"] == 1
     rolled = CliRunner().invoke(rt, ["rollback", str(bundle)])

@@ -33,7 +33,7 @@ class Backend:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
         if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {threads}")
+            raise ConfigError(f"must be at least 1, got {threads}", option="threads")
         self.path = Path(path)
         self.threads = threads or default_threads()
         self.requested_device = device      # e.g. OpenVINO's GPU; backends without devices ignore it

@@ -50,9 +50,9 @@ class MatrixSettings:
 
     def check(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
-            raise ConfigError(f"--batch values must be at least 1, got {self.batches}")
+            raise ConfigError(f"batch sizes must be at least 1, got {self.batches}", option="batch")
         if any(t is not None and t < 1 for t in self.threads):
-            raise ConfigError(f"--threads values must be at least 1, got {self.threads}")
+            raise ConfigError(f"thread counts must be at least 1, got {self.threads}", option="threads")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def plan_build(manifest: BundleManifest, precision: str, tensorrt_version: str, 
     """Check the request against the bundle and the TensorRT version, and decide how to build."""
     fmt = source_format(precision)
     if max_batch < 1:
-        raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
+        raise ConfigError(f"must be at least 1, got {max_batch}", option="max_batch")
     opt_batch = opt_batch or 1
     if not 1 <= opt_batch <= max_batch:
         raise ConfigError(f"the optimisation batch {opt_batch} must lie in 1..{max_batch}")
@@ -91,15 +91,15 @@ def plan_build(manifest: BundleManifest, precision: str, tensorrt_version: str, 
             flags += ["INT8", "FP16"]     # Q/DQ layers in int8, the layers between them may use fp16
     if dla_core is not None:
         if dla_core < 0:
-            raise ConfigError(f"--dla must be a DLA core number (0, 1, ...), got {dla_core}")
+            raise ConfigError(f"must be a DLA core number (0, 1, ...), got {dla_core}", option="dla")
         if strongly_typed:
             raise ConfigError(f"TensorRT {tensorrt_version} does not support DLA; build DLA engines with "
-                              "TensorRT 10 (JetPack 6) or leave out --dla")
+                              "TensorRT 10 (JetPack 6), or build for the GPU", option="dla")
         if precision == "fp32":
-            raise ConfigError("the DLA runs fp16 or int8 only; pass --precision fp16 or int8 with --dla")
+            raise ConfigError("the DLA runs fp16 or int8 only; build fp16 or int8 engines for it", option="precision")
         if dla_cores_available is not None and dla_core >= dla_cores_available:
-            raise ConfigError(f"--dla {dla_core} asks for a DLA core this device lacks "
-                              f"(it has {dla_cores_available})")
+            raise ConfigError(f"DLA core {dla_core} does not exist on this device (it has {dla_cores_available})",
+                              option="dla")
         flags.append("GPU_FALLBACK")      # layers the DLA cannot run go to the GPU instead of failing
     size = int(manifest.preprocess_config.input_size)
     return BuildPlan(

@@ -1,0 +1,64 @@
+"""The click group both command lines use: ``-q``/``-v``, and every error as one line and its exit code.
+
+An :class:`EdgetlError` is the user's to fix: its message, prefixed by the
+flag it concerns (``error: --top-k: ...``), and its code from
+:class:`~edgetl.runtime.errors.ExitCode`.  Anything else is a bug or the
+machine failing: one line too, exit 1, and the traceback only with ``-v``,
+so a script never parses a traceback and a bug report can still have one.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import click
+
+from ..errors import EdgetlError, ExitCode
+from .output import NORMAL, QUIET, VERBOSE, VERBOSITY_KEY, verbosity
+
+#: click's own control flow and usage errors (exit 2), which click reports itself.
+_CLICK_EXCEPTIONS = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+def error_line(exc: EdgetlError) -> str:
+    """``--flag: message`` when the error names the option it is about, else the message."""
+    option = getattr(exc, "option", None)
+    return f"--{option.replace('_', '-')}: {exc}" if option else str(exc)
+
+
+class ErrorReportingGroup(click.Group):
+    """A click group that turns every error into a one-line message on stderr and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgetlError as exc:
+            click.echo(f"error: {error_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except _CLICK_EXCEPTIONS:
+            raise
+        except Exception as exc:
+            if verbosity(ctx) >= VERBOSE:
+                click.echo(traceback.format_exc().rstrip(), err=True)
+            hint = "" if verbosity(ctx) >= VERBOSE else " (run with -v for the traceback)"
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc}{hint}", err=True)
+            ctx.exit(ExitCode.ERROR)
+
+
+def _set_level(level: int):
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if not value:
+            return
+        if ctx.meta.get(VERBOSITY_KEY, NORMAL) not in (NORMAL, level):
+            raise click.UsageError("-q/--quiet and -v/--verbose exclude each other", ctx)
+        ctx.meta[VERBOSITY_KEY] = level
+    return callback
+
+
+def with_verbosity(func):
+    """``-q/--quiet`` and ``-v/--verbose`` on a group; commands read the level from the context."""
+    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_level(QUIET),
+                        help="No progress or notes on stderr (warnings and errors are still printed).")(func)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_level(VERBOSE),
+                        help="More detail on stderr: why an artifact was chosen, the traceback of an "
+                             "unexpected error.")(func)

@@ -1,0 +1,155 @@
+"""Learning on the device: ``update``, ``history``, ``rollback``, ``adapt`` and ``cluster``.
+
+The library does the work (:mod:`edgetl.runtime.update`, :mod:`edgetl.runtime.store`,
+:mod:`edgetl.runtime.tools.cluster`), imported inside each command so that
+``edgetl-rt predict`` does not pay for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from .options import json_option, lock_timeout_option, with_model_options
+from .output import fmt, print_json, print_table, progress
+
+
+def _version_dict(version) -> dict:
+    """A store version as users script against it (file hashes left out)."""
+    return {k: v for k, v in asdict(version).items() if k != "files"}
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--method", type=click.Choice(["ridge", "sgd", "ncm"]), default="ridge", show_default=True,
+              help="ridge: exact streaming ridge; sgd: logistic head with replay; ncm: nearest class mean.")
+@click.option("--holdout", "holdout_fraction", type=float, default=0.2, show_default=True,
+              help="Share of the new images kept out of training to measure accuracy.")
+@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
+              help="Refuse to commit (exit 6) when accuracy on the earlier held-out samples falls by more points.")
+@click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
+@click.option("--reselect-alpha", is_flag=True, help="ridge: search the regularisation again now.")
+@lock_timeout_option
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@json_option
+@with_model_options
+def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, lock_timeout, skip_bad,
+           as_json, artifact, backend, threads, no_tune) -> None:
+    """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
+    from ..update import UpdateSettings, update_bundle
+
+    settings = UpdateSettings(method=method, holdout_fraction=holdout_fraction, max_accuracy_drop=max_accuracy_drop,
+                              force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
+                              reselect_alpha=reselect_alpha)
+    report = update_bundle(bundle, data, settings, artifact=artifact, backend=backend, threads=threads,
+                           progress=progress, tune=not no_tune)
+    if as_json:
+        print_json(report)
+        return
+    print_table([
+        ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
+        ("new images", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
+                       f"{report['n_duplicate']} already stored)"),
+        ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
+                                                    if report["new_classes"] else "")),
+        ("held-out accuracy", f"{fmt(report['accuracy'])} on {report['holdout_n']} samples"),
+        ("earlier held-out", f"{fmt(report['accuracy_before'])} -> {fmt(report['accuracy_after_on_earlier_holdout'])}"),
+        ("backbone s", report["timings"]["backbone_s"]), ("head math s", report["timings"]["head_s"]),
+        ("evicted", report["evicted"]),
+    ])
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@json_option
+def history(bundle, as_json) -> None:
+    """The head versions kept in BUNDLE's feature store (newest last)."""
+    from ..store import FeatureStore
+
+    store = FeatureStore(bundle)
+    versions = store.history() if store.exists else []
+    current = store.current_number() if store.exists else None
+    if as_json:
+        print_json({"bundle": str(bundle), "current": current, "versions": [_version_dict(x) for x in versions]})
+        return
+    if not versions:
+        click.echo(f"{bundle}: no on-device updates yet (the bundle's own head is in use)")
+        return
+    click.echo(f"{'ver':>4s} {'action':8s} {'method':6s} {'classes':>7s} {'train':>6s} {'held':>5s} {'new':>5s} "
+               f"{'held-out acc':>12s}  created")
+    for v in versions:
+        mark = "*" if v.version == current else " "
+        click.echo(f"{v.version:>3d}{mark} {v.action:8s} {v.method or '-':6s} {len(v.classes):>7d} {v.n_train:>6d} "
+                   f"{v.n_holdout:>5d} {v.n_new:>5d} {fmt(v.accuracy.get('holdout')):>12s}  {v.created}"
+                   + (f"  {v.note}" if v.note else ""))
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "to_version", type=int, default=None, help="Version to return to (default: the previous one).")
+@lock_timeout_option
+@json_option
+def rollback(bundle, to_version, lock_timeout, as_json) -> None:
+    """Make an earlier head version current again (recorded as a new version)."""
+    from ..update import rollback_bundle
+
+    version = rollback_bundle(bundle, to_version, lock_timeout)
+    if as_json:
+        print_json({"bundle": str(bundle), **_version_dict(version)})
+        return
+    click.echo(f"version {version.version} is current: {version.note}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--check", default=None, help="Labelled images of the target domain to measure the change on.")
+@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
+              help="Refuse to commit (exit 6) when accuracy on the --check images falls by more points.")
+@click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
+@lock_timeout_option
+@json_option
+@with_model_options
+def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, artifact, backend, threads,
+          no_tune) -> None:
+    """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
+    from ..update import adapt_bundle
+
+    report = adapt_bundle(bundle, data, check=check, max_accuracy_drop=max_accuracy_drop, force=force,
+                          lock_timeout=lock_timeout, artifact=artifact, backend=backend, threads=threads,
+                          progress=progress, tune=not no_tune)
+    if as_json:
+        print_json(report)
+        return
+    rows = [("version", report["version"]), ("unlabelled images", report["n_unlabeled"]),
+            ("feature mean shift", report["mean_shift"])]
+    if "accuracy_before" in report:
+        rows.append(("check accuracy", f"{report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f} "
+                                       f"({report['check_n']} images)"))
+    print_table(rows)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("data")
+@click.option("--k", type=int, required=True, help="Number of groups.")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means restarts.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+@with_model_options
+def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:
+    """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
+    from ..tools.cluster import cluster_images
+
+    summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
+                             backend=backend, threads=threads, progress=progress, tune=not no_tune)
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"wrote {k} groups of {summary['n']} images to {out} (groups.csv, summary.json)")
+    for g in summary["groups"]:
+        click.echo(f"  {g['group']}: {g['size']:4d} images; head suggests {g['head_suggests']} "
+                   f"({g['agreement']:.0%} agree)")

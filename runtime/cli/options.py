@@ -1,0 +1,62 @@
+"""Options shared by the commands of ``edgetl-rt`` and ``edgetl``: one name, type and meaning each.
+
+A command takes an option from here rather than declaring its own, so
+``--threads`` or ``--json`` cannot drift apart between commands.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+THREADS_HELP = "Intra-op threads (default: one per usable physical core, stated to every engine)."
+#: bench measures a matrix: the same thread count, one cell per value.
+THREADS_LIST_HELP = ("Comma-separated thread counts, one matrix cell each (default: one per usable physical "
+                     "core).")
+
+
+def json_option(func):
+    """``--json``: one JSON object on stdout instead of text (every command has it)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(func)
+
+
+def lock_timeout_option(func):
+    """``--lock-timeout``: how long a writer of the feature store waits for another."""
+    return click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+                        help="Seconds to wait for another update of the bundle to finish.")(func)
+
+
+model_options = [
+    click.option("--artifact", default=None, help="Backbone artifact of the bundle to run, by name (e.g. onnx)."),
+    click.option("--backend", default=None, help="Runtime backend (default: the artifact's own)."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP),
+    click.option("--no-tune", is_flag=True,
+                 help="Never measure the artifacts on this machine: with no timings here, the device profile or "
+                      "the CPU class's order decides."),
+]
+
+
+def with_model_options(func):
+    """``--artifact``, ``--backend``, ``--threads`` and ``--no-tune``: how a command opens the bundle's model."""
+    for option in reversed(model_options):
+        func = option(func)
+    return func
+
+
+def optional_data_argument(default_help: str):
+    """``[DATA]`` as an optional positional argument, with the older ``--data DATA`` still accepted (hidden).
+
+    The command receives one ``data`` parameter; giving both, differently, is a usage error.
+    """
+    def decorate(func):
+        @functools.wraps(func)
+        def command(*args, data: str | None = None, data_alias: str | None = None, **kwargs):
+            if data and data_alias and data != data_alias:
+                raise click.UsageError(f"DATA given twice ({data} and --data {data_alias}); give it once")
+            return func(*args, data=data or data_alias, **kwargs)
+
+        command = click.option("--data", "data_alias", default=None, hidden=True,
+                               help=f"Same as DATA (older spelling). {default_help}")(command)
+        return click.argument("data", required=False)(command)
+    return decorate

@@ -1,0 +1,77 @@
+"""Running a bundle: ``predict`` and ``evaluate`` (the host's ``edgetl`` exposes both too).
+
+The predict path imports no tools module and no host code: it is the
+command a device runs most, and its start-up time is the user's latency.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..evaluate import SPLITS
+from ..preprocess import DEFAULT_MAX_PIXELS
+from .options import json_option, with_model_options
+from .output import detail, note, print_json, print_table, progress, warn
+
+
+def _explain_choice(model) -> None:
+    detail(f"artifact {model.artifact.name} on {model.backend.name}: {model.choice_reason}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per image.")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images larger than this many pixels.")
+@json_option
+@with_model_options
+def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_tune) -> None:
+    """Classify IMAGES with BUNDLE."""
+    from ..model import EdgeModel
+
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, images=len(images),
+                   tune=not no_tune, log=note) as model:
+        _explain_choice(model)
+        predictions = model.predict(images, top_k=top_k, max_pixels=max_pixels)
+        if as_json:
+            print_json({"artifact": model.artifact.name, "backend": model.backend.name,
+                        "precision": model.backend.effective_precision, "artifact_choice": model.choice_reason,
+                        "predictions": [p.to_dict() for p in predictions]})
+            return
+        for p in predictions:
+            ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
+            click.echo(f"{p.source}\t{ranked}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("data")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which split of DATA (default: val when DATA has one, else all).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@click.option("--min-accuracy", type=float, default=None,
+              help="Exit with status 11 when the accuracy is below this (a deployment gate); the report is "
+                   "printed first.")
+@json_option
+@with_model_options
+def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads, no_tune) -> None:
+    """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME)."""
+    from ..evaluate import evaluate_bundle, require_accuracy
+    from ..model import EdgeModel
+
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=not no_tune,
+                   log=note) as model:
+        _explain_choice(model)
+        report = evaluate_bundle(model, data, split=split, skip_bad=skip_bad, progress=progress)
+    if report["skipped"]:
+        warn(f"skipped {len(report['skipped'])} bad file(s), e.g. {report['skipped'][0]}")
+    if as_json:
+        print_json(report)
+    else:
+        rows = [("artifact", f"{report['artifact']} ({report['backend']})"), ("data", f"{data} [{report['split']}]"),
+                ("images", report["n"]), ("accuracy", report["accuracy"])]
+        rows += [(f"  {name}", f"{v['accuracy']:.4f} (n={v['n']})") for name, v in report["per_class"].items()]
+        print_table(rows)
+    if min_accuracy is not None:
+        require_accuracy(report, min_accuracy)

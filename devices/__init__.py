@@ -11,10 +11,12 @@ profile it matches (``edgetl-rt doctor``).  Torch-free: the runtime reads it.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from edgetl.runtime.documents import Origin, Table, build
 from edgetl.runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -89,55 +91,54 @@ class DeviceProfile:
         return asdict(self)
 
 
-def _require(table: dict, key: str, kind, where: str):
-    if key not in table:
-        raise ConfigError(f"device profile {where} lacks '{key}'")
-    value = table[key]
-    if not isinstance(value, kind):
-        raise ConfigError(f"device profile {where}: '{key}' must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def _check_known(table: dict, known, where: str) -> None:
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"device profile {where}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(known)})")
-
-
-def _section(cls, table: dict, where: str):
-    known = cls.__dataclass_fields__
-    _check_known(table, known, where)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
-    return cls(**values)
+#: The profile file: every key typed, unknown keys refused (a typo in a profile is caught where it is made).
+PROFILE_TABLE = Table({"name": str, "description": str, "hardware": Hardware, "software": Software, "deploy": Deploy},
+                      optional=("description", "software"))
+_VERSION = re.compile(r"\d+(\.\d+)*")
 
 
 def parse_profile(text: str, source: str = "<string>") -> DeviceProfile:
-    """A profile from TOML text; every field is checked and an error names the file and key."""
+    """A profile from TOML text; every key and type is checked and an error names the file and key."""
+    origin = Origin(f"device profile {source}", ConfigError)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"device profile {source} is not valid TOML: {exc}") from exc
-    _check_known(data, ("name", "description", "hardware", "software", "deploy"), source)
-    name = _require(data, "name", str, source)
-    hardware = _section(Hardware, _require(data, "hardware", dict, source), f"{source} [hardware]")
-    deploy = _section(Deploy, _require(data, "deploy", dict, source), f"{source} [deploy]")
-    software = _section(Software, data.get("software", {}), f"{source} [software]")
-    if hardware.arch not in ARCHITECTURES:
-        raise ConfigError(f"device profile {source}: arch must be one of {', '.join(ARCHITECTURES)}")
-    for backend in deploy.backends:
-        if backend not in BACKEND_NAMES:
-            raise ConfigError(f"device profile {source}: unknown backend '{backend}' (valid: {', '.join(BACKEND_NAMES)})")
-    for precision in deploy.precisions + ((deploy.engine_precision,) if deploy.engine_precision else ()):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"device profile {source}: unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
+        origin.fail(f"not valid TOML ({exc})")
+    profile = replace(build(DeviceProfile, {"description": "", **data}, origin, PROFILE_TABLE), source=source)
+    _check_values(profile, origin)
+    return profile
+
+
+def _check_values(profile: DeviceProfile, origin: Origin) -> None:
+    """What the types alone do not say: names from a fixed set, version numbers, counts in range."""
+    hardware, software, deploy = profile.hardware, profile.software, profile.deploy
+    _one_of(hardware.arch, ARCHITECTURES, "[hardware] arch", origin)
+    for index, backend in enumerate(deploy.backends):
+        _one_of(backend, BACKEND_NAMES, f"[deploy] backends[{index}]", origin)
+    for index, precision in enumerate(deploy.precisions):
+        _one_of(precision, PRECISIONS, f"[deploy] precisions[{index}]", origin)
+    if deploy.engine_precision is not None:
+        _one_of(deploy.engine_precision, PRECISIONS, "[deploy] engine_precision", origin)
     if not deploy.backends or not deploy.precisions:
-        raise ConfigError(f"device profile {source}: [deploy] needs at least one backend and one precision")
+        origin.fail("[deploy] needs at least one backend and one precision")
     if "tensorrt" in deploy.backends and not software.tensorrt:
-        raise ConfigError(f"device profile {source}: a TensorRT target must state [software] tensorrt")
-    if deploy.max_batch < 1 or hardware.dla_cores < 0:
-        raise ConfigError(f"device profile {source}: max_batch must be >= 1 and dla_cores >= 0")
-    return DeviceProfile(name=name, description=data.get("description", ""), hardware=hardware, deploy=deploy,
-                         software=software, source=source)
+        origin.fail("a TensorRT target must state [software] tensorrt")
+    for key, version in (("[software] tensorrt", software.tensorrt),
+                         ("[hardware] gpu_compute_capability", hardware.gpu_compute_capability)):
+        if version is not None and not _VERSION.fullmatch(version):
+            origin.fail(f"{key} must be a version number such as \"10.3\", got \"{version}\"")
+    for key, value, least in (("[deploy] max_batch", deploy.max_batch, 1),
+                              ("[deploy] memory_budget_mb", deploy.memory_budget_mb, 1),
+                              ("[hardware] dla_cores", hardware.dla_cores, 0),
+                              ("[hardware] cpu_cores", hardware.cpu_cores, 1),
+                              ("[hardware] memory_mb", hardware.memory_mb, 1)):
+        if value is not None and value < least:
+            origin.fail(f"{key} must be >= {least}, got {value}")
+
+
+def _one_of(value: str, valid: tuple[str, ...], key: str, origin: Origin) -> None:
+    if value not in valid:
+        origin.fail(f"{key} must be one of {', '.join(valid)}, got \"{value}\"")
 
 
 def load_profile_file(path: str | Path) -> DeviceProfile:

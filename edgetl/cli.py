@@ -8,8 +8,6 @@ options (``--json`` on every command, ``--threads``, DATA positional) and output
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import click
 
@@ -210,9 +208,13 @@ def bench(compare, **options) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size; --out adds report.md and pareto.png."""
     from edgetl.bench_report import compare_results, write_reports
+    from edgetl.runtime.documents import Origin, read_document
+    from edgetl.runtime.errors import ConfigError
+    from edgetl.runtime.tools.bench import RESULT_SCHEMA
 
     if compare:
-        a, b = (json.loads(Path(path).read_text()) for path in compare)
+        a, b = (read_document(path, Origin(path, ConfigError), (RESULT_SCHEMA,),
+                              what="an edgetl bench result (written by 'edgetl bench --out')") for path in compare)
         rows = compare_results(a, b)
         if options["as_json"]:
             print_json({"a": compare[0], "b": compare[1], "rows": rows})

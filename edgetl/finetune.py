@@ -8,7 +8,6 @@ leaves no partial run behind.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from edgetl import __version__
 from edgetl.backbones import DEFAULT_BACKBONE, create_backbone
 from edgetl.runtime.data import LabeledData, check_trainable, open_data, stratified_split
+from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import DataError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.metrics import classification_report
@@ -156,7 +156,7 @@ def finetune(
 
     manifest = RunManifest(
         edgetl_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_now(),
         data_address=str(data_address),
         class_names=list(data.class_names),
         split=split,

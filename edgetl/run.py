@@ -7,11 +7,13 @@ used, and ``metrics.json``.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl.runtime.documents import Origin, Table, build, read_document, table_of, to_json
 from edgetl.runtime.errors import EdgetlError
+from edgetl.runtime.manifest import PREPROCESS_TABLE
 
 RUN_SCHEMA = "edgetl.run/1"
 
@@ -38,20 +40,27 @@ class RunManifest:
     schema: str = RUN_SCHEMA
 
     def write(self, folder: Path) -> None:
-        (folder / "manifest.json").write_text(json.dumps(asdict(self), indent=2))
+        (folder / "manifest.json").write_text(to_json(self))
 
     @classmethod
     def read(cls, folder: str | Path) -> "RunManifest":
+        """The run's description, every key checked: a damaged or hand-edited file is a one-line error."""
         path = Path(folder) / "manifest.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise EdgetlError(f"{folder} is not a run directory (no manifest.json); run 'edgetl finetune' first") from exc
-        except json.JSONDecodeError as exc:
-            raise EdgetlError(f"{path} is not valid JSON: {exc}") from exc
-        if data.get("schema") != RUN_SCHEMA:
-            raise EdgetlError(f"{path} has schema {data.get('schema')!r}; this edgetl reads {RUN_SCHEMA}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise EdgetlError(f"{path} is missing fields: {exc}") from exc
+        origin = Origin(str(path), EdgetlError, "run 'edgetl finetune' again")
+        data = read_document(path, origin, (RUN_SCHEMA,), what="an edgetl run description",
+                             missing=f"{folder} is not a run directory (no manifest.json); run 'edgetl finetune' first")
+        return build(cls, data, origin, _run_table())
+
+
+@functools.cache
+def _run_table() -> Table:
+    """What the exporters read from a run; blocks kept for the record (split, compute, cache, timings) are tables."""
+    return table_of(
+        RunManifest,
+        backbone=Table({"name": str, "weights": str | None, "weights_sha256": str, "weights_source": str,
+                        "feature_dim": int, "train_last": int, "freeze_stage": int},
+                       optional=("weights", "weights_source", "freeze_stage"), closed=False),
+        preprocess=PREPROCESS_TABLE,
+        head=Table({"kind": str}, closed=False),
+        files=Table({"head": str, "tail": str}, optional=("tail",), closed=False),
+    )

@@ -10,7 +10,6 @@ its fallbacks, and if it still fails the export fails and writes nothing.
 
 from __future__ import annotations
 
-import datetime as _dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,10 @@ from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime.backends import create_backend, installed
 from edgetl.runtime.data import ImageRecord, LabeledData, open_data
-from edgetl.runtime.errors import AccuracyGateError, DataError, EdgetlError, ExportValidationError, MissingDependencyError
+from edgetl.runtime.documents import utc_now
+from edgetl.runtime.errors import (
+    AccuracyGateError, ConfigError, DataError, EdgetlError, ExportValidationError, MissingDependencyError,
+)
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.heads import Head, load_head
 from edgetl.runtime.machine import cpu_facts
@@ -76,7 +78,7 @@ def run_records(run: RunManifest, data_address: str | None) -> tuple[list[ImageR
     except EdgetlError as exc:
         raise DataError(
             f"cannot reach the run's data {address} to check the export on real images ({exc}); "
-            "pass --data to point at a copy"
+            "give DATA to point at a copy"
         ) from exc
     data = data.remap_to(run.class_names)
     by_source = {r.source: r for r in data.split("all")}
@@ -191,7 +193,7 @@ def export_run(
     if Path(out).exists() and not overwrite:
         raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
     if calibration_size < 1:
-        raise EdgetlError(f"--calib must be at least 1, got {calibration_size}")
+        raise ConfigError(f"must be at least 1, got {calibration_size}", option="calib")
     run_dir = Path(run_dir)
     run = RunManifest.read(run_dir)
     preprocess = PreprocessConfig.from_dict(run.preprocess)
@@ -236,7 +238,7 @@ def export_run(
             manifest = BundleManifest(
                 schema_version=BUNDLE_SCHEMA_VERSION,
                 edgetl_version=__version__,
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                created=utc_now(),
                 backbone={k: run.backbone[k] for k in
                           ("name", "weights_sha256", "weights_source", "feature_dim", "train_last")},
                 preprocess=run.preprocess,

@@ -5,11 +5,10 @@ that refuses an engine built for another TensorRT release or GPU.  How engines a
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .documents import Origin, build, read_document, to_json, utc_now
 from .errors import BundleError, ConfigError
 
 ENGINE_FOLDER = "engines"
@@ -49,11 +48,11 @@ class EngineMetadata:
     source_artifact: str
     source_sha256: str
     engine_sha256: str
-    built: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    built: str = field(default_factory=utc_now)
     schema: str = SIDECAR_SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return to_json(self)
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -61,20 +60,13 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 def read_sidecar(engine: str | Path) -> EngineMetadata:
+    """The metadata of a built engine, every key checked: a foreign or damaged sidecar is a one-line error."""
     path = sidecar_path(engine)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BundleError(f"engine {Path(engine).name} has no metadata file {path.name}; rebuild it with "
-                          "edgetl-rt build-engine") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path.name} is not valid JSON ({exc}); rebuild the engine") from exc
-    if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
-        raise BundleError(f"{path.name} is not an edgetl engine sidecar ({SIDECAR_SCHEMA}); rebuild the engine")
-    try:
-        return EngineMetadata(**data)
-    except TypeError as exc:
-        raise BundleError(f"{path.name} does not match {SIDECAR_SCHEMA}: {exc}") from exc
+    origin = Origin(str(path), BundleError, "rebuild the engine with edgetl-rt build-engine")
+    data = read_document(path, origin, (SIDECAR_SCHEMA,), what="an edgetl engine sidecar",
+                         missing=f"engine {Path(engine).name} has no metadata file {path.name}; rebuild it with "
+                                 "edgetl-rt build-engine")
+    return build(EngineMetadata, data, origin)
 
 
 def check_engine_compatible(meta: EngineMetadata, tensorrt_version: str, compute_capability: str | None,

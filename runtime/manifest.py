@@ -2,16 +2,18 @@
 
 A bundle is a folder with ``manifest.json``, the backbone artifacts, the head
 as ``.npz`` and a fused model.  Every file is listed with its sha256 and
-size; :func:`read_bundle_manifest` refuses unknown schemas, missing files
+size; :func:`read_bundle_manifest` refuses unknown schemas, keys of the
+wrong type (one line naming ``manifest.json`` and the key), missing files
 and files whose content does not match.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .documents import Origin, Table, build, read_document, table_of, to_json
 from .errors import BundleError
 from .fsutil import sha256_file
 from .preprocess import PreprocessConfig
@@ -115,16 +117,47 @@ class BundleManifest:
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return to_json(self)
 
     def write(self, folder: Path) -> None:
         (folder / MANIFEST_NAME).write_text(self.to_json())
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "BundleManifest":
-        data = dict(data)
-        data["artifacts"] = [Artifact(**a) for a in data.get("artifacts", [])]
-        return cls(**data)
+
+#: A file of the bundle: ``head``, an artifact's companion, ``learning`` and ``check`` start with these keys.
+FILE_KEYS = {"file": str, "sha256": str, "size": int}
+#: The preprocessing of a bundle or a run (:meth:`PreprocessConfig.from_dict`).
+PREPROCESS_TABLE = Table({"input_size": int, "resize_size": int, "mean": list[float], "std": list[float],
+                          "interpolation": str}, optional=("interpolation",))
+
+
+def _described(**keys) -> Table:
+    """A block that describes rather than drives: every key optional, keys added by a later writer allowed."""
+    return Table(keys, optional=tuple(keys), closed=False)
+
+
+@functools.cache
+def _manifest_table() -> Table:
+    """``manifest.json`` of schema 1 and 2, every key typed (schema 1 lacks keys that have a default)."""
+    return table_of(
+        BundleManifest,
+        backbone=Table({"name": str, "weights_sha256": str, "weights_source": str, "feature_dim": int,
+                        "train_last": int}, optional=("weights_source",), closed=False),
+        preprocess=PREPROCESS_TABLE,
+        head=Table({"kind": str, **FILE_KEYS}),
+        artifacts=list[table_of(Artifact, companions=list[Table(FILE_KEYS)])],
+        validation=_described(check_images=int, evaluated_on=str, max_accuracy_drop=float, calibration_images=int,
+                              torch_val_accuracy=float),
+        source_run=_described(path=str, created=str, data=str),
+        target=_described(name=str, description=str, backends=list[str], precisions=list[str], profile=dict,
+                          tensorrt=_described(version=str, precision=str, max_batch=int, dla_cores=int,
+                                              source_format=str, trtexec=dict, trtexec_dla=str, engine_file=str)),
+        learning=Table({**FILE_KEYS, "n_train": int, "n_holdout": int, "artifact": str, "max_per_class": int,
+                        "max_holdout_per_class": int},
+                       optional=("n_train", "n_holdout", "artifact", "max_per_class", "max_holdout_per_class"),
+                       closed=False, or_empty=True),
+        check=Table({**FILE_KEYS, "images": int, "reference": str}, optional=("images", "reference"), closed=False,
+                    or_empty=True),
+    )
 
 
 def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManifest:
@@ -133,22 +166,10 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} does not exist or is not a folder")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BundleError(f"{folder} is not a bundle: it has no {MANIFEST_NAME}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged") from exc
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version not in READABLE_SCHEMA_VERSIONS:
-        raise BundleError(
-            f"{path} has schema version {version!r}; this edgetl runtime reads versions "
-            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}. Re-export the bundle or upgrade edgetl."
-        )
-    try:
-        manifest = BundleManifest.from_dict(data)
-    except TypeError as exc:
-        raise BundleError(f"{path} does not match the bundle schema: {exc}") from exc
+    origin = Origin(str(path), BundleError, "re-export or re-copy the bundle")
+    data = read_document(path, origin, READABLE_SCHEMA_VERSIONS, what="an edgetl bundle manifest",
+                         key="schema_version", missing=f"{folder} is not a bundle: it has no {MANIFEST_NAME}")
+    manifest = build(BundleManifest, data, origin, _manifest_table())
     if verify:
         verify_file(folder, manifest.head["file"], manifest.head["sha256"])
         for artifact in manifest.artifacts:

@@ -27,7 +27,6 @@ choice): the ridge and NCM statistics keep every sample ever learned.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import io
 import json
@@ -40,6 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .documents import Origin, build, read_document, utc_now
 from .errors import BundleError, EdgetlError, StoreBusyError
 from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head
@@ -49,10 +49,6 @@ STORE_FOLDER = "store"
 DEFAULT_KEEP_VERSIONS = 5
 DEFAULT_MAX_PER_CLASS = 500
 DEFAULT_MAX_HOLDOUT_PER_CLASS = 100
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -72,7 +68,7 @@ class Version:
     alpha: float | None = None
     artifact: str | None = None
     note: str = ""
-    created: str = field(default_factory=now_iso)
+    created: str = field(default_factory=utc_now)
     schema: str = STORE_SCHEMA
 
 
@@ -175,19 +171,15 @@ class FeatureStore:
         """A committed version (default: the current one); its files are checked against their sha256."""
         for attempt in range(5):  # a concurrent writer may prune the version we just read CURRENT for
             wanted = self.current_number() if number is None else number
-            folder = self._folder(wanted)
-            try:
-                data = json.loads((folder / "version.json").read_text())
-            except FileNotFoundError:
+            path = self._folder(wanted) / "version.json"
+            if not path.is_file():
                 if number is None and attempt < 4:
                     time.sleep(0.01)
                     continue
-                raise BundleError(f"store version {wanted} no longer exists (kept: {self.kept_numbers()})") from None
-            except json.JSONDecodeError as exc:
-                raise BundleError(f"{folder / 'version.json'} is damaged: {exc}") from exc
-            if data.get("schema") != STORE_SCHEMA:
-                raise BundleError(f"{folder} is not an {STORE_SCHEMA} version")
-            return Version(**data)
+                raise BundleError(f"store version {wanted} no longer exists (kept: {self.kept_numbers()})")
+            origin = Origin(str(path), BundleError, f"roll back with edgetl-rt rollback {self.bundle} --to VERSION")
+            return build(Version, read_document(path, origin, (STORE_SCHEMA,), what="an edgetl store version"),
+                         origin)
         raise BundleError("the feature store changed too fast to read")  # pragma: no cover
 
     def kept_numbers(self) -> list[int]:

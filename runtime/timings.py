@@ -16,14 +16,14 @@ costs the next run a new measurement, never the current result.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .documents import Origin, Table, build, read_document, table_of, to_json, utc_now
 from .errors import BundleError
 from .fsutil import atomic_write_text
 from .machine import cpu_facts, library_versions
@@ -121,19 +121,19 @@ def read_timings(bundle: str | Path) -> TimingRecord | None:
     path = folder / f"{key}.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-        if data.get("schema") not in READABLE_SCHEMAS:
-            raise ValueError(f"schema {data.get('schema')!r}")
-        known = set(Timing.__dataclass_fields__)
-        legacy = {"source": "bench"} if data["schema"] == READABLE_SCHEMAS[0] else {}   # only bench wrote v1
-        rows = [Timing(**{**{k: v for k, v in r.items() if k in known}, **legacy}) for r in data["rows"]]
-        for row in rows:
-            row.p50_ms = float(row.p50_ms)
-        return TimingRecord(data.get("machine", identity), rows)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BundleError(f"{path} is damaged ({exc}); delete it or record again with "
-                          f"edgetl-rt bench {bundle} --record") from exc
+    origin = Origin(str(path), BundleError, f"delete it or record again with edgetl-rt bench {bundle} --record")
+    data = read_document(path, origin, READABLE_SCHEMAS, what="an edgetl timings record")
+    record = build(TimingRecord, {"machine": identity, **data}, origin, _record_table())
+    if data["schema"] == READABLE_SCHEMAS[0]:   # only bench wrote v1
+        record.rows = [replace(row, source="bench") for row in record.rows]
+    return record
+
+
+@functools.cache
+def _record_table() -> Table:
+    """A timings file; rows keep what this version knows (a later one may add figures)."""
+    return Table({"schema": str, "machine": dict, "rows": list[table_of(Timing, closed=False)], "updated": str},
+                 optional=("machine", "updated"))
 
 
 def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
@@ -144,9 +144,9 @@ def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
     record.merge(rows)
     try:
         path = _path(bundle, key, create=True)
-        atomic_write_text(path, json.dumps({
+        atomic_write_text(path, to_json({
             "schema": TIMINGS_SCHEMA, "machine": identity, "rows": [asdict(r) for r in record.rows],
-            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, indent=2))
+            "updated": utc_now()}))
     except OSError as exc:
         raise BundleError(f"cannot record timings for {bundle} ({exc.strerror or exc}); set EDGETL_STATE_DIR to "
                           "a writable folder") from exc

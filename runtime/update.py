@@ -16,6 +16,7 @@ import numpy as np
 from .backbone import Backbone
 from .bundle import Bundle
 from .data import ImageRecord, open_data
+from .documents import utc_now
 from .errors import BundleError, ConfigError, DataError, UpdateRejectedError
 from .features import apply_adapter, backbone_features
 from .heads import Head, LinearHead, RidgeStatistics
@@ -24,7 +25,7 @@ from .metrics import top1_accuracy
 from .progress import ProgressFactory, silent_progress
 from .store import (
     DEFAULT_KEEP_VERSIONS, DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS, FeatureStore, LearnerState, Samples,
-    Version, now_iso,
+    Version,
 )
 
 METHODS = tuple(LEARNERS)
@@ -265,7 +266,7 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
             raise ConfigError(f"version {target_number} is already the current one")
         target = store.version(target_number)
         version = Version(**{**asdict(target), "version": -1, "parent": current.version, "action": "rollback",
-                             "note": f"rollback to version {target.version}", "files": {}, "created": now_iso()})
+                             "note": f"rollback to version {target.version}", "files": {}, "created": utc_now()})
         return store.commit(version, store.head(target), store.state(target), store.adapter(target))
 
 
@@ -319,7 +320,7 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                              "files": {}, "n_new": 0, "new_classes": [],
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
                              "note": f"feature normalisation from {len(raw)} unlabelled images of {data}",
-                             "created": now_iso()})
+                             "created": utc_now()})
         store.commit(version, head, state, adapter)    # the parent's head, with the new adapter
         report.update(version=version.version, committed=True)
     return report

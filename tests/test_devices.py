@@ -69,20 +69,49 @@ def test_format_choice_per_target():
     assert "openvino" in igpu.split(",") and options == {"fp16": True}
 
 
+PROFILE = ("name = 'x'\n[hardware]\narch='x86_64'\n[deploy]\nbackends=['onnxruntime']\nprecisions=['fp32']\n"
+           "memory_budget_mb=1\n")
+
+
 @pytest.mark.parametrize("text, message", [
-    ("name = 'x'\n[hardware]\narch='x86_64'\n[deploy]\nbackends=['tflite']\nprecisions=['fp32']\n"
-     "memory_budget_mb=1", "unknown backend 'tflite'"),
-    ("name = 'x'\n[hardware]\narch='riscv'\n[deploy]\nbackends=['onnxruntime']\nprecisions=['fp32']\n"
-     "memory_budget_mb=1", "arch must be one of"),
-    ("name = 'x'\n[hardware]\narch='aarch64'\n[deploy]\nbackends=['tensorrt']\nprecisions=['fp16']\n"
-     "memory_budget_mb=1", "must state \\[software\\] tensorrt"),
-    ("name = 'x'\n[hardware]\narch='x86_64'\ncolour='red'\n[deploy]\nbackends=['onnxruntime']\n"
-     "precisions=['fp32']\nmemory_budget_mb=1", "unknown key\\(s\\) colour"),
-    ("name = 'x'\n[hardware\n", "not valid TOML"),
+    (PROFILE.replace("['onnxruntime']", "['tflite']"),
+     'mine.toml: \\[deploy\\] backends\\[0\\] must be one of onnxruntime, openvino, tensorrt, got "tflite"'),
+    (PROFILE.replace("'x86_64'", "'riscv'"), "mine.toml: \\[hardware\\] arch must be one of x86_64, aarch64"),
+    (PROFILE.replace("'x86_64'", "'aarch64'").replace("['onnxruntime']", "['tensorrt']"),
+     "must state \\[software\\] tensorrt"),
+    (PROFILE.replace("arch='x86_64'", "arch='x86_64'\ncolour='red'"),
+     "mine.toml: \\[hardware\\] unknown key\\(s\\) colour \\(valid: arch, "),
+    ("name = 'x'\n[hardware\n", "mine.toml: not valid TOML"),
+    # wrong types and missing keys: one line naming the key, never a TypeError or a string read letter by letter
+    (PROFILE + "max_batch = \"8\"\n", '^device profile mine.toml: \\[deploy\\] max_batch must be an integer, '
+                                      'got the string "8"$'),
+    (PROFILE.replace("memory_budget_mb=1\n", ""),
+     "^device profile mine.toml: missing key \\[deploy\\] memory_budget_mb$"),
+    (PROFILE.replace("['onnxruntime']", '"tensorrt"'),
+     '^device profile mine.toml: \\[deploy\\] backends must be a list of strings, got the string "tensorrt"$'),
+    (PROFILE + "max_batch = true\n", "\\[deploy\\] max_batch must be an integer, got true"),
+    (PROFILE + "max_batch = 0\n", "\\[deploy\\] max_batch must be >= 1, got 0"),
+    (PROFILE.replace("arch='x86_64'", "arch='x86_64'\ncpu_flags='avx2'"),
+     '\\[hardware\\] cpu_flags must be a list of strings, got the string "avx2"'),
+    (PROFILE.replace("[deploy]", "[software]\ntensorrt='ten'\n[deploy]"),
+     '\\[software\\] tensorrt must be a version number such as "10.3", got "ten"'),
+    (PROFILE.replace("name = 'x'", "name = 3"), "mine.toml: name must be a string, got the integer 3"),
+    (PROFILE.replace("name = 'x'\n", ""), "mine.toml: missing key name"),
 ])
 def test_bad_profiles_name_file_and_key(text, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         parse_profile(text, "mine.toml")
+    assert "\n" not in str(info.value)
+
+
+def test_a_wrong_type_in_a_profile_file_is_a_cli_error_not_a_traceback(tmp_path):
+    own = tmp_path / "my-board.toml"
+    own.write_text((PROFILE_DIR / "x86-avx2.toml").read_text().replace('"x86-avx2"', '"my-board"')
+                   .replace("[deploy]", '[deploy]\nmax_batch = "8"'))
+    result = CliRunner().invoke(host, ["export", str(tmp_path), "--target", str(own), "--out", str(tmp_path / "b")])
+    assert result.exit_code == ConfigError.exit_code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "my-board.toml: [deploy] max_batch must be an integer, got the string \"8\"" in result.output
 
 
 def test_unknown_target_suggests_the_closest(tmp_path):
@@ -113,7 +142,8 @@ def _artifact(name, fmt, precision, backends, role="backbone"):
 
 def _manifest(artifacts, target=None):
     return BundleManifest(
-        schema_version=1, edgetl_version="0", created="", backbone={}, labels=["a", "b"], feature_dim=4,
+        schema_version=1, edgetl_version="0", created="", labels=["a", "b"], feature_dim=4,
+        backbone={"name": "tiny", "weights_sha256": "cd" * 32, "feature_dim": 4, "train_last": 0},
         preprocess={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize_size": 64, "interpolation": "bilinear"},
         head={}, artifacts=artifacts, target=target or {})
 
@@ -141,7 +171,7 @@ def test_tensorrt10_uses_builder_flags_and_tensorrt11_strong_typing():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(precision="fp16", tensorrt_version="11.4", dla_core=0), "does not support DLA"),
     (dict(precision="fp32", tensorrt_version="10.3", dla_core=0), "fp16 or int8 only"),
-    (dict(precision="int8", tensorrt_version="10.3", dla_core=2, dla_cores_available=2), "lacks"),
+    (dict(precision="int8", tensorrt_version="10.3", dla_core=2, dla_cores_available=2), "does not exist on this device"),
     (dict(precision="int8", tensorrt_version="10.3", max_batch=0), "at least 1"),
     (dict(precision="int4", tensorrt_version="10.3"), "unknown engine precision"),
 ])
@@ -191,6 +221,11 @@ def test_engine_without_or_with_foreign_sidecar_is_refused(tmp_path):
         read_sidecar(engine)
     sidecar_path(engine).write_text(json.dumps({"schema": "other"}))
     with pytest.raises(BundleError, match="not an edgetl engine sidecar"):
+        read_sidecar(engine)
+    good = json.loads(_sidecar(tmp_path).with_name("backbone-fp16.engine.json").read_text())
+    sidecar_path(engine).write_text(json.dumps({**good, "strongly_typed": "no"}))
+    with pytest.raises(BundleError, match="x.engine.json: strongly_typed must be true or false, got the string "
+                                          '"no"; rebuild the engine'):
         read_sidecar(engine)
 
 
@@ -266,6 +301,25 @@ def test_pack_and_unpack_round_trip(small_bundle, tmp_path):
     with tarfile.open(plain, "w:gz") as tar:
         tar.add(small_bundle, arcname="bundle")
     assert read_bundle_manifest(unpack_bundle(plain, tmp_path / "second")).labels == ["a", "b"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(feature_dim="1280"), 'manifest.json: feature_dim must be an integer, got the string "1280"'),
+    (lambda m: m["artifacts"][0].update(backends="onnxruntime"),
+     'manifest.json: [artifacts[0]] backends must be a list of strings, got the string "onnxruntime"'),
+    (lambda m: m["head"].pop("sha256"), "manifest.json: missing key [head] sha256"),
+    (lambda m: m["preprocess"].update(input_size=True), "manifest.json: [preprocess] input_size must be an integer, "
+                                                        "got true"),
+])
+def test_a_manifest_with_a_wrong_type_names_the_file_and_key(small_bundle, edit, message):
+    manifest = json.loads((small_bundle / "manifest.json").read_text())
+    edit(manifest)
+    (small_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as info:
+        read_bundle_manifest(small_bundle)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    result = CliRunner().invoke(rt, ["predict", str(small_bundle), str(small_bundle / "head.npz")])
+    assert result.exit_code == BundleError.exit_code and message in result.output
 
 
 def _evil_archive(path, small_bundle, add):

@@ -52,8 +52,9 @@ def test_mlp_head_and_train_last_on_a_subset(tmp_path):
 
 def test_ridge_refuses_a_trainable_tail(tmp_path):
     root = make_folder_dataset(tmp_path / "d")
-    with pytest.raises(ConfigError, match="train-last 0"):
+    with pytest.raises(ConfigError, match="closed form on frozen features") as info:
         finetune(str(root), tmp_path / "r", FinetuneConfig(train_last=1, head=HeadConfig(kind="ridge")))
+    assert info.value.option == "train_last"
     assert not (tmp_path / "r").exists()
 
 

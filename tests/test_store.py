@@ -234,6 +234,17 @@ def test_damaged_store_files_are_refused_with_a_rollback_hint(bundle):
         assert model.head_version == 3
 
 
+def test_a_hand_edited_version_file_is_one_line_naming_its_key(bundle):
+    learn_features(bundle, *_batch(np.random.default_rng(9)), LOOSE)
+    store = FeatureStore(bundle)
+    path = store.root / "versions" / f"{store.current_number():06d}" / "version.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "segments": "1,2"}))
+    with pytest.raises(BundleError, match=r"version.json: segments must be a list of integers, got the string") as info:
+        store.version()
+    assert "\n" not in str(info.value) and "rollback" in str(info.value)
+
+
 def test_leftovers_of_a_killed_writer_are_cleaned(bundle):
     rng = np.random.default_rng(8)
     learn_features(bundle, *_batch(rng), LOOSE)

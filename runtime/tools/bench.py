@@ -13,7 +13,6 @@ whose p99/p50 exceeds a threshold are flagged as noisy instead of hidden.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import platform
 import subprocess
@@ -25,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import installed
+from ..documents import utc_now
 from ..errors import ConfigError, EdgetlError
 from ..fsutil import atomic_directory
 from ..latency import BenchSettings, latency_stats, measure, peak_rss_mb
 from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
-from ..manifest import Artifact, BundleManifest, read_bundle_manifest
+from ..bundle import Bundle
+from ..manifest import Artifact, BundleManifest
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
@@ -96,7 +97,7 @@ def plan_cells(manifest: BundleManifest, settings: MatrixSettings) -> list[Cell]
     return cells
 
 
-def measure_cell(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
+def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
     """Cold start, latency per batch and peak RSS of one cell, in this process."""
     from ..backends import BACKEND_MODULES
     from ..model import EdgeModel
@@ -134,7 +135,7 @@ def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], ben
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _accuracy(bundle: str, artifact: Artifact, backend: str, data: str | None,
+def _accuracy(bundle: Bundle, artifact: Artifact, backend: str, data: str | None,
               cache: dict) -> tuple[float | None, str]:
     if data is None:
         return artifact.accuracy, f"manifest ({artifact.evaluated_with or artifact.backend}, export validation split)"
@@ -152,8 +153,8 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
                log=lambda message: None) -> dict:
     settings = settings or MatrixSettings()
     settings.check()
-    bundle = str(bundle)
-    manifest = read_bundle_manifest(bundle)
+    opened = Bundle(bundle)            # one manifest read and one check per file for the in-process cells
+    bundle, manifest = str(bundle), opened.manifest
     cells = plan_cells(manifest, settings)
     flags = cpu_facts()["flags"]
     not_run = [{"artifact": a.name, "needs": a.requires_cpu} for a in manifest.artifacts
@@ -167,10 +168,10 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
     for index, cell in enumerate(cells, 1):
         log(f"[{index}/{len(cells)}] {cell.artifact} on {cell.backend}"
             + (f", {cell.threads} threads" if cell.threads else ""))
-        measured = (measure_cell_isolated if settings.isolate else measure_cell)(bundle, cell, settings.batches,
-                                                                             settings.bench)
+        measured = (measure_cell_isolated(bundle, cell, settings.batches, settings.bench) if settings.isolate
+                    else measure_cell(opened, cell, settings.batches, settings.bench))
         artifact = manifest.artifact(cell.artifact)
-        accuracy, source = _accuracy(bundle, artifact, cell.backend, data, accuracy_cache)
+        accuracy, source = _accuracy(opened, artifact, cell.backend, data, accuracy_cache)
         size = artifact.size + sum(c["size"] for c in artifact.companions)
         for stats in measured["batches"]:
             spread = stats["p99_ms"] / stats["p50_ms"] if stats["p50_ms"] > 0 else float("inf")
@@ -193,8 +194,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
                 row["within_memory_budget"] = measured["peak_rss_mb"] <= budget
             rows.append(row)
     return {
-        "schema": RESULT_SCHEMA, "bundle": bundle, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
-            timespec="seconds"), "machine": machine_info(),
+        "schema": RESULT_SCHEMA, "bundle": bundle, "created": utc_now(), "machine": machine_info(),
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "bench"}, **asdict(settings.bench),
                      "process_per_cell": settings.isolate},
         "input_size": manifest.preprocess_config.input_size, "target": settings.target,

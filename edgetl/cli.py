@@ -15,7 +15,7 @@ from edgetl.runtime.cli import (ErrorReportingGroup, evaluate, predict, print_js
                                 with_bench_options, with_verbosity)
 from edgetl.runtime.cli.options import json_option, optional_data_argument
 from edgetl.runtime.cli.output import note, progress
-from edgetl.runtime.evaluate import SPLITS
+from edgetl.runtime.data import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 

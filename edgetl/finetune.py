@@ -20,7 +20,7 @@ from edgetl import __version__
 from edgetl.backbones import DEFAULT_BACKBONE, create_backbone
 from edgetl.runtime.data import LabeledData, check_trainable, open_data, stratified_split
 from edgetl.runtime.documents import utc_now
-from edgetl.runtime.errors import DataError
+from edgetl.runtime.errors import ConfigError, DataError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.metrics import classification_report
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
@@ -89,7 +89,7 @@ def finetune(
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not config.overwrite:
-        raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
     compute = resolve_device(config.device)
     if not str(data_address).startswith("builtin:"):
         data_address = str(Path(data_address).resolve())  # the run must find its data from any directory

@@ -24,6 +24,7 @@ from torch import nn
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.heads import Head, LinearHead, MLPHead, RidgeHead
 from edgetl.runtime.learning import Adam
+from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .extract import ComputeDevice
@@ -164,7 +165,7 @@ def train_gradient_head(
                 step += 1
                 running += float(loss.detach()) * len(idx)
             head.eval()
-            val_accuracy = float(np.mean(np.argmax(_predict(tail, head, val_x, compute), axis=1) == val_y))
+            val_accuracy = top1_accuracy(_predict(tail, head, val_x, compute), val_y)
             history.append({"epoch": epoch, "loss": running / len(train_x), "val_accuracy": val_accuracy})
             if val_accuracy > best[0]:
                 best = (val_accuracy, epoch, copy.deepcopy(head.state_dict()), copy.deepcopy(tail.state_dict()))

@@ -33,6 +33,7 @@ from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.heads import Head, load_head
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.preprocess import PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
@@ -138,14 +139,13 @@ def artifact_accuracy(backend: str, path: Path, head: Head | None, images: np.nd
 
     ``head`` follows a backbone artifact; ``None`` means the file itself outputs logits (fused).
     """
-    correct = 0
+    chunks = []
     with create_backend(backend, path, precision=precision) as runner:
         for start in range(0, len(labels), batch_size):
             outputs = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
-            logits = head.logits(outputs) if head is not None else outputs
-            correct += int(np.sum(np.argmax(logits, axis=1) == labels[start:start + batch_size]))
+            chunks.append(head.logits(outputs) if head is not None else outputs)
         ran = runner.effective_precision
-    return correct / len(labels), ran
+    return top1_accuracy(np.concatenate(chunks), labels), ran
 
 
 def _check_rows(n: int) -> np.ndarray:

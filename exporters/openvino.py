@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.runtime.deps import require
+from edgetl.runtime.metrics import top1_accuracy
 
 from .context import BuildContext, BuildResult
 from .onnx_variants import stem_and_last_conv
@@ -100,10 +101,8 @@ def _nncf_openvino_int8(ctx: BuildContext, out: Path, attempt: int, seven_bit: b
             images, labels = ctx.data.train_check(size)  # not the val split the gate reports on
 
             def validate(compiled, items) -> float:
-                correct = [
-                    int(np.argmax(ctx.head.logits(compiled(image)[0]), axis=1)[0] == label) for image, label in items
-                ]
-                return float(np.mean(correct))
+                logits = np.concatenate([ctx.head.logits(compiled(image)[0]) for image, _ in items])
+                return top1_accuracy(logits, np.array([label for _, label in items]))
 
             validation_set = nncf.Dataset([(images[i:i + 1], labels[i]) for i in range(len(labels))])
             # the training sample is easier than unseen data, so ask for a quarter of the allowed drop

@@ -11,7 +11,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgetl.runtime.errors import BundleError, EdgetlError
+from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.manifest import read_bundle_manifest
 from edgetl.runtime.timings import LOCAL_STATE
 
@@ -25,7 +25,7 @@ def pack_bundle(bundle: str | Path, out: str | Path | None = None, overwrite: bo
     read_bundle_manifest(bundle)
     out = Path(out) if out else bundle.with_name(bundle.name + ".tar.gz")
     if out.exists() and not overwrite:
-        raise EdgetlError(f"{out} already exists; choose another --out or pass --overwrite")
+        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
     files = []
     for path in sorted(bundle.rglob("*")):
         if path.relative_to(bundle).parts[0] in LOCAL_STATE:

@@ -57,17 +57,22 @@ class Bundle:
 
     def verify_artifact(self, artifact: Artifact) -> None:
         """sha256 of the artifact's files, once per process; a tampered file raises :class:`BundleError`."""
-        if self.verify and artifact.name not in self._verified:
+        if self.verify and f"artifact:{artifact.name}" not in self._verified:
             verify_artifact(self.path, artifact)
-            self._verified.add(artifact.name)
+            self._verified.add(f"artifact:{artifact.name}")
+
+    def file(self, entry: dict) -> Path:
+        """The path of a manifest file entry (the head, the learning data, the check set), its sha256 checked
+        once per process; a tampered file raises :class:`BundleError`."""
+        if self.verify and entry["file"] not in self._verified:
+            verify_file(self.path, entry["file"], entry["sha256"])
+            self._verified.add(entry["file"])
+        return self.path / entry["file"]
 
     def exported_head(self) -> Head:
         """The head the bundle was exported with, verified and checked against the manifest's classes and size."""
         head_file = self.manifest.head
-        if self.verify and "head" not in self._verified:
-            verify_file(self.path, head_file["file"], head_file["sha256"])
-            self._verified.add("head")
-        head = load_head(self.path / head_file["file"])
+        head = load_head(self.file(head_file))
         if head.num_classes != len(self.manifest.labels) or head.feature_dim != self.feature_dim:
             raise BundleError(
                 f"head {head_file['file']} has shape ({head.num_classes} classes, {head.feature_dim} features) "

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .bundle import Bundle
 from .errors import BundleError
-from .manifest import BundleManifest, verify_file
 from .preprocess import normalize
 
 CHECK_FILE = "check.npz"
@@ -55,13 +54,12 @@ class CheckResult:
         return {**asdict(self), "passed": self.passed}
 
 
-def load_check_set(bundle: str | Path, manifest: BundleManifest, verify: bool = True) -> CheckSet | None:
-    """The bundle's check set, or None for a bundle exported before it existed."""
+def load_check_set(bundle: Bundle) -> CheckSet | None:
+    """The bundle's check set (sha256 checked), or None for a bundle exported before it existed."""
+    manifest = bundle.manifest
     if not manifest.check:
         return None
-    path = Path(bundle) / manifest.check["file"]
-    if verify:
-        verify_file(Path(bundle), manifest.check["file"], manifest.check["sha256"])
+    path = bundle.file(manifest.check)
     try:
         with np.load(path, allow_pickle=False) as data:
             crops, labels, logits = data["images"], data["labels"], data["logits"]

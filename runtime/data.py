@@ -16,13 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
-from .builtin import builtin_dataset
 from .errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
 SPLIT_NAMES = ("train", "val")
+#: What evaluation may read: a data source's val split (the default where there is one), train, or all of it.
+SPLITS = ("val", "train", "all")
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +144,8 @@ def _list_class_folder(root: Path, class_names: list[str], skip_bad: bool, skipp
                 skipped.append(str(path))
             else:
                 raise DataError(
-                    f"{path} is not an image file (extension '{path.suffix}'); remove it or pass --skip-bad"
+                    f"{path} is not an image file (extension '{path.suffix}'); remove it, or skip bad files",
+                    remedy="skip_bad",
                 )
         if not images:
             raise DataError(f"class folder {folder} holds no images")
@@ -211,6 +213,8 @@ def _open_csv(path: Path, skip_bad: bool) -> LabeledData:
 
 def _open_builtin(name: str) -> LabeledData:
     """A shipped set (:mod:`edgetl.runtime.builtin`) with its fixed, seeded train/val split."""
+    from .builtin import builtin_dataset     # only a builtin: address pays for it
+
     spec = builtin_dataset(name)
     arrays = spec.load_arrays()
     train_idx, val_idx = stratified_split(arrays.labels, spec.val_fraction, spec.split_seed)

@@ -109,6 +109,12 @@ def read_document(path: str | Path, origin: Origin, versions: Sequence[str | int
         origin.fail("not valid JSON (not UTF-8 text)")
     except OSError as exc:
         origin.fail(f"cannot be read ({exc.strerror or exc})")
+    return parse_document(text, origin, versions, what=what, key=key)
+
+
+def parse_document(text: str, origin: Origin, versions: Sequence[str | int], *, what: str,
+                   key: str = "schema") -> dict:
+    """The JSON object in ``text`` (read by the caller), whose version field ``key`` is one of ``versions``."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -270,4 +276,4 @@ def _short(text: str, limit: int = 42) -> str:
     return text if len(text) <= limit else text[:limit - 4] + '..."'
 
 
-__all__ = ["Origin", "Table", "build", "check", "read_document", "table_of", "to_json", "utc_now"]
+__all__ = ["Origin", "Table", "build", "check", "parse_document", "read_document", "table_of", "to_json", "utc_now"]

@@ -5,7 +5,8 @@ can print its message and exit non-zero without a traceback, and callers of
 the Python API can catch one family.  Messages name the offending file or
 value and say what to do about it; they never name a command-line flag,
 because the API has none: an error about one option says which with
-``option="top_k"`` and the CLIs print it as ``--top-k``.
+``option="top_k"`` and the CLIs print it as ``--top-k`` (and the option that
+would get past it, ``remedy="force"``, as ``(--force)`` after the message).
 
 Scripts branch on exit codes, so each code has exactly one meaning
 (:class:`ExitCode`, listed in the README under "Exit codes").
@@ -39,14 +40,18 @@ class EdgetlError(Exception):
     """Base class of every user-facing edgetl error.
 
     ``option`` names the parameter the error is about (a Python name such as
-    ``"top_k"``), so the CLI can point at its flag without the library naming it.
+    ``"top_k"``), so the CLI can point at its flag without the library naming it;
+    ``remedy`` names the parameter that would get past it (``"force"``,
+    ``"overwrite"``), which the message describes in words and the CLI names as
+    a flag.
     """
 
     exit_code = ExitCode.ERROR
 
-    def __init__(self, *args: object, option: str | None = None):
+    def __init__(self, *args: object, option: str | None = None, remedy: str | None = None):
         super().__init__(*args)
         self.option = option
+        self.remedy = remedy
 
 
 class DataError(EdgetlError):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from .data import open_data
+from .data import SPLITS, open_data
 from .errors import BelowMinAccuracyError, ConfigError
 from .model import EdgeModel
 from .progress import ProgressFactory, silent_progress
-
-SPLITS = ("val", "train", "all")
 
 
 def evaluate_bundle(
@@ -19,7 +17,7 @@ def evaluate_bundle(
 ) -> dict:
     """Evaluate on ``split`` of the data (default: its val split when it has one, else all)."""
     if split is not None and split not in SPLITS:
-        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}", option="split")
     data = open_data(data_address, skip_bad=skip_bad).remap_to(model.labels)
     chosen = split or ("val" if data.has_val else "all")
     report = model.evaluate(data.split(chosen), skip_bad=skip_bad, progress=progress)

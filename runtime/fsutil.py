@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import EdgetlError
+from .errors import ConfigError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -64,7 +64,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     """
     target = Path(target)
     if target.exists() and not overwrite:
-        raise EdgetlError(f"{target} already exists; choose another path or pass --overwrite")
+        raise ConfigError(f"{target} already exists; choose another path, or overwrite it", remedy="overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     staging.chmod(0o777 & ~_umask())

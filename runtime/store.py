@@ -39,8 +39,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .documents import Origin, build, read_document, utc_now
-from .errors import BundleError, EdgetlError, StoreBusyError
+from .documents import Origin, build, parse_document, utc_now
+from .errors import BundleError, ConfigError, StoreBusyError
 from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head
 
@@ -140,13 +140,20 @@ class FeatureStore:
     def __init__(self, bundle: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS,
                  max_per_class: int = DEFAULT_MAX_PER_CLASS,
                  max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS):
-        if keep_versions < 2:
-            raise EdgetlError("keep at least 2 versions (the current one and one to roll back to)")
         self.bundle = Path(bundle)
         self.root = self.bundle / STORE_FOLDER
+        self.configure(keep_versions, max_per_class, max_holdout_per_class)
+
+    def configure(self, keep_versions: int = DEFAULT_KEEP_VERSIONS, max_per_class: int = DEFAULT_MAX_PER_CLASS,
+                  max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS) -> "FeatureStore":
+        """Set the bounds the next writes apply (how many versions are kept, stored rows per class)."""
+        if keep_versions < 2:
+            raise ConfigError("keep at least 2 versions (the current one and one to roll back to)",
+                              option="keep_versions")
         self.keep_versions = keep_versions
         self.max_per_class = max_per_class
         self.max_holdout_per_class = max_holdout_per_class
+        return self
 
     # --- reading (no lock) --------------------------------------------------------------------------------------
 
@@ -172,13 +179,18 @@ class FeatureStore:
         for attempt in range(5):  # a concurrent writer may prune the version we just read CURRENT for
             wanted = self.current_number() if number is None else number
             path = self._folder(wanted) / "version.json"
-            if not path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
                 if number is None and attempt < 4:
                     time.sleep(0.01)
                     continue
-                raise BundleError(f"store version {wanted} no longer exists (kept: {self.kept_numbers()})")
+                raise BundleError(f"store version {wanted} no longer exists (kept: {self.kept_numbers()})") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BundleError(f"{path} cannot be read ({exc}); roll back with edgetl-rt rollback "
+                                  f"{self.bundle} --to VERSION") from exc
             origin = Origin(str(path), BundleError, f"roll back with edgetl-rt rollback {self.bundle} --to VERSION")
-            return build(Version, read_document(path, origin, (STORE_SCHEMA,), what="an edgetl store version"),
+            return build(Version, parse_document(text, origin, (STORE_SCHEMA,), what="an edgetl store version"),
                          origin)
         raise BundleError("the feature store changed too fast to read")  # pragma: no cover
 

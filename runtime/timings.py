@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .documents import Origin, Table, build, read_document, table_of, to_json, utc_now
-from .errors import BundleError
+from .errors import BundleError, ConfigError
 from .fsutil import atomic_write_text
 from .machine import cpu_facts, library_versions
 
@@ -159,6 +159,6 @@ def record_timings(bundle: str | Path, result: dict) -> Path:
                    first_s=r.get("first_inference_s"), import_s=r.get("import_s"), source="bench")
             for r in result["rows"] if r["batch"] == 1 and r["threads"] is None]
     if not rows:
-        raise BundleError("nothing to record: --record keeps batch-1 rows at the default thread count; "
-                          "include --batch 1 and leave out --threads")
+        raise ConfigError("nothing to record: the record keeps batch-1 rows at the default thread count; "
+                          "measure batch 1 with the default threads", option="record")
     return write_timings(bundle, rows)

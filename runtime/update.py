@@ -46,7 +46,8 @@ class UpdateSettings:
     keep_versions: int = DEFAULT_KEEP_VERSIONS
 
     def store(self, bundle: Bundle) -> FeatureStore:
-        return FeatureStore(bundle.path, self.keep_versions, self.max_per_class, self.max_holdout_per_class)
+        """The bundle's store, with these bounds."""
+        return bundle.store.configure(self.keep_versions, self.max_per_class, self.max_holdout_per_class)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -69,8 +70,7 @@ def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
     dim, classes = manifest.feature_dim, list(manifest.labels)
     seed = Samples.empty(dim)
     if manifest.learning:
-        path = bundle.path / manifest.learning["file"]
-        with np.load(path, allow_pickle=False) as a:
+        with np.load(bundle.file(manifest.learning), allow_pickle=False) as a:
             seed = Samples(a["features"], a["labels"], a["holdout"], a["keys"])
     segments = [store.write_segment(seed)] if len(seed) else []
     state = _state_from(head, seed, dim, len(classes))
@@ -144,7 +144,12 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
     records, names = _records(data, settings.skip_bad)
     keys = np.array([r.content_digest().hex() for r in records], dtype="<U64")
     store = settings.store(bundle)
-    with store.locked(settings.lock_timeout):
+    t0 = time.perf_counter()
+    # The backbone opens first: what it runs is verified (and measured on a new machine) before the store is
+    # touched, so a tampered bundle changes nothing.
+    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone, \
+            store.locked(settings.lock_timeout):
+        open_s = time.perf_counter() - t0
         parent = ensure_store(store, bundle)
         parts = store.segment_parts(parent)
         fresh, seen = [], {key for _, part in parts for key in part.keys.tolist()}
@@ -155,15 +160,13 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
         if not fresh:
             raise DataError(f"every image of {data} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
-        t0 = time.perf_counter()
-        with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
-            found = backbone_features(backbone, [records[i] for i in fresh], store.adapter(parent),
-                                      settings.batch_size, settings.skip_bad, progress=progress)
-            artifact_name = backbone.artifact.name
-        backbone_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        found = backbone_features(backbone, [records[i] for i in fresh], store.adapter(parent),
+                                  settings.batch_size, settings.skip_bad, progress=progress)
+        backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
         report = _learn_locked(store, bundle.feature_dim, parent, parts, found.values, [names[i] for i in rows],
-                               keys[rows], settings, artifact_name)
+                               keys[rows], settings, backbone.artifact.name)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report
@@ -228,7 +231,7 @@ def _learn_locked(store: FeatureStore, dim: int, parent: Version, parts: list[tu
         raise UpdateRejectedError(
             f"update not committed: accuracy on the store's earlier held-out samples (among their classes) would fall from "
             f"{before:.4f} to {after_old:.4f} ({(before - after_old) * 100:.2f} points, limit "
-            f"{settings.max_accuracy_drop:g}); check the new labels, or pass --force to commit anyway"
+            f"{settings.max_accuracy_drop:g}); check the new labels, or force the commit", remedy="force"
         )
     t2 = time.perf_counter()
     version = Version(version=-1, parent=parent.version, action="update", method=settings.method,
@@ -284,38 +287,38 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
     bundle = Bundle.open(bundle)
     store = bundle.store
     records, _ = _records(data, False)
-    with store.locked(lock_timeout):
+    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone, \
+            store.locked(lock_timeout):       # the backbone first: a tampered bundle changes nothing
         parent = ensure_store(store, bundle)
         state = store.state(parent)
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
         head, current_adapter = store.head(parent), store.adapter(parent)
-        with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
-            raw = backbone_features(backbone, records, progress=progress).values   # raw target features
-            source_mean = state.ridge.feature_sum / state.ridge.count
-            source_var = np.maximum(np.diag(state.ridge.gram) / state.ridge.count - source_mean ** 2, 0.0)
-            target_mean, target_std = raw.mean(axis=0), raw.std(axis=0)
-            scale = np.where(target_std > 1e-6, np.sqrt(source_var) / np.maximum(target_std, 1e-6), 1.0)
-            adapter = {"target_mean": target_mean.astype(np.float32), "scale": scale.astype(np.float32),
-                       "source_mean": source_mean.astype(np.float32)}
-            report = {"bundle": str(bundle.path), "n_unlabeled": len(raw), "parent": parent.version,
-                      "mean_shift": float(np.linalg.norm(target_mean - source_mean) /
-                                          max(np.linalg.norm(source_mean), 1e-12))}
-            if check:
-                check_records, check_names = _records(check, False)
-                position = {name: i for i, name in enumerate(parent.classes)}
-                unknown = sorted(set(check_names) - set(position))
-                if unknown:
-                    raise DataError(f"{check} has classes the model does not know: {', '.join(unknown)}")
-                found = backbone_features(backbone, check_records, progress=progress)
-                truth = np.array([position[check_names[i]] for i in found.kept])
-                before = top1_accuracy(head.logits(apply_adapter(found.values, current_adapter)), truth)
-                after = top1_accuracy(head.logits(apply_adapter(found.values, adapter)), truth)
-                report.update(check=check, check_n=len(truth), accuracy_before=before, accuracy_after=after)
-                if (before - after) * 100 > max_accuracy_drop and not force:
-                    raise UpdateRejectedError(
-                        f"adaptation not committed: accuracy on {check} would fall from {before:.4f} to "
-                        f"{after:.4f}; pass --force to commit anyway")
+        raw = backbone_features(backbone, records, progress=progress).values   # raw target features
+        source_mean = state.ridge.feature_sum / state.ridge.count
+        source_var = np.maximum(np.diag(state.ridge.gram) / state.ridge.count - source_mean ** 2, 0.0)
+        target_mean, target_std = raw.mean(axis=0), raw.std(axis=0)
+        scale = np.where(target_std > 1e-6, np.sqrt(source_var) / np.maximum(target_std, 1e-6), 1.0)
+        adapter = {"target_mean": target_mean.astype(np.float32), "scale": scale.astype(np.float32),
+                   "source_mean": source_mean.astype(np.float32)}
+        report = {"bundle": str(bundle.path), "n_unlabeled": len(raw), "parent": parent.version,
+                  "mean_shift": float(np.linalg.norm(target_mean - source_mean) /
+                                      max(np.linalg.norm(source_mean), 1e-12))}
+        if check:
+            check_records, check_names = _records(check, False)
+            position = {name: i for i, name in enumerate(parent.classes)}
+            unknown = sorted(set(check_names) - set(position))
+            if unknown:
+                raise DataError(f"{check} has classes the model does not know: {', '.join(unknown)}")
+            found = backbone_features(backbone, check_records, progress=progress)
+            truth = np.array([position[check_names[i]] for i in found.kept])
+            before = top1_accuracy(head.logits(apply_adapter(found.values, current_adapter)), truth)
+            after = top1_accuracy(head.logits(apply_adapter(found.values, adapter)), truth)
+            report.update(check=check, check_n=len(truth), accuracy_before=before, accuracy_after=after)
+            if (before - after) * 100 > max_accuracy_drop and not force:
+                raise UpdateRejectedError(
+                    f"adaptation not committed: accuracy on {check} would fall from {before:.4f} to "
+                    f"{after:.4f}; check the data, or force the commit", remedy="force")
         version = Version(**{**asdict(parent), "version": -1, "parent": parent.version, "action": "adapt",
                              "files": {}, "n_new": 0, "new_classes": [],
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},

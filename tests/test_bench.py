@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgetl.cli import main as host
 from edgetl.bench_report import compare_results, markdown, pareto_front, write_reports
-from edgetl.runtime.errors import ConfigError, EdgetlError
+from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.tools.bench import table_lines
 from edgetl.runtime.cli import main as rt
 
@@ -97,8 +97,9 @@ def test_reports_flag_noise_and_draw(tmp_path):
     written = write_reports(result, tmp_path / "r")
     with Image.open(written["pareto.png"]) as png:
         assert png.getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(EdgetlError, match="already exists; choose another path or pass --overwrite"):
+    with pytest.raises(ConfigError, match="already exists; choose another path, or overwrite it") as info:
         write_reports(result, tmp_path / "r", overwrite=False)
+    assert info.value.remedy == "overwrite"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]            # nothing half-written beside it
 
 

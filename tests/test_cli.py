@@ -88,6 +88,24 @@ def test_tampered_bundle_exits_non_zero_with_a_message(digits_bundle, tmp_path):
     assert out.exit_code == 3 and "sha256" in out.output and "Traceback" not in out.output
 
 
+@pytest.mark.parametrize("member", ["learning/features.npz", "head.npz", "check.npz"])
+def test_a_tampered_file_the_update_reads_stops_it_before_anything_is_written(digits_bundle, digits_folder, tmp_path,
+                                                                           member):
+    """Each file update loads on its first run (the shipped learning data, the exported head, the check set the
+    measuring uses) is checked against its sha256: a changed byte is exit 3 and no store is created."""
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(digits_bundle.bundle, copy)
+    data = bytearray((copy / member).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / member).write_bytes(bytes(data))
+    shutil.copytree(digits_folder / "val" / "3", tmp_path / "new" / "3")
+    out = CliRunner().invoke(rt, ["update", str(copy), str(tmp_path / "new"), "--json"])
+    assert out.exit_code == 3 and "sha256" in out.output and member in out.output, out.output
+    assert not (copy / "store" / "CURRENT").exists()
+
+
 def test_finetune_bad_input_exits_non_zero_and_writes_nothing(tmp_path):
     root = make_folder_dataset(tmp_path / "d")
     (root / "b" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -201,6 +219,8 @@ def test_unexpected_error_is_one_line_and_its_traceback_needs_verbose(monkeypatc
 def test_an_error_about_an_option_names_its_flag(digits_bundle, digits_folder):
     assert error_line(ConfigError("must be at least 1, got 0", option="top_k")) == "--top-k: must be at least 1, got 0"
     assert error_line(ConfigError("no images to evaluate")) == "no images to evaluate"
+    assert error_line(ConfigError("out exists; choose another path, or overwrite it", remedy="overwrite")) == \
+        "out exists; choose another path, or overwrite it (--overwrite)"
     image = str(sorted((digits_folder / "val" / "3").glob("*.png"))[0])
     out = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--top-k", "0", "--no-tune"])
     assert out.exit_code == ConfigError.exit_code and out.stderr.startswith("error: --top-k")
@@ -252,6 +272,25 @@ def test_exit_codes_are_unique_per_meaning():
     from edgetl.runtime.store import StoreBusyError
 
     assert (StoreBusyError.exit_code, CudaError.exit_code) == (ExitCode.STORE_BUSY, ExitCode.CUDA)
+
+
+@pytest.mark.parametrize("argv, where", [
+    (["compare", "bundle", "data", "--limit", "3"], "edgetl compare BUNDLE [DATA]"),
+    (["pack", "bundle"], "edgetl pack BUNDLE"),
+    (["bench", "--compare", "a.json", "b.json"], "edgetl bench --compare A.json B.json"),
+])
+def test_jobs_that_moved_to_the_host_say_where(argv, where):
+    out = CliRunner().invoke(rt, argv)
+    assert out.exit_code == ExitCode.USAGE and f"moved to the host: {where}" in out.output
+
+
+def test_exit_code_numbers_are_pinned():
+    """Scripts branch on the numbers: a renumbering must be a deliberate change of this table."""
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0, "ERROR": 1, "USAGE": 2, "BUNDLE": 3, "EXPORT_VALIDATION": 4, "MISSING_DEPENDENCY": 5,
+        "UPDATE_REJECTED": 6, "STORE_BUSY": 7, "DATA": 8, "CONFIG": 9, "EXPORT_ACCURACY": 10,
+        "BELOW_MIN_ACCURACY": 11, "CUDA": 12,
+    }
 
 
 def test_readme_lists_every_exit_code():

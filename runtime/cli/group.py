@@ -20,10 +20,15 @@ from .output import NORMAL, QUIET, VERBOSE, VERBOSITY_KEY, verbosity
 _CLICK_EXCEPTIONS = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
 
 
+def flag(name: str) -> str:
+    """The command-line flag of an API parameter: ``top_k`` -> ``--top-k``."""
+    return "--" + name.replace("_", "-")
+
+
 def error_line(exc: EdgetlError) -> str:
-    """``--flag: message`` when the error names the option it is about, else the message."""
-    option = getattr(exc, "option", None)
-    return f"--{option.replace('_', '-')}: {exc}" if option else str(exc)
+    """``--flag: message (--remedy)``: the option the error is about, and the one that would get past it."""
+    option, remedy = getattr(exc, "option", None), getattr(exc, "remedy", None)
+    return (f"{flag(option)}: " if option else "") + str(exc) + (f" ({flag(remedy)})" if remedy else "")
 
 
 class ErrorReportingGroup(click.Group):

@@ -104,7 +104,11 @@ def run_bench(bundle, artifacts, backends, precisions, batches, threads, target,
 
 @click.command()
 @with_bench_options
-def bench(**options) -> None:
+@click.option("--compare", nargs=2, hidden=True, default=None,
+              help="Moved to the host: edgetl bench --compare A.json B.json.")
+def bench(compare, **options) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size; with DATA, accuracy measured on it."""
+    if compare:
+        raise click.UsageError("comparing results moved to the host: edgetl bench --compare A.json B.json")
     run_bench(**options)

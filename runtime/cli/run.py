@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ..evaluate import SPLITS
+from ..data import SPLITS
 from ..preprocess import DEFAULT_MAX_PIXELS
 from .options import json_option, with_model_options
 from .output import detail, note, print_json, print_table, progress, warn

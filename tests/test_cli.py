@@ -34,6 +34,8 @@ FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]
 def commands(group: click.Group, prefix: str = ""):
     """(path, command) of every leaf command of ``group``, subgroups included."""
     for name, command in group.commands.items():
+        if command.hidden:                       # a moved job's pointer (edgetl-rt compare, pack): no options
+            continue
         if isinstance(command, click.Group):
             yield from commands(command, f"{prefix}{name} ")
         else:
@@ -97,6 +99,7 @@ def test_a_tampered_file_the_update_reads_stops_it_before_anything_is_written(di
 
     copy = tmp_path / "b"
     shutil.copytree(digits_bundle.bundle, copy)
+    shutil.rmtree(copy / "timings", ignore_errors=True)     # measured by an earlier test: this copy measures again
     data = bytearray((copy / member).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / member).write_bytes(bytes(data))

@@ -7,7 +7,7 @@ from edgetl import extract
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.run import RunManifest
-from edgetl.runtime.errors import ConfigError, DataError, ImageDecodeError
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
 
 from conftest import make_folder_dataset
 
@@ -71,8 +71,9 @@ def test_corrupt_image_fails_cleanly_or_is_skipped(tmp_path):
 
 
 def test_existing_run_is_not_overwritten_by_default(digits_run):
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(ConfigError, match="already exists; choose another path, or overwrite it") as info:
         finetune("builtin:digits", digits_run.run_dir, FinetuneConfig())
+    assert info.value.remedy == "overwrite"
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):

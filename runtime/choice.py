@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from .backends import BACKEND_MODULES, available_backends, installed
 from .errors import BundleError, ConfigError
 from .machine import CpuClass
-from .manifest import Artifact, BundleManifest
-from .engines import ENGINE_FORMAT
+from .manifest import ENGINE_FORMAT, Artifact, BundleManifest
 from .timings import Timing, TimingRecord
 
 REFERENCE = "onnx"

@@ -12,7 +12,6 @@ from .documents import Origin, build, read_document, to_json, utc_now
 from .errors import BundleError, ConfigError
 
 ENGINE_FOLDER = "engines"
-ENGINE_FORMAT = "tensorrt-engine"
 SIDECAR_SCHEMA = "edgetl.trt-engine/1"
 
 

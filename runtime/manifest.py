@@ -22,6 +22,8 @@ from .preprocess import PreprocessConfig
 BUNDLE_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
+#: The format of a TensorRT engine an artifact entry names (built on the device: :mod:`.engines`).
+ENGINE_FORMAT = "tensorrt-engine"
 
 
 @dataclass

@@ -20,8 +20,8 @@ from ..cuda import CudaRuntime
 from ..deps import require
 from ..errors import BundleError, EdgetlError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from ..manifest import Artifact, FileEntry, read_bundle_manifest
-from ..engines import ENGINE_FORMAT, EngineMetadata, sidecar_path
+from ..manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
+from ..engines import EngineMetadata, sidecar_path
 from .engine_plan import TIMING_CACHE, BuildPlan, engine_metadata, plan_build
 
 

@@ -33,7 +33,9 @@ FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]
 
 def commands(group: click.Group, prefix: str = ""):
     """(path, command) of every leaf command of ``group``, subgroups included."""
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):            # lazy groups import a command when asked for it
+        command = group.get_command(ctx, name)
         if command.hidden:                       # a moved job's pointer (edgetl-rt compare, pack): no options
             continue
         if isinstance(command, click.Group):

@@ -2,7 +2,7 @@
 
 Run (predict, evaluate), learn (update, history, rollback, adapt, cluster),
 measure (bench) and deploy (doctor, build-engine, unpack); one module per
-job.  The shared options and output helpers live in :mod:`.options`,
+job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
 :mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and
 ``predict``, ``evaluate`` and :func:`run_bench`) from here, so both command
 lines speak one grammar.
@@ -14,28 +14,37 @@ without a traceback.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from .deploy import build_engine, doctor, unpack
-from .group import ErrorReportingGroup, with_verbosity
-from .learn import adapt, cluster, history, rollback, update
-from .measure import bench, run_bench, with_bench_options
-from .output import print_json, print_table
-from .run import evaluate, predict
+from .group import LazyGroup, with_verbosity
 
-__all__ = ["main", "ErrorReportingGroup", "with_verbosity", "print_json", "print_table", "with_bench_options",
-           "run_bench", "predict", "evaluate"]
+#: command -> where it lives; a command's module is imported only when it runs (or help lists it).
+COMMANDS = {
+    "predict": ".run:predict", "evaluate": ".run:evaluate", "bench": ".measure:bench",
+    "update": ".learn:update", "history": ".learn:history", "rollback": ".learn:rollback", "adapt": ".learn:adapt",
+    "cluster": ".learn:cluster", "doctor": ".deploy:doctor", "build-engine": ".deploy:build_engine",
+    "unpack": ".deploy:unpack",
+}
+#: what the host's ``edgetl`` reuses from here, loaded on first use (PEP 562).
+_EXPORTS = {"ErrorReportingGroup": ".group", "print_json": ".output", "print_table": ".output",
+            "with_bench_options": ".measure", "run_bench": ".measure", "predict": ".run", "evaluate": ".run"}
+
+__all__ = ["main", "LazyGroup", "with_verbosity", *_EXPORTS]
 
 
-@click.group(cls=ErrorReportingGroup)
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgetl.runtime.cli' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
 @with_verbosity
 @click.version_option(package_name="edgetl")
 def main() -> None:
     """edgetl device runtime: run, evaluate, benchmark, keep learning and build engines (no torch needed)."""
-
-
-for _command in (predict, evaluate, bench, update, history, rollback, adapt, cluster, doctor, build_engine, unpack):
-    main.add_command(_command)
 
 
 def _moved(name: str, host_line: str) -> click.Command:

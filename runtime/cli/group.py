@@ -9,6 +9,7 @@ so a script never parses a traceback and a bug report can still have one.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 
 import click
@@ -67,3 +68,21 @@ def with_verbosity(func):
     return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_level(VERBOSE),
                         help="More detail on stderr: why an artifact was chosen, the traceback of an "
                              "unexpected error.")(func)
+
+
+class LazyGroup(ErrorReportingGroup):
+    """A group whose commands are named in a table (name -> ``module:function``) and imported when one is run
+    or listed, so ``edgetl-rt predict`` loads the module of ``predict`` only (click's documented lazy loading)."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands and name not in self.commands:
+            module, function = self.lazy_commands[name].split(":")
+            self.add_command(getattr(importlib.import_module(module, __package__), function), name)
+        return super().get_command(ctx, name)

@@ -8,6 +8,7 @@ into one), so a process reads the manifest once and checks each file's sha256 on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from .errors import BundleError
 from .heads import Head, load_head
-from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_artifact, verify_file
+from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_file
 from .store import FeatureStore
 from .timings import TimingRecord, read_timings
 
@@ -56,10 +57,9 @@ class Bundle:
         return self.manifest.feature_dim
 
     def verify_artifact(self, artifact: Artifact) -> None:
-        """sha256 of the artifact's files, once per process; a tampered file raises :class:`BundleError`."""
-        if self.verify and f"artifact:{artifact.name}" not in self._verified:
-            verify_artifact(self.path, artifact)
-            self._verified.add(f"artifact:{artifact.name}")
+        """sha256 of the artifact's file and companions (OpenVINO's .bin), each once per process."""
+        for entry in ({"file": artifact.file, "sha256": artifact.sha256}, *artifact.companions):
+            self.file(entry)
 
     def file(self, entry: dict) -> Path:
         """The path of a manifest file entry (the head, the learning data, the check set), its sha256 checked
@@ -69,8 +69,10 @@ class Bundle:
             self._verified.add(entry["file"])
         return self.path / entry["file"]
 
+    @functools.cached_property
     def exported_head(self) -> Head:
-        """The head the bundle was exported with, verified and checked against the manifest's classes and size."""
+        """The head the bundle was exported with, verified and checked against the manifest's classes and size
+        (read once: measuring and the store's first version both use it)."""
         head_file = self.manifest.head
         head = load_head(self.file(head_file))
         if head.num_classes != len(self.manifest.labels) or head.feature_dim != self.feature_dim:
@@ -88,7 +90,7 @@ class Bundle:
             if head.num_classes != len(version.classes) or head.feature_dim != self.feature_dim:
                 raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
             return HeadState(head, list(version.classes), self.store.adapter(version), version.version)
-        return HeadState(self.exported_head(), list(self.manifest.labels), None, None)
+        return HeadState(self.exported_head, list(self.manifest.labels), None, None)
 
     def timings(self) -> TimingRecord | None:
         """What this machine measured of the bundle's artifacts (read afresh: measuring writes it)."""

@@ -72,7 +72,7 @@ def tune_bundle(bundle: Bundle, backend: str | None = None, threads: int | None 
     if not todo:
         return None
     log(f"measuring {len(todo)} artifact(s) on this machine once, to choose the fastest (--no-tune skips this)")
-    report = tune(bundle, todo, bundle.exported_head(), this_cpu_class(), load_check_set(bundle),
+    report = tune(bundle, todo, bundle.exported_head, this_cpu_class(), load_check_set(bundle),
                   threads=threads, device=device)
     failed = [f"{r.artifact} on {r.backend}: {r.error}" for r in report.rows if r.error]
     for line in failed:

@@ -66,7 +66,7 @@ def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
     if store.exists:
         return store.version()
     manifest = bundle.manifest
-    head = bundle.exported_head()
+    head = bundle.exported_head
     dim, classes = manifest.feature_dim, list(manifest.labels)
     seed = Samples.empty(dim)
     if manifest.learning:

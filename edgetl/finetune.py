@@ -18,7 +18,6 @@ import torch
 
 from edgetl import __version__
 from edgetl.backbones import DEFAULT_BACKBONE, create_backbone
-from edgetl.runtime.data import LabeledData, check_trainable, open_data, stratified_split
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError, DataError
 from edgetl.runtime.fsutil import atomic_directory
@@ -26,9 +25,9 @@ from edgetl.runtime.metrics import classification_report
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
-from .cache import FeatureCache, cache_key
-from .engines import choose_engine
-from .extract import resolve_device, run_frozen
+from .cache import FeatureCache
+from .extract import resolve_device
+from .features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .heads import HEAD_TRAINERS, HeadConfig
 from .run import RunManifest
 
@@ -53,6 +52,7 @@ class FinetuneConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int | None = None
     overwrite: bool = False
+    selection: dict | None = None    # what 'edgetl select' measured when the backbone was chosen by it
 
 
 @dataclass
@@ -62,20 +62,6 @@ class FinetuneResult:
     metrics: dict
     cache_hit: bool
     skipped: list[str]
-
-
-def resolve_splits(data: LabeledData, val_fraction: float, seed: int) -> tuple[list, list, dict]:
-    """The data's own train/val split when it has one, else a seeded stratified split."""
-    if "train" in data.splits and "val" in data.splits:
-        return data.splits["train"], data.splits["val"], {"source": "data"}
-    pool = data.splits.get("train") or data.splits.get("all")
-    if not pool:
-        raise DataError(f"{data.address} has no training images (only a val/ split)")
-    train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
-    if not val_idx:
-        raise DataError(f"{data.address} is too small to hold out a validation split; add images or a val/ folder")
-    split = {"source": "seeded", "val_fraction": val_fraction, "seed": seed}
-    return [pool[i] for i in train_idx], [pool[i] for i in val_idx], split
 
 
 def finetune(
@@ -91,50 +77,26 @@ def finetune(
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
     compute = resolve_device(config.device)
-    if not str(data_address).startswith("builtin:"):
-        data_address = str(Path(data_address).resolve())  # the run must find its data from any directory
-    data = open_data(data_address, skip_bad=config.skip_bad)
-    check_trainable(data)
-    train, val, split = resolve_splits(data, config.val_fraction, config.seed)
+    prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
+    data, train, split = prepared.data, prepared.train, prepared.split
+    data_address = data.address
 
     backbone = create_backbone(config.backbone, config.weights)
-    crop_pct = data.recommended_crop_pct
-    preprocess = backbone.pretrained.preprocess(config.image_size or data.recommended_image_size, crop_pct)
+    preprocess = preprocess_for(backbone, data, config.image_size)
     frozen, tail = backbone.split(config.train_last)
-    records = train + val
+    records = prepared.records
     weights_sha256 = backbone.weights_sha256()
     cache = FeatureCache(config.cache_dir)
-    key = cache_key(backbone.name, weights_sha256, len(frozen), preprocess.to_dict(), compute.precision,
-                    records, config.skip_bad)
-    cached = cache.load(key)
-    backbone_s = 0.0
-    engine_name = "none (cache hit)"
-    if cached is not None:
-        log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
-    else:
-        t0 = time.perf_counter()
-        engine = choose_engine(config.engine, frozen, records, preprocess, compute, cache.root, weights_sha256,
-                               len(frozen), log)
-        log(f"feature cache miss: running the frozen backbone over {len(records)} images on {engine.name}: "
-            f"{engine.reason}")
-        try:
-            outputs, valid, skipped = run_frozen(
-                frozen, records, preprocess, compute, batch_size=config.batch_size,
-                skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress, runner=engine.runner,
-            )
-        finally:
-            if engine.runner is not None:
-                engine.runner.close()
-        backbone_s = time.perf_counter() - t0
-        engine_name = engine.name
-        cached = cache.store(key, outputs, valid, skipped)
+    key = feature_key(backbone, weights_sha256, frozen, preprocess, compute, records, config.skip_bad)
+    feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights_sha256,
+                                 engine=config.engine, batch_size=config.batch_size, skip_bad=config.skip_bad,
+                                 max_pixels=config.max_pixels, progress=progress, log=log)
+    cached, backbone_s, engine_name = feature_pass.cached, feature_pass.backbone_s, feature_pass.engine
     skipped = list(data.skipped) + cached.skipped
     if skipped:
         log(f"warning: skipped {len(skipped)} bad file(s) (--skip-bad), e.g. {skipped[0]}")
 
-    n_train = len(train)
-    train_rows = np.flatnonzero(cached.valid[:n_train])
-    val_rows = n_train + np.flatnonzero(cached.valid[n_train:])
+    train_rows, val_rows = feature_pass.rows(len(train))
     train_y = np.array([records[i].label for i in train_rows], dtype=np.int64)
     val_y = np.array([records[i].label for i in val_rows], dtype=np.int64)
     if len(set(train_y.tolist())) < 2 or len(val_y) == 0:
@@ -178,6 +140,7 @@ def finetune(
         timings={"backbone_pass_s": backbone_s, "train_s": train_s,
                  "total_s": time.perf_counter() - started},
         val_accuracy=metrics["accuracy"],
+        selection=config.selection,
     )
     with atomic_directory(out, overwrite=config.overwrite) as staging:
         result.head.save(staging / "head.npz")

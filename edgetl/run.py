@@ -37,6 +37,7 @@ class RunManifest:
     timings: dict
     val_accuracy: float
     files: dict = field(default_factory=lambda: {"head": "head.npz"})
+    selection: dict | None = None   # the 'edgetl select' table, when --backbone auto chose the backbone
     schema: str = RUN_SCHEMA
 
     def write(self, folder: Path) -> None:

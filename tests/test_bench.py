@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main as host
-from edgetl.bench_report import compare_results, markdown, pareto_front, write_reports
+from edgetl.bench_report import compare_results, markdown, write_reports
+from edgetl.plot import pareto_front
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.tools.bench import table_lines
 from edgetl.runtime.cli import main as rt

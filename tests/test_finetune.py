@@ -29,7 +29,7 @@ def test_second_finetune_hits_the_cache_without_a_backbone_pass(digits_run, tmp_
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although the features were cached")
 
-    monkeypatch.setattr("edgetl.finetune.run_frozen", no_backbone)
+    monkeypatch.setattr("edgetl.features.run_frozen", no_backbone)
     messages = []
     result = finetune("builtin:digits", tmp_path / "ridge", FinetuneConfig(head=HeadConfig(kind="ridge")),
                       log=messages.append)

@@ -1,0 +1,127 @@
+"""The data a run trains on and one backbone pass into the feature cache: shared by ``finetune`` and ``select``.
+
+Both open the data and split it the same way and key the cache the same way, so a backbone that
+``edgetl select`` ranked is fine-tuned afterwards without a second backbone pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from edgetl.runtime.data import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
+from edgetl.runtime.errors import DataError
+from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from edgetl.runtime.progress import ProgressFactory, silent_progress
+
+from .backbones import Backbone
+from .cache import CachedFeatures, FeatureCache, cache_key
+from .engines import choose_engine
+from .extract import ComputeDevice, run_frozen
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The opened data and its train/val split, in the order the cache keys them (train then val)."""
+
+    data: LabeledData
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    split: dict
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return self.train + self.val
+
+
+def resolve_splits(data: LabeledData, val_fraction: float, seed: int) -> tuple[list, list, dict]:
+    """The data's own train/val split when it has one, else a seeded stratified split."""
+    if "train" in data.splits and "val" in data.splits:
+        return data.splits["train"], data.splits["val"], {"source": "data"}
+    pool = data.splits.get("train") or data.splits.get("all")
+    if not pool:
+        raise DataError(f"{data.address} has no training images (only a val/ split)")
+    train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
+    if not val_idx:
+        raise DataError(f"{data.address} is too small to hold out a validation split; add images or a val/ folder")
+    split = {"source": "seeded", "val_fraction": val_fraction, "seed": seed}
+    return [pool[i] for i in train_idx], [pool[i] for i in val_idx], split
+
+
+def open_training_data(address: str, val_fraction: float, seed: int, skip_bad: bool = False) -> TrainingData:
+    """Open DATA (absolute path, so a run finds it from any directory) and split it."""
+    if not str(address).startswith("builtin:"):
+        address = str(Path(address).resolve())
+    data = open_data(address, skip_bad=skip_bad)
+    check_trainable(data)
+    train, val, split = resolve_splits(data, val_fraction, seed)
+    return TrainingData(data, train, val, split)
+
+
+def preprocess_for(backbone: Backbone, data: LabeledData, image_size: int | None) -> PreprocessConfig:
+    """The backbone's pretrained preprocessing at the size asked for, else the data's, else its native size."""
+    return backbone.pretrained.preprocess(image_size or data.recommended_image_size, data.recommended_crop_pct)
+
+
+@dataclass
+class FeaturePass:
+    """The cache entry of one backbone (up to its freeze point) over the data, and what it cost."""
+
+    cached: CachedFeatures
+    backbone_s: float         # 0 on a cache hit
+    engine: str               # what ran the pass, or "none (cache hit)"
+
+    def rows(self, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+        """Valid train rows and valid val rows (images skipped as bad are left out)."""
+        valid = self.cached.valid
+        return np.flatnonzero(valid[:n_train]), n_train + np.flatnonzero(valid[n_train:])
+
+
+def feature_key(backbone: Backbone, weights_sha256: str, frozen: nn.Module, preprocess: PreprocessConfig,
+                compute: ComputeDevice, records: list[ImageRecord], skip_bad: bool) -> str:
+    return cache_key(backbone.name, weights_sha256, len(frozen), preprocess.to_dict(), compute.precision, records,
+                     skip_bad)
+
+
+def backbone_pass(
+    frozen: nn.Module,
+    key: str,
+    records: list[ImageRecord],
+    preprocess: PreprocessConfig,
+    compute: ComputeDevice,
+    cache: FeatureCache,
+    weights_sha256: str,
+    *,
+    engine: str = "auto",
+    batch_size: int | None = None,
+    skip_bad: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: ProgressFactory = silent_progress,
+    log: Callable[[str], None] = lambda message: None,
+    export_paid: bool = False,
+) -> FeaturePass:
+    """The cached outputs of ``frozen`` over ``records``; one pass (then stored) when the cache has none."""
+    cached = cache.load(key)
+    if cached is not None:
+        log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
+        return FeaturePass(cached, 0.0, "none (cache hit)")
+    t0 = time.perf_counter()
+    choice = choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen), log,
+                           export_paid)
+    log(f"feature cache miss: running the frozen backbone over {len(records)} images on {choice.name}: "
+        f"{choice.reason}")
+    try:
+        outputs, valid, skipped = run_frozen(
+            frozen, records, preprocess, compute, batch_size=batch_size, skip_bad=skip_bad, max_pixels=max_pixels,
+            progress=progress, runner=choice.runner,
+        )
+    finally:
+        if choice.runner is not None:
+            choice.runner.close()
+    backbone_s = time.perf_counter() - t0
+    return FeaturePass(cache.store(key, outputs, valid, skipped), backbone_s, choice.name)

@@ -20,7 +20,7 @@ from _common import save_result, verdict
 from edgetl.backbones import create_backbone
 from edgetl.engines import choose_engine
 from edgetl.extract import resolve_device, run_frozen
-from edgetl.finetune import resolve_splits
+from edgetl.features import resolve_splits
 from edgetl.runtime.backends import installed
 from edgetl.runtime.data import open_data
 

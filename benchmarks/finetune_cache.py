@@ -20,7 +20,8 @@ from _common import save_result, verdict
 
 from edgetl.backbones import create_backbone
 from edgetl.extract import resolve_device, run_frozen
-from edgetl.finetune import FinetuneConfig, finetune, resolve_splits
+from edgetl.features import resolve_splits
+from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.runtime.data import open_data
 

@@ -114,3 +114,29 @@ def test_missing_optional_packages_give_the_install_line(monkeypatch):
         create_backbone("timm:mobilenetv3_small_100")
     with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[torchvision\]"'):
         create_backbone("torchvision:mobilenet_v3_small")
+
+
+def test_lite2_runs_the_whole_path(flowers_dir, tmp_path):
+    """Downstream of the registry nothing is Lite0-specific: Lite2 at its native 260 px fine-tunes, exports to
+    fp32 and int8 ONNX for a target (both gated), runs in the runtime, and learns a new class on the device."""
+    from edgetl.exporters.bundle import export_run
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.update import UpdateSettings, update_bundle
+
+    run = finetune(str(flowers_dir), tmp_path / "run", FinetuneConfig(backbone="efficientnet_lite2",
+                                                                       head=HeadConfig(kind="ridge")))
+    assert run.manifest.preprocess["input_size"] == 260 and run.manifest.backbone["name"] == "efficientnet_lite2"
+    bundle = export_run(run.run_dir, tmp_path / "bundle", target="x86-avx2").bundle
+    with EdgeModel(bundle, artifact="onnx-int8") as model:
+        daisy = sorted((flowers_dir / "daisy").glob("*.jpg"))[0]
+        assert model.predict([str(daisy)])[0].top[0][0] == "daisy"
+    from PIL import Image, ImageOps
+
+    new = tmp_path / "new" / "mirrored-rose"      # photos the store has not seen: mirrored roses, a new class
+    new.mkdir(parents=True)
+    for image in sorted((flowers_dir / "rose").glob("*.jpg"))[:4]:
+        ImageOps.mirror(Image.open(image).convert("RGB")).save(new / image.name, quality=95)
+    report = update_bundle(bundle, str(tmp_path / "new"), UpdateSettings(holdout_fraction=0.0))
+    assert report["version"] == 1 and report["classes"][-1] == "mirrored-rose"

@@ -32,7 +32,7 @@ from ..extract import resolve_device
 from ..features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .cost import model_cost
 from .latency import latency_key, latency_plan, measure_candidate
-from .transferability import logme, ridge_probe
+from .transferability import Spectrum, logme, ridge_probe
 
 SELECTION_SCHEMA = "edgetl.selection/1"
 DEFAULT_FOLDS = 5
@@ -129,6 +129,9 @@ def select_backbones(
         if reused is not None:
             log(f"reusing the selection measured {reused['created']} ({record_path})")
             reused["reused"] = True
+            if config.train_last and not _covers(reused.get("freeze"), reused, config.train_last):
+                reused["freeze"] = _freeze(reused, config, prepared, compute, cache, progress, log)
+                atomic_write_text(record_path, selection_json({**reused, "reused": False}))
             return reused
 
     rows = []
@@ -145,8 +148,9 @@ def select_backbones(
         x = np.asarray(feature_pass.cached.features[train_rows], dtype=np.float64)
         y = np.array([records[i].label for i in train_rows], dtype=np.int64)
         t0 = time.perf_counter()
-        evidence = logme(x, y)
-        probe = ridge_probe(x, y, config.folds, config.seed)
+        spectrum = Spectrum(x)
+        evidence = logme(spectrum, y)
+        probe = ridge_probe(spectrum, y, config.folds, config.seed)
         score_s = time.perf_counter() - t0
         cost = model_cost(backbone, preprocess.input_size)
         calibration = [records[i] for i in train_rows[:64]]
@@ -176,10 +180,7 @@ def select_backbones(
         "candidates": rows, "recommendation": recommendation, "freeze": None, "reused": False,
     }
     if config.train_last:
-        from .freeze import compare_freeze_depths
-
-        result["freeze"] = compare_freeze_depths(
-            recommendation["backbone"], config.train_last, prepared, config, compute, cache, progress, log)
+        result["freeze"] = _freeze(result, config, prepared, compute, cache, progress, log)
     result["timings"] = {"total_s": round(time.perf_counter() - started, 3), "backbone_passes_s": round(passes_s, 3),
                          "scoring_s": round(sum(r["score_s"] for r in rows), 3),
                          "latency_s": round(sum(r["latency_s"] for r in rows), 3)}
@@ -190,6 +191,19 @@ def select_backbones(
 
 def selection_json(result: dict) -> str:
     return json.dumps(result, indent=2)
+
+
+def _freeze(result: dict, config: SelectConfig, prepared, compute, cache, progress, log) -> dict:
+    from .freeze import compare_freeze_depths
+
+    return compare_freeze_depths(result["recommendation"]["backbone"], config.train_last, prepared, config, compute,
+                                 cache, progress, log)
+
+
+def _covers(freeze: dict | None, result: dict, depths: tuple[int, ...]) -> bool:
+    """Whether a recorded freeze comparison is the one asked for (same backbone, same depths)."""
+    return bool(freeze) and freeze["backbone"] == result["recommendation"]["backbone"] and \
+        {d["train_last"] for d in freeze["depths"]} == set(depths) | {0}
 
 
 def pareto_flags(rows: list[dict]) -> list[bool]:
@@ -239,7 +253,7 @@ def _probe_head(x: np.ndarray, y: np.ndarray, classes: int):
 
 def _selection_key(config: SelectConfig, plan, threads: int, feature_keys: list[str]) -> str:
     text = json.dumps([SELECTION_SCHEMA, __version__, feature_keys, plan.to_dict(), config.budget_ms, config.folds,
-                       config.seed, list(config.train_last), threads, cpu_facts()["model"]], sort_keys=True)
+                       config.seed, threads, cpu_facts()["model"], config.image_size], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

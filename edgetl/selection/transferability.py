@@ -5,10 +5,12 @@ Two scores, both on the *training* split only (the validation split stays for ju
 - **LogME** (You et al., ICML 2021): the log marginal evidence of a Bayesian linear model from features to each
   one-hot class column, maximised over its prior and noise precisions, averaged over classes and divided by
   the sample count.  Higher is better; it needs no training and no hyper-parameter.
-- **k-fold probe accuracy**: a ridge classifier (one-hot targets, unpenalised intercept), stratified k-fold,
-  mean and spread of the fold accuracies.  Ridge is a linear smoother, so the predictions of the model fitted
-  without fold k are exact from the full fit: ``y_k - (I - H_kk)^-1 (y_k - yhat_k)`` with the hat matrix
-  ``H``; one eigendecomposition serves every fold and every candidate penalty.
+- **k-fold probe accuracy**: a ridge classifier on the features as they are (one-hot targets; pooled
+  activations are non-negative, so their mean direction carries the offset an intercept would), stratified
+  k-fold, mean and spread of the fold accuracies.  Ridge is a linear smoother, so the predictions of the model
+  fitted without fold k are exact from the full fit: ``y_k - (I - H_kk)^-1 (y_k - yhat_k)`` with the hat
+  matrix ``H = U diag(s / (s + alpha)) U'``.  The eigendecomposition LogME needs serves every fold and every
+  candidate penalty, so both scores cost one decomposition.
 
 Both are written here in numpy (a few dozen lines) rather than taken from a library: scikit-learn has no
 LogME, and the exact fold-out formula makes the probe one decomposition instead of k fits.
@@ -42,13 +44,21 @@ def _spectrum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, u, v
 
 
-def logme(features: np.ndarray, labels: np.ndarray) -> float:
+class Spectrum:
+    """The eigendecomposition of X'X (from the smaller Gram matrix) that both scores are computed from."""
+
+    def __init__(self, features: np.ndarray):
+        x = np.asarray(features, dtype=np.float64)
+        self.n, self.dim = x.shape
+        self.sigma, self.u, _ = _spectrum(x)
+
+
+def logme(features: np.ndarray | Spectrum, labels: np.ndarray) -> float:
     """Mean over classes of the maximised log evidence per sample (higher: features more transferable)."""
-    x = np.asarray(features, dtype=np.float64)
-    sigma, u, _ = _spectrum(x)
-    evidences = [class_evidence(sigma, u, (labels == label).astype(np.float64), x.shape[1])[0]
+    spectrum = features if isinstance(features, Spectrum) else Spectrum(features)
+    evidences = [class_evidence(spectrum.sigma, spectrum.u, (labels == label).astype(np.float64), spectrum.dim)[0]
                  for label in np.unique(labels)]
-    return float(np.mean(evidences)) / len(x)
+    return float(np.mean(evidences)) / spectrum.n
 
 
 def class_evidence(sigma: np.ndarray, u: np.ndarray, y: np.ndarray, dim: int,
@@ -101,34 +111,31 @@ class ProbeScore:
     alpha: float              # the ridge penalty chosen by leave-one-out accuracy
 
 
-def ridge_probe(features: np.ndarray, labels: np.ndarray, k: int = 5, seed: int = 0) -> ProbeScore:
+def ridge_probe(features: np.ndarray | Spectrum, labels: np.ndarray, k: int = 5, seed: int = 0) -> ProbeScore:
     """Stratified k-fold accuracy of a ridge classifier, each fold's prediction exact from one decomposition."""
-    x = np.asarray(features, dtype=np.float64)
-    n = len(x)
+    spectrum = features if isinstance(features, Spectrum) else Spectrum(features)
+    sigma, u, n = spectrum.sigma, spectrum.u, spectrum.n
     classes = np.unique(labels)
     y = (labels[:, None] == classes[None, :]).astype(np.float64)
     k = max(2, min(k, int(np.bincount(np.searchsorted(classes, labels)).min()), n // 2))
-    centred = x - x.mean(axis=0)
-    sigma, u, _ = _spectrum(centred)
-    uty = u.T @ (y - y.mean(axis=0))
-    scale = float(sigma.sum()) / x.shape[1]
+    uty = u.T @ y
+    scale = float(sigma.sum()) / spectrum.dim
     best: tuple[float, float] = (-1.0, scale)
     for factor in ALPHA_GRID:      # leave-one-out accuracy picks the penalty: only the hat matrix's diagonal
         alpha = scale * factor
         shrink = sigma / (sigma + alpha)
-        fitted = y.mean(axis=0) + u @ (shrink[:, None] * uty)
-        leverage = 1.0 / n + np.einsum("ij,j,ij->i", u, shrink, u)
+        fitted = u @ (shrink[:, None] * uty)
+        leverage = np.einsum("ij,j,ij->i", u, shrink, u)
         loo = y - (y - fitted) / (1.0 - leverage)[:, None]
         accuracy = float(np.mean(classes[np.argmax(loo, axis=1)] == labels))
         if accuracy > best[0] + 1e-12:
             best = (accuracy, alpha)
     alpha = best[1]
     shrink = sigma / (sigma + alpha)
-    fitted = y.mean(axis=0) + u @ (shrink[:, None] * uty)
+    fitted = u @ (shrink[:, None] * uty)
     accuracies = []
     for fold in stratified_folds(labels, k, seed):
-        block = u[fold] * shrink
-        hat = 1.0 / n + block @ u[fold].T
+        hat = (u[fold] * shrink) @ u[fold].T
         held_out = y[fold] - np.linalg.solve(np.eye(len(fold)) - hat, y[fold] - fitted[fold])
         accuracies.append(float(np.mean(classes[np.argmax(held_out, axis=1)] == labels[fold])))
     return ProbeScore(float(np.mean(accuracies)), float(np.std(accuracies)), len(accuracies), alpha)
@@ -154,4 +161,4 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return float((concordant - discordant) / denominator) if denominator else float("nan")
 
 
-__all__ = ["ProbeScore", "class_evidence", "logme", "ridge_probe", "kendall_tau", "stratified_folds"]
+__all__ = ["ProbeScore", "Spectrum", "class_evidence", "logme", "ridge_probe", "kendall_tau", "stratified_folds"]

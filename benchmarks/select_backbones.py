@@ -1,0 +1,157 @@
+"""Backbone selection, measured in one run on real data sets.
+
+For each data set (builtin:digits, ../shared/data/flowers3, ../shared/data/clothing10 where present):
+
+(a) the ranking by transferability score (k-fold probe accuracy and LogME, on the training split) against the
+    ranking by fine-tuned validation accuracy of every candidate (linear head, the finetune default): Kendall tau;
+(b) whether the recommendation is on the Pareto front of (validation accuracy, p50 latency);
+(c) ``select`` wall time / the sum of one backbone pass per candidate as ``finetune`` runs it (target <= 1.2),
+    cold (nothing cached on this machine) and with this machine's latency figures already measured (the
+    usual case: they depend on backbone, input size, artifact and machine, not on the data);
+(d) ``finetune --backbone auto`` right after ``select``: the selection is reused and there is no backbone pass;
+(e) with --train-last: the freeze-depth comparison of the recommended backbone against the fine-tuned
+    validation accuracy at each depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import save_result, verdict
+
+from edgetl.backbones import OFFLINE_BACKBONES, create_backbone
+from edgetl.cache import FeatureCache
+from edgetl.extract import resolve_device
+from edgetl.features import backbone_pass, feature_key, open_training_data, preprocess_for
+from edgetl.finetune import FinetuneConfig, finetune
+from edgetl.plot import pareto_front
+from edgetl.selection import SelectConfig, select_backbones, selection_summary
+from edgetl.selection.transferability import kendall_tau
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = ("builtin:digits", str(SHARED / "flowers3"), str(SHARED / "clothing10"))
+
+
+def plain_passes(address: str, cache_dir: Path) -> dict[str, float]:
+    """One backbone pass per candidate, as finetune runs it (engine auto), into a scratch cache."""
+    prepared = open_training_data(address, 0.2, 0)
+    compute = resolve_device("auto")
+    seconds = {}
+    for name in OFFLINE_BACKBONES:
+        backbone = create_backbone(name)
+        preprocess = preprocess_for(backbone, prepared.data, None)
+        frozen, _ = backbone.split(0)
+        weights = backbone.weights_sha256()
+        key = feature_key(backbone, weights, frozen, preprocess, compute, prepared.records, False)
+        seconds[name] = backbone_pass(frozen, key, prepared.records, preprocess, compute, FeatureCache(cache_dir),
+                                      weights).backbone_s
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="*", default=list(DATASETS))
+    parser.add_argument("--train-last", default="0,1,2")
+    args = parser.parse_args()
+    depths = tuple(int(d) for d in args.train_last.split(",")) if args.train_last else ()
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for address in args.data:
+            if not address.startswith("builtin:") and not Path(address).exists():
+                print(f"skipped {address}: not found")
+                continue
+            name = Path(address).name if not address.startswith("builtin:") else address
+            cold, warm, plain = tmp / name / "cold", tmp / name / "warm", tmp / name / "plain"
+            passes = plain_passes(address, plain)
+
+            t0 = time.perf_counter()
+            select_backbones(address, SelectConfig(cache_dir=str(cold)), reuse=False)
+            select_cold_s = time.perf_counter() - t0
+            t0 = time.perf_counter()     # the freeze comparison on top: reuses the selection, adds its own pass
+            result = select_backbones(address, SelectConfig(cache_dir=str(cold), train_last=depths), reuse=True)
+            freeze_s = time.perf_counter() - t0
+            (warm / "latency").parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(cold / "latency", warm / "latency")
+            t0 = time.perf_counter()
+            select_backbones(address, SelectConfig(cache_dir=str(warm)), reuse=False)
+            select_warm_s = time.perf_counter() - t0
+
+            rows = result["candidates"]
+            val = {}
+            for row in rows:
+                run = finetune(address, tmp / name / f"run-{row['backbone']}",
+                               FinetuneConfig(backbone=row["backbone"], cache_dir=str(cold)))
+                assert run.cache_hit, f"{row['backbone']}: select's features were not reused"
+                val[row["backbone"]] = run.metrics["accuracy"]
+            names = [r["backbone"] for r in rows]
+            front = {names[i] for i in pareto_front([(r["p50_ms"], val[r["backbone"]]) for r in rows])}
+            recommended = result["recommendation"]["backbone"]
+
+            t0 = time.perf_counter()
+            again = select_backbones(address, SelectConfig(cache_dir=str(cold), train_last=depths), reuse=True)
+            auto = finetune(address, tmp / name / "run-auto",
+                            FinetuneConfig(backbone=again["recommendation"]["backbone"], cache_dir=str(cold),
+                                           selection=selection_summary(again)))
+            auto_s = time.perf_counter() - t0
+
+            freeze_val = {}
+            if result.get("freeze"):
+                for d in result["freeze"]["depths"]:
+                    run = finetune(address, tmp / name / f"run-depth-{d['train_last']}",
+                                   FinetuneConfig(backbone=recommended, train_last=d["train_last"],
+                                                  cache_dir=str(cold)))
+                    assert run.cache_hit, f"--train-last {d['train_last']}: the cached boundary was not reused"
+                    freeze_val[d["train_last"]] = run.metrics["accuracy"]
+            pass_sum = sum(passes.values())
+            entry = {
+                "candidates": [{**{k: r[k] for k in ("backbone", "input_size", "logme", "probe_accuracy", "probe_std",
+                                                     "p50_ms", "params_m", "gflops", "artifact_mb", "engine",
+                                                     "backbone_pass_s")},
+                                "plain_pass_s": round(passes[r["backbone"]], 3), "val_accuracy": val[r["backbone"]],
+                                "val_pareto": r["backbone"] in front} for r in rows],
+                "kendall_tau_probe": kendall_tau([r["probe_accuracy"] for r in rows], [val[n] for n in names]),
+                "kendall_tau_logme": kendall_tau([r["logme"] for r in rows], [val[n] for n in names]),
+                "recommended": recommended, "reason": result["recommendation"]["reason"],
+                "recommended_on_val_pareto_front": recommended in front,
+                "best_val": max(val, key=val.get),
+                "select_cold_s": round(select_cold_s, 2), "select_warm_latency_s": round(select_warm_s, 2),
+                "sum_plain_passes_s": round(pass_sum, 2),
+                "ratio_cold": round(select_cold_s / pass_sum, 3), "ratio_warm_latency": round(select_warm_s / pass_sum, 3),
+                "select_timings": result["timings"],
+                "auto_finetune_s": round(auto_s, 2), "auto_reused_selection": bool(again.get("reused")),
+                "auto_cache_hit": auto.cache_hit, "auto_backbone_pass_s": auto.manifest.timings["backbone_pass_s"],
+                "freeze": result.get("freeze"), "freeze_val_accuracy": freeze_val, "freeze_s": round(freeze_s, 2),
+            }
+            report[name] = entry
+            print(f"\n== {address}")
+            print(f"{'backbone':20s} {'px':>4s} {'LogME':>7s} {'probe':>6s} {'+/-':>6s} {'val acc':>7s} {'p50 ms':>7s} "
+                  f"{'pass s':>7s} {'plain s':>7s} {'front':>5s}")
+            for c in entry["candidates"]:
+                print(f"{c['backbone']:20s} {c['input_size']:4d} {c['logme']:7.3f} {c['probe_accuracy']:6.3f} "
+                      f"{c['probe_std']:6.3f} {c['val_accuracy']:7.4f} {c['p50_ms']:7.2f} {c['backbone_pass_s']:7.1f} "
+                      f"{c['plain_pass_s']:7.1f} {'yes' if c['val_pareto'] else '':>5s}")
+            print(f"Kendall tau (probe vs val) {entry['kendall_tau_probe']:+.3f}, (LogME vs val) "
+                  f"{entry['kendall_tau_logme']:+.3f}; recommended {recommended} "
+                  f"({'on' if entry['recommended_on_val_pareto_front'] else 'NOT on'} the val-accuracy/latency front)")
+            print(f"select cold {select_cold_s:.1f} s / plain passes {pass_sum:.1f} s = {entry['ratio_cold']:.2f} "
+                  f"{verdict(entry['ratio_cold'], 1.2)}; latency measured before: {select_warm_s:.1f} s = "
+                  f"{entry['ratio_warm_latency']:.2f} {verdict(entry['ratio_warm_latency'], 1.2)}")
+            print(f"finetune --backbone auto after select: {auto_s:.1f} s, selection reused: "
+                  f"{entry['auto_reused_selection']}, cache hit: {auto.cache_hit} (backbone pass "
+                  f"{entry['auto_backbone_pass_s']:.1f} s)")
+            if freeze_val:
+                print(f"freeze depths of {recommended}: " + ", ".join(
+                    f"{d['train_last']}: inner {d['inner_val_accuracy']:.3f} / val {freeze_val[d['train_last']]:.4f} "
+                    f"({d['train_s']:.1f} s)" for d in result["freeze"]["depths"])
+                    + f"; recommended --train-last {result['freeze']['recommended']}; the comparison took "
+                    f"{freeze_s:.1f} s (its pass {result['freeze']['backbone_pass_s']:.1f} s)")
+    print(f"\nwrote {save_result('select_backbones', {'datasets': report})}")
+
+
+if __name__ == "__main__":
+    main()

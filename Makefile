@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/device_update.py
 	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python benchmarks/bench_fidelity.py
+	$(BIN)/python benchmarks/select_backbones.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 

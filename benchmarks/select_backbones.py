@@ -3,8 +3,9 @@
 For each data set (builtin:digits, ../shared/data/flowers3, ../shared/data/clothing10 where present):
 
 (a) the ranking by transferability score (k-fold probe accuracy and LogME, on the training split) against the
-    ranking by fine-tuned validation accuracy of every candidate (linear head, the finetune default): Kendall tau;
-(b) whether the recommendation is on the Pareto front of (validation accuracy, p50 latency);
+    ranking by fine-tuned validation accuracy of every candidate: Kendall tau, for each head finetune offers
+    (linear, the default; mlp; ridge) and for their mean, the steadier figure where one val image is a point;
+(b) whether the recommendation is on the Pareto front of (mean validation accuracy, p50 latency);
 (c) ``select`` wall time / the sum of one backbone pass per candidate as ``finetune`` runs it (target <= 1.2),
     cold (nothing cached on this machine) and with this machine's latency figures already measured (the
     usual case: they depend on backbone, input size, artifact and machine, not on the data);
@@ -28,11 +29,13 @@ from edgetl.cache import FeatureCache
 from edgetl.extract import resolve_device
 from edgetl.features import backbone_pass, feature_key, open_training_data, preprocess_for
 from edgetl.finetune import FinetuneConfig, finetune
+from edgetl.heads import HeadConfig
 from edgetl.plot import pareto_front
 from edgetl.selection import SelectConfig, select_backbones, selection_summary
 from edgetl.selection.transferability import kendall_tau
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HEADS = ("linear", "mlp", "ridge")
 DATASETS = ("builtin:digits", str(SHARED / "flowers3"), str(SHARED / "clothing10"))
 
 
@@ -82,13 +85,16 @@ def main() -> None:
             select_warm_s = time.perf_counter() - t0
 
             rows = result["candidates"]
-            val = {}
+            by_head: dict[str, dict[str, float]] = {}
             for row in rows:
-                run = finetune(address, tmp / name / f"run-{row['backbone']}",
-                               FinetuneConfig(backbone=row["backbone"], cache_dir=str(cold)))
-                assert run.cache_hit, f"{row['backbone']}: select's features were not reused"
-                val[row["backbone"]] = run.metrics["accuracy"]
+                for head in HEADS:
+                    run = finetune(address, tmp / name / f"run-{row['backbone']}-{head}",
+                                   FinetuneConfig(backbone=row["backbone"], cache_dir=str(cold),
+                                                  head=HeadConfig(kind=head)))
+                    assert run.cache_hit, f"{row['backbone']}: select's features were not reused"
+                    by_head.setdefault(head, {})[row["backbone"]] = run.metrics["accuracy"]
             names = [r["backbone"] for r in rows]
+            val = {n: sum(by_head[h][n] for h in HEADS) / len(HEADS) for n in names}
             front = {names[i] for i in pareto_front([(r["p50_ms"], val[r["backbone"]]) for r in rows])}
             recommended = result["recommendation"]["backbone"]
 
@@ -102,7 +108,7 @@ def main() -> None:
             freeze_val = {}
             if result.get("freeze"):
                 for d in result["freeze"]["depths"]:
-                    run = finetune(address, tmp / name / f"run-depth-{d['train_last']}",
+                    run = finetune(address, tmp / name / f"run-depth-{d['train_last']}",   # the default linear head
                                    FinetuneConfig(backbone=recommended, train_last=d["train_last"],
                                                   cache_dir=str(cold)))
                     assert run.cache_hit, f"--train-last {d['train_last']}: the cached boundary was not reused"
@@ -112,10 +118,13 @@ def main() -> None:
                 "candidates": [{**{k: r[k] for k in ("backbone", "input_size", "logme", "probe_accuracy", "probe_std",
                                                      "p50_ms", "params_m", "gflops", "artifact_mb", "engine",
                                                      "backbone_pass_s")},
-                                "plain_pass_s": round(passes[r["backbone"]], 3), "val_accuracy": val[r["backbone"]],
+                                "plain_pass_s": round(passes[r["backbone"]], 3), "val_accuracy_mean": val[r["backbone"]],
+                                **{f"val_accuracy_{h}": by_head[h][r["backbone"]] for h in HEADS},
                                 "val_pareto": r["backbone"] in front} for r in rows],
                 "kendall_tau_probe": kendall_tau([r["probe_accuracy"] for r in rows], [val[n] for n in names]),
                 "kendall_tau_logme": kendall_tau([r["logme"] for r in rows], [val[n] for n in names]),
+                **{f"kendall_tau_probe_{h}": kendall_tau([r["probe_accuracy"] for r in rows], [by_head[h][n] for n in names])
+                   for h in HEADS},
                 "recommended": recommended, "reason": result["recommendation"]["reason"],
                 "recommended_on_val_pareto_front": recommended in front,
                 "best_val": max(val, key=val.get),
@@ -129,14 +138,17 @@ def main() -> None:
             }
             report[name] = entry
             print(f"\n== {address}")
-            print(f"{'backbone':20s} {'px':>4s} {'LogME':>7s} {'probe':>6s} {'+/-':>6s} {'val acc':>7s} {'p50 ms':>7s} "
+            print(f"{'backbone':20s} {'px':>4s} {'LogME':>7s} {'probe':>6s} {'+/-':>6s} "
+                  + " ".join(f"{'val ' + h:>10s}" for h in HEADS) + f" {'val mean':>8s} {'p50 ms':>7s} "
                   f"{'pass s':>7s} {'plain s':>7s} {'front':>5s}")
             for c in entry["candidates"]:
                 print(f"{c['backbone']:20s} {c['input_size']:4d} {c['logme']:7.3f} {c['probe_accuracy']:6.3f} "
-                      f"{c['probe_std']:6.3f} {c['val_accuracy']:7.4f} {c['p50_ms']:7.2f} {c['backbone_pass_s']:7.1f} "
+                      f"{c['probe_std']:6.3f} " + " ".join(f"{c['val_accuracy_' + h]:10.4f}" for h in HEADS)
+                      + f" {c['val_accuracy_mean']:8.4f} {c['p50_ms']:7.2f} {c['backbone_pass_s']:7.1f} "
                       f"{c['plain_pass_s']:7.1f} {'yes' if c['val_pareto'] else '':>5s}")
-            print(f"Kendall tau (probe vs val) {entry['kendall_tau_probe']:+.3f}, (LogME vs val) "
-                  f"{entry['kendall_tau_logme']:+.3f}; recommended {recommended} "
+            print("Kendall tau, probe vs val: " + ", ".join(f"{h} {entry['kendall_tau_probe_' + h]:+.3f}" for h in HEADS)
+                  + f", mean {entry['kendall_tau_probe']:+.3f}; LogME vs mean val {entry['kendall_tau_logme']:+.3f}; "
+                  f"recommended {recommended} "
                   f"({'on' if entry['recommended_on_val_pareto_front'] else 'NOT on'} the val-accuracy/latency front)")
             print(f"select cold {select_cold_s:.1f} s / plain passes {pass_sum:.1f} s = {entry['ratio_cold']:.2f} "
                   f"{verdict(entry['ratio_cold'], 1.2)}; latency measured before: {select_warm_s:.1f} s = "

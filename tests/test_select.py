@@ -191,6 +191,17 @@ def test_select_then_finetune_auto_on_real_photos(flowers_dir, tmp_path):
     assert [d["train_last"] for d in selection["freeze"]["depths"]] == [0, 1]
     assert {p.name for p in out.iterdir()} == {"selection.json", "selection.md", "selection.png"}
 
+    # a budget between Lite0 and Lite1 on a target this x86 machine fits: Lite0, the only one within it
+    budget = (rows["efficientnet_lite0"]["p50_ms"] + rows["efficientnet_lite1"]["p50_ms"]) / 2
+    budgeted = runner.invoke(main, ["select", str(flowers_dir), "--target", "x86-avx2", "--budget-ms", f"{budget}",
+                                    "--cache-dir", str(cache), "--json"])
+    assert budgeted.exit_code == 0, budgeted.output
+    budgeted = json.loads(budgeted.output[budgeted.output.index("{"):])
+    assert budgeted["latency"]["where"] == "target" and budgeted["target"] == "x86-avx2"
+    assert budgeted["recommendation"]["backbone"] == "efficientnet_lite0"
+    assert "over budget: efficientnet_lite1, efficientnet_lite2" in budgeted["recommendation"]["reason"]
+    assert all(r["cache_hit"] and r["latency_cached"] for r in budgeted["candidates"])   # nothing measured twice
+
     auto = runner.invoke(main, ["finetune", str(flowers_dir), "--backbone", "auto", "--out", str(tmp_path / "run"),
                                 "--cache-dir", str(cache), "--json"])
     assert auto.exit_code == 0, auto.output

@@ -3,9 +3,10 @@
 One backbone pass fills the cache at the deepest freeze point asked for; every shallower boundary (down to the
 pooled features) is derived from those cached activations by running only the stages between them, and stored
 under the key a direct pass would have, so ``finetune --train-last N`` afterwards does no backbone pass.  Each
-depth then trains the same linear head (with its unfrozen tail) on a seeded 80/20 split of the *training*
-split; the validation split stays unseen.  The recommendation is the shallowest depth within
-``MIN_GAIN_POINTS`` of the best: deeper training must pay for its extra time with accuracy.
+depth then trains the same linear head (with its unfrozen tail) in a seeded stratified k-fold of the *training*
+split (``FOLDS``: one small held-out part is too noisy to rank depths); the validation split stays unseen.
+The recommendation is the shallowest depth within ``MIN_GAIN_POINTS`` of the best mean: deeper training must
+pay for its extra time with accuracy.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import torch
 from torch import nn
 
 from edgetl.backbones import create_backbone
-from edgetl.runtime.data import stratified_split
 from edgetl.runtime.progress import silent_progress
 
 from ..cache import FeatureCache
 from ..extract import ComputeDevice
 from ..features import TrainingData, backbone_pass, feature_key, preprocess_for
 from ..heads import HeadConfig, train_gradient_head
+from .transferability import stratified_folds
 
 #: A deeper freeze point is recommended only when it beats the shallower choice by at least this much.
 MIN_GAIN_POINTS = 1.0
-INNER_VAL_FRACTION = 0.2
+FOLDS = 3
 
 
 def _cut(stage_count: int, train_last: int) -> int:
@@ -85,24 +86,29 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
 
     train_rows, _ = deep.rows(len(prepared.train))
     labels = np.array([records[i].label for i in train_rows], dtype=np.int64)
-    inner_train, inner_val = stratified_split(labels.tolist(), INNER_VAL_FRACTION, config.seed)
-    fit_rows, check_rows = train_rows[inner_train], train_rows[inner_val]
+    folds = stratified_folds(labels, FOLDS, config.seed)
     head = HeadConfig(kind="linear", seed=config.seed)
     classes = len(prepared.data.class_names)
     rows = []
     for depth in depths:
-        _, tail = backbone.split(depth)
-        tail = copy.deepcopy(tail)                  # each depth trains from the pretrained weights
         features = activations[depth].features
-        t0 = time.perf_counter()
-        result = train_gradient_head(tail, np.asarray(features[fit_rows]), labels[inner_train],
-                                     np.asarray(features[check_rows]), labels[inner_val], classes,
-                                     backbone.feature_dim, head, compute)
-        train_s = time.perf_counter() - t0
-        accuracy = max(h["val_accuracy"] for h in result.history)
-        rows.append({"train_last": depth, "inner_val_accuracy": round(accuracy, 5), "train_s": round(train_s, 3),
-                     "boundary_shape": list(features.shape[1:]), "epochs_run": result.epochs_run})
-        log(f"{backbone_name} --train-last {depth}: inner accuracy {accuracy:.3f} in {train_s:.1f} s")
+        accuracies, seconds = [], []
+        for fold in folds:
+            fit = np.setdiff1d(np.arange(len(labels)), fold)
+            _, tail = backbone.split(depth)
+            tail = copy.deepcopy(tail)              # each depth and fold trains from the pretrained weights
+            t0 = time.perf_counter()
+            result = train_gradient_head(tail, np.asarray(features[train_rows[fit]]), labels[fit],
+                                         np.asarray(features[train_rows[fold]]), labels[fold], classes,
+                                         backbone.feature_dim, head, compute)
+            seconds.append(time.perf_counter() - t0)
+            accuracies.append(max(h["val_accuracy"] for h in result.history))
+        accuracy = float(np.mean(accuracies))
+        rows.append({"train_last": depth, "inner_val_accuracy": round(accuracy, 5),
+                     "inner_val_std": round(float(np.std(accuracies)), 5), "train_s": round(float(np.mean(seconds)), 3),
+                     "boundary_shape": list(features.shape[1:])})
+        log(f"{backbone_name} --train-last {depth}: {len(folds)}-fold accuracy {accuracy:.3f} "
+            f"+/- {np.std(accuracies):.3f}, {np.mean(seconds):.1f} s per fit")
     base = rows[0]
     for row in rows:
         row["gain_points"] = round((row["inner_val_accuracy"] - base["inner_val_accuracy"]) * 100.0, 2)
@@ -119,6 +125,6 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
                   f"(--train-last {deeper['train_last']}: {deeper['gain_points']:+.1f} points over the head alone "
                   f"for {deeper['extra_train_s']:+.1f} s of training)")
     return {"backbone": backbone_name, "depths": rows, "recommended": chosen["train_last"], "reason": reason,
-            "evaluated_on": f"a seeded {1 - INNER_VAL_FRACTION:.0%}/{INNER_VAL_FRACTION:.0%} split of the training "
-                            f"split ({len(fit_rows)}/{len(check_rows)} images), linear head",
+            "evaluated_on": f"a seeded stratified {len(folds)}-fold of the training split ({len(labels)} images), "
+                            f"linear head; train s is per fit",
             "extraction_s": round(extraction_s, 3), "backbone_pass_s": round(deep.backbone_s, 3)}

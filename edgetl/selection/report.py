@@ -25,12 +25,12 @@ def table_rows(result: dict) -> list[tuple[str, ...]]:
 
 
 def freeze_rows(freeze: dict) -> list[tuple[str, ...]]:
-    return [(str(d["train_last"]), f"{d['inner_val_accuracy']:.3f}", f"{d['gain_points']:+.1f}",
+    return [(str(d["train_last"]), f"{d['inner_val_accuracy']:.3f}", f"{d['inner_val_std']:.3f}", f"{d['gain_points']:+.1f}",
              f"{d['train_s']:.1f}", f"{d['extra_train_s']:+.1f}", "x".join(map(str, d["boundary_shape"])))
             for d in freeze["depths"]]
 
 
-FREEZE_COLUMNS = ("train-last", "inner acc", "gain pt", "train s", "extra s", "boundary")
+FREEZE_COLUMNS = ("train-last", "k-fold acc", "+/-", "gain pt", "train s", "extra s", "boundary")
 
 
 def text_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgetl.plot import Point, draw_front, pareto_front
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_directory
-from edgetl.plot import Point, draw_front, pareto_front
 from edgetl.runtime.tools.bench import COLUMNS, RESULT_SCHEMA, cell_text, notes, row_key, write_result_files
 
 

@@ -13,7 +13,7 @@ import click
 
 from edgetl.runtime.cli import (ErrorReportingGroup, evaluate, predict, print_json, print_table, run_bench,
                                 with_bench_options, with_verbosity)
-from edgetl.runtime.cli.options import json_option, optional_data_argument
+from edgetl.runtime.cli.options import THREADS_HELP, json_option, optional_data_argument
 from edgetl.runtime.cli.output import note, progress
 from edgetl.runtime.data import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
@@ -34,14 +34,17 @@ def main() -> None:
                    "recommends (measured now, or reused when fresh).")
 @click.option("--budget-ms", type=float, default=None, help="With --backbone auto: batch-1 p50 latency budget.")
 @click.option("--target", default=None, help="With --backbone auto: device profile whose latency counts.")
+@click.option("--backbones", "candidates", default=None,
+              help="With --backbone auto: the candidates (as for 'edgetl select'; default: the offline ones).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the backbone.")
 @click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Head learning rate.")
 @click.option("--image-size", type=int, default=None,
               help="Input size (default: the data set's recommendation, else the backbone's).")
-@click.option("--train-last", type=int, default=0, show_default=True,
-              help="Also train the last N stages of the backbone (0: head only).")
+@click.option("--train-last", type=click.IntRange(min=0), default=None,
+              help="Also train the last N stages of the backbone (default 0: head only; with --backbone auto, the "
+                   "freeze point the selection recommended when it compared some).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder (default: $EDGETL_CACHE_DIR or ~/.cache/edgetl/features).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -57,28 +60,41 @@ def main() -> None:
               help="Refuse images larger than this many pixels (decompression bombs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @json_option
-def finetune(data, out, backbone, budget_ms, target, weights, head_kind, epochs, lr, image_size, train_last,
-             cache_dir, device, engine, seed, val_fraction, skip_bad, max_pixels, overwrite, as_json) -> None:
+def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, image_size,
+             train_last, cache_dir, device, engine, seed, val_fraction, skip_bad, max_pixels, overwrite,
+             as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
     from edgetl.heads import HeadConfig
     from edgetl.runtime.errors import ConfigError
 
+    from pathlib import Path
+
     selection = None
     if backbone == "auto":
-        from edgetl.selection import SelectConfig, select_backbones, selection_summary
+        from edgetl.selection import SelectConfig, parse_backbones, select_backbones, selection_summary
 
         if weights:
             raise ConfigError("names one backbone's weights; --backbone auto chooses among several", option="weights")
-        chosen = select_backbones(data, SelectConfig(target=target, budget_ms=budget_ms, cache_dir=cache_dir,
-                                                     image_size=image_size, device=device, engine=engine, seed=seed,
+        if Path(out).exists() and not overwrite:     # before minutes of measuring, not after
+            raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
+        chosen = select_backbones(data, SelectConfig(backbones=parse_backbones(candidates), target=target,
+                                                     budget_ms=budget_ms, cache_dir=cache_dir, image_size=image_size,
+                                                     device=device, engine=engine, seed=seed,
                                                      val_fraction=val_fraction, skip_bad=skip_bad,
                                                      max_pixels=max_pixels),
                                   progress=progress, log=note)
         backbone, selection = chosen["recommendation"]["backbone"], selection_summary(chosen)
         note(f"--backbone auto: {backbone} ({chosen['recommendation']['reason']})")
-    elif budget_ms is not None or target is not None:
-        raise ConfigError("applies to --backbone auto only", option="budget-ms" if budget_ms is not None else "target")
+        freeze = chosen.get("freeze")
+        if train_last is None and freeze and freeze["backbone"] == backbone:
+            train_last = freeze["recommended"]
+            note(f"--backbone auto: --train-last {train_last} ({freeze['reason']})")
+    else:
+        unused = [o for o, v in (("budget-ms", budget_ms), ("target", target), ("backbones", candidates)) if v]
+        if unused:
+            raise ConfigError("applies to --backbone auto only", option=unused[0])
+    train_last = train_last or 0
     config = FinetuneConfig(
         selection=selection, backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine, seed=seed,
@@ -125,27 +141,35 @@ def finetune(data, out, backbone, budget_ms, target, weights, head_kind, epochs,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
               show_default=True, help="What runs the backbone pass on a CPU (as for finetune).")
-@click.option("--threads", type=int, default=None, help="Threads of the timed artifact (default: physical cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when DATA has no val split (the same split finetune makes).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
 @click.option("--fresh", is_flag=True, help="Measure again even when a fresh selection is cached.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @json_option
 def select(data, backbones, target, budget_ms, train_last, folds, image_size, cache_dir, out, device, engine,
-           threads, seed, val_fraction, skip_bad, fresh, as_json) -> None:
+           threads, seed, val_fraction, skip_bad, fresh, overwrite, as_json) -> None:
     """Rank backbones for DATA by transferability (LogME, k-fold probe on the training split) and by batch-1
     latency on the target, and recommend one; --train-last 0,1,2 also compares freeze points."""
+    from pathlib import Path
+
+    from edgetl.runtime.errors import ConfigError
     from edgetl.selection import SelectConfig, parse_backbones, parse_depths, select_backbones
     from edgetl.selection.report import (COLUMNS, FREEZE_COLUMNS, freeze_rows, latency_note, table_rows, text_table,
                                          write_reports)
+
+    if out and Path(out).exists() and not overwrite:     # before minutes of measuring, not after
+        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", option="out",
+                          remedy="overwrite")
 
     config = SelectConfig(backbones=parse_backbones(backbones), target=target, budget_ms=budget_ms,
                           cache_dir=cache_dir, image_size=image_size, folds=folds, train_last=parse_depths(train_last),
                           device=device, engine=engine, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad,
                           threads=threads)
     result = select_backbones(data, config, progress=progress, log=note, reuse=not fresh)
-    files = write_reports(result, out) if out else {}
+    files = write_reports(result, out, overwrite=overwrite) if out else {}
     if as_json:
         print_json({**result, **({"files": {k: str(v) for k, v in files.items()}} if files else {})})
         return

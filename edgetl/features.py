@@ -84,6 +84,8 @@ class FeaturePass:
 
 def feature_key(backbone: Backbone, weights_sha256: str, frozen: nn.Module, preprocess: PreprocessConfig,
                 compute: ComputeDevice, records: list[ImageRecord], skip_bad: bool) -> str:
+    """The cache key of ``frozen``'s outputs over ``records``: finetune and select compute it alike, so each
+    finds what the other stored."""
     return cache_key(backbone.name, weights_sha256, len(frozen), preprocess.to_dict(), compute.precision, records,
                      skip_bad)
 

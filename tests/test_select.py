@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def test_logme_is_the_maximised_evidence(n, d):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(n, d))
     y = (x @ rng.normal(size=d) + rng.normal(size=n) > 0).astype(np.float64)
-    sigma, u, _ = _spectrum(x)
+    sigma, u = _spectrum(x)
     evidence, alpha, beta = class_evidence(sigma, u, y, d)
     assert evidence == pytest.approx(_direct_evidence(x, y, alpha, beta), rel=1e-9)
     for a, b in ((alpha * 1.2, beta), (alpha / 1.2, beta), (alpha, beta * 1.2), (alpha, beta / 1.2)):
@@ -98,33 +99,50 @@ def test_recommendation_is_the_best_score_within_the_budget():
     assert tie["backbone"] == "b"     # LogME breaks an exact tie
 
 
-def _facts(flags, arch="x86_64"):
+def _facts(flags, arch="x86_64", openvino_devices=("CPU",)):
     """A described machine, as the doctor would report it."""
     return {"cpu": {"arch": arch, "flags": list(flags)}, "jetson": None, "cuda": {"devices": [], "reason": "none"},
-            "backends": {"onnxruntime": {}, "openvino": {"devices": {"CPU": "cpu"}}}}
+            "backends": {"onnxruntime": {}, "openvino": {"devices": {d: d for d in openvino_devices}}}}
 
 
 AVX2 = ("avx2", "fma")
 VNNI = AVX2 + ("avx512f", "avx512_vnni")
 
 
-def test_latency_plan_follows_the_target_and_says_where_it_was_measured():
+def test_latency_plan_follows_the_target_and_says_where_it_was_measured(monkeypatch):
     from edgetl.devices import get_profile
 
+    monkeypatch.setattr("edgetl.selection.latency.installed", lambda names: list(names))   # both engines here
     plan = latency_plan(None)
     assert (plan.format, plan.backend, plan.where) == ("onnx", "onnxruntime", "host")
     # an AVX2 machine runs the AVX2 profile's first choice: that is the target's own figure
     avx2 = latency_plan(get_profile("x86-avx2"), _facts(AVX2))
     assert (avx2.format, avx2.backend, avx2.precision, avx2.where) == ("onnx", "onnxruntime", "fp32", "target")
-    # the VNNI profile's 8-bit int8 cannot run as stated on an AVX2 machine: a stand-in, marked as such
+    # the VNNI profile's 8-bit int8 cannot run as stated on an AVX2 machine: its 7-bit variant stands in
     vnni_profile = get_profile("x86-avx512-vnni")
     on_vnni = latency_plan(vnni_profile, _facts(VNNI))
     on_avx2 = latency_plan(vnni_profile, _facts(AVX2))
-    assert on_vnni.where == "target" and on_vnni.format.endswith("-vnni")
-    assert on_avx2.where == "host" and not on_avx2.format.endswith("-vnni") and "does not fit" in on_avx2.note
+    assert (on_vnni.where, on_vnni.format) == ("target", "openvino-int8-vnni")
+    assert (on_avx2.where, on_avx2.format) == ("host", "openvino-int8") and "does not fit" in on_avx2.note
+    # an Intel iGPU profile: OpenVINO fp16 weights on the GPU device where there is one, else a CPU stand-in
+    igpu = get_profile("intel-igpu")
+    with_gpu = latency_plan(igpu, _facts(AVX2, openvino_devices=("CPU", "GPU")))
+    assert (with_gpu.where, with_gpu.device, with_gpu.to_dict()["options"]) == ("target", "GPU", {"fp16": True})
+    without = latency_plan(igpu, _facts(AVX2))
+    assert (without.where, without.device) == ("host", None)
     # a Jetson's TensorRT engine is built on the Jetson: ONNX Runtime here stands in
     jetson = latency_plan(get_profile("jetson-orin-nano"), _facts(AVX2))
     assert jetson.where == "host" and jetson.backend != "tensorrt" and "prefers" in jetson.note
+
+
+def test_backbones_option_adds_external_names_to_the_offline_ones():
+    from edgetl.backbones import OFFLINE_BACKBONES
+    from edgetl.selection import parse_backbones
+
+    assert parse_backbones(None) == OFFLINE_BACKBONES
+    assert parse_backbones("timm:resnet18") == (*OFFLINE_BACKBONES, "timm:resnet18")
+    assert parse_backbones("efficientnet_lite1,timm:resnet18") == ("efficientnet_lite1", "timm:resnet18")
+    assert parse_backbones("offline,efficientnet_lite0") == OFFLINE_BACKBONES
 
 
 def test_model_cost_counts_the_feature_extractor():
@@ -142,7 +160,7 @@ def test_derived_boundaries_equal_a_direct_pass(tmp_path):
     """A shallower freeze boundary computed from cached deeper activations is what the backbone computes."""
     from edgetl.backbones import create_backbone
     from edgetl.extract import resolve_device
-    from edgetl.selection.freeze import _cut, _run_stages
+    from edgetl.selection.freeze import _run_stages
 
     lite0 = create_backbone("efficientnet_lite0")
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -152,7 +170,7 @@ def test_derived_boundaries_equal_a_direct_pass(tmp_path):
         direct = {depth: lite0.split(depth)[0](x).numpy() for depth in (0, 1)}
     valid = np.array([True, True, False, True])       # a skipped image stays a zero row
     for depth in (0, 1):
-        derived = _run_stages(stages[_cut(len(stages), 2):_cut(len(stages), depth)], deep, valid,
+        derived = _run_stages(stages[lite0.cut(2):lite0.cut(depth)], deep, valid,
                               resolve_device("cpu"))
         np.testing.assert_allclose(derived[valid], direct[depth][valid], atol=1e-4)
         assert not derived[2].any()
@@ -168,6 +186,20 @@ def test_bad_options_are_one_line_errors_before_any_work():
     assert out.exit_code == 9 and "efficientnet_lite2" in out.output
     out = runner.invoke(main, ["finetune", "builtin:digits", "--out", "x", "--budget-ms", "3"])
     assert out.exit_code == 9 and "--backbone auto" in out.output
+    out = runner.invoke(main, ["select", "builtin:digits", "--train-last", "0,30"])
+    assert out.exit_code == 9 and "out of range" in out.output and "backbone pass" not in out.output
+
+
+def test_existing_outputs_are_refused_before_measuring(tmp_path):
+    runner = CliRunner()
+    taken = tmp_path / "taken"
+    (taken / "keep.txt").parent.mkdir()
+    (taken / "keep.txt").write_text("a user's file")
+    for args in (["select", "builtin:digits", "--out", str(taken)],
+                 ["finetune", "builtin:digits", "--backbone", "auto", "--out", str(taken)]):
+        out = runner.invoke(main, args)
+        assert out.exit_code == 9 and "--overwrite" in out.output and "features at" not in out.output, out.output
+    assert (taken / "keep.txt").read_text() == "a user's file"
 
 
 def test_select_then_finetune_auto_on_real_photos(flowers_dir, tmp_path):
@@ -184,23 +216,34 @@ def test_select_then_finetune_auto_on_real_photos(flowers_dir, tmp_path):
     assert set(rows) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
     assert rows["efficientnet_lite0"]["input_size"] == 224 and rows["efficientnet_lite1"]["input_size"] == 240
     assert all(r["n_train"] == 24 for r in rows.values())          # scored on the training split only
-    assert rows["efficientnet_lite1"]["p50_ms"] > rows["efficientnet_lite0"]["p50_ms"]
-    assert rows["efficientnet_lite1"]["gflops"] > rows["efficientnet_lite0"]["gflops"]
+    assert rows["efficientnet_lite0"]["gflops"] < rows["efficientnet_lite1"]["gflops"] < \
+        rows["efficientnet_lite2"]["gflops"]
     assert selection["recommendation"]["backbone"] in rows and selection["recommendation"]["reason"]
     assert any(r["pareto"] for r in rows.values())
     assert [d["train_last"] for d in selection["freeze"]["depths"]] == [0, 1]
     assert {p.name for p in out.iterdir()} == {"selection.json", "selection.md", "selection.png"}
 
-    # a budget between Lite0 and Lite1 on a target this x86 machine fits: Lite0, the only one within it
-    budget = (rows["efficientnet_lite0"]["p50_ms"] + rows["efficientnet_lite1"]["p50_ms"]) / 2
+    # a budget between the two fastest, on a target profile: only the fastest is within it
+    from edgetl.devices import get_profile
+    from edgetl.runtime.tools.doctor import gather, profile_fit
+
+    by_speed = sorted(rows.values(), key=lambda r: r["p50_ms"])
+    budget = (by_speed[0]["p50_ms"] + by_speed[1]["p50_ms"]) / 2
     budgeted = runner.invoke(main, ["select", str(flowers_dir), "--target", "x86-avx2", "--budget-ms", f"{budget}",
                                     "--cache-dir", str(cache), "--json"])
     assert budgeted.exit_code == 0, budgeted.output
     budgeted = json.loads(budgeted.output[budgeted.output.index("{"):])
-    assert budgeted["latency"]["where"] == "target" and budgeted["target"] == "x86-avx2"
-    assert budgeted["recommendation"]["backbone"] == "efficientnet_lite0"
-    assert "over budget: efficientnet_lite1, efficientnet_lite2" in budgeted["recommendation"]["reason"]
-    assert all(r["cache_hit"] and r["latency_cached"] for r in budgeted["candidates"])   # nothing measured twice
+    fits = profile_fit(get_profile("x86-avx2"), gather()).fits
+    assert budgeted["target"] == "x86-avx2" and budgeted["latency"]["where"] == ("target" if fits else "host")
+    assert budgeted["recommendation"]["backbone"] == by_speed[0]["backbone"]
+    assert "over budget: " in budgeted["recommendation"]["reason"]
+    assert all(r["cache_hit"] for r in budgeted["candidates"])       # no second backbone pass
+
+    # a selection whose features left the cache is not reused: it is measured again
+    shutil.rmtree(cache / by_speed[2]["feature_key"])
+    again = runner.invoke(main, ["select", str(flowers_dir), "--train-last", "0,1", "--cache-dir", str(cache),
+                                 "--json"])
+    assert again.exit_code == 0 and json.loads(again.output[again.output.index("{"):])["reused"] is False
 
     auto = runner.invoke(main, ["finetune", str(flowers_dir), "--backbone", "auto", "--out", str(tmp_path / "run"),
                                 "--cache-dir", str(cache), "--json"])
@@ -210,5 +253,6 @@ def test_select_then_finetune_auto_on_real_photos(flowers_dir, tmp_path):
     assert run["backbone"] == selection["recommendation"]["backbone"] and run["cache_hit"] is True
     assert run["timings"]["backbone_pass_s"] == 0.0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["backbone"]["train_last"] == selection["freeze"]["recommended"]   # the compared freeze point
     assert manifest["selection"]["recommendation"] == selection["recommendation"]
     assert len(manifest["selection"]["candidates"]) == 3

@@ -78,14 +78,18 @@ class Backbone(nn.Module):
         cache holds compact pooled features) and the tail is empty; otherwise
         the tail holds the last ``train_last`` stages and the pooling.
         """
+        cut = self.cut(train_last)
+        return nn.Sequential(*self.stages[:cut]), nn.Sequential(*self.stages[cut:])
+
+    def cut(self, train_last: int) -> int:
+        """Index of the first stage after the frozen part; refuses a freeze point the backbone does not have."""
         limit = self.trainable_stage_count
         if not 0 <= train_last <= limit:
             raise ConfigError(
                 f"--train-last {train_last} is out of range for {self.name}: it has {limit} "
                 f"trainable stages (0 trains the head only)"
             )
-        cut = len(self.stages) - 1 - train_last if train_last else len(self.stages)
-        return nn.Sequential(*self.stages[:cut]), nn.Sequential(*self.stages[cut:])
+        return len(self.stages) - 1 - train_last if train_last else len(self.stages)
 
     def stage_names(self) -> list[str]:
         return [type(s).__name__ for s in self.stages]

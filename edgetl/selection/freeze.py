@@ -3,8 +3,10 @@
 One backbone pass fills the cache at the deepest freeze point asked for; every shallower boundary (down to the
 pooled features) is derived from those cached activations by running only the stages between them, and stored
 under the key a direct pass would have, so ``finetune --train-last N`` afterwards does no backbone pass.  Each
-depth then trains the same linear head (with its unfrozen tail) in a seeded stratified k-fold of the *training*
-split (``FOLDS``: one small held-out part is too noisy to rank depths); the validation split stays unseen.
+depth then trains the same linear head (with its unfrozen tail) for a fixed number of epochs in a seeded
+stratified k-fold of the *training* split (``FOLDS``: one small held-out part is too noisy to rank depths), and
+is scored at its last epoch (picking the best epoch on the fold that scores it would favour noisy depths); the
+validation split stays unseen.
 The recommendation is the shallowest depth within ``MIN_GAIN_POINTS`` of the best mean: deeper training must
 pay for its extra time with accuracy.
 """
@@ -30,11 +32,6 @@ from .transferability import stratified_folds
 #: A deeper freeze point is recommended only when it beats the shallower choice by at least this much.
 MIN_GAIN_POINTS = 1.0
 FOLDS = 3
-
-
-def _cut(stage_count: int, train_last: int) -> int:
-    """Index of the first stage after the frozen part (``Backbone.split``'s boundary)."""
-    return stage_count - 1 - train_last if train_last else stage_count
 
 
 def _run_stages(stages: list[nn.Module], activations: np.ndarray, valid: np.ndarray, compute: ComputeDevice,
@@ -63,8 +60,6 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
     stages = backbone.stages
     depths = tuple(sorted(set(depths) | {0}))
     deepest = depths[-1]
-    for depth in depths:
-        backbone.split(depth)      # refuses a depth out of range before any work
     frozen, _ = backbone.split(deepest)
     started = time.perf_counter()
     key = feature_key(backbone, weights, frozen, preprocess, compute, records, config.skip_bad)
@@ -78,8 +73,8 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
         if entry is None:
             below = min(d for d in activations if d > depth)
             source = activations[below]
-            derived = _run_stages(stages[_cut(len(stages), below):_cut(len(stages), depth)], source.features,
-                                  source.valid, compute)
+            derived = _run_stages(stages[backbone.cut(below):backbone.cut(depth)], source.features, source.valid,
+                                  compute)
             entry = cache.store(key, derived, source.valid, source.skipped)
         activations[depth] = entry
     extraction_s = time.perf_counter() - started
@@ -87,7 +82,7 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
     train_rows, _ = deep.rows(len(prepared.train))
     labels = np.array([records[i].label for i in train_rows], dtype=np.int64)
     folds = stratified_folds(labels, FOLDS, config.seed)
-    head = HeadConfig(kind="linear", seed=config.seed)
+    head = HeadConfig(kind="linear", seed=config.seed, patience=HeadConfig.epochs)   # every fold runs every epoch
     classes = len(prepared.data.class_names)
     rows = []
     for depth in depths:
@@ -102,7 +97,7 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
                                          np.asarray(features[train_rows[fold]]), labels[fold], classes,
                                          backbone.feature_dim, head, compute)
             seconds.append(time.perf_counter() - t0)
-            accuracies.append(max(h["val_accuracy"] for h in result.history))
+            accuracies.append(result.history[-1]["val_accuracy"])   # the last epoch: no pick on the fold itself
         accuracy = float(np.mean(accuracies))
         rows.append({"train_last": depth, "inner_val_accuracy": round(accuracy, 5),
                      "inner_val_std": round(float(np.std(accuracies)), 5), "train_s": round(float(np.mean(seconds)), 3),

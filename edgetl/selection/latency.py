@@ -48,13 +48,23 @@ class LatencyPlan:
     precision: str
     where: str          # "target": this machine fits the profile and runs its first choice; "host": a stand-in
     note: str
+    options: tuple[tuple[str, bool], ...] = ()   # the format's export options (OpenVINO fp16 weights)
+    device: str | None = None                    # OpenVINO device of the profile (an Intel iGPU's "GPU")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "options": dict(self.options)}
 
 
-def _preferences(profile) -> list[tuple[str, str, str]]:
-    """(format, backend, precision) in the profile's order of preference (its runtime picks in this order)."""
+@dataclass(frozen=True)
+class _Choice:
+    format: str
+    backend: str
+    precision: str
+    options: tuple[tuple[str, bool], ...]
+
+
+def _preferences(profile) -> list[_Choice]:
+    """What the profile's bundle would hold, in its order of preference (its runtime picks in this order)."""
     from edgetl.exporters.targets import FORMAT_FOR, VNNI_VARIANT
 
     order = []
@@ -65,37 +75,55 @@ def _preferences(profile) -> list[tuple[str, str, str]]:
             if choice is None:
                 continue
             name = VNNI_VARIANT.get(choice[0], choice[0]) if profile.hardware.int8_dot else choice[0]
-            order.append((name, backend, precision))
+            order.append(_Choice(name, backend, precision, tuple(sorted(choice[1].items()))))
     return order
 
 
 def latency_plan(profile=None, facts: dict | None = None) -> LatencyPlan:
-    """The artifact to time: the target's first runnable choice, or the fp32 ONNX reference without a target."""
+    """The artifact to time: the target's first runnable choice, or the fp32 ONNX reference without a target.
+
+    Where the profile's first choice cannot run here, the closest that can stands in and is marked as measured
+    on this host: the 7-bit int8 variant for the 8-bit one a VNNI CPU needs, else the next preference; a
+    TensorRT engine (built on its device) leaves the next backend's choice, or the fp32 ONNX on ONNX Runtime."""
     if profile is None:
         return LatencyPlan("onnx", "onnxruntime", "fp32", "host",
                            "no --target: the fp32 ONNX every bundle holds, on ONNX Runtime, on this machine")
     from edgetl.exporters import EXPORT_FORMATS
+    from edgetl.exporters.targets import VNNI_VARIANT
     from edgetl.runtime.tools.doctor import gather, profile_fit
 
     facts = facts or gather()
     flags = set(facts["cpu"]["flags"])
+    seven_bit = {v: k for k, v in VNNI_VARIANT.items()}
+
+    def runs_here(choice: _Choice) -> bool:
+        needs = set(EXPORT_FORMATS[choice.format].requires_cpu)
+        return (choice.format in MEASURABLE and choice.backend != "tensorrt" and bool(installed([choice.backend]))
+                and (not needs or bool(flags & needs)))
+
     preferences = _preferences(profile)
-    runnable = [(f, b, p) for f, b, p in preferences
-                if f in MEASURABLE and installed([b]) and b != "tensorrt"
-                and (not EXPORT_FORMATS[f].requires_cpu or flags & set(EXPORT_FORMATS[f].requires_cpu))]
     first = preferences[0]
+    device = profile.hardware.openvino_device
+    stand_ins = [c if runs_here(c) or c.format not in seven_bit else
+                 _Choice(seven_bit[c.format], c.backend, c.precision, c.options) for c in preferences]
+    runnable = [c for c in stand_ins if runs_here(c)]
     if not runnable:
         return LatencyPlan("onnx", "onnxruntime", "fp32", "host",
-                           f"{profile.name} prefers {first[0]} on {first[1]}, which this machine cannot run: "
-                           f"the fp32 ONNX on ONNX Runtime here stands in")
+                           f"{profile.name} prefers {first.format} on {first.backend}, which this machine cannot "
+                           f"run: the fp32 ONNX on ONNX Runtime here stands in")
     chosen = runnable[0]
+    on_device = device if chosen.backend == "openvino" else None
     fits = profile_fit(profile, facts).fits
     if fits and chosen == first:
-        return LatencyPlan(*chosen, "target", f"this machine fits {profile.name}: its first choice, measured here")
-    why = "this machine does not fit the profile" if not fits else f"its first choice {first[0]} on {first[1]} " \
-                                                                  f"cannot run here"
-    return LatencyPlan(*chosen, "host", f"{profile.name} prefers {first[0]} on {first[1]}; {why}, so this is "
-                                         f"{chosen[0]} on {chosen[1]} measured on this host")
+        return LatencyPlan(chosen.format, chosen.backend, chosen.precision, "target",
+                           f"this machine fits {profile.name}: its first choice, measured here", chosen.options,
+                           on_device)
+    why = "this machine does not fit the profile" if not fits else f"its first choice {first.format} on " \
+                                                                  f"{first.backend} cannot run here"
+    return LatencyPlan(chosen.format, chosen.backend, chosen.precision, "host",
+                       f"{profile.name} prefers {first.format} on {first.backend}; {why}, so this is "
+                       f"{chosen.format} on {chosen.backend} measured on this host", chosen.options,
+                       on_device if fits else None)
 
 
 @dataclass(frozen=True)
@@ -109,11 +137,12 @@ class LatencyResult:
     seconds: float       # what this call cost (0 when cached)
 
 
-def latency_key(weights_sha256: str, input_size: int, plan: LatencyPlan, threads: int) -> str:
+def latency_record(cache_root: Path, weights_sha256: str, input_size: int, plan: LatencyPlan, threads: int) -> Path:
+    """Where this machine keeps the figure: keyed by what it depends on, never by the data."""
     versions = library_versions(("edgetl", "torch", "onnx", "onnxruntime", "openvino", "nncf"))
-    text = json.dumps([__version__, weights_sha256, input_size, plan.format, plan.backend, plan.precision, threads,
-                       cpu_facts()["model"], versions], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    text = json.dumps([__version__, weights_sha256, input_size, plan.format, plan.backend, plan.precision,
+                       list(plan.options), plan.device, threads, cpu_facts()["model"], versions], sort_keys=True)
+    return cache_root / "latency" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
 
 
 def measure_candidate(
@@ -130,8 +159,7 @@ def measure_candidate(
     """Build the plan's artifact for ``backbone`` (whole, pooled features out) and time batch 1, or reuse the
     figure this machine measured before.  ``head_factory`` gives a head for quantizers that check accuracy."""
     threads = threads or default_threads()
-    key = latency_key(weights_sha256, preprocess.input_size, plan, threads)
-    record = cache_root / "latency" / f"{key}.json"
+    record = latency_record(cache_root, weights_sha256, preprocess.input_size, plan, threads)
     if record.is_file():
         try:
             return LatencyResult(**{**json.loads(record.read_text()), "cached": True, "seconds": 0.0})
@@ -143,7 +171,8 @@ def measure_candidate(
                        Path(scratch), log)
         image = np.random.default_rng(0).standard_normal((1, 3, preprocess.input_size, preprocess.input_size))
         image = image.astype(np.float32)
-        with create_backend(plan.backend, files[0], threads=threads, precision=plan.precision) as runner:
+        with create_backend(plan.backend, files[0], threads=threads, device=plan.device,
+                            precision=plan.precision) as runner:
             stats = latency_stats(measure(lambda: runner.infer(image), SETTINGS), 1)
         size = sum(f.stat().st_size for f in files) / 1e6
     result = LatencyResult(stats["p50_ms"], stats["p90_ms"], stats["runs"], round(size, 2), threads, False,
@@ -178,7 +207,7 @@ def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfi
     fmt = EXPORT_FORMATS[plan.format]
     data = ExportData(preprocess, calibration, [], calibration_size=CALIBRATION_IMAGES)
     try:
-        ctx = BuildContext(scratch, onnx_path, data, head_factory(), {}, 100.0, log)
+        ctx = BuildContext(scratch, onnx_path, data, head_factory(), dict(plan.options), 100.0, log)
         log(f"building {plan.format} of {getattr(backbone, 'name', 'the backbone')} to time it")
         result = fmt.build(ctx, scratch / fmt.filename(), 0)
     finally:

@@ -76,7 +76,7 @@ def draw(result: dict, path: Path) -> None:
                vline=(budget, f"budget {budget:g} ms") if budget is not None else None)
 
 
-def write_reports(result: dict, out: str | Path, overwrite: bool = True) -> dict[str, Path]:
+def write_reports(result: dict, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """selection.json, selection.md and selection.png in ``out``, written together."""
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as staging:

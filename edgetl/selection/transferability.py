@@ -22,26 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Ridge penalties tried by the probe, relative to the mean eigenvalue of the centred Gram matrix.
+#: Ridge penalties tried by the probe, relative to the mean eigenvalue of X'X (its trace over the dimension).
 ALPHA_GRID = tuple(10.0 ** k for k in range(-4, 3))
 
 
-def _spectrum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(eigenvalues of X'X, left singular vectors U, right singular vectors V), from the smaller Gram matrix."""
+def _spectrum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nonzero eigenvalues of X'X, X's left singular vectors U), from the smaller of X'X and XX'."""
     n, d = x.shape
-    if n <= d:
-        values, u = np.linalg.eigh(x @ x.T)
-        values = np.clip(values, 0.0, None)
-        keep = values > values.max() * 1e-12
-        values, u = values[keep], u[:, keep]
-        v = (x.T @ u) / np.sqrt(values)
-    else:
-        values, v = np.linalg.eigh(x.T @ x)
-        values = np.clip(values, 0.0, None)
-        keep = values > values.max() * 1e-12
-        values, v = values[keep], v[:, keep]
-        u = (x @ v) / np.sqrt(values)
-    return values, u, v
+    values, vectors = np.linalg.eigh(x @ x.T if n <= d else x.T @ x)
+    values = np.clip(values, 0.0, None)
+    keep = values > values.max() * 1e-12
+    values, vectors = values[keep], vectors[:, keep]
+    return values, vectors if n <= d else (x @ vectors) / np.sqrt(values)
 
 
 class Spectrum:
@@ -50,7 +42,7 @@ class Spectrum:
     def __init__(self, features: np.ndarray):
         x = np.asarray(features, dtype=np.float64)
         self.n, self.dim = x.shape
-        self.sigma, self.u, _ = _spectrum(x)
+        self.sigma, self.u = _spectrum(x)
 
 
 def logme(features: np.ndarray | Spectrum, labels: np.ndarray) -> float:
@@ -142,7 +134,7 @@ def ridge_probe(features: np.ndarray | Spectrum, labels: np.ndarray, k: int = 5,
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b between two scorings of the same items (ties count half; 1: same order, -1: reversed)."""
+    """Kendall's tau-b between two scorings of the same items (1: same order, -1: reversed; ties shrink it)."""
     concordant = discordant = ties_a = ties_b = 0
     for i in range(len(a)):
         for j in range(i + 1, len(a)):

@@ -55,10 +55,32 @@ def plain_passes(address: str, cache_dir: Path) -> dict[str, float]:
     return seconds
 
 
+def repeated_splits(address: str, cache: Path, runs: Path, seeds: range) -> dict:
+    """Probe accuracy and fine-tuned val accuracy (mean over heads) per candidate, averaged over seeded splits:
+    for data without a split of its own, where one small val split ranks by a photo or two."""
+    probe: dict[str, list[float]] = {}
+    val: dict[str, list[float]] = {}
+    for seed in seeds:
+        result = select_backbones(address, SelectConfig(cache_dir=str(cache), seed=seed))
+        for row in result["candidates"]:
+            probe.setdefault(row["backbone"], []).append(row["probe_accuracy"])
+            accuracies = [finetune(address, runs / f"seed{seed}-{row['backbone']}-{head}",
+                                   FinetuneConfig(backbone=row["backbone"], cache_dir=str(cache), seed=seed,
+                                                  head=HeadConfig(kind=head))).metrics["accuracy"] for head in HEADS]
+            val.setdefault(row["backbone"], []).append(sum(accuracies) / len(accuracies))
+    names = list(probe)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {"seeds": list(seeds), "probe_accuracy": {n: mean(probe[n]) for n in names},
+            "val_accuracy_mean": {n: mean(val[n]) for n in names},
+            "kendall_tau_probe": kendall_tau([mean(probe[n]) for n in names], [mean(val[n]) for n in names])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="*", default=list(DATASETS))
     parser.add_argument("--train-last", default="0,1,2")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="Seeded splits averaged for data without a val split of its own.")
     args = parser.parse_args()
     depths = tuple(int(d) for d in args.train_last.split(",")) if args.train_last else ()
     report = {}
@@ -113,6 +135,9 @@ def main() -> None:
                                                   cache_dir=str(cold)))
                     assert run.cache_hit, f"--train-last {d['train_last']}: the cached boundary was not reused"
                     freeze_val[d["train_last"]] = run.metrics["accuracy"]
+            seeded = None
+            if result["split"]["source"] == "seeded" and args.seeds > 1:
+                seeded = repeated_splits(address, cold, tmp / name / "seeds", range(args.seeds))
             pass_sum = sum(passes.values())
             entry = {
                 "candidates": [{**{k: r[k] for k in ("backbone", "input_size", "logme", "probe_accuracy", "probe_std",
@@ -135,6 +160,7 @@ def main() -> None:
                 "auto_finetune_s": round(auto_s, 2), "auto_reused_selection": bool(again.get("reused")),
                 "auto_cache_hit": auto.cache_hit, "auto_backbone_pass_s": auto.manifest.timings["backbone_pass_s"],
                 "freeze": result.get("freeze"), "freeze_val_accuracy": freeze_val, "freeze_s": round(freeze_s, 2),
+                "repeated_splits": seeded,
             }
             report[name] = entry
             print(f"\n== {address}")
@@ -150,6 +176,10 @@ def main() -> None:
                   + f", mean {entry['kendall_tau_probe']:+.3f}; LogME vs mean val {entry['kendall_tau_logme']:+.3f}; "
                   f"recommended {recommended} "
                   f"({'on' if entry['recommended_on_val_pareto_front'] else 'NOT on'} the val-accuracy/latency front)")
+            if seeded:
+                print(f"over {len(seeded['seeds'])} seeded splits: " + ", ".join(
+                    f"{n} probe {seeded['probe_accuracy'][n]:.3f} / val {seeded['val_accuracy_mean'][n]:.3f}"
+                    for n in names) + f"; Kendall tau {seeded['kendall_tau_probe']:+.3f}")
             print(f"select cold {select_cold_s:.1f} s / plain passes {pass_sum:.1f} s = {entry['ratio_cold']:.2f} "
                   f"{verdict(entry['ratio_cold'], 1.2)}; latency measured before: {select_warm_s:.1f} s = "
                   f"{entry['ratio_warm_latency']:.2f} {verdict(entry['ratio_warm_latency'], 1.2)}")

@@ -3,10 +3,10 @@
 One backbone pass fills the cache at the deepest freeze point asked for; every shallower boundary (down to the
 pooled features) is derived from those cached activations by running only the stages between them, and stored
 under the key a direct pass would have, so ``finetune --train-last N`` afterwards does no backbone pass.  Each
-depth then trains the same linear head (with its unfrozen tail) for a fixed number of epochs in a seeded
-stratified k-fold of the *training* split (``FOLDS``: one small held-out part is too noisy to rank depths), and
-is scored at its last epoch (picking the best epoch on the fold that scores it would favour noisy depths); the
-validation split stays unseen.
+depth then trains the same linear head (with its unfrozen tail) in a seeded stratified k-fold of the *training*
+split (``FOLDS``: one small held-out part is too noisy to rank depths): early stopping watches a part of each
+fold's training rows, as finetune watches its val split, and the fold itself scores the result (scoring the
+epoch picked on the fold would favour noisy depths); the validation split stays unseen.
 The recommendation is the shallowest depth within ``MIN_GAIN_POINTS`` of the best mean: deeper training must
 pay for its extra time with accuracy.
 """
@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from edgetl.backbones import create_backbone
+from edgetl.runtime.data import stratified_split
+from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import silent_progress
 
 from ..cache import FeatureCache
@@ -32,6 +34,8 @@ from .transferability import stratified_folds
 #: A deeper freeze point is recommended only when it beats the shallower choice by at least this much.
 MIN_GAIN_POINTS = 1.0
 FOLDS = 3
+#: Share of each fold's training part that early stopping watches (as finetune watches the val split).
+STOP_FRACTION = 0.2
 
 
 def _run_stages(stages: list[nn.Module], activations: np.ndarray, valid: np.ndarray, compute: ComputeDevice,
@@ -48,6 +52,12 @@ def _run_stages(stages: list[nn.Module], activations: np.ndarray, valid: np.ndar
             with torch.autocast(compute.device.type, dtype=torch.float16, enabled=compute.amp):
                 out[index] = module(x).float().cpu().numpy()
     return out
+
+
+def _pooled(tail: nn.Module, activations: np.ndarray) -> np.ndarray:
+    """The trained tail's pooled features, in float32 on the CPU as the exported model computes them."""
+    with torch.inference_mode():
+        return tail.cpu().eval()(torch.from_numpy(np.ascontiguousarray(activations))).numpy()
 
 
 def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared: TrainingData, config,
@@ -82,22 +92,24 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
     train_rows, _ = deep.rows(len(prepared.train))
     labels = np.array([records[i].label for i in train_rows], dtype=np.int64)
     folds = stratified_folds(labels, FOLDS, config.seed)
-    head = HeadConfig(kind="linear", seed=config.seed, patience=HeadConfig.epochs)   # every fold runs every epoch
+    head = HeadConfig(kind="linear", seed=config.seed)
     classes = len(prepared.data.class_names)
     rows = []
     for depth in depths:
         features = activations[depth].features
         accuracies, seconds = [], []
         for fold in folds:
-            fit = np.setdiff1d(np.arange(len(labels)), fold)
+            rest = np.setdiff1d(np.arange(len(labels)), fold)
+            fit, stop = (rest[i] for i in stratified_split(labels[rest].tolist(), STOP_FRACTION, config.seed))
             _, tail = backbone.split(depth)
             tail = copy.deepcopy(tail)              # each depth and fold trains from the pretrained weights
             t0 = time.perf_counter()
             result = train_gradient_head(tail, np.asarray(features[train_rows[fit]]), labels[fit],
-                                         np.asarray(features[train_rows[fold]]), labels[fold], classes,
+                                         np.asarray(features[train_rows[stop]]), labels[stop], classes,
                                          backbone.feature_dim, head, compute)
             seconds.append(time.perf_counter() - t0)
-            accuracies.append(result.history[-1]["val_accuracy"])   # the last epoch: no pick on the fold itself
+            logits = result.head.logits(_pooled(tail, np.asarray(features[train_rows[fold]])))
+            accuracies.append(top1_accuracy(logits, labels[fold]))
         accuracy = float(np.mean(accuracies))
         rows.append({"train_last": depth, "inner_val_accuracy": round(accuracy, 5),
                      "inner_val_std": round(float(np.std(accuracies)), 5), "train_s": round(float(np.mean(seconds)), 3),

@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/edgetl finetune builtin:digits --out $(DEMO)/run --overwrite
+	$(BIN)/edgetl select builtin:digits --out $(DEMO)/selection --overwrite
+	$(BIN)/edgetl finetune builtin:digits --backbone auto --out $(DEMO)/run --overwrite
 	$(BIN)/edgetl export $(DEMO)/run --out $(DEMO)/bundle --overwrite \
 		--format onnx,onnx-int8,onnx-int8-vnni,openvino,openvino-bf16,openvino-int8,openvino-int8-vnni
 	$(BIN)/edgetl data export builtin:digits $(DEMO)/digits --overwrite

@@ -19,6 +19,25 @@ from edgetl.runtime.data import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 
+#: Where the backbone pass runs and where its features are kept: finetune and select share the cache.
+pass_options = [
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Feature cache folder, shared by finetune and select (default: $EDGETL_CACHE_DIR or "
+                      "~/.cache/edgetl/features)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
+                 show_default=True,
+                 help="What runs the frozen backbone on a CPU: auto picks OpenVINO/ONNX Runtime when the pass is "
+                      "long enough to repay a one-off export (features checked against torch within 1e-4)."),
+]
+
+
+def with_pass_options(func):
+    for option in reversed(pass_options):
+        func = option(func)
+    return func
+
+
 @click.group(cls=ErrorReportingGroup)
 @with_verbosity
 @click.version_option(package_name="edgetl")
@@ -45,13 +64,7 @@ def main() -> None:
 @click.option("--train-last", type=click.IntRange(min=0), default=None,
               help="Also train the last N stages of the backbone (default 0: head only; with --backbone auto, the "
                    "freeze point the selection recommended when it compared some).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Feature cache folder (default: $EDGETL_CACHE_DIR or ~/.cache/edgetl/features).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
-              show_default=True,
-              help="What runs the frozen backbone on a CPU: auto picks OpenVINO/ONNX Runtime when the pass is "
-                   "long enough to repay a one-off export (features checked against torch within 1e-4).")
+@with_pass_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when DATA has no val split.")
@@ -133,14 +146,9 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
 @click.option("--folds", type=int, default=5, show_default=True, help="Folds of the probe on the training split.")
 @click.option("--image-size", type=int, default=None,
               help="Input size (default: the data set's recommendation, else each backbone's own).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Feature cache folder, shared with finetune (default: $EDGETL_CACHE_DIR or "
-                   "~/.cache/edgetl/features).")
+@with_pass_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for selection.json, selection.md and selection.png.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
-              show_default=True, help="What runs the backbone pass on a CPU (as for finetune).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,

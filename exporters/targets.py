@@ -35,16 +35,11 @@ FORMAT_FOR: dict[tuple[str, str], tuple[str, dict] | None] = {
 VNNI_VARIANT = {"onnx-int8": "onnx-int8-vnni", "openvino-int8": "openvino-int8-vnni"}
 
 
-def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
-    """The ``--format`` list and options that build everything ``profile`` asks for.
-
-    The profile's precisions are built for its preferred (first) backend; the other backends are
-    fallbacks and get fp32 only (the fp32 ONNX file is in every bundle anyway).  A Jetson bundle thus
-    holds the fp16 and Q/DQ int8 sources of its engines plus fp32 ONNX for ONNX Runtime, not a CPU int8
-    model it would never prefer; a VNNI profile gets the 8-bit int8 variant, an AVX2 one the 7-bit.
-    """
-    names = ["onnx"]
-    options: dict = {}
+def target_choices(profile: DeviceProfile) -> list[tuple[str, str, str, dict]]:
+    """(format, backend, precision, options) the profile asks for, in its order of preference (its runtime picks
+    in this order).  The profile's precisions go to its preferred (first) backend; the other backends are
+    fallbacks and get fp32 only; a VNNI profile gets the 8-bit int8 variant, an AVX2 one the 7-bit."""
+    choices = []
     primary = profile.deploy.backends[0]
     for backend in profile.deploy.backends:
         for precision in profile.deploy.precisions if backend == primary else ("fp32",):
@@ -54,9 +49,22 @@ def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
             name, extra = choice
             if profile.hardware.int8_dot:
                 name = VNNI_VARIANT.get(name, name)
-            if name not in names:
-                names.append(name)
-            options.update(extra)
+            choices.append((name, backend, precision, extra))
+    return choices
+
+
+def formats_for_target(profile: DeviceProfile) -> tuple[str, dict]:
+    """The ``--format`` list and options that build everything ``profile`` asks for.
+
+    A Jetson bundle thus holds the fp16 and Q/DQ int8 sources of its engines plus fp32 ONNX for ONNX Runtime
+    (in every bundle anyway), not a CPU int8 model it would never prefer.
+    """
+    names = ["onnx"]
+    options: dict = {}
+    for name, _, _, extra in target_choices(profile):
+        if name not in names:
+            names.append(name)
+        options.update(extra)
     return ",".join(names), options
 
 

@@ -65,18 +65,10 @@ class _Choice:
 
 def _preferences(profile) -> list[_Choice]:
     """What the profile's bundle would hold, in its order of preference (its runtime picks in this order)."""
-    from edgetl.exporters.targets import FORMAT_FOR, VNNI_VARIANT
+    from edgetl.exporters.targets import target_choices
 
-    order = []
-    primary = profile.deploy.backends[0]
-    for backend in profile.deploy.backends:
-        for precision in profile.deploy.precisions if backend == primary else ("fp32",):
-            choice = FORMAT_FOR[(backend, precision)]
-            if choice is None:
-                continue
-            name = VNNI_VARIANT.get(choice[0], choice[0]) if profile.hardware.int8_dot else choice[0]
-            order.append(_Choice(name, backend, precision, tuple(sorted(choice[1].items()))))
-    return order
+    return [_Choice(name, backend, precision, tuple(sorted(extra.items())))
+            for name, backend, precision, extra in target_choices(profile)]
 
 
 def latency_plan(profile=None, facts: dict | None = None) -> LatencyPlan:

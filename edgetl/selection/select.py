@@ -260,7 +260,7 @@ def _probe_head(x: np.ndarray, y: np.ndarray, classes: int):
 
 def _selection_key(config: SelectConfig, plan, threads: int, feature_keys: list[str]) -> str:
     text = json.dumps([SELECTION_SCHEMA, __version__, feature_keys, plan.to_dict(), config.budget_ms, config.folds,
-                       config.seed, threads, cpu_facts()["model"], config.image_size], sort_keys=True)
+                       config.seed, threads, cpu_facts()["model"]], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -28,23 +28,30 @@ SPLITS = ("val", "train", "all")
 
 @dataclass(frozen=True, eq=False)
 class ImageRecord:
-    """One labelled image: a file path, or in-memory pixels for built-in sets.
+    """One labelled image: a file path, in-memory pixels for built-in sets, or the encoded bytes of an image file
+    a service received.
 
-    ``source`` is a stable identifier (the path, or ``builtin:NAME#index``)
-    used in error messages, split records and cache keys.
+    ``source`` is a stable identifier (the path, ``builtin:NAME#index``, or the request's element) used in error
+    messages, split records and cache keys.
     """
 
     source: str
     label: int
     pixels: np.ndarray | None = None
+    encoded: bytes | None = None
 
     @property
     def image(self):
         """What :func:`edgetl.runtime.preprocess.load_image` accepts."""
+        if self.encoded is not None:
+            return self.encoded
         return self.pixels if self.pixels is not None else self.source
 
     def content_digest(self) -> bytes:
-        """sha256 of the image bytes (file content or pixel buffer)."""
+        """sha256 of the image bytes (file content, received bytes or pixel buffer): the same file has the same
+        digest whether it came from disk or over the network."""
+        if self.encoded is not None:
+            return hashlib.sha256(self.encoded).digest()
         if self.pixels is not None:
             return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).digest()
         try:
@@ -89,7 +96,7 @@ class LabeledData:
             )
         mapping = [index[name] for name in self.class_names]
         splits = {
-            split: [ImageRecord(r.source, mapping[r.label], r.pixels) for r in records]
+            split: [ImageRecord(r.source, mapping[r.label], r.pixels, r.encoded) for r in records]
             for split, records in self.splits.items()
         }
         return LabeledData(self.address, list(class_names), splits, self.recommended_image_size,

@@ -30,7 +30,8 @@ _RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-ImageSource = Union[str, Path, np.ndarray, Image.Image]
+#: A file path, decoded pixels, or the encoded bytes of an image file (what a service receives).
+ImageSource = Union[str, Path, np.ndarray, Image.Image, bytes]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class PreprocessConfig:
 def describe_source(source: ImageSource) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
     return f"<in-memory {type(source).__name__}>"
 
 
@@ -140,11 +143,13 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         return _to_rgb(Image.fromarray(array))
-    path = Path(source)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageDecodeError(name, exc.strerror or str(exc)) from exc
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(name, exc.strerror or str(exc)) from exc
     if not data:
         raise ImageDecodeError(name, "the file is empty")
     with warnings.catch_warnings():

@@ -40,9 +40,9 @@ def _decode(record: ImageRecord, config: PreprocessConfig, max_pixels: int) -> n
     try:
         return preprocess(record.image, config, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        if record.pixels is None:
+        if record.pixels is None and record.encoded is None:
             return exc
-        return ImageDecodeError(record.source, exc.reason)
+        return ImageDecodeError(record.source, exc.reason)    # in memory: name the record, not the buffer
 
 
 def read_batches(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -18,10 +19,11 @@ from .bundle import Bundle
 from .data import ImageRecord, open_data
 from .documents import utc_now
 from .errors import BundleError, ConfigError, DataError, UpdateRejectedError
-from .features import apply_adapter, backbone_features
+from .features import FeatureSource, apply_adapter, backbone_features
 from .heads import Head, LinearHead, RidgeStatistics
 from .learning import LEARNERS, NCMLearner, RidgeLearner, SGDLearner
 from .metrics import top1_accuracy
+from .preprocess import DEFAULT_MAX_PIXELS
 from .progress import ProgressFactory, silent_progress
 from .store import (
     DEFAULT_KEEP_VERSIONS, DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS, FeatureStore, LearnerState, Samples,
@@ -44,6 +46,7 @@ class UpdateSettings:
     max_per_class: int = DEFAULT_MAX_PER_CLASS          # stored training rows per class (oldest evicted first)
     max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS
     keep_versions: int = DEFAULT_KEEP_VERSIONS
+    max_pixels: int = DEFAULT_MAX_PIXELS                 # larger images are refused (likely decompression bombs)
 
     def store(self, bundle: Bundle) -> FeatureStore:
         """The bundle's store, with these bounds."""
@@ -142,14 +145,26 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
     settings.check()
     bundle = Bundle.open(bundle)
     records, names = _records(data, settings.skip_bad)
-    keys = np.array([r.content_digest().hex() for r in records], dtype="<U64")
-    store = settings.store(bundle)
     t0 = time.perf_counter()
     # The backbone opens first: what it runs is verified (and measured on a new machine) before the store is
     # touched, so a tampered bundle changes nothing.
-    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone, \
-            store.locked(settings.lock_timeout):
-        open_s = time.perf_counter() - t0
+    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
+        return learn_records(bundle, backbone, records, names, settings, progress, backbone.artifact.name,
+                             open_s=time.perf_counter() - t0, source_name=data)
+
+
+def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[ImageRecord], names: list[str],
+                  settings: UpdateSettings, progress: ProgressFactory = silent_progress,
+                  artifact_name: str | None = None, open_s: float = 0.0, source_name: str = "the request") -> dict:
+    """The update transaction on images already listed: store lock, images already stored left out, the backbone
+    (``source``: an opened :class:`Backbone`, or a service's batching front of one) on the rest, head and commit.
+
+    ``edgetl-rt update`` and ``serve``'s update route both run this, so they share rules, guard and errors.
+    """
+    settings.check()
+    keys = np.array([r.content_digest().hex() for r in records], dtype="<U64")
+    store = settings.store(bundle)
+    with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
         parts = store.segment_parts(parent)
         fresh, seen = [], {key for _, part in parts for key in part.keys.tolist()}
@@ -158,15 +173,15 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
                 fresh.append(i)
                 seen.add(key)
         if not fresh:
-            raise DataError(f"every image of {data} is already in the store ({len(records)} duplicates); "
+            raise DataError(f"every image of {source_name} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
         t1 = time.perf_counter()
-        found = backbone_features(backbone, [records[i] for i in fresh], store.adapter(parent),
-                                  settings.batch_size, settings.skip_bad, progress=progress)
+        found = backbone_features(source, [records[i] for i in fresh], store.adapter(parent),
+                                  settings.batch_size, settings.skip_bad, settings.max_pixels, progress)
         backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
         report = _learn_locked(store, bundle.feature_dim, parent, parts, found.values, [names[i] for i in rows],
-                               keys[rows], settings, backbone.artifact.name)
+                               keys[rows], settings, artifact_name)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report

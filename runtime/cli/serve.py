@@ -1,0 +1,120 @@
+"""``edgetl-rt serve``: the bundle as an Open Inference Protocol (KServe v2) service that keeps learning.
+
+The library does the work (:mod:`edgetl.runtime.serving`); this module reads the options, opens the model before
+binding (a bad bundle fails fast, one line), writes structured logs (one JSON object per line on stderr) and turns
+SIGTERM or Ctrl-C into a drain: requests in flight are answered, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from .options import with_model_options
+from .output import QUIET, verbosity
+
+
+def _logger(quiet: bool, access_log: bool):
+    """Structured logs: one JSON object per line on stderr; quiet keeps warnings, errors and 5xx answers."""
+    lock = threading.Lock()
+
+    def log(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "request" and (not access_log or (quiet and event.get("status", 0) < 500)):
+            return
+        if quiet and kind not in ("request", "warning", "error"):
+            return
+        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event},
+                          default=str)
+        with lock:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+    return log
+
+
+def read_token(path: str, log) -> str:
+    """The bearer token: the file's text, stripped; refused when empty."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc}", option="token_file") from None
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"the token file {path} must hold one token without spaces", option="token_file")
+    if Path(path).stat().st_mode & 0o077:
+        log({"event": "warning", "message": f"token file {path} is readable by other users (chmod 600 it)"})
+    return token
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes the service to the network: use --token-file then).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port (0: any free port, printed at start).")
+@click.option("--name", default=None, help="Model name in the routes (default: the bundle folder's name).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most images per backbone batch (1 turns dynamic batching off).")
+@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="How long a batch waits for more requests after its first.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding a bearer token every route but health requires.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,
+              help="Largest request body accepted (413 beyond).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
+              help="Largest image accepted, in pixels (a likely decompression bomb beyond).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Open connections served at once (503 beyond).")
+@click.option("--request-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds a connection may stay silent mid-request or idle between requests.")
+@click.option("--poll-ms", type=click.FloatRange(min=1), default=50.0, show_default=True,
+              help="How often the committed head version is checked (updates from other processes).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log every request (JSON lines on stderr).")
+@with_model_options
+def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_connections,
+          request_timeout, poll_ms, access_log, artifact, backend, threads, no_tune) -> None:
+    """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update."""
+    from ..serving.http import ServeHTTP
+    from ..serving.live_head import head_version
+    from ..serving.service import InferenceService, ServeSettings
+
+    log = _logger(verbosity() == QUIET, access_log)
+    token = read_token(token_file, log) if token_file else None
+    settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
+                             artifact=artifact, backend=backend, tune=not no_tune, max_pixels=max_pixels,
+                             poll_ms=poll_ms)
+    service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
+    try:
+        server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),
+                           max_connections=max_connections, request_timeout=request_timeout, log=log)
+    except OSError as exc:
+        service.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", option="port") from None
+    stopping = threading.Thread(target=server.drain, name="edgetl-drain")
+
+    def on_signal(signum, frame) -> None:
+        if not stopping.is_alive() and not server.draining.is_set():
+            log({"event": "draining", "signal": signal.Signals(signum).name})
+            stopping.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    bound_host, bound_port = server.server_address[:2]
+    model = service.backbone
+    log({"event": "ready", "url": f"http://{bound_host}:{bound_port}", "model": service.name,
+         "artifact": model.artifact.name, "backend": model.backend.name, "head_version": head_version(service.live.state), "load_s": round(service.load_s, 3), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+         "auth": token is not None})
+    click.echo(f"serving {service.name} at http://{bound_host}:{bound_port} ({model.artifact.name} on "
+               f"{model.backend.name}; max batch {max_batch}, wait {max_wait_ms:g} ms"
+               f"{'; bearer token required' if token else ''})")
+    sys.stdout.flush()
+    server.serve_forever(poll_interval=0.2)
+    stopping.join()
+    log({"event": "stopped", "requests": int(service.metrics.requests.total())})

@@ -1,0 +1,459 @@
+"""``edgetl-rt serve``: the Open Inference Protocol service, its batching, live head versions, limits and draining.
+
+Unit tests drive the protocol codec, the metrics and the batcher directly; the service tests run the real digits
+bundle (EfficientNet-Lite0) behind an in-process server on a free port, with ``tritonclient.http`` (the reference
+client) and raw ``http.client`` for what a well-behaved client never sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgetl.runtime.serving.batcher import DynamicBatcher
+from edgetl.runtime.serving.metrics import ServiceMetrics
+from edgetl.runtime.serving.protocol import ProtocolError, Tensor, encode_infer_response, parse_infer_request
+
+# --- the protocol codec ------------------------------------------------------------------------------------------
+
+
+def _binary_body(document: dict, blobs: list[bytes]) -> tuple[bytes, int]:
+    head = json.dumps(document).encode()
+    return head + b"".join(blobs), len(head)
+
+
+def test_inline_and_binary_tensors_parse_to_the_same_values():
+    values = np.arange(2 * 3, dtype=np.float32).reshape(2, 3) / 7
+    inline = parse_infer_request(json.dumps({"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [2, 3], "data": values.tolist()}]}).encode())
+    body, header = _binary_body({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3],
+                                             "parameters": {"binary_data_size": values.nbytes}}]},
+                                [values.astype("<f4").tobytes()])
+    binary = parse_infer_request(body, header)
+    np.testing.assert_array_equal(inline.inputs["input"].data, values)
+    np.testing.assert_array_equal(binary.inputs["input"].data, values)
+    items = [b"\xff\xd8jpeg", b"", b"png"]
+    raw = b"".join(struct.pack("<I", len(x)) + x for x in items)
+    body, header = _binary_body({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
+                                             "parameters": {"binary_data_size": len(raw)}}],
+                                 "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}, [raw])
+    request = parse_infer_request(body, header)
+    assert request.inputs["image"].data == items and request.outputs[0].binary
+    b64 = parse_infer_request(json.dumps({"inputs": [{
+        "name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"\x00\x01").decode()],
+        "parameters": {"content_type": "base64"}}]}).encode())
+    assert b64.inputs["image"].data == [b"\x00\x01"]
+
+
+@pytest.mark.parametrize("body, header, message", [
+    (b"{not json", None, "not valid JSON"),
+    (b"[]", None, "must be a JSON object"),
+    (b'{"inputs": []}', None, "non-empty 'inputs'"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}]}', None,
+     "do not fill the shape"),
+    (b'{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]}', None, "unknown datatype"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}', None, "non-negative"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}', None, "must be numbers"),
+    (b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%"], '
+     b'"parameters": {"content_type": "base64"}}]}', None, "invalid base64"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 8}}]}xxxxxxxx',
+     "json", "do not fill the shape"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}', 999, "does not fit"),
+])
+def test_malformed_requests_name_the_problem(body, header, message):
+    if header == "json":                # the binary extension: the JSON's length, then the raw data
+        header = body.index(b"}]}") + 3
+    with pytest.raises(ProtocolError, match=message) as caught:
+        parse_infer_request(body, header)
+    assert caught.value.status == 400
+
+
+def test_responses_decode_with_the_reference_client():
+    """What the service writes, tritonclient's own decoder reads back (binary and inline outputs)."""
+    from tritonclient.http import InferResult
+
+    logits = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    outputs = [(Tensor("label", "BYTES", [2], [b"cat", b"dog"]), True),
+               (Tensor("logits", "FP32", [2, 2], logits), True),
+               (Tensor("head_version", "INT64", [2], np.array([3, 3], np.int64)), False)]
+    body, header = encode_infer_response("m", "1", "req-1", outputs, {"head_version": 3})
+    result = InferResult.from_response_body(body, header_length=header)
+    assert result.as_numpy("label").tolist() == [b"cat", b"dog"]
+    np.testing.assert_array_equal(result.as_numpy("logits"), logits)
+    assert result.as_numpy("head_version").tolist() == [3, 3]
+    assert result.get_response()["id"] == "req-1"
+
+
+def test_metrics_render_the_prometheus_text_format():
+    metrics = ServiceMetrics()
+    metrics.requests.inc(route="infer", code="200")
+    metrics.requests.inc(route="infer", code="200")
+    metrics.batch_size.observe(3)
+    metrics.head_version.set(4)
+    text = metrics.render()
+    assert 'edgetl_requests_total{route="infer",code="200"} 2' in text
+    assert 'edgetl_batch_size_bucket{le="2"} 0' in text and 'edgetl_batch_size_bucket{le="4"} 1' in text
+    assert 'edgetl_batch_size_bucket{le="+Inf"} 1' in text and "edgetl_batch_size_sum 3" in text
+    assert "# TYPE edgetl_request_duration_seconds histogram" in text and "edgetl_head_version 4" in text
+
+
+# --- dynamic batching ----------------------------------------------------------------------------------------------
+
+
+def test_batcher_groups_waiting_requests_and_returns_each_its_rows():
+    gate, seen = threading.Event(), []
+
+    def run(images):
+        gate.wait(5)                  # the first batch holds the engine while the others queue up
+        seen.append(len(images))
+        return images.reshape(len(images), -1)[:, :1] * 2
+
+    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.0)
+    results = {}
+
+    def call(i):
+        results[i] = batcher.features(np.full((1, 1, 1, 1), i, np.float32))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(9)]
+    threads[0].start()
+    time.sleep(0.2)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    assert seen[0] == 1 and seen[1:] == [4, 4]          # the eight that waited ran as two full batches
+    assert all(r.features[0, 0] == 2 * i for i, r in results.items())
+    assert all(len(r.batches) == 1 and r.batches[0].size <= 4 for r in results.values())
+
+
+def test_batcher_splits_large_requests_reports_failures_and_drains_on_close():
+    batcher = DynamicBatcher(lambda x: x.reshape(len(x), -1), max_batch=3, max_wait_s=0.001)
+    ran = batcher.features(np.zeros((7, 1, 1, 1), np.float32))
+    assert len(ran.features) == 7 and [b.size for b in ran.batches] == [3, 3, 1]
+    batcher.close()
+
+    def broken(images):
+        raise RuntimeError("engine failed")
+
+    failing = DynamicBatcher(broken, max_batch=2)
+    with pytest.raises(RuntimeError, match="engine failed"):
+        failing.features(np.zeros((1, 1, 1, 1), np.float32))
+    assert failing.features.__self__ is failing            # the thread survived: it still takes work
+    with pytest.raises(RuntimeError, match="engine failed"):
+        failing.features(np.zeros((1, 1, 1, 1), np.float32))
+    failing.close()
+
+
+# --- the service over HTTP ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(bundle, token=None, max_body=8 * 1024 * 1024, **settings):
+    from edgetl.runtime.serving.http import ServeHTTP
+    from edgetl.runtime.serving.service import InferenceService, ServeSettings
+
+    events = []
+    service = InferenceService(bundle, ServeSettings(**{"artifact": "onnx", "name": "digits", **settings}),
+                               log=events.append)
+    server = ServeHTTP(("127.0.0.1", 0), service, token=token, max_body=max_body, request_timeout=10,
+                       log=events.append)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server, f"127.0.0.1:{server.server_address[1]}", events
+    finally:
+        server.drain()
+        thread.join(10)
+
+
+def _request(address, method, path, body=None, headers=None):
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def _infer_json(images: list[bytes], outputs=None) -> bytes:
+    document = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                            "data": [base64.b64encode(x).decode() for x in images],
+                            "parameters": {"content_type": "base64"}}]}
+    if outputs:
+        document["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(document).encode()
+
+
+@pytest.fixture
+def bundle_copy(digits_bundle, tmp_path) -> Path:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.bundle, bundle)
+    return bundle
+
+
+def test_tritonclient_runs_the_digits_val_set_as_evaluate_does(bundle_copy, digits_folder):
+    import tritonclient.http as triton
+
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.evaluate import evaluate_bundle
+
+    files = sorted((digits_folder / "val").glob("*/*.png"))
+    with serving(bundle_copy) as (_, address, _events):
+        client = triton.InferenceServerClient(address)
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+        metadata = client.get_model_metadata("digits")
+        assert metadata["parameters"]["labels"] == [str(i) for i in range(10)]
+        assert metadata["parameters"]["artifact"] == "onnx" and metadata["parameters"]["head_version"] == 0
+        assert {i["name"] for i in metadata["inputs"]} == {"image", "input"}
+        labels, logits = [], []
+        for start in range(0, len(files), 64):
+            chunk = np.array([f.read_bytes() for f in files[start:start + 64]], dtype=np.object_)
+            tensor = triton.InferInput("image", [len(chunk)], "BYTES")
+            tensor.set_data_from_numpy(chunk)
+            result = client.infer("digits", [tensor])
+            labels += [x.decode() for x in result.as_numpy("label")]
+            logits.append(result.as_numpy("logits"))
+            assert set(result.as_numpy("head_version").tolist()) == {0}
+        client.close()
+    served = float(np.mean([label == f.parent.name for label, f in zip(labels, files)]))
+    with EdgeModel(bundle_copy, artifact="onnx") as model:
+        report = evaluate_bundle(model, str(digits_folder))
+        direct = model.predict([str(f) for f in files[:32]])
+        reference = model.logits(np.stack([np.asarray(x) for x in _preprocessed(model, files[:32])]))
+    assert report["n"] == len(files) == 539
+    assert served == report["accuracy"] >= 0.95
+    assert labels[:32] == [p.top[0][0] for p in direct]
+    np.testing.assert_allclose(np.concatenate(logits)[:32], reference, rtol=1e-4, atol=1e-4)
+
+
+def _preprocessed(model, files):
+    from edgetl.runtime.preprocess import preprocess
+
+    return [preprocess(str(f), model.preprocess) for f in files]
+
+
+def test_the_service_learns_and_picks_up_versions_from_other_processes(bundle_copy, digits_folder, tmp_path):
+    from edgetl.runtime.update import rollback_bundle, update_bundle
+
+    threes = sorted((digits_folder / "val" / "3").glob("*.png"))[:20]
+    eights = tmp_path / "eights"
+    shutil.copytree(digits_folder / "val" / "8", eights / "digit-8")
+    with serving(bundle_copy, poll_ms=20) as (server, address, events):
+        document = {"inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [len(threes)],
+             "data": [base64.b64encode(f.read_bytes()).decode() for f in threes],
+             "parameters": {"content_type": "base64"}},
+            {"name": "label", "datatype": "BYTES", "shape": [len(threes)], "data": ["digit-3"] * len(threes)}],
+            "parameters": {"holdout": 0.0}}
+        status, body, _ = _request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
+        report = json.loads(body)
+        assert status == 200, report
+        assert report["head_version"] == report["version"] == 1 and report["new_classes"] == ["digit-3"]
+        status, body, _ = _request(address, "POST", "/v2/models/digits/infer", _infer_json([threes[0].read_bytes()]))
+        answer = json.loads(body)
+        outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+        assert outputs["head_version"] == [1]                     # answered by the new version right after the commit
+        assert answer["outputs"][1]["shape"] == [1, 11]           # with the class it learned
+        status, body, _ = _request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
+        assert status == 400 and json.loads(body)["exit_code"] == 8     # all duplicates: update's data error
+
+        update_bundle(bundle_copy, str(eights))           # another writer, as edgetl-rt update would be
+        assert _wait_for_version(address, 2)["parameters"]["labels"][-1] == "digit-8"
+        rollback_bundle(bundle_copy)                       # back to version 1's head, recorded as version 3
+        metadata = _wait_for_version(address, 3)
+        assert "digit-8" not in metadata["parameters"]["labels"]
+        reloads = [e["head_version"] for e in events if e.get("event") == "head_version"]
+        assert reloads[-2:] == [2, 3]
+        metrics = _request(address, "GET", "/metrics")[1].decode()
+        assert "edgetl_head_version 3" in metrics and 'edgetl_updates_total{result="committed"} 1' in metrics
+
+
+def _wait_for_version(address, version, timeout=10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = json.loads(_request(address, "GET", "/v2/models/digits")[1])
+        if metadata["parameters"]["head_version"] == version or time.monotonic() > deadline:
+            assert metadata["parameters"]["head_version"] == version
+            return metadata
+        time.sleep(0.02)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digits_folder):
+    good = sorted((digits_folder / "val" / "5").glob("*.png"))[0].read_bytes()
+    fp32 = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 3, 64, 64], "data": [0.0] * 3 * 64 * 64}]}
+    shape = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3 * 32 * 32}]}
+    infer = "/v2/models/digits/infer"
+    cases = [
+        ("malformed JSON", "POST", infer, b'{"inputs": [', {}, 400),
+        ("wrong dtype", "POST", infer, json.dumps(fp32).encode(), {}, 400),
+        ("wrong shape", "POST", infer, json.dumps(shape).encode(), {}, 400),
+        ("unknown input", "POST", infer, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+         {}, 400),
+        ("unknown output", "POST", infer, _infer_json([good], outputs=["probabilities"]), {}, 400),
+        ("unknown model", "POST", "/v2/models/other/infer", _infer_json([good]), {}, 404),
+        ("unknown version", "GET", "/v2/models/digits/versions/7", None, {}, 404),
+        ("unknown route", "GET", "/v1/models", None, {}, 404),
+        ("wrong method", "GET", infer, None, {}, 405),
+        ("compressed body", "POST", infer, zlib.compress(_infer_json([good])), {"Content-Encoding": "deflate"}, 415),
+        ("non-image bytes", "POST", infer, _infer_json([b"GIF89a but not really"]), {}, 400),
+        ("image bomb", "POST", infer, _infer_json([_png_claiming(30000, 30000)]), {}, 400),
+        ("empty classify", "POST", "/v2/models/digits/classify", b"", {}, 400),
+        ("update without labels", "POST", "/v2/models/digits/update", _infer_json([good]), {}, 400),
+        ("update parameter of the wrong type", "POST", "/v2/models/digits/update",
+         json.dumps({"inputs": json.loads(_infer_json([good]))["inputs"] + [
+             {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["5"]}],
+             "parameters": {"force": "yes"}}).encode(), {}, 400),
+    ]
+    with serving(bundle_copy, max_body=1024 * 1024) as (_, address, _events):
+        for description, method, path, body, headers, expected in cases:
+            status, answer, response_headers = _request(address, method, path, body, headers)
+            assert status == expected, (description, answer)
+            assert response_headers["Content-Type"] == "application/json", description
+            assert json.loads(answer)["error"], description
+        status, answer, _ = _request(address, "POST", "/v2/models/digits/classify?top_k=3", good)
+        assert status == 200 and json.loads(answer)["label"] == "5" and len(json.loads(answer)["top_k"]) == 3
+        for header, value, expected in [("Content-Length", str(64 * 1024 * 1024), 413),   # refused unread
+                                        ("Transfer-Encoding", "chunked", 411)]:
+            host, port = address.split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            connection.putrequest("POST", infer)
+            connection.putheader(header, value)
+            connection.endheaders()
+            response = connection.getresponse()
+            assert response.status == expected and response.getheader("Connection") == "close"
+            assert json.loads(response.read())["error"]
+            connection.close()
+        metrics = _request(address, "GET", "/metrics")[1].decode()
+    assert 'edgetl_requests_total{route="infer",code="400"}' in metrics
+    assert 'edgetl_requests_total{route="classify",code="200"} 1' in metrics
+
+
+def test_a_token_guards_every_route_but_health(bundle_copy):
+    with serving(bundle_copy, token="s3cret-token") as (_, address, _events):
+        assert _request(address, "GET", "/v2/health/live")[0] == 200
+        assert _request(address, "GET", "/v2/health/ready")[0] == 200
+        for path in ("/v2", "/v2/models/digits", "/metrics"):
+            status, _, headers = _request(address, "GET", path)
+            assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+            assert _request(address, "GET", path, headers={"Authorization": "Bearer wrong"})[0] == 401
+            assert _request(address, "GET", path, headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+
+
+def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bundle_copy, digits_folder):
+    images = [f.read_bytes() for f in sorted((digits_folder / "val" / "1").glob("*.png"))[:12]]
+
+    def sizes(address) -> list[list[int]]:
+        found, lock = [], threading.Lock()
+
+        def one(image):
+            answer = json.loads(_request(address, "POST", "/v2/models/digits/infer", _infer_json([image]))[1])
+            with lock:
+                found.append(answer["parameters"]["batch_sizes"])
+
+        threads = [threading.Thread(target=one, args=(x,)) for x in images]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return found
+
+    with serving(bundle_copy, max_batch=1) as (_, address, _events):
+        assert sorted(sizes(address)) == [[1]] * 12
+    with serving(bundle_copy, max_batch=4, max_wait_ms=50) as (_, address, _events):
+        batched = sizes(address)
+    assert len(batched) == 12 and all(len(s) == 1 and 1 <= s[0] <= 4 for s in batched)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_bundle_fails_fast_with_one_line(tmp_path):
+    from edgetl.runtime.cli import main
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    result = CliRunner().invoke(main, ["serve", str(broken), "--port", "0"])
+    assert result.exit_code == 3
+    assert result.output.count("\n") == 1 and result.output.startswith("error:")
+
+
+SERVE_WITHOUT_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from edgetl.runtime.cli import main
+    main()
+""")
+
+
+def test_sigterm_answers_the_request_in_flight_then_exits_zero(bundle_copy, digits_folder):
+    """Run as a device would (torch and onnx unimportable); a request half sent when SIGTERM arrives is answered."""
+    process = subprocess.Popen([sys.executable, "-c", SERVE_WITHOUT_TORCH, "serve", str(bundle_copy), "--port", "0",
+                                "--name", "digits", "--artifact", "onnx"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving digits at http://127.0.0.1:"), process.stderr.read()
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        body = _infer_json([f.read_bytes() for f in sorted((digits_folder / "val" / "2").glob("*.png"))[:16]])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/v2/models/digits/infer")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders()
+        connection.send(body[:100])
+        time.sleep(0.5)                              # the handler is now reading the body
+        os.kill(process.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        connection.send(body[100:])
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200 and response.getheader("Connection") == "close"
+        assert {o["name"]: o["data"] for o in answer["outputs"]}["label"] == ["2"] * 16
+        assert process.wait(30) == 0
+        events = [json.loads(x) for x in process.stderr.read().splitlines() if x.startswith("{")]
+        assert [e["event"] for e in events][-2:] == ["draining", "stopped"] or \
+            [e["event"] for e in events][-3:-1] == ["draining", "request"]
+    finally:
+        if process.poll() is None:
+            process.kill()

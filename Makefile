@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/select_backbones.py
+	$(BIN)/python benchmarks/serve_load.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 

@@ -254,9 +254,9 @@ def main() -> None:
         committed, update_codes, killed = {0}, [], {}
 
         def updaters() -> None:
-            gap = args.duration / (args.updates + 2)
-            for i, folder in enumerate(folders[:args.updates]):
-                time.sleep(gap)
+            start, spacing = time.perf_counter(), args.duration * 0.75 / args.updates
+            for i, folder in enumerate(folders[:args.updates]):      # spread over the first three quarters
+                time.sleep(max(0.0, start + (i + 0.25) * spacing - time.perf_counter()))
                 if i == args.updates // 2:                 # the one killed inside its commit
                     child = subprocess.Popen([sys.executable, "-c", KILLED_IN_COMMIT, str(bundle),
                                               str(folders[-1])], stdout=subprocess.PIPE, text=True)
@@ -270,7 +270,9 @@ def main() -> None:
                 update_codes.append(out.returncode)
                 if out.returncode == 0:
                     committed.add(json.loads(out.stdout)["version"])
+            finished.append(time.perf_counter())
 
+        finished, load_start = [], [time.perf_counter()]
         thread = threading.Thread(target=updaters)
         thread.start()
         bad: list[dict] = []
@@ -278,6 +280,7 @@ def main() -> None:
         bad_thread.start()
         workers, wall = _load(port, images, args.clients, args.duration, args.max_requests)
         thread.join()
+        updates_done = finished[0] - load_start[0]
         bad_thread.join()
         answered = set().union(*(w.versions for w in workers))
         after = _load(port, images, 1, 1.0, 20)[0][0]
@@ -290,6 +293,8 @@ def main() -> None:
         ratios = {}
         for max_batch in (8, 1):
             server, port = _start_server(bundle, max_batch, args.threads)
+            if max_batch == 8:       # one client alone: what the HTTP round trip adds to the in-process path
+                single = _summary(*_load(port, images, 1, 3.0, args.max_requests))
             ratios[max_batch] = _summary(*_load(port, images, args.clients, args.phase2, args.max_requests))
             _stop_server(server)
 
@@ -297,7 +302,8 @@ def main() -> None:
     print(f"\nphase 1: {args.clients} clients for {load['seconds']} s, {args.updates} updates from other processes, "
           f"one updater SIGKILLed in its commit (reached commit: {killed.get('reached_commit')})")
     print(f"  requests served {load['served']}, failed {load['failed']} (target 0) {load['failures'] or ''}")
-    print(f"  updates: exit codes {update_codes}; committed versions {sorted(committed)}; store CURRENT {store_current}")
+    print(f"  updates: exit codes {update_codes}; committed versions {sorted(committed)}; store CURRENT {store_current}"
+          f"; last commit {updates_done:.1f} s into the load")
     print(f"  answered head versions {sorted(answered)}: every one committed: {versions_ok}")
     print(f"  throughput {load['throughput_rps']} req/s; p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms under load "
           f"vs in-process batch-1 {batch1_ms:.3f} ms; mean batch {load['mean_batch']}")
@@ -305,6 +311,8 @@ def main() -> None:
         print(f"  bad input {case['input']:16s} -> {case['status']} (expected {case['expected']}): {case['error']}")
     print(f"  still serving afterwards: {len(after.latencies) - len(after.failures)} of {len(after.latencies)} "
           f"requests answered; SIGTERM exit code {stop_code}")
+    print(f"one client alone: p50 {single['p50_ms']} ms, p99 {single['p99_ms']} ms per request over HTTP "
+          f"(in-process {batch1_ms:.3f} ms)")
     gain = ratios[8]["throughput_rps"] / ratios[1]["throughput_rps"]
     print(f"phase 2 ({args.phase2:g} s each): dynamic batching {ratios[8]['throughput_rps']} req/s (p50 "
           f"{ratios[8]['p50_ms']} ms, mean batch {ratios[8]['mean_batch']}) vs max-batch 1 "
@@ -314,10 +322,10 @@ def main() -> None:
                    f"--updates {args.updates}" + (f" --image-size {args.image_size}" if args.image_size else ""),
         "image_size": args.image_size or 64,
         "in_process_batch1_ms": in_process, "load": load, "updates_exit_codes": update_codes,
-        "committed_versions": sorted(committed), "answered_versions": sorted(answered),
+        "committed_versions": sorted(committed), "last_commit_s": updates_done, "answered_versions": sorted(answered),
         "every_answered_version_committed": versions_ok, "killed_updater": killed, "bad_inputs": bad,
         "served_after": len(after.latencies) - len(after.failures), "sigterm_exit_code": stop_code,
-        "batching": {"max_batch_8": ratios[8], "max_batch_1": ratios[1], "throughput_ratio": gain},
+        "single_client": single, "batching": {"max_batch_8": ratios[8], "max_batch_1": ratios[1], "throughput_ratio": gain},
         "cpu_count": os.cpu_count(),
     })
     print(f"wrote {path}")

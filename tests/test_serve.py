@@ -148,6 +148,29 @@ def test_batcher_groups_waiting_requests_and_returns_each_its_rows():
     assert all(len(r.batches) == 1 and r.batches[0].size <= 4 for r in results.values())
 
 
+def test_a_request_alone_does_not_wait_for_company_but_one_being_read_is_waited_for():
+    batcher = DynamicBatcher(lambda x: x.reshape(len(x), -1), max_batch=8, max_wait_s=2.0)
+    started = time.perf_counter()
+    assert [b.size for b in batcher.features(np.zeros((1, 1, 1, 1), np.float32)).batches] == [1]
+    assert time.perf_counter() - started < 1.0              # not the 2 s wait: nobody else was on the way
+    results = []
+
+    def late():
+        with batcher.arriving():
+            time.sleep(0.3)                                 # still decoding when the first request queues
+            images = np.ones((1, 1, 1, 1), np.float32)
+        results.append(batcher.features(images))
+
+    thread = threading.Thread(target=late)
+    with batcher.arriving():
+        thread.start()
+        time.sleep(0.05)
+    first = batcher.features(np.zeros((1, 1, 1, 1), np.float32))
+    thread.join(10)
+    batcher.close()
+    assert first.batches[0].size == 2 and first.batches[0].id == results[0].batches[0].id
+
+
 def test_batcher_splits_large_requests_reports_failures_and_drains_on_close():
     batcher = DynamicBatcher(lambda x: x.reshape(len(x), -1), max_batch=3, max_wait_s=0.001)
     ran = batcher.features(np.zeros((7, 1, 1, 1), np.float32))

@@ -62,7 +62,8 @@ def read_token(path: str, log) -> str:
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most images per backbone batch (1 turns dynamic batching off).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
-              help="How long a batch waits for more requests after its first.")
+              help="How long a batch waits for requests being read after its first (a request alone runs "
+                   "at once).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding a bearer token every route but health requires.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,

@@ -2,12 +2,14 @@
 
 One thread owns the backbone (engines are then never entered from two threads) and takes work from a queue: the
 first waiting request opens a batch, which then collects more for at most ``max_wait`` seconds or until
-``max_batch`` images.  A request larger than ``max_batch`` is split into chunks that each join a batch.  Each
+``max_batch`` images, and only while another request is on its way (being decoded under :meth:`arriving`): a
+request alone runs at once, so batching costs no latency when there is nothing to batch with.  A request larger than ``max_batch`` is split into chunks that each join a batch.  Each
 request learns the batches it ran in (size, queue wait, compute time), so batching is measurable per request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -61,10 +63,23 @@ class DynamicBatcher:
         self.run, self.max_batch, self.max_wait_s, self.observe = run, max_batch, max_wait_s, observe
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._carry: _Job | None = None
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
         self._batches = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="edgetl-batcher", daemon=True)
         self._thread.start()
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's decoding: a batch being assembled waits for it (up to ``max_wait``)."""
+        with self._arriving_lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._arriving_lock:
+                self._arriving -= 1
 
     def features(self, images: np.ndarray) -> Ran:
         """The backbone features of ``images`` (N, 3, H, W), batched with whatever else is waiting."""
@@ -95,6 +110,8 @@ class DynamicBatcher:
         jobs, count = [first], len(first.images)
         deadline = time.perf_counter() + self.max_wait_s
         while count < self.max_batch:
+            if self._arriving == 0 and self._carry is None and self._queue.empty():
+                break                               # nothing queued, nothing on its way: run now
             try:
                 job = self._next(max(deadline - time.perf_counter(), 0.0))
             except queue.Empty:

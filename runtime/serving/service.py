@@ -229,7 +229,8 @@ class InferenceService:
             unknown = sorted({o.name for o in wanted} - set(OUTPUTS))
             if unknown:
                 raise ProtocolError(f"unknown output(s) {', '.join(unknown)} (valid: {', '.join(OUTPUTS)})")
-        images = self._images(request)
+        with self.batcher.arriving():
+            images = self._images(request)
         logits, state, ran = self.classify(images)
         n = len(logits)
         version = head_version(state)
@@ -253,7 +254,9 @@ class InferenceService:
             raise ProtocolError(f"top_k must be at least 1, got {top_k}")
         if not data:
             raise ProtocolError("the body is empty; send the image file's bytes")
-        logits, state, ran = self.classify(self._decode([data]))
+        with self.batcher.arriving():
+            images = self._decode([data])
+        logits, state, ran = self.classify(images)
         scores = softmax(logits)[0]
         order = np.argsort(-scores)[:min(top_k, len(scores))]
         return {"label": state.labels[order[0]], "score": float(scores[order[0]]),

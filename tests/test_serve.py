@@ -367,6 +367,14 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
             assert status == expected, (description, answer)
             assert response_headers["Content-Type"] == "application/json", description
             assert json.loads(answer)["error"], description
+        host, port = address.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)   # one keep-alive connection
+        for path, expected in [("/v2/models/other/infer", 404), (infer, 200), ("/v2/models/digits/infer", 200)]:
+            connection.request("POST", path, _infer_json([good]))
+            response = connection.getresponse()
+            assert response.status == expected and response.getheader("Connection") != "close"
+            response.read()
+        connection.close()
         status, answer, _ = _request(address, "POST", "/v2/models/digits/classify?top_k=3", good)
         assert status == 200 and json.loads(answer)["label"] == "5" and len(json.loads(answer)["top_k"]) == 3
         for header, value, expected in [("Content-Length", str(64 * 1024 * 1024), 413),   # refused unread
@@ -394,6 +402,8 @@ def test_a_token_guards_every_route_but_health(bundle_copy):
             assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
             assert _request(address, "GET", path, headers={"Authorization": "Bearer wrong"})[0] == 401
             assert _request(address, "GET", path, headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+        status, _, headers = _request(address, "POST", "/v2/models/digits/infer", b"x" * 1000)
+        assert status == 401 and headers["Connection"] == "close"        # the body is never read
 
 
 def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bundle_copy, digits_folder):

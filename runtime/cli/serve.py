@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from .options import with_model_options
+from .options import json_option, with_model_options
 from .output import QUIET, verbosity
 
 
@@ -78,10 +78,15 @@ def read_token(path: str, log) -> str:
               help="How often the committed head version is checked (updates from other processes).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
+@json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_connections,
-          request_timeout, poll_ms, access_log, artifact, backend, threads, no_tune) -> None:
-    """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update."""
+          request_timeout, poll_ms, access_log, as_json, artifact, backend, threads, no_tune) -> None:
+    """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
+
+    Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
+    logs go to stderr as JSON lines.
+    """
     from ..serving.http import ServeHTTP
     from ..serving.live_head import head_version
     from ..serving.service import InferenceService, ServeSettings
@@ -109,12 +114,16 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     signal.signal(signal.SIGINT, on_signal)
     bound_host, bound_port = server.server_address[:2]
     model = service.backbone
-    log({"event": "ready", "url": f"http://{bound_host}:{bound_port}", "model": service.name,
-         "artifact": model.artifact.name, "backend": model.backend.name, "head_version": head_version(service.live.state), "load_s": round(service.load_s, 3), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-         "auth": token is not None})
-    click.echo(f"serving {service.name} at http://{bound_host}:{bound_port} ({model.artifact.name} on "
-               f"{model.backend.name}; max batch {max_batch}, wait {max_wait_ms:g} ms"
-               f"{'; bearer token required' if token else ''})")
+    ready = {"url": f"http://{bound_host}:{bound_port}", "model": service.name, "artifact": model.artifact.name,
+             "backend": model.backend.name, "head_version": head_version(service.live.state),
+             "load_s": round(service.load_s, 3), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+             "auth": token is not None}
+    log({"event": "ready", **ready})
+    if as_json:
+        click.echo(json.dumps(ready))
+    else:
+        click.echo(f"serving {service.name} at {ready['url']} ({model.artifact.name} on {model.backend.name}; "
+                   f"max batch {max_batch}, wait {max_wait_ms:g} ms{'; bearer token required' if token else ''})")
     sys.stdout.flush()
     server.serve_forever(poll_interval=0.2)
     stopping.join()

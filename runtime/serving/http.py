@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,6 +78,12 @@ class ServeHTTP(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        """A connection that failed outside a request (a reset, a timeout): one structured line, no traceback."""
+        error = sys.exc_info()[1]
+        self.log({"event": "connection_error", "client": client_address[0],
+                  "error": f"{type(error).__name__}: {error}"})
 
     def mark(self, connection: socket.socket, busy: bool) -> None:
         with self._lock:
@@ -163,21 +170,21 @@ class ServeHandler(BaseHTTPRequestHandler):
         if not matched:
             known = any(pattern.fullmatch(path) for _, pattern, _, _ in _COMPILED)
             status = 405 if known else 404
-            self._drain_body()
+            self._refuse_body()
             return "unknown", self._error(status, f"{method} {path}: " + ("method not allowed" if known else
                                                                           "no such route")), {}
         route, auth, match = matched[0]
         try:
             if auth and not self._authorized():
-                self._drain_body()
+                self._refuse_body()
                 return route, self._error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}), {}
             if self.server.draining.is_set() and route != "live":
-                self._drain_body()
+                self._refuse_body()
                 return route, self._error(503, "the service is shutting down"), {}
+            body = self._read_body() if method == "POST" else b""     # read first: the connection stays in step
             model = match.groupdict().get("model")
             if model is not None:
                 self._check_model(model, match.groupdict().get("version"))
-            body = self._read_body() if method == "POST" else b""
             return (route, *getattr(self, f"_route_{route}")(body))
         except ProtocolError as exc:
             return route, self._error(exc.status, str(exc)), {}
@@ -231,14 +238,11 @@ class ServeHandler(BaseHTTPRequestHandler):
             raise ProtocolError(f"Content-Encoding '{encoding}' is not accepted; send the body uncompressed", 415)
         return body
 
-    def _drain_body(self) -> None:
-        """Read and drop a small body so the keep-alive connection stays in step; close after a large one."""
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit() or int(length) > self.server.max_body:
-            if self.command == "POST":
-                self.close_connection = True
-            return
-        self.rfile.read(int(length))
+    def _refuse_body(self) -> None:
+        """A request refused before its body is read: the body is not read (an unauthenticated client cannot
+        make the service read megabytes), so the connection closes after the answer."""
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
+            self.close_connection = True
 
     # --- responses ----------------------------------------------------------------------------------------------
 
@@ -252,7 +256,10 @@ class ServeHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self._headers_buffer.extend([b"\r\n", body])      # headers and body leave in one write
-        self.wfile.write(b"".join(self._headers_buffer))
+        try:
+            self.wfile.write(b"".join(self._headers_buffer))
+        except (BrokenPipeError, ConnectionResetError):      # the client left; nothing to answer
+            self.close_connection = True
         self._headers_buffer = []
         return status
 

@@ -99,7 +99,7 @@ class Client(threading.Thread):
                 self.failures.append(f"{response.status}: {payload[:200]!r}")
                 continue
             header = json.loads(payload[:int(response.getheader("Inference-Header-Content-Length"))])
-            self.batch_sizes.extend(header["parameters"]["batch_sizes"])
+            self.batch_sizes.extend(int(x) for x in header["parameters"]["batch_sizes"].split(","))
             self.versions.add(int(header["parameters"]["head_version"]))
         connection.close()
 

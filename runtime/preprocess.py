@@ -198,9 +198,18 @@ def normalize(image: Image.Image | np.ndarray, config: PreprocessConfig) -> np.n
     return np.ascontiguousarray(((array - mean) * inv_std).transpose(2, 0, 1))
 
 
+#: Longest side over shortest side accepted: the shorter side is resized up to ``resize_size``, so a 16 x 65536
+#: strip (a few KB of PNG, within any pixel limit) would otherwise become a gigabyte before the crop.
+MAX_ASPECT_RATIO = 64
+
+
 def crop(source: ImageSource, config: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode, resize and crop one image: the (S, S, 3) uint8 pixels the network sees before normalization."""
     image = load_image(source, max_pixels=max_pixels, draft_size=config.resize_size)
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(describe_source(source), f"{width}x{height} is more than {MAX_ASPECT_RATIO}:1 "
+                                                        "(resizing its short side would take too much memory)")
     return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
 
 

@@ -70,6 +70,8 @@ def read_token(path: str, log) -> str:
               help="Largest request body accepted (413 beyond).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Largest image accepted, in pixels (a likely decompression bomb beyond).")
+@click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most images (or inputs) in one request (413 beyond).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
               help="Open connections served at once (503 beyond).")
 @click.option("--request-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -80,7 +82,8 @@ def read_token(path: str, log) -> str:
               help="Log every request (JSON lines on stderr).")
 @json_option
 @with_model_options
-def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_connections,
+def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_images,
+          max_connections,
           request_timeout, poll_ms, access_log, as_json, artifact, backend, threads, no_tune) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
@@ -95,7 +98,7 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     token = read_token(token_file, log) if token_file else None
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
                              artifact=artifact, backend=backend, tune=not no_tune, max_pixels=max_pixels,
-                             poll_ms=poll_ms)
+                             max_images=max_images, poll_ms=poll_ms)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

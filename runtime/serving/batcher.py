@@ -83,21 +83,24 @@ class DynamicBatcher:
 
     def features(self, images: np.ndarray) -> Ran:
         """The backbone features of ``images`` (N, 3, H, W), batched with whatever else is waiting."""
-        if self._closed:
-            raise RuntimeError("the batcher is closed")
         chunks = [images[i:i + self.max_batch] for i in range(0, len(images), self.max_batch)]
         jobs = [_Job(chunk, Future(), time.perf_counter()) for chunk in chunks]
-        for job in jobs:
-            self._queue.put(job)
+        with self._arriving_lock:        # never queued behind the stop sentinel
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            for job in jobs:
+                self._queue.put(job)
         results = [job.future.result() for job in jobs]
         return Ran(np.concatenate([r[0] for r in results]), [r[1] for r in results], max(r[2] for r in results))
 
     def close(self) -> None:
         """Answer every queued request, then stop."""
-        if not self._closed:
+        with self._arriving_lock:
+            if self._closed:
+                return
             self._closed = True
             self._queue.put(None)
-            self._thread.join()
+        self._thread.join()
 
     def _next(self, timeout: float | None) -> _Job | None:
         if self._carry is not None:
@@ -148,15 +151,15 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             features = self.run(np.concatenate([job.images for job in jobs]))
-        except BaseException as exc:     # the request fails, the service does not
+            compute = time.perf_counter() - started
+            self._batches += 1
+            record = BatchRecord(self._batches, sum(len(job.images) for job in jobs), compute)
+            self.observe(record)
+            offset = 0
             for job in jobs:
-                job.future.set_exception(exc)
-            return
-        compute = time.perf_counter() - started
-        self._batches += 1
-        record = BatchRecord(self._batches, sum(len(job.images) for job in jobs), compute)
-        self.observe(record)
-        offset = 0
-        for job in jobs:
-            job.future.set_result((features[offset:offset + len(job.images)], record, started - job.enqueued))
-            offset += len(job.images)
+                job.future.set_result((features[offset:offset + len(job.images)], record, started - job.enqueued))
+                offset += len(job.images)
+        except BaseException as exc:     # the requests fail, the batcher does not: every caller gets an answer
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)

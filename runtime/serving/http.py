@@ -85,6 +85,10 @@ class ServeHTTP(ThreadingHTTPServer):
         self.log({"event": "connection_error", "client": client_address[0],
                   "error": f"{type(error).__name__}: {error}"})
 
+    def shutdown_request(self, request) -> None:
+        self.forget(request)                     # the slot is freed however the connection ended
+        super().shutdown_request(request)
+
     def mark(self, connection: socket.socket, busy: bool) -> None:
         with self._lock:
             if connection in self._connections:
@@ -94,19 +98,34 @@ class ServeHTTP(ThreadingHTTPServer):
         with self._lock:
             self._connections.pop(connection, None)
 
-    def drain(self) -> None:
-        """Stop after the requests in flight: call from another thread than :meth:`serve_forever`'s."""
+    def drain(self, timeout: float = 30.0) -> None:
+        """Stop after the requests in flight (for at most ``timeout`` seconds, then the stragglers' connections
+        are cut): call from another thread than :meth:`serve_forever`'s."""
         self.draining.set()
         self.shutdown()                         # no new connections
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                idle = [conn for conn, busy in self._connections.items() if not busy]
+                left = len(self._connections)
+            for conn in idle:                   # an idle keep-alive connection reads EOF and ends
+                _cut(conn, socket.SHUT_RD)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         with self._lock:
-            idle = [conn for conn, busy in self._connections.items() if not busy]
-        for conn in idle:                       # an idle keep-alive connection reads EOF and ends
-            try:
-                conn.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+            stragglers = list(self._connections)
+        for conn in stragglers:                 # a client trickling its body cannot hold the exit
+            _cut(conn, socket.SHUT_RDWR)
         self.server_close()                     # joins handler threads: each in-flight request is answered
         self.service.close()
+
+
+def _cut(connection: socket.socket, how: int) -> None:
+    try:
+        connection.shutdown(how)
+    except OSError:
+        pass
 
 
 class ServeHandler(BaseHTTPRequestHandler):
@@ -121,11 +140,6 @@ class ServeHandler(BaseHTTPRequestHandler):
         # a keep-alive request can wait 40 ms for nothing.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.forget(self.connection)
 
     def log_message(self, format, *args) -> None:     # noqa: A002 - the access log is structured, below
         pass
@@ -141,6 +155,20 @@ class ServeHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._handle("OPTIONS")
+
+    def send_error(self, code, message=None, explain=None) -> None:
+        """http.server's own refusals (a malformed request line, too many headers, HEAD): JSON like the rest."""
+        self.close_connection = True
+        try:
+            self._send(code, json.dumps({"error": message or explain or "bad request"}).encode())
+        except OSError:
+            pass
 
     # --- one request --------------------------------------------------------------------------------------------
 
@@ -181,7 +209,11 @@ class ServeHandler(BaseHTTPRequestHandler):
             if self.server.draining.is_set() and route != "live":
                 self._refuse_body()
                 return route, self._error(503, "the service is shutting down"), {}
-            body = self._read_body() if method == "POST" else b""     # read first: the connection stays in step
+            if method == "POST":
+                body = self._read_body()                 # read first: the connection stays in step
+            else:
+                body = b""
+                self._refuse_body()                      # a body on a GET is never parsed as a request
             model = match.groupdict().get("model")
             if model is not None:
                 self._check_model(model, match.groupdict().get("version"))
@@ -193,6 +225,7 @@ class ServeHandler(BaseHTTPRequestHandler):
             return route, self._error(status, str(exc), extra={"exit_code": int(exc.exit_code),
                                                                "kind": type(exc).__name__}), {}
         except Exception as exc:     # a bug or the machine failing: a 500, and the service stays up
+            self.close_connection = True
             self.server.log({"event": "error", "route": route, "error": f"{type(exc).__name__}: {exc}"})
             return route, self._error(500, f"internal error: {type(exc).__name__}: {exc}"), {}
 
@@ -230,7 +263,11 @@ class ServeHandler(BaseHTTPRequestHandler):
             self.close_connection = True          # the body is not read: the connection cannot be reused
             raise ProtocolError(f"the body of {size} bytes exceeds the limit of {self.server.max_body} bytes "
                                 "(--max-body-mb)", 413)
-        body = self.rfile.read(size)
+        try:
+            body = self.rfile.read(size)
+        except OSError as exc:                           # a silent client (timeout) or a reset mid-body
+            self.close_connection = True
+            raise ProtocolError(f"the body was not received ({type(exc).__name__})", 408) from None
         if len(body) != size:
             self.close_connection = True
             raise ProtocolError(f"the body ended after {len(body)} of {size} bytes")

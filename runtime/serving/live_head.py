@@ -43,11 +43,13 @@ class LiveHead:
         return self
 
     def _read_stamp(self) -> tuple | None:
+        """The file's identity and its few bytes (a coarse-timestamp file system cannot hide a commit)."""
         try:
             info = os.stat(self._current)
+            content = self._current.read_bytes()
         except FileNotFoundError:
             return None
-        return info.st_ino, info.st_mtime_ns, info.st_size
+        return info.st_ino, info.st_mtime_ns, content
 
     def refresh(self, force: bool = False) -> bool:
         """Load the committed version when ``CURRENT`` changed (or ``force``); True when the head was swapped."""
@@ -66,8 +68,9 @@ class LiveHead:
         while not self._stop.wait(self.poll_s):
             try:
                 self.refresh()
-            except EdgetlError as exc:
-                self.on_error(f"head version not picked up (the current one keeps answering): {exc}")
+            except Exception as exc:     # noqa: BLE001 - the watcher must outlive any one failed read
+                reason = str(exc) if isinstance(exc, EdgetlError) else f"{type(exc).__name__}: {exc}"
+                self.on_error(f"head version not picked up (the current one keeps answering): {reason}")
 
     def close(self) -> None:
         self._stop.set()

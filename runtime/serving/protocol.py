@@ -102,7 +102,10 @@ def _inline_bytes(data, count: int, name: str, encoding: str | None) -> list[byt
             raise ProtocolError(f"input '{name}': invalid base64 ({exc})") from None
     if encoding not in (None, "str"):
         raise ProtocolError(f"input '{name}': unknown content_type '{encoding}' (valid: str, base64)")
-    return [x.encode("utf-8") for x in flat]
+    try:
+        return [x.encode("utf-8") for x in flat]
+    except UnicodeEncodeError:
+        raise ProtocolError(f"input '{name}': BYTES strings must be valid Unicode (no lone surrogates)") from None
 
 
 def _flatten(data):
@@ -128,7 +131,7 @@ def parse_tensor(spec, binary: memoryview | None) -> tuple[Tensor, int]:
     parameters = _object(spec.get("parameters", {}), f"input '{name}' parameters")
     size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
         if binary is None or size > len(binary):
             raise ProtocolError(f"input '{name}': binary_data_size {size} is more than the binary data sent")
@@ -166,6 +169,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         document = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("the request body nests JSON too deeply") from None
     document = _object(document, "the request body")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

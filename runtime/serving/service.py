@@ -36,6 +36,8 @@ from .protocol import BYTES, InferRequest, ProtocolError, Tensor, encode_infer_r
 
 #: Pixel limit of one received image: 16 MP (4096 x 4096) bounds what concurrent decodes can take (3 bytes a pixel).
 SERVE_MAX_PIXELS = 4096 * 4096
+#: Images one request may carry: a body of tiny PNGs must not decode into gigabytes.
+SERVE_MAX_IMAGES = 256
 OUTPUTS = ("label", "logits", "scores", "head_version")
 MODEL_VERSION = "1"
 
@@ -52,6 +54,7 @@ class ServeSettings:
     backend: str | None = None
     tune: bool = True
     max_pixels: int = SERVE_MAX_PIXELS
+    max_images: int = SERVE_MAX_IMAGES
     poll_ms: float = 50.0
 
     def check(self) -> None:
@@ -61,6 +64,8 @@ class ServeSettings:
             raise ConfigError(f"must lie in [0, 1000], got {self.max_wait_ms:g}", option="max_wait_ms")
         if self.max_pixels < 1:
             raise ConfigError(f"must be at least 1, got {self.max_pixels}", option="max_pixels")
+        if self.max_images < 1:
+            raise ConfigError(f"must be at least 1, got {self.max_images}", option="max_images")
         if self.poll_ms <= 0:
             raise ConfigError(f"must be positive, got {self.poll_ms:g}", option="poll_ms")
 
@@ -183,6 +188,10 @@ class InferenceService:
     # --- inference ----------------------------------------------------------------------------------------------
 
     def _decode(self, items: list[bytes]) -> np.ndarray:
+        if len(items) > self.settings.max_images:
+            raise ProtocolError(f"{len(items)} images in one request; at most {self.settings.max_images} "
+                                "(--max-images)", 413)
+
         def one(index: int) -> np.ndarray:
             try:
                 return preprocess(items[index], self.preprocess, max_pixels=self.settings.max_pixels)
@@ -212,6 +221,9 @@ class InferenceService:
             raise ProtocolError(f"input 'input' must be FP32, got {tensor.datatype}")
         if len(tensor.shape) != 4 or tensor.shape[1:] != self.input_shape or tensor.shape[0] < 1:
             raise ProtocolError(f"input 'input' must have shape {expected}, got {tensor.shape}")
+        if tensor.shape[0] > self.settings.max_images:
+            raise ProtocolError(f"{tensor.shape[0]} inputs in one request; at most {self.settings.max_images} "
+                                "(--max-images)", 413)
         if not np.isfinite(tensor.data).all():
             raise ProtocolError("input 'input' holds NaN or infinite values")
         return np.ascontiguousarray(tensor.data, dtype=np.float32)
@@ -242,8 +254,9 @@ class InferenceService:
         }
         chosen = [(tensors[o.name], o.binary) for o in wanted] if wanted is not None else \
             [(tensors[name], request.binary_default) for name in OUTPUTS]
-        batches = {"head_version": version, "batch_sizes": [b.size for b in ran.batches],
-                   "batch_ids": [b.id for b in ran.batches], "queue_ms": round(ran.queue_s * 1000, 3),
+        # OIP parameter values are scalars: the batches as comma-separated strings
+        batches = {"head_version": version, "batch_sizes": ",".join(str(b.size) for b in ran.batches),
+                   "batch_ids": ",".join(str(b.id) for b in ran.batches), "queue_ms": round(ran.queue_s * 1000, 3),
                    "compute_ms": round(sum(b.compute_s for b in ran.batches) * 1000, 3)}
         body, header = encode_infer_response(self.name, MODEL_VERSION, request.id, chosen, batches)
         return body, header, {"images": n, **batches}
@@ -275,6 +288,9 @@ class InferenceService:
                                 "(BYTES, class names)")
         if images.datatype != BYTES or labels.datatype != BYTES:
             raise ProtocolError("'image' and 'label' must both be BYTES")
+        if len(images.data) > self.settings.max_images:
+            raise ProtocolError(f"{len(images.data)} images in one update; at most {self.settings.max_images} "
+                                "(--max-images)", 413)
         if len(images.data) != len(labels.data) or not images.data:
             raise ProtocolError(f"{len(images.data)} images and {len(labels.data)} labels; give one label per image")
         try:
@@ -293,8 +309,12 @@ class InferenceService:
         except EdgetlError:
             self.metrics.updates.inc(result="error")
             raise
-        self.live.refresh(force=True)
         self.metrics.updates.inc(result="committed")
+        try:
+            self.live.refresh(force=True)
+        except Exception as exc:     # noqa: BLE001 - committed all the same; the watcher retries the load
+            self.log({"event": "warning", "message": f"version {report['version']} committed but not loaded yet: "
+                                                     f"{exc}"})
         report["head_version"] = head_version(self.live.state)
         return report
 

@@ -12,12 +12,13 @@ into place, so a killed extraction never leaves a partial entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -93,16 +94,72 @@ class FeatureCache:
             return None
         return CachedFeatures(key, features, valid, list(meta.get("skipped", [])), hit=True)
 
-    def store(self, key: str, features: np.ndarray, valid: np.ndarray, skipped: list[str]) -> CachedFeatures:
+    @contextlib.contextmanager
+    def writer(self, key: str, count: int, shape: tuple[int, ...]) -> Iterator["CacheWriter"]:
+        """An entry of ``count`` rows of ``shape``, written as rows arrive; it appears (complete, synced) when
+        the block ends, and not at all when it raises."""
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_directory(self.path(key), overwrite=True) as staging:
-            np.save(staging / "features.npy", np.ascontiguousarray(features, dtype=np.float32))
-            np.save(staging / "valid.npy", valid.astype(bool))
-            (staging / "meta.json").write_text(
-                json.dumps({"format": CACHE_FORMAT, "shape": list(features.shape), "skipped": skipped})
-            )
-        loaded = self.load(key)
-        if loaded is None:
+            writer = CacheWriter(staging, count, tuple(shape))
+            try:
+                yield writer
+            finally:
+                writer.close()
+            writer.finish()
+
+    def loaded(self, key: str) -> CachedFeatures:
+        """The entry just written, read back (memory-mapped)."""
+        entry = self.load(key)
+        if entry is None:
             raise OSError(f"feature cache entry {self.path(key)} could not be read back after writing")
-        loaded.hit = False
-        return loaded
+        entry.hit = False
+        return entry
+
+    def store(self, key: str, features: np.ndarray, valid: np.ndarray, skipped: list[str]) -> CachedFeatures:
+        """An entry from rows already in memory."""
+        with self.writer(key, len(features), features.shape[1:]) as writer:
+            writer.write(range(len(features)), features)
+            writer.valid[:] = valid
+            writer.skipped = list(skipped)
+        return self.loaded(key)
+
+
+class CacheWriter:
+    """Rows go straight to the entry's ``features.npy`` at their offsets (``os.pwrite``), so no array of every
+    row is ever held in memory: a pass over a million images uses the memory of one batch.  Rows never written
+    (images skipped as bad) read as zeros."""
+
+    def __init__(self, folder: Path, count: int, shape: tuple[int, ...]):
+        self.folder, self.count, self.shape = folder, count, shape
+        self.valid = np.zeros(count, dtype=bool)
+        self.skipped: list[str] = []
+        self.row_bytes = int(np.prod(shape, dtype=np.int64)) * 4
+        self._file = open(folder / "features.npy", "wb")
+        np.lib.format.write_array_header_1_0(self._file, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (count, *shape)})
+        self._file.flush()
+        self._data_start = self._file.tell()
+        self._file.truncate(self._data_start + count * self.row_bytes)     # sparse: unwritten rows are zeros
+
+    def write(self, indices: Sequence[int], rows: np.ndarray) -> None:
+        """``rows[i]`` is the output of record ``indices[i]``; each run of consecutive indices is one write."""
+        rows = np.ascontiguousarray(rows, dtype="<f4")
+        if rows.shape[1:] != self.shape or len(rows) != len(indices):
+            raise ValueError(f"rows of shape {rows.shape} for {len(indices)} records; expected (n, {self.shape})")
+        indices = list(indices)
+        start = 0
+        for end in range(1, len(indices) + 1):
+            if end == len(indices) or indices[end] != indices[end - 1] + 1:
+                os.pwrite(self._file.fileno(), rows[start:end].tobytes(),
+                          self._data_start + indices[start] * self.row_bytes)
+                start = end
+        self.valid[indices] = True
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def finish(self) -> None:
+        np.save(self.folder / "valid.npy", self.valid)
+        (self.folder / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, "shape": [self.count, *self.shape],
+                                                           "skipped": self.skipped}))

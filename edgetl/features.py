@@ -22,7 +22,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .engines import choose_engine
-from .extract import ComputeDevice, run_frozen
+from .extract import ComputeDevice, output_shape, prepare, run_frozen
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def backbone_pass(
     *,
     engine: str = "auto",
     batch_size: int | None = None,
+    workers: int | None = None,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: ProgressFactory = silent_progress,
@@ -117,13 +118,13 @@ def backbone_pass(
                            export_paid)
     log(f"feature cache miss: running the frozen backbone over {len(records)} images on {choice.name}: "
         f"{choice.reason}")
+    module = prepare(frozen, compute)
     try:
-        outputs, valid, skipped = run_frozen(
-            frozen, records, preprocess, compute, batch_size=batch_size, skip_bad=skip_bad, max_pixels=max_pixels,
-            progress=progress, runner=choice.runner,
-        )
+        with cache.writer(key, len(records), output_shape(module, preprocess.input_size, compute.device)) as writer:
+            run_frozen(module, records, preprocess, compute, writer, batch_size=batch_size, workers=workers,
+                       skip_bad=skip_bad, max_pixels=max_pixels, progress=progress, runner=choice.runner)
     finally:
         if choice.runner is not None:
             choice.runner.close()
     backbone_s = time.perf_counter() - t0
-    return FeaturePass(cache.store(key, outputs, valid, skipped), backbone_s, choice.name)
+    return FeaturePass(cache.loaded(key), backbone_s, choice.name)

@@ -46,6 +46,7 @@ class FinetuneConfig:
     cache_dir: str | None = None
     device: str = "auto"
     engine: str = "auto"
+    workers: int | None = None          # decoding processes of the backbone pass (None: by job size)
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     skip_bad: bool = False
@@ -89,7 +90,8 @@ def finetune(
     cache = FeatureCache(config.cache_dir)
     key = feature_key(backbone, weights_sha256, frozen, preprocess, compute, records, config.skip_bad)
     feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights_sha256,
-                                 engine=config.engine, batch_size=config.batch_size, skip_bad=config.skip_bad,
+                                 engine=config.engine, batch_size=config.batch_size, workers=config.workers,
+                                 skip_bad=config.skip_bad,
                                  max_pixels=config.max_pixels, progress=progress, log=log)
     cached, backbone_s, engine_name = feature_pass.cached, feature_pass.backbone_s, feature_pass.engine
     skipped = list(data.skipped) + cached.skipped

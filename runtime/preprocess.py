@@ -203,6 +203,15 @@ def normalize(image: Image.Image | np.ndarray, config: PreprocessConfig) -> np.n
 MAX_ASPECT_RATIO = 64
 
 
+def normalize_batch(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """(N, S, S, 3) uint8 crops to the (N, 3, S, S) float32 batch, with :func:`normalize`'s arithmetic (so a batch
+    equals its images preprocessed one by one, bit for bit)."""
+    array = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    mean = np.asarray(config.mean, dtype=np.float32)
+    inv_std = np.float32(1.0) / np.asarray(config.std, dtype=np.float32)
+    return np.ascontiguousarray(((array - mean) * inv_std).transpose(0, 3, 1, 2))
+
+
 def crop(source: ImageSource, config: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode, resize and crop one image: the (S, S, 3) uint8 pixels the network sees before normalization."""
     image = load_image(source, max_pixels=max_pixels, draft_size=config.resize_size)

@@ -52,6 +52,7 @@ class SelectConfig:
     train_last: tuple[int, ...] = ()        # freeze depths to compare for the recommended backbone
     device: str = "auto"
     engine: str = "auto"
+    workers: int | None = None          # decoding processes of the backbone pass (None: by job size)
     seed: int = 0
     val_fraction: float = 0.2
     skip_bad: bool = False
@@ -150,7 +151,7 @@ def select_backbones(
         latency_cached = latency_record(cache.root, weights, preprocess.input_size, plan, threads).is_file()
         log(f"{name}: features at {preprocess.input_size} px")
         feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights, engine=config.engine,
-                                     skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
+                                     workers=config.workers, skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
                                      log=log, export_paid=not latency_cached)
         passes_s += feature_pass.backbone_s
         train_rows, _ = feature_pass.rows(n_train)

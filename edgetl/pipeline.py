@@ -1,0 +1,161 @@
+"""The host's extraction pipeline: images decoded in worker processes while the engine runs, features streamed
+to the cache.
+
+Decoding and resizing are the CPU-heavy half of a backbone pass (a camera JPEG costs milliseconds; Lite0 on a GPU
+costs microseconds per image), so they run in worker processes, as many as the host has usable cores, a few
+batches ahead, and hand over the uint8 crops (a quarter of the float32 bytes).  The workers are torch's own
+:class:`~torch.utils.data.DataLoader` (its worker processes, ordering, prefetching and pinned-memory thread), fed
+by the runtime's decoding, so host and device still turn an image into the same pixels.  The consumer normalizes:
+on a GPU after a non-blocking copy of the pinned batch, together with the layout (channels_last) and precision
+(fp16 autocast); on the CPU with the runtime's own arithmetic
+(:func:`~edgetl.runtime.preprocess.normalize_batch`), so features equal the single-image path bit for bit.
+Outputs go to the cache entry as they come (:class:`~edgetl.cache.CacheWriter`), so memory stays flat however
+many records there are.
+
+Small jobs decode in threads of this process instead: starting workers would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
+from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, crop
+from edgetl.runtime.reader import ReadReport
+
+#: Below this many records, decoding runs in threads of this process (no worker start-up).
+PROCESS_MIN_RECORDS = 256
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class RawBatch:
+    """Decoded, resized and cropped images (uint8 tensor, N x S x S x 3; pinned when asked), the positions of
+    their records, and how many records the batch covered (bad ones skipped included)."""
+
+    indices: list[int]
+    pixels: torch.Tensor
+    consumed: int
+
+
+def _crop_or_error(record: ImageRecord, config: PreprocessConfig, max_pixels: int
+                   ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """The crop, or (source, reason) of a bad image (plain values: they cross the process boundary)."""
+    try:
+        return crop(record.image, config, max_pixels), None
+    except ImageDecodeError as exc:
+        in_memory = record.pixels is not None or record.encoded is not None
+        return None, (record.source if in_memory else exc.source, exc.reason)
+
+
+def _chunk(start: int, results: list, size: int) -> tuple[list[int], torch.Tensor, list[tuple[str, str]], int]:
+    """A batch from the (crop, error) pairs of records ``start``, ``start + 1``, ...: positions kept, stacked
+    crops, errors, records covered."""
+    kept, crops, errors = [], [], []
+    for position, (pixels, error) in enumerate(results):
+        if error is None:
+            kept.append(start + position)
+            crops.append(pixels)
+        else:
+            errors.append(error)
+    stacked = torch.from_numpy(np.stack(crops)) if crops else torch.zeros((0, size, size, 3), dtype=torch.uint8)
+    return kept, stacked, errors, len(results)
+
+
+class _Crops(Dataset):
+    def __init__(self, records: Sequence[ImageRecord], config: PreprocessConfig, max_pixels: int):
+        self.records, self.config, self.max_pixels = records, config, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        return (index, *_crop_or_error(self.records[index], self.config, self.max_pixels))
+
+
+def _collate(items: list, size: int):
+    """In the worker: the batch is stacked there, so DataLoader's pinning thread pins one tensor."""
+    return _chunk(items[0][0], [(pixels, error) for _, pixels, error in items], size)
+
+
+def decode_workers(records: int, workers: int | None) -> int:
+    """How many worker processes decode ``records`` images: ``workers`` when given (0: threads in this
+    process), else one per usable core for a large job and none for a small one."""
+    if workers is not None:
+        if workers < 0:
+            raise ConfigError(f"must be at least 0, got {workers}", option="workers")
+        return workers
+    return usable_cores() if records >= PROCESS_MIN_RECORDS else 0
+
+
+def decoded_batches(
+    records: Sequence[ImageRecord],
+    config: PreprocessConfig,
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skip_bad: bool = False,
+    report: ReadReport | None = None,
+    pin_memory: bool = False,
+) -> Iterator[RawBatch]:
+    """Yield the records' crops batch by batch, in order, decoding ahead of the consumer.
+
+    A bad image stops the pass with its error unless ``skip_bad`` (then it is reported in ``report``).
+    ``pin_memory``: batches in page-locked memory, for non-blocking copies to a GPU.
+    """
+    count = decode_workers(len(records), workers)
+    chunks = _in_workers(records, config, batch_size, count, max_pixels, pin_memory) if count else \
+        (_chunk(start, results, config.input_size) for start, results in
+         _in_threads(records, config, batch_size, max_pixels))
+    for kept, pixels, errors, consumed in chunks:
+        if errors:
+            if not skip_bad:
+                raise ImageDecodeError(*errors[0])
+            if report is not None:
+                report.skipped.extend(ImageDecodeError(*error) for error in errors)
+        if pin_memory and count == 0:
+            pixels = pixels.pin_memory()
+        yield RawBatch(kept, pixels, consumed)
+
+
+def _in_workers(records, config, batch_size, count, max_pixels, pin_memory):
+    """torch's DataLoader: ``count`` worker processes (the platform's default start method, as DataLoader
+    uses it), two batches ahead each, in order; batches pinned by its own thread when asked."""
+    return DataLoader(_Crops(records, config, max_pixels), batch_size=batch_size, shuffle=False, num_workers=count,
+                      collate_fn=functools.partial(_collate, size=config.input_size), prefetch_factor=2,
+                      pin_memory=pin_memory)
+
+
+def _in_threads(records, config, batch_size, max_pixels):
+    """Threads of this process (Pillow releases the GIL while decoding), one batch ahead."""
+    with ThreadPoolExecutor(max_workers=min(4, usable_cores())) as pool:
+        pending: deque[tuple[int, list[Future]]] = deque()
+        starts = iter(range(0, len(records), batch_size))
+        while True:
+            while len(pending) < 2:
+                start = next(starts, None)
+                if start is None:
+                    break
+                pending.append((start, [pool.submit(_crop_or_error, records[i], config, max_pixels)
+                                        for i in range(start, min(start + batch_size, len(records)))]))
+            if not pending:
+                return
+            start, futures = pending.popleft()
+            yield start, [future.result() for future in futures]

@@ -112,7 +112,7 @@ def choose_engine(
     if not path.is_file():
         log(f"exporting the frozen backbone for {candidates[0]} (once; kept in {path.parent})")
         _export_frozen(frozen, path, preprocess.input_size)
-    runner = create_backend(candidates[0], path).open()
+    runner = create_backend(candidates[0], path, shared_cores=True).open()     # decoding runs beside it
     with torch.inference_mode():
         expected = frozen(torch.from_numpy(probe).contiguous(memory_format=torch.channels_last)).numpy()
     diff = float(np.abs(runner.infer(probe) - expected).max())

@@ -41,9 +41,11 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def create_backend(name: str, path, threads: int | None = None, device: str | None = None,
-                   precision: str = "fp32", cache_dir=None) -> Backend:
-    """A backend for the model file ``path``; ``precision`` is the precision its artifact declares."""
-    return backend_class(name)(path, threads=threads, device=device, precision=precision, cache_dir=cache_dir)
+                   precision: str = "fp32", cache_dir=None, shared_cores: bool = False) -> Backend:
+    """A backend for the model file ``path``; ``precision`` is the precision its artifact declares;
+    ``shared_cores``: other CPU work runs beside it (its threads then never spin-wait)."""
+    return backend_class(name)(path, threads=threads, device=device, precision=precision, cache_dir=cache_dir,
+                               shared_cores=shared_cores)
 
 
 __all__ = ["Backend", "BACKENDS", "BACKEND_MODULES", "available_backends", "backend_class", "create_backend",

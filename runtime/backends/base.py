@@ -29,7 +29,7 @@ class Backend:
     name: str = "base"
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
-                 precision: str = "fp32", cache_dir: str | Path | None = None):
+                 precision: str = "fp32", cache_dir: str | Path | None = None, shared_cores: bool = False):
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
         if threads is not None and threads < 1:
@@ -39,6 +39,9 @@ class Backend:
         self.requested_device = device      # e.g. OpenVINO's GPU; backends without devices ignore it
         self.precision = precision          # what the artifact declares; the backend makes the engine run it
         self.cache_dir = Path(cache_dir) if cache_dir else None   # compiled-model cache, where the engine has one
+        # other CPU work runs beside the engine (the host pass decodes images on the same cores): engine threads
+        # must not spin-wait between runs
+        self.shared_cores = shared_cores
         self.settings: dict = {}            # the engine's effective settings, filled by _open_impl
         self.input_name = ""
         self.input_shape: tuple = ()

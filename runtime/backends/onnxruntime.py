@@ -55,9 +55,14 @@ class OnnxRuntimeBackend(Backend):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        for key, value in session_config().items():
+        for key, value in self.session_config().items():
             options.add_session_config_entry(key, value)
         return options
+
+    def session_config(self) -> dict[str, str]:
+        """:func:`session_config`, with spinning off when other work shares the cores (measured on the host pass,
+        2 cores decoding beside the engine: 0.56 -> 0.67 of the engine alone)."""
+        return {**session_config(), **({"session.intra_op.allow_spinning": "0"} if self.shared_cores else {})}
 
     def _open_impl(self) -> None:
         ort = import_onnxruntime()
@@ -75,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         self.settings = {"intra_op_num_threads": stated.intra_op_num_threads,
                          "inter_op_num_threads": stated.inter_op_num_threads, "execution_mode": "sequential",
                          "graph_optimization_level": self.optimization,
-                         **{key: stated.get_session_config_entry(key) for key in session_config()},
+                         **{key: stated.get_session_config_entry(key) for key in self.session_config()},
                          "effective_precision": self.precision}
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,183 @@
+"""The host extraction pipeline against its engine alone, and its memory as the record count grows.
+
+1. Throughput (``--records``, default 1,500 rows of ``../shared/data/clothing10`` photos repeated through a CSV,
+   Lite0 at 224 px): the engine alone on batches already decoded and preprocessed, against the whole pass
+   (decode and resize in workers, normalize, engine, cache writes), workers one per core and in threads; target:
+   the whole pass at least 0.9 of the engine alone.  On CUDA, the compute-only rate with the batch already on the
+   GPU and the end-to-end rate over the photos (target 0.8); without CUDA that figure is missing and said so.
+2. Flat memory: the pass over a CSV of 10,000 and of 100,000 records (repeated builtin digits PNGs, 32 px so the
+   run stays short), each in a fresh process: peak RSS of the process and of its largest decoding worker.
+
+Results: ``benchmarks/results/extraction_pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import save_result
+
+from edgetl.backbones import create_backbone
+from edgetl.cache import FeatureCache
+from edgetl.engines import choose_engine
+from edgetl.extract import output_shape, prepare, resolve_device, run_frozen
+from edgetl.runtime.data import open_data
+from edgetl.pipeline import usable_cores
+from edgetl.runtime.preprocess import crop, preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOTHING = ROOT.parent / "shared" / "data" / "clothing10"
+
+PASS = textwrap.dedent("""
+    import json, resource, sys, time
+    from edgetl.backbones import create_backbone
+    from edgetl.cache import FeatureCache
+    from edgetl.features import backbone_pass, feature_key, preprocess_for
+    from edgetl.extract import resolve_device
+    from edgetl.runtime.data import open_data
+
+    csv_path, cache_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data = open_data(csv_path)
+    records = data.split("all")
+    backbone = create_backbone("efficientnet_lite0")
+    frozen, _ = backbone.split(0)
+    preprocess = preprocess_for(backbone, data, size)
+    compute = resolve_device("cpu")
+    weights = backbone.weights_sha256()
+    cache = FeatureCache(cache_dir)
+    key = feature_key(backbone, weights, frozen, preprocess, compute, records, False)
+    started = time.perf_counter()
+    result = backbone_pass(frozen, key, records, preprocess, compute, cache, weights, engine="onnxruntime")
+    elapsed = time.perf_counter() - started
+    print(json.dumps({"records": len(records), "seconds": elapsed, "engine": result.engine,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                      "valid": int(result.cached.valid.sum())}))
+""")
+
+
+def _csv(path: Path, files: list[Path], labels: list[str], count: int) -> Path:
+    lines = ["path,label"] + [f"{files[i % len(files)]},{labels[i % len(files)]}" for i in range(count)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def throughput(records_count: int, workers: list[int | None], tmp: Path) -> dict:
+    files = sorted(CLOTHING.glob("*/*/*.jpg"))
+    csv_path = _csv(tmp / "clothing.csv", files, [f.parent.name for f in files], records_count)
+    data = open_data(str(csv_path))
+    records = data.split("all")
+    backbone = create_backbone("efficientnet_lite0")
+    frozen, _ = backbone.split(0)
+    config = backbone.pretrained.preprocess(224, None)
+    compute = resolve_device("auto")
+    module = prepare(frozen, compute)
+    shape = output_shape(module, config.input_size, compute.device)
+    cache = FeatureCache(tmp / "cache")
+    figures: dict = {"records": len(records), "device": str(compute.device)}
+    batch = compute.batch_size
+    if compute.device.type == "cuda":
+        x = torch.randn(batch, 3, 224, 224, device=compute.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            for _ in range(5):
+                module(x)
+            torch.cuda.synchronize()
+            started, n = time.perf_counter(), 0
+            while n < len(records):
+                module(x)
+                n += batch
+            torch.cuda.synchronize()
+        figures["compute_only_ips"] = n / (time.perf_counter() - started)
+        runner, engine = None, "torch (cuda, fp16 autocast, channels_last)"
+    else:
+        choice = choose_engine("onnxruntime", frozen, records, config, compute, tmp / "cache", "bench", 0)
+        runner, engine = choice.runner, choice.name
+        pre = np.stack([preprocess(r.source, config) for r in records[:batch]])
+        runner.infer(pre)
+        started, n = time.perf_counter(), 0
+        while n < len(records):
+            runner.infer(pre)
+            n += batch
+        figures["compute_only_ips"] = n / (time.perf_counter() - started)
+    figures["engine"] = engine
+    started = time.perf_counter()
+    for record in records[:100]:                       # decoding's own cost, one image at a time
+        crop(record.source, config)
+    figures["decode_ms_per_image"] = (time.perf_counter() - started) * 10
+    cores = usable_cores()
+    if compute.device.type != "cuda":    # decoding and the engine share the cores: the most the pass can reach
+        figures["cpu_bound_ceiling"] = cores / (cores + figures["decode_ms_per_image"] / 1000 *
+                                                figures["compute_only_ips"])
+    for count in workers:
+        label = "threads" if count == 0 else f"{count or 'default'} workers"
+        with cache.writer(f"run-{count}", len(records), shape) as writer:
+            started = time.perf_counter()
+            run_frozen(module, records, config, compute, writer, batch_size=batch, workers=count, runner=runner)
+            seconds = time.perf_counter() - started
+        figures[f"end_to_end_ips[{label}]"] = len(records) / seconds
+    if runner is not None:
+        runner.close()
+    return figures
+
+
+def memory(counts: list[int], tmp: Path) -> list[dict]:
+    from edgetl.data_export import export_image_folder
+
+    export_image_folder("builtin:digits", tmp / "digits")
+    files = sorted((tmp / "digits").glob("*/*/*.png"))
+    rows = []
+    for count in counts:
+        csv_path = _csv(tmp / f"digits-{count}.csv", files, [f.parent.name for f in files], count)
+        out = subprocess.run([sys.executable, "-c", PASS, str(csv_path), str(tmp / f"cache-{count}"), "32"],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {count:>7,d} records: {rows[-1]['seconds']:.1f} s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB "
+              f"(largest worker {rows[-1]['worker_peak_rss_mb']:.0f} MB)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1500)
+    parser.add_argument("--memory", default="10000,100000", help="Record counts of the memory runs ('' skips).")
+    args = parser.parse_args()
+    if not CLOTHING.is_dir():
+        raise SystemExit(f"{CLOTHING} not found (../shared/data beside the repository)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print(f"throughput over {args.records} clothing10 photos at 224 px", flush=True)
+        figures = throughput(args.records, [None, 0, 2], tmp)
+        base = figures["compute_only_ips"]
+        print(f"  {figures['engine']} alone on preprocessed batches: {base:.1f} images/s")
+        for key, value in figures.items():
+            if key.startswith("end_to_end"):
+                print(f"  {key}: {value:.1f} images/s = {value / base:.3f} of the engine alone")
+        print(f"  decoding alone: {figures['decode_ms_per_image']:.2f} ms per photo on one core")
+        if "cpu_bound_ceiling" in figures:
+            print(f"  the most a pass can reach on {usable_cores()} cores shared by decoding and the engine: "
+                  f"{figures['cpu_bound_ceiling']:.3f} of the engine alone")
+        if figures["device"] != "cuda":
+            print("  GPU figure missing: no CUDA device here (target 0.8 of compute-only on a GPU)")
+        counts = [int(c) for c in args.memory.split(",") if c]
+        print("memory of the pass (Lite0, 32 px, onnxruntime, repeated digits PNGs)", flush=True)
+        rows = memory(counts, tmp) if counts else []
+    if len(rows) == 2:
+        print(f"  peak RSS {rows[1]['records']:,d} / {rows[0]['records']:,d} records: "
+              f"{rows[1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}")
+    path = save_result("extraction_pipeline", {
+        "command": f"python benchmarks/extraction_pipeline.py --records {args.records} --memory {args.memory}",
+        "throughput": figures, "memory": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The host extraction pipeline: worker decoding equals the runtime's single-image path, bad images are named
+or skipped in any worker, and features stream to the cache entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl import pipeline
+from edgetl.cache import FeatureCache
+from edgetl.extract import prepare, resolve_device, run_frozen
+from edgetl.pipeline import decode_workers, decoded_batches
+from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
+from edgetl.runtime.preprocess import PreprocessConfig, normalize_batch, preprocess
+from edgetl.runtime.reader import ReadReport
+
+
+CONFIG = PreprocessConfig.for_size(96, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def photos(flowers_dir) -> list[ImageRecord]:
+    """Real camera photos of several sizes."""
+    files = sorted(flowers_dir.rglob("*.jpg"))[:21]
+    return [ImageRecord(str(f), 0) for f in files]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_worker_mode_gives_the_runtime_pixels_bit_for_bit(photos, workers):
+    reference = np.stack([preprocess(r.source, CONFIG) for r in photos])
+    batches = list(decoded_batches(photos, CONFIG, 8, workers=workers))
+    assert [b.consumed for b in batches] == [8, 8, 5]
+    assert [i for b in batches for i in b.indices] == list(range(len(photos)))
+    assert all(b.pixels.dtype == torch.uint8 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([normalize_batch(b.pixels.numpy(), CONFIG) for b in batches]),
+                                  reference)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_image_is_named_or_skipped_in_any_worker(photos, workers, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    records = photos[:5] + [ImageRecord(str(broken), 0)] + photos[5:10]
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        list(decoded_batches(records, CONFIG, 4, workers=workers))
+    report = ReadReport()
+    batches = list(decoded_batches(records, CONFIG, 4, workers=workers, skip_bad=True, report=report))
+    assert [i for b in batches for i in b.indices] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert len(report.skipped) == 1 and report.skipped[0].source == str(broken)
+
+
+def test_worker_count_follows_the_job_and_the_host_and_refuses_negatives(monkeypatch):
+    assert decode_workers(10, None) == 0 and decode_workers(10, 3) == 3
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
+    assert decode_workers(10_000, None) == 16 and decode_workers(100, None) == 0
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)           # decoding would fight the engine
+    assert decode_workers(10_000, None) == 0
+    with pytest.raises(ConfigError):
+        decode_workers(10, -1)
+
+
+def test_rows_stream_to_the_entry_and_skipped_rows_read_as_zeros(tmp_path):
+    cache = FeatureCache(tmp_path)
+    rows = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    with cache.writer("k", 5, (2, 3)) as writer:
+        writer.write([3, 4], rows[3:5])            # out of order, in runs
+        writer.write([0, 1], rows[0:2])
+        writer.skipped = ["c.jpg: corrupt"]
+    entry = cache.loaded("k")
+    np.testing.assert_array_equal(entry.features[[0, 1, 3, 4]], rows[[0, 1, 3, 4]])
+    assert not entry.features[2].any() and entry.valid.tolist() == [True, True, False, True, True]
+    assert entry.skipped == ["c.jpg: corrupt"] and not entry.hit
+    with pytest.raises(RuntimeError, match="killed"), cache.writer("half", 5, (2, 3)) as writer:
+        writer.write([0], rows[:1])
+        raise RuntimeError("killed mid-pass")
+    assert cache.load("half") is None and sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+
+
+def test_the_pass_writes_what_the_module_computes(photos, tmp_path):
+    """Eager torch through the pipeline (workers) equals the module on the runtime's own preprocessing."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    compute = resolve_device("cpu")
+    module = prepare(module, compute)
+    cache = FeatureCache(tmp_path)
+    with cache.writer("pass", len(photos), (4,)) as writer:
+        run_frozen(module, photos, CONFIG, compute, writer, batch_size=8, workers=2)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(np.stack([preprocess(r.source, CONFIG) for r in photos]))).numpy()
+    np.testing.assert_allclose(cache.loaded("pass").features, expected, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,8 @@ import pytest
 
 from edgetl import engines
 from edgetl.backbones import create_backbone
-from edgetl.extract import resolve_device, run_frozen
+from edgetl.cache import FeatureCache
+from edgetl.extract import output_shape, prepare, resolve_device, run_frozen
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.runtime.data import open_data
@@ -23,16 +24,28 @@ def tiny(tmp_path):
     return root, backbone, frozen, records
 
 
+def _pass(frozen, records, preprocess, compute, folder, runner=None):
+    """One backbone pass into a fresh cache entry: (features, valid)."""
+    cache = FeatureCache(folder)
+    module = prepare(frozen, compute)
+    with cache.writer("pass", len(records), output_shape(module, preprocess.input_size, compute.device)) as writer:
+        run_frozen(module, records, preprocess, compute, writer, runner=runner)
+    entry = cache.loaded("pass")
+    return np.asarray(entry.features), entry.valid
+
+
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_engine_features_match_torch_and_the_export_is_reused(tiny, tmp_path, engine, monkeypatch):
     _, backbone, frozen, records = tiny
     preprocess = backbone.pretrained.preprocess()
     compute = resolve_device("cpu")
-    reference, _, _ = run_frozen(frozen, records, preprocess, compute)
+    reference, _ = _pass(frozen, records, preprocess, compute, tmp_path / "torch")
     choice = engines.choose_engine(engine, frozen, records, preprocess, compute, tmp_path, backbone.weights_sha256(),
                                    len(frozen))
     assert choice.name == engine and choice.max_abs_diff <= engines.PARITY_TOLERANCE
-    features, valid, _ = run_frozen(frozen, records, preprocess, compute, runner=choice.runner)
+    features, valid = _pass(frozen, records, preprocess, compute, tmp_path / engine, choice.runner)
+    if engine == "onnxruntime":        # decoding shares the cores: the pass's engine never spin-waits
+        assert choice.runner.settings["session.intra_op.allow_spinning"] == "0"
     choice.runner.close()
     assert valid.all() and np.abs(features - reference).max() <= engines.PARITY_TOLERANCE
 

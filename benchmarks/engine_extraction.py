@@ -19,7 +19,7 @@ from _common import save_result, verdict
 
 from edgetl.backbones import create_backbone
 from edgetl.engines import choose_engine
-from edgetl.extract import resolve_device, run_frozen
+from edgetl.extract import extract_features, resolve_device
 from edgetl.features import resolve_splits
 from edgetl.runtime.backends import installed
 from edgetl.runtime.data import open_data
@@ -41,17 +41,17 @@ def main() -> None:
     digest = backbone.weights_sha256()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run_frozen(frozen, records[:16], preprocess, compute)  # warm-up
+        extract_features(frozen, records[:16], preprocess, compute)  # warm-up
         t0 = time.perf_counter()
-        reference, _, _ = run_frozen(frozen, records, preprocess, compute)
+        reference, _, _ = extract_features(frozen, records, preprocess, compute)
         results["torch"] = {"images_per_s": len(records) / (time.perf_counter() - t0)}
         for engine in installed(["openvino", "onnxruntime"]):
             t1 = time.perf_counter()
             choice = choose_engine(engine, frozen, records, preprocess, compute, Path(tmp), digest, len(frozen))
             setup_s = time.perf_counter() - t1
-            run_frozen(frozen, records[:16], preprocess, compute, runner=choice.runner)  # warm-up
+            extract_features(frozen, records[:16], preprocess, compute, runner=choice.runner)  # warm-up
             t2 = time.perf_counter()
-            features, _, _ = run_frozen(frozen, records, preprocess, compute, runner=choice.runner)
+            features, _, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner)
             elapsed = time.perf_counter() - t2
             choice.runner.close()
             results[engine] = {"images_per_s": len(records) / elapsed, "export_and_load_s": setup_s,

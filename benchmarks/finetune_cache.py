@@ -19,7 +19,7 @@ from pathlib import Path
 from _common import save_result, verdict
 
 from edgetl.backbones import create_backbone
-from edgetl.extract import resolve_device, run_frozen
+from edgetl.extract import extract_features, resolve_device
 from edgetl.features import resolve_splits
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
@@ -41,9 +41,9 @@ def main() -> None:
         preprocess = backbone.pretrained.preprocess(args.image_size, data.recommended_crop_pct)
         frozen, _ = backbone.split(0)
         compute = resolve_device(args.device)
-        run_frozen(frozen, (train + val)[:16], preprocess, compute)  # warm-up: thread pools, kernel selection
+        extract_features(frozen, (train + val)[:16], preprocess, compute)  # warm-up: thread pools, kernel selection
         t0 = time.perf_counter()
-        run_frozen(frozen, train + val, preprocess, compute)
+        extract_features(frozen, train + val, preprocess, compute)
         backbone_pass_s = time.perf_counter() - t0
 
         cache = str(tmp / "cache")

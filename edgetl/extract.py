@@ -142,3 +142,22 @@ def run_frozen(
     finally:
         bar.close()
     writer.skipped = [f"{e.source}: {e.reason}" for e in report.skipped]
+
+
+def extract_features(module: nn.Module, records: Sequence[ImageRecord], preprocess: PreprocessConfig,
+                     compute: ComputeDevice, *, runner: Backend | None = None, batch_size: int | None = None,
+                     workers: int | None = None, skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``module``'s outputs over ``records`` in memory: (outputs, valid mask, skipped).  For a few thousand images
+    (comparisons, probes); a training pass goes through the feature cache instead, which streams."""
+    import tempfile
+
+    from .cache import FeatureCache
+
+    module = prepare(module, compute)
+    with tempfile.TemporaryDirectory(prefix="edgetl-pass-") as folder:
+        cache = FeatureCache(folder)
+        with cache.writer("pass", len(records), output_shape(module, preprocess.input_size, compute.device)) as w:
+            run_frozen(module, records, preprocess, compute, w, batch_size=batch_size, workers=workers,
+                       skip_bad=skip_bad, runner=runner)
+        entry = cache.loaded("pass")
+        return np.array(entry.features), entry.valid.copy(), list(entry.skipped)

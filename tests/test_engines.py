@@ -5,8 +5,7 @@ import pytest
 
 from edgetl import engines
 from edgetl.backbones import create_backbone
-from edgetl.cache import FeatureCache
-from edgetl.extract import output_shape, prepare, resolve_device, run_frozen
+from edgetl.extract import extract_features, resolve_device
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.runtime.data import open_data
@@ -24,26 +23,16 @@ def tiny(tmp_path):
     return root, backbone, frozen, records
 
 
-def _pass(frozen, records, preprocess, compute, folder, runner=None):
-    """One backbone pass into a fresh cache entry: (features, valid)."""
-    cache = FeatureCache(folder)
-    module = prepare(frozen, compute)
-    with cache.writer("pass", len(records), output_shape(module, preprocess.input_size, compute.device)) as writer:
-        run_frozen(module, records, preprocess, compute, writer, runner=runner)
-    entry = cache.loaded("pass")
-    return np.asarray(entry.features), entry.valid
-
-
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_engine_features_match_torch_and_the_export_is_reused(tiny, tmp_path, engine, monkeypatch):
     _, backbone, frozen, records = tiny
     preprocess = backbone.pretrained.preprocess()
     compute = resolve_device("cpu")
-    reference, _ = _pass(frozen, records, preprocess, compute, tmp_path / "torch")
+    reference, _, _ = extract_features(frozen, records, preprocess, compute)
     choice = engines.choose_engine(engine, frozen, records, preprocess, compute, tmp_path, backbone.weights_sha256(),
                                    len(frozen))
     assert choice.name == engine and choice.max_abs_diff <= engines.PARITY_TOLERANCE
-    features, valid = _pass(frozen, records, preprocess, compute, tmp_path / engine, choice.runner)
+    features, valid, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner)
     if engine == "onnxruntime":        # decoding shares the cores: the pass's engine never spin-waits
         assert choice.runner.settings["session.intra_op.allow_spinning"] == "0"
     choice.runner.close()

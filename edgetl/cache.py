@@ -107,6 +107,37 @@ class FeatureCache:
                 writer.close()
             writer.finish()
 
+    @contextlib.contextmanager
+    def shared_writer(self, key: str, count: int, shape: tuple[int, ...], ranks) -> Iterator["CacheWriter"]:
+        """:meth:`writer` for every rank of a process group (:class:`edgetl.distributed.Ranks`; None: this process
+        alone).  Rank 0 creates the entry and tells the others where; each writes its own rows; rank 0 gathers
+        their valid rows and bad-image lists, completes the entry and renames it, and every rank leaves the block
+        once it is in place."""
+        if ranks is None:
+            with self.writer(key, count, shape) as writer:
+                yield writer
+            return
+        if ranks.main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_directory(self.path(key), overwrite=True) as staging:
+                writer = CacheWriter(staging, count, tuple(shape))
+                ranks.broadcast(str(staging))
+                try:
+                    yield writer
+                finally:
+                    writer.close()
+                writer.merge(ranks.gather((np.flatnonzero(writer.valid).tolist(), writer.skipped)))
+                writer.finish()
+            ranks.barrier()                        # the entry is in place
+            return
+        writer = CacheWriter.attach(Path(ranks.broadcast(None)), count, tuple(shape))
+        try:
+            yield writer
+        finally:
+            writer.close()
+        ranks.gather((np.flatnonzero(writer.valid).tolist(), writer.skipped))
+        ranks.barrier()
+
     def loaded(self, key: str) -> CachedFeatures:
         """The entry just written, read back (memory-mapped)."""
         entry = self.load(key)
@@ -129,17 +160,37 @@ class CacheWriter:
     row is ever held in memory: a pass over a million images uses the memory of one batch.  Rows never written
     (images skipped as bad) read as zeros."""
 
-    def __init__(self, folder: Path, count: int, shape: tuple[int, ...]):
+    def __init__(self, folder: Path, count: int, shape: tuple[int, ...], create: bool = True):
         self.folder, self.count, self.shape = folder, count, shape
         self.valid = np.zeros(count, dtype=bool)
         self.skipped: list[str] = []
         self.row_bytes = int(np.prod(shape, dtype=np.int64)) * 4
-        self._file = open(folder / "features.npy", "wb")
-        np.lib.format.write_array_header_1_0(self._file, {"descr": "<f4", "fortran_order": False,
-                                                          "shape": (count, *shape)})
-        self._file.flush()
-        self._data_start = self._file.tell()
-        self._file.truncate(self._data_start + count * self.row_bytes)     # sparse: unwritten rows are zeros
+        if create:
+            self._file = open(folder / "features.npy", "wb")
+            np.lib.format.write_array_header_1_0(self._file, {"descr": "<f4", "fortran_order": False,
+                                                              "shape": (count, *shape)})
+            self._file.flush()
+            self._data_start = self._file.tell()
+            self._file.truncate(self._data_start + count * self.row_bytes)   # sparse: unwritten rows are zeros
+        else:
+            self._file = open(folder / "features.npy", "r+b")
+            np.lib.format.read_magic(self._file)
+            header_shape, _, _ = np.lib.format.read_array_header_1_0(self._file)
+            if header_shape != (count, *shape):
+                raise OSError(f"{folder} holds rows of shape {header_shape}, not {(count, *shape)}")
+            self._data_start = self._file.tell()
+
+    @classmethod
+    def attach(cls, folder: Path, count: int, shape: tuple[int, ...]) -> "CacheWriter":
+        """Another process's entry in the making, to write this process's rows into."""
+        return cls(folder, count, shape, create=False)
+
+    def merge(self, parts: list[tuple[list[int], list[str]]]) -> None:
+        """Every rank's (valid rows, skipped images), in rank order (blocks in record order)."""
+        self.skipped = []
+        for rows, skipped in parts:
+            self.valid[rows] = True
+            self.skipped.extend(skipped)
 
     def write(self, indices: Sequence[int], rows: np.ndarray) -> None:
         """``rows[i]`` is the output of record ``indices[i]``; each run of consecutive indices is one write."""

@@ -8,6 +8,8 @@ options (``--json`` on every command, ``--threads``, DATA positional) and output
 
 from __future__ import annotations
 
+import os
+
 
 import click
 
@@ -87,6 +89,9 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
     from pathlib import Path
 
     selection = None
+    if backbone == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--backbone auto does not run under torchrun; run edgetl select first (one process), "
+                          "then finetune --backbone NAME under torchrun", option="backbone")
     if backbone == "auto":
         from edgetl.selection import SelectConfig, parse_backbones, select_backbones, selection_summary
 
@@ -118,6 +123,8 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
         overwrite=overwrite,
     )
     result = run_finetune(data, out, config, progress=progress, log=note)
+    if result is None:             # a torchrun rank other than 0: its share of the pass is done
+        return
     timings = result.manifest.timings
     if as_json:
         print_json({"run": str(result.run_dir), "backbone": backbone, "cache_hit": result.cache_hit,

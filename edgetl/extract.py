@@ -111,12 +111,14 @@ def run_frozen(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: ProgressFactory = silent_progress,
     runner: Backend | None = None,
+    first: int = 0,
 ) -> None:
     """One pass of ``module`` (prepared: :func:`prepare`) over ``records`` into ``writer``, images decoded by
     :func:`~edgetl.pipeline.decoded_batches` (``workers`` processes; None: one per core for a large job).
 
     ``runner`` (an open runtime backend on the exported frozen part, see :mod:`edgetl.engines`) replaces eager
-    torch for the pass.  Skipped images are listed in ``writer.skipped``.
+    torch for the pass.  Skipped images are listed in ``writer.skipped``.  ``records`` are the entry's rows from
+    ``first`` on (a rank's block of a sharded pass).
     """
     batch_size = batch_size or compute.batch_size
     report = ReadReport()
@@ -127,7 +129,7 @@ def run_frozen(
             for batch in decoded_batches(records, preprocess, batch_size, workers=workers, max_pixels=max_pixels,
                                          skip_bad=skip_bad, report=report, pin_memory=cuda is not None):
                 if batch.indices and cuda is not None:
-                    for indices, rows in cuda.run(batch.indices, batch.pixels):
+                    for indices, rows in cuda.run([first + i for i in batch.indices], batch.pixels):
                         writer.write(indices, rows)
                 elif batch.indices:
                     images = normalize_batch(batch.pixels.numpy(), preprocess)
@@ -135,7 +137,7 @@ def run_frozen(
                         rows = runner.infer(images)
                     else:
                         rows = module(torch.from_numpy(images).contiguous(memory_format=torch.channels_last)).numpy()
-                    writer.write(batch.indices, rows)
+                    writer.write([first + i for i in batch.indices], rows)
                 bar.update(batch.consumed)
             for indices, rows in cuda.flush() if cuda is not None else []:
                 writer.write(indices, rows)

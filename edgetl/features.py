@@ -21,6 +21,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
+from .distributed import Ranks
 from .engines import choose_engine
 from .extract import ComputeDevice, output_shape, prepare, run_frozen
 
@@ -107,24 +108,49 @@ def backbone_pass(
     progress: ProgressFactory = silent_progress,
     log: Callable[[str], None] = lambda message: None,
     export_paid: bool = False,
+    ranks: Ranks | None = None,
 ) -> FeaturePass:
-    """The cached outputs of ``frozen`` over ``records``; one pass (then stored) when the cache has none."""
+    """The cached outputs of ``frozen`` over ``records``; one pass (then stored) when the cache has none.
+
+    ``ranks`` (under torchrun, :func:`edgetl.distributed.current_ranks`): each rank runs its block of the records
+    into the one entry; every rank returns the whole entry."""
     cached = cache.load(key)
+    if ranks is not None:          # one answer for the group: rank 0's view of the shared cache
+        hit = ranks.broadcast(cached is not None)
+        cached = cache.load(key) if hit else None
     if cached is not None:
         log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
         return FeaturePass(cached, 0.0, "none (cache hit)")
     t0 = time.perf_counter()
-    choice = choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen), log,
-                           export_paid)
+    choice = _engine_for_group(engine, frozen, records, preprocess, compute, cache, weights_sha256, log, export_paid,
+                               ranks)
     log(f"feature cache miss: running the frozen backbone over {len(records)} images on {choice.name}: "
-        f"{choice.reason}")
+        f"{choice.reason}" + (f" ({ranks.world} ranks)" if ranks else ""))
     module = prepare(frozen, compute)
+    batch_size = batch_size or compute.batch_size
+    block = ranks.block(len(records), batch_size) if ranks else range(len(records))
     try:
-        with cache.writer(key, len(records), output_shape(module, preprocess.input_size, compute.device)) as writer:
-            run_frozen(module, records, preprocess, compute, writer, batch_size=batch_size, workers=workers,
-                       skip_bad=skip_bad, max_pixels=max_pixels, progress=progress, runner=choice.runner)
+        shape = output_shape(module, preprocess.input_size, compute.device)
+        with cache.shared_writer(key, len(records), shape, ranks) as writer:
+            run_frozen(module, records[block.start:block.stop], preprocess, compute, writer, batch_size=batch_size,
+                       workers=workers, skip_bad=skip_bad, max_pixels=max_pixels, progress=progress,
+                       runner=choice.runner, first=block.start)
     finally:
         if choice.runner is not None:
             choice.runner.close()
     backbone_s = time.perf_counter() - t0
     return FeaturePass(cache.loaded(key), backbone_s, choice.name)
+
+
+def _engine_for_group(engine, frozen, records, preprocess, compute, cache, weights_sha256, log, export_paid,
+                      ranks: Ranks | None):
+    """:func:`~edgetl.engines.choose_engine`; in a group, rank 0 decides (and exports) first and the others
+    take its decision, so every rank computes its rows with the same engine."""
+    if ranks is None or ranks.main:
+        choice = choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen),
+                               log, export_paid)
+        if ranks is not None:
+            ranks.broadcast(choice.name)
+        return choice
+    decided = ranks.broadcast(None)
+    return choose_engine(decided, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen))

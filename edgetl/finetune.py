@@ -27,6 +27,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .cache import FeatureCache
 from .extract import resolve_device
+from .distributed import current_ranks
 from .features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .heads import HEAD_TRAINERS, HeadConfig
 from .run import RunManifest
@@ -71,9 +72,15 @@ def finetune(
     config: FinetuneConfig = FinetuneConfig(),
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
-) -> FinetuneResult:
-    """Fine-tune a head on ``data_address`` and write the run directory ``out``."""
+) -> FinetuneResult | None:
+    """Fine-tune a head on ``data_address`` and write the run directory ``out``.
+
+    Under ``torchrun`` the backbone pass is sharded over the ranks (:mod:`edgetl.distributed`); rank 0 trains and
+    writes the run and returns its result, the other ranks return None."""
     started = time.perf_counter()
+    ranks = current_ranks()
+    if ranks is not None and not ranks.main:       # one voice: rank 0 reports for the group
+        progress, log = silent_progress, (lambda message: None)
     out = Path(out)
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
@@ -91,8 +98,12 @@ def finetune(
     key = feature_key(backbone, weights_sha256, frozen, preprocess, compute, records, config.skip_bad)
     feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights_sha256,
                                  engine=config.engine, batch_size=config.batch_size, workers=config.workers,
-                                 skip_bad=config.skip_bad,
-                                 max_pixels=config.max_pixels, progress=progress, log=log)
+                                 skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress, log=log,
+                                 ranks=ranks)
+    if ranks is not None:
+        ranks.leave()
+        if not ranks.main:         # the pass is shared; rank 0 alone trains the head and writes the run
+            return None
     cached, backbone_s, engine_name = feature_pass.cached, feature_pass.backbone_s, feature_pass.engine
     skipped = list(data.skipped) + cached.skipped
     if skipped:

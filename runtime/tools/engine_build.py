@@ -1,13 +1,13 @@
 """``edgetl-rt build-engine``: build the backbone's TensorRT engine on the target, into the bundle.
 
-The decisions are made by :func:`plan_build` (testable without TensorRT);
-this module only drives the TensorRT Python API: ONNX parser, one
-optimisation profile for the dynamic batch, builder flags (TensorRT 8.5/10)
-or a strongly typed network (10 by choice, 11 always), DLA with GPU
-fallback, and a timing cache kept in the bundle so that a rebuild (another
-precision, a new head never needs one) is fast.  The result is a plain
-serialized engine (trtexec and DeepStream load it) with a sidecar JSON, and
-a new ``tensorrt-<precision>`` artifact in the manifest, written atomically.
+The decisions are made by :func:`plan_build` (testable without TensorRT); this module turns the plan into calls
+of NVIDIA's Polygraphy (:func:`polygraphy_loaders`), which follows TensorRT's API from 8.x to 11 (the explicit-batch
+network TensorRT 8's ONNX parser needs, the strongly typed network of 11), so what remains ours is the settings,
+not hand-written calls into TensorRT: one optimisation profile for the dynamic batch, the precision (builder flags
+on TensorRT 8.5/10, the ONNX file's own types on a strongly typed network), DLA with GPU fallback, and a timing
+cache kept in the bundle so that a rebuild is fast.  The result is a plain serialized engine (trtexec and
+DeepStream load it) with a sidecar JSON, and a new ``tensorrt-<precision>`` artifact in the manifest, written
+atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..cuda import CudaRuntime
 from ..deps import require
-from ..errors import BundleError, EdgetlError
+from ..errors import EdgetlError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
 from ..engines import EngineMetadata, sidecar_path
@@ -36,6 +36,32 @@ def _tensorrt():
     return require("tensorrt", "tensorrt", "building TensorRT engines")
 
 
+def _polygraphy():
+    return require("polygraphy.backend.trt", "tensorrt", "building TensorRT engines", package="polygraphy")
+
+
+def polygraphy_loaders(plan: BuildPlan, bundle: Path, trt, workspace_mb: int | None, timing_cache_out: Path):
+    """The plan as Polygraphy loaders: a callable returning the serialized engine (nothing runs until called)."""
+    poly = _polygraphy()
+    network = poly.NetworkFromOnnxPath(str(bundle / plan.source_file), strongly_typed=plan.strongly_typed)
+    cache_path = bundle / TIMING_CACHE
+    config = poly.CreateConfig(
+        fp16="FP16" in plan.builder_flags, int8="INT8" in plan.builder_flags,
+        use_dla=plan.dla_core is not None, allow_gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
+        profiles=[poly.Profile().add(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)],
+        load_timing_cache=str(cache_path) if cache_path.is_file() else None,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20} if workspace_mb else None,
+    )
+    if plan.dla_core is not None:     # Polygraphy turns the DLA on; which core is the config's own setting
+        core = plan.dla_core
+
+        def on_core(builder, network, config):
+            config.DLA_core = core
+
+        config = poly.PostprocessConfig(config, on_core)
+    return poly.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache_out))
+
+
 def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int | None = None,
                  max_batch: int | None = None, workspace_mb: int | None = None, log=lambda m: None) -> EngineBuild:
     trt = _tensorrt()
@@ -44,47 +70,28 @@ def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int
     engine_defaults = manifest.target.get("tensorrt", {})
     precision = precision or engine_defaults.get("precision", "fp16")
     max_batch = max_batch or engine_defaults.get("max_batch", 8)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
     plan = plan_build(manifest, precision, trt.__version__, dla_core, max_batch,
                       dla_cores_available=builder.num_DLA_cores)
     cuda = CudaRuntime()
     compute_capability = cuda.compute_capability(0)
-    log(f"building a {precision} engine from {plan.source_file} with TensorRT {trt.__version__} "
+    log(f"building a {precision} engine from {plan.source_file} with TensorRT {trt.__version__} through Polygraphy "
         f"(compute capability {compute_capability}, {'strongly typed' if plan.strongly_typed else 'builder flags'})")
-
-    network_flags = 0
-    if plan.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        network_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(network_flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(bundle / plan.source_file)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT's ONNX parser rejected {plan.source_file}: {errors}")
-
-    config = builder.create_builder_config()
-    if workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    if plan.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = plan.dla_core
-    profile = builder.create_optimization_profile()
-    profile.set_shape(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)
-    config.add_optimization_profile(profile)
-    cache_path = bundle / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EdgetlError(f"TensorRT could not build the {precision} engine (see the TensorRT messages above)")
-
     engine_path = bundle / plan.engine_file
     engine_path.parent.mkdir(exist_ok=True)
+    cache_path = bundle / TIMING_CACHE
+    cache_out = cache_path.with_name(cache_path.name + ".new")
+    try:
+        serialized = polygraphy_loaders(plan, bundle, trt, workspace_mb, cache_out)()
+    except EdgetlError:
+        raise
+    except Exception as exc:      # Polygraphy reports TensorRT's refusals as its own exceptions
+        raise EdgetlError(f"TensorRT could not build the {precision} engine from {plan.source_file}: {exc}") from exc
+    if serialized is None:
+        raise EdgetlError(f"TensorRT could not build the {precision} engine (see the TensorRT messages above)")
     atomic_write_bytes(engine_path, bytes(serialized))
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    if cache_out.is_file():
+        os.replace(cache_out, cache_path)
     metadata = engine_metadata(plan, compute_capability, _gpu_name(), sha256_file(engine_path))
     atomic_write_text(sidecar_path(engine_path), metadata.to_json())
 
@@ -96,7 +103,7 @@ def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int
         size=engine.size, input_name=plan.input_name, output_name=plan.output_name, backends=["tensorrt"],
         companions=[sidecar.__dict__], evaluated_with=None,
         export_notes=[f"built on the device from {plan.source_artifact} ({plan.source_sha256[:12]})",
-                      f"TensorRT {trt.__version__}, compute capability {compute_capability}"],
+                      f"TensorRT {trt.__version__} through Polygraphy, compute capability {compute_capability}"],
     )
     manifest.artifacts = [a for a in manifest.artifacts if a.name != artifact.name] + [artifact]
     atomic_write_text(bundle / "manifest.json", manifest.to_json())

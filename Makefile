@@ -45,6 +45,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/select_backbones.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/extraction_pipeline.py
+	$(BIN)/python benchmarks/distributed_pass.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 

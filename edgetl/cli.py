@@ -33,7 +33,10 @@ pass_options = [
                       "long enough to repay a one-off export (features checked against torch within 1e-4)."),
     click.option("--workers", type=click.IntRange(min=0), default=None,
                  help="Processes decoding images during the backbone pass (default: one per usable core for 256 "
-                      "images or more; 0: threads of this process)."),
+                      "images or more on hosts of 4+ cores; 0: threads of this process)."),
+    click.option("--compile", "compile_pass", is_flag=True,
+                 help="torch.compile the frozen backbone for the pass (pays on a GPU for long passes; eager torch "
+                      "only)."),
 ]
 
 
@@ -79,7 +82,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @json_option
 def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, image_size,
-             train_last, cache_dir, device, engine, workers, seed, val_fraction, skip_bad, max_pixels, overwrite,
+             train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad, max_pixels, overwrite,
              as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
@@ -101,7 +104,8 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
             raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
         chosen = select_backbones(data, SelectConfig(backbones=parse_backbones(candidates), target=target,
                                                      budget_ms=budget_ms, cache_dir=cache_dir, image_size=image_size,
-                                                     device=device, engine=engine, workers=workers, seed=seed,
+                                                     device=device, engine=engine, workers=workers,
+                                                     compile=compile_pass, seed=seed,
                                                      val_fraction=val_fraction, skip_bad=skip_bad,
                                                      max_pixels=max_pixels),
                                   progress=progress, log=note)
@@ -119,7 +123,7 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
     config = FinetuneConfig(
         selection=selection, backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine,
-        workers=workers, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels,
+        workers=workers, compile=compile_pass, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels,
         overwrite=overwrite,
     )
     result = run_finetune(data, out, config, progress=progress, log=note)
@@ -169,7 +173,7 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @json_option
 def select(data, backbones, target, budget_ms, train_last, folds, image_size, cache_dir, out, device, engine,
-           workers, threads, seed, val_fraction, skip_bad, fresh, overwrite, as_json) -> None:
+           workers, compile_pass, threads, seed, val_fraction, skip_bad, fresh, overwrite, as_json) -> None:
     """Rank backbones for DATA by transferability (LogME, k-fold probe on the training split) and by batch-1
     latency on the target, and recommend one; --train-last 0,1,2 also compares freeze points."""
     from pathlib import Path
@@ -185,7 +189,8 @@ def select(data, backbones, target, budget_ms, train_last, folds, image_size, ca
 
     config = SelectConfig(backbones=parse_backbones(backbones), target=target, budget_ms=budget_ms,
                           cache_dir=cache_dir, image_size=image_size, folds=folds, train_last=parse_depths(train_last),
-                          device=device, engine=engine, workers=workers, seed=seed, val_fraction=val_fraction,
+                          device=device, engine=engine, workers=workers, compile=compile_pass, seed=seed,
+                          val_fraction=val_fraction,
                           skip_bad=skip_bad, threads=threads)
     result = select_backbones(data, config, progress=progress, log=note, reuse=not fresh)
     files = write_reports(result, out, overwrite=overwrite) if out else {}

@@ -23,7 +23,7 @@ from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .distributed import Ranks
 from .engines import choose_engine
-from .extract import ComputeDevice, output_shape, prepare, run_frozen
+from .extract import ComputeDevice, compiled, output_shape, prepare, run_frozen
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ def backbone_pass(
     try:
         shape = output_shape(module, preprocess.input_size, compute.device)
         with cache.shared_writer(key, len(records), shape, ranks) as writer:
-            run_frozen(module, records[block.start:block.stop], preprocess, compute, writer, batch_size=batch_size,
+            run_frozen(compiled(module, compute) if choice.runner is None else module, records[block.start:block.stop],
+                       preprocess, compute, writer, batch_size=batch_size,
                        workers=workers, skip_bad=skip_bad, max_pixels=max_pixels, progress=progress,
                        runner=choice.runner, first=block.start)
     finally:

@@ -48,6 +48,7 @@ class FinetuneConfig:
     device: str = "auto"
     engine: str = "auto"
     workers: int | None = None          # decoding processes of the backbone pass (None: by job size)
+    compile: bool = False               # torch.compile the frozen part for the pass
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     skip_bad: bool = False
@@ -84,7 +85,7 @@ def finetune(
     out = Path(out)
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
-    compute = resolve_device(config.device)
+    compute = resolve_device(config.device, config.compile)
     prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
     data, train, split = prepared.data, prepared.train, prepared.split
     data_address = data.address

@@ -9,7 +9,7 @@ import torch
 
 from edgetl import pipeline
 from edgetl.cache import FeatureCache
-from edgetl.extract import prepare, resolve_device, run_frozen
+from edgetl.extract import extract_features, prepare, resolve_device, run_frozen
 from edgetl.pipeline import decode_workers, decoded_batches
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
@@ -90,3 +90,13 @@ def test_the_pass_writes_what_the_module_computes(photos, tmp_path):
     with torch.inference_mode():
         expected = module(torch.from_numpy(np.stack([preprocess(r.source, CONFIG) for r in photos]))).numpy()
     np.testing.assert_allclose(cache.loaded("pass").features, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_features(photos):
+    """``--compile`` (torch.compile, about 20 s here: marked slow) changes the speed, not the features."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    eager, _, _ = extract_features(module, photos[:10], CONFIG, resolve_device("cpu"), batch_size=8)
+    fast, _, _ = extract_features(module, photos[:10], CONFIG, resolve_device("cpu", compile=True), batch_size=8)
+    np.testing.assert_allclose(fast, eager, rtol=1e-5, atol=1e-6)

@@ -53,6 +53,7 @@ class SelectConfig:
     device: str = "auto"
     engine: str = "auto"
     workers: int | None = None          # decoding processes of the backbone pass (None: by job size)
+    compile: bool = False               # torch.compile the frozen part for the pass
     seed: int = 0
     val_fraction: float = 0.2
     skip_bad: bool = False
@@ -111,7 +112,7 @@ def select_backbones(
     """Measure every candidate and recommend one; returns the selection record (schema ``edgetl.selection/1``)."""
     started = time.perf_counter()
     prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
-    compute = resolve_device(config.device)
+    compute = resolve_device(config.device, config.compile)
     cache = FeatureCache(config.cache_dir)
     profile = None
     if config.target:

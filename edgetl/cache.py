@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.errors import EdgetlError
 from edgetl.runtime.fsutil import atomic_directory
 
 CACHE_FORMAT = 1
@@ -122,20 +123,15 @@ class FeatureCache:
             with atomic_directory(self.path(key), overwrite=True) as staging:
                 writer = CacheWriter(staging, count, tuple(shape))
                 ranks.broadcast(str(staging))
-                try:
+                with _group_outcome(ranks, writer) as parts:
                     yield writer
-                finally:
-                    writer.close()
-                writer.merge(ranks.gather((np.flatnonzero(writer.valid).tolist(), writer.skipped)))
+                writer.merge(parts)
                 writer.finish()
             ranks.barrier()                        # the entry is in place
             return
         writer = CacheWriter.attach(Path(ranks.broadcast(None)), count, tuple(shape))
-        try:
+        with _group_outcome(ranks, writer):
             yield writer
-        finally:
-            writer.close()
-        ranks.gather((np.flatnonzero(writer.valid).tolist(), writer.skipped))
         ranks.barrier()
 
     def loaded(self, key: str) -> CachedFeatures:
@@ -153,6 +149,29 @@ class FeatureCache:
             writer.valid[:] = valid
             writer.skipped = list(skipped)
         return self.loaded(key)
+
+
+@contextlib.contextmanager
+def _group_outcome(ranks, writer: "CacheWriter") -> Iterator[list]:
+    """Around one rank's share of a pass: every rank learns every other's outcome (its rows and bad images, or its
+    error), so a rank that fails makes all of them fail, and none waits for it forever."""
+    parts: list = []
+    failure: BaseException | None = None
+    try:
+        yield parts
+    except BaseException as exc:           # noqa: BLE001 - told to every rank, then raised again
+        failure = exc
+    finally:
+        writer.close()
+    outcome = ("failed", f"{type(failure).__name__}: {failure}") if failure is not None else \
+        ("ok", np.flatnonzero(writer.valid).tolist(), writer.skipped)
+    gathered = ranks.gather(outcome)
+    if failure is not None:
+        raise failure
+    failed = [(rank, o[1]) for rank, o in enumerate(gathered) if o[0] == "failed"]
+    if failed:
+        raise EdgetlError(f"rank {failed[0][0]} of the backbone pass failed: {failed[0][1]}")
+    parts.extend((rows, skipped) for _, rows, skipped in gathered)
 
 
 class CacheWriter:
@@ -201,10 +220,15 @@ class CacheWriter:
         start = 0
         for end in range(1, len(indices) + 1):
             if end == len(indices) or indices[end] != indices[end - 1] + 1:
-                os.pwrite(self._file.fileno(), rows[start:end].tobytes(),
-                          self._data_start + indices[start] * self.row_bytes)
+                self._write_at(memoryview(rows[start:end]).cast("B"), self._data_start + indices[start] * self.row_bytes)
                 start = end
         self.valid[indices] = True
+
+    def _write_at(self, data: memoryview, offset: int) -> None:
+        """Every byte of ``data`` at ``offset`` (one pwrite writes at most about 2 GiB on Linux)."""
+        while len(data):
+            written = os.pwrite(self._file.fileno(), data, offset)
+            data, offset = data[written:], offset + written
 
     def close(self) -> None:
         if not self._file.closed:

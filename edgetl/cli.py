@@ -186,6 +186,8 @@ def select(data, backbones, target, budget_ms, train_last, folds, image_size, ca
     if out and Path(out).exists() and not overwrite:     # before minutes of measuring, not after
         raise ConfigError(f"{out} already exists; choose another path, or overwrite it", option="out",
                           remedy="overwrite")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("select does not run under torchrun: run it as one process")
 
     config = SelectConfig(backbones=parse_backbones(backbones), target=target, budget_ms=budget_ms,
                           cache_dir=cache_dir, image_size=image_size, folds=folds, train_last=parse_depths(train_last),

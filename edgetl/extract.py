@@ -7,6 +7,7 @@ a runtime engine (:mod:`edgetl.engines`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -133,9 +134,10 @@ def run_frozen(
     cuda = _CudaRunner(module, preprocess, compute) if runner is None and compute.device.type == "cuda" else None
     bar = progress("backbone pass", len(records))
     try:
-        with torch.inference_mode():
-            for batch in decoded_batches(records, preprocess, batch_size, workers=workers, max_pixels=max_pixels,
-                                         skip_bad=skip_bad, report=report, pin_memory=cuda is not None):
+        batches = decoded_batches(records, preprocess, batch_size, workers=workers, max_pixels=max_pixels,
+                                  skip_bad=skip_bad, report=report, pin_memory=cuda is not None)
+        with torch.inference_mode(), contextlib.closing(batches):     # on an error the decoders stop at once
+            for batch in batches:
                 if batch.indices and cuda is not None:
                     for indices, rows in cuda.run([first + i for i in batch.indices], batch.pixels):
                         writer.write(indices, rows)

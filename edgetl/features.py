@@ -15,14 +15,15 @@ import numpy as np
 from torch import nn
 
 from edgetl.runtime.data import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
-from edgetl.runtime.errors import DataError
+from edgetl.runtime.backends import create_backend
+from edgetl.runtime.errors import DataError, EdgetlError
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .distributed import Ranks
-from .engines import choose_engine
+from .engines import EngineChoice, choose_engine, engine_file
 from .extract import ComputeDevice, compiled, output_shape, prepare, run_frozen
 
 
@@ -118,6 +119,9 @@ def backbone_pass(
     if ranks is not None:          # one answer for the group: rank 0's view of the shared cache
         hit = ranks.broadcast(cached is not None)
         cached = cache.load(key) if hit else None
+        if hit and cached is None:
+            raise EdgetlError(f"rank {ranks.rank} cannot read the feature cache entry {cache.path(key)} that rank 0 "
+                              "found: the cache folder must be shared by every node")
     if cached is not None:
         log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
         return FeaturePass(cached, 0.0, "none (cache hit)")
@@ -147,11 +151,22 @@ def _engine_for_group(engine, frozen, records, preprocess, compute, cache, weigh
                       ranks: Ranks | None):
     """:func:`~edgetl.engines.choose_engine`; in a group, rank 0 decides (and exports) first and the others
     take its decision, so every rank computes its rows with the same engine."""
-    if ranks is None or ranks.main:
-        choice = choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen),
-                               log, export_paid)
-        if ranks is not None:
-            ranks.broadcast(choice.name)
+    if ranks is None:
+        return choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen),
+                             log, export_paid)
+    if ranks.main:
+        try:
+            choice = choose_engine(engine, frozen, records, preprocess, compute, cache.root, weights_sha256,
+                                   len(frozen), log, export_paid)
+        except BaseException as exc:
+            ranks.broadcast(("failed", f"{type(exc).__name__}: {exc}"))     # the others stop too
+            raise
+        ranks.broadcast(("ok", choice.name))
         return choice
-    decided = ranks.broadcast(None)
-    return choose_engine(decided, frozen, records, preprocess, compute, cache.root, weights_sha256, len(frozen))
+    status, decided = ranks.broadcast(None)
+    if status == "failed":
+        raise EdgetlError(f"rank 0 could not prepare the backbone pass: {decided}")
+    if decided == "torch":
+        return EngineChoice("torch", None, "rank 0's choice")
+    path = engine_file(cache.root, weights_sha256, len(frozen), preprocess.input_size)   # rank 0 exported it
+    return EngineChoice(decided, create_backend(decided, path, shared_cores=True).open(), "rank 0's choice")

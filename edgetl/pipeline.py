@@ -104,7 +104,7 @@ def decode_workers(records: int, workers: int | None) -> int:
         if workers < 0:
             raise ConfigError(f"must be at least 0, got {workers}", option="workers")
         return workers
-    cores = usable_cores()
+    cores = usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))    # torchrun ranks share the host
     return cores if records >= PROCESS_MIN_RECORDS and cores >= PROCESS_MIN_CORES else 0
 
 
@@ -125,18 +125,23 @@ def decoded_batches(
     ``pin_memory``: batches in page-locked memory, for non-blocking copies to a GPU.
     """
     count = decode_workers(len(records), workers)
-    chunks = _in_workers(records, config, batch_size, count, max_pixels, pin_memory) if count else \
+    chunks = iter(_in_workers(records, config, batch_size, count, max_pixels, pin_memory)) if count else \
         (_chunk(start, results, config.input_size) for start, results in
          _in_threads(records, config, batch_size, max_pixels))
-    for kept, pixels, errors, consumed in chunks:
-        if errors:
-            if not skip_bad:
-                raise ImageDecodeError(*errors[0])
-            if report is not None:
-                report.skipped.extend(ImageDecodeError(*error) for error in errors)
-        if pin_memory and count == 0:
-            pixels = pixels.pin_memory()
-        yield RawBatch(kept, pixels, consumed)
+    try:
+        for kept, pixels, errors, consumed in chunks:
+            if errors:
+                if not skip_bad:
+                    raise ImageDecodeError(*errors[0])
+                if report is not None:
+                    report.skipped.extend(ImageDecodeError(*error) for error in errors)
+            if pin_memory and count == 0:
+                pixels = pixels.pin_memory()
+            yield RawBatch(kept, pixels, consumed)
+    finally:       # workers stop now, not when a traceback holding the iterator is collected
+        shutdown = getattr(chunks, "_shutdown_workers", None) or getattr(chunks, "close", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _in_workers(records, config, batch_size, count, max_pixels, pin_memory):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -58,3 +59,16 @@ def test_backbone_auto_is_refused_under_torchrun(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = CliRunner().invoke(main, ["finetune", "builtin:digits", "--backbone", "auto", "--out", str(tmp_path / "r")])
     assert result.exit_code == 9 and "torchrun" in result.output
+
+
+def test_a_rank_that_fails_stops_the_group_with_its_error(flowers_dir, tmp_path):
+    """A corrupt photo in rank 1's block: every rank stops with the error instead of waiting for rank 1."""
+    data = tmp_path / "data"
+    shutil.copytree(flowers_dir, data)
+    broken = sorted(data.rglob("*.jpg"))[-1]
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    group = _finetune(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], data, tmp_path / "run",
+                      tmp_path / "cache")
+    assert group.returncode != 0 and broken.name in group.stderr
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in (tmp_path / "cache").iterdir() if len(p.name) == 64 or p.name.startswith(".")]

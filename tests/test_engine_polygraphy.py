@@ -4,6 +4,7 @@ refuses an implicit-batch network; strong typing needs TensorRT 9 or newer)."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +49,9 @@ class StandIn:
 
         class CreateConfig:
             def __init__(self, **kwargs):
+                # bound against the real signature: a keyword Polygraphy does not take fails here
+                real = pytest.importorskip("polygraphy.backend.trt").CreateConfig.__init__
+                inspect.signature(real).bind(None, **kwargs)
                 stand_in.calls["config"] = kwargs
 
             def __call__(self, builder, network):
@@ -94,6 +98,7 @@ def test_tensorrt_8_5_fp16_builds_an_explicit_batch_network_with_the_fp16_flag(m
     assert calls["network"]["strongly_typed"] is False
     config = calls["config"]
     assert config["fp16"] and not config["int8"] and not config["use_dla"] and config["memory_pool_limits"] is None
+    assert config["tf32"] is True                         # TensorRT's default, stated (Polygraphy's is off)
     assert calls["profiles"] == [("input", (1, 3, 64, 64), (1, 3, 64, 64), (8, 3, 64, 64))]
     assert config["load_timing_cache"] is None and calls["save_timing_cache"] == str(tmp_path / "cache.new")
 

@@ -12,7 +12,9 @@ atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,7 @@ def polygraphy_loaders(plan: BuildPlan, bundle: Path, trt, workspace_mb: int | N
     network = poly.NetworkFromOnnxPath(str(bundle / plan.source_file), strongly_typed=plan.strongly_typed)
     cache_path = bundle / TIMING_CACHE
     config = poly.CreateConfig(
+        tf32=True,               # TensorRT's own default, which Polygraphy turns off unless told
         fp16="FP16" in plan.builder_flags, int8="INT8" in plan.builder_flags,
         use_dla=plan.dla_core is not None, allow_gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
         profiles=[poly.Profile().add(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)],
@@ -82,11 +85,15 @@ def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int
     cache_path = bundle / TIMING_CACHE
     cache_out = cache_path.with_name(cache_path.name + ".new")
     try:
-        serialized = polygraphy_loaders(plan, bundle, trt, workspace_mb, cache_out)()
+        with contextlib.redirect_stdout(sys.stderr):      # Polygraphy logs to stdout; stdout is for --json
+            serialized = polygraphy_loaders(plan, bundle, trt, workspace_mb, cache_out)()
     except EdgetlError:
         raise
     except Exception as exc:      # Polygraphy reports TensorRT's refusals as its own exceptions
         raise EdgetlError(f"TensorRT could not build the {precision} engine from {plan.source_file}: {exc}") from exc
+    finally:
+        for lock in (cache_out.with_name(cache_out.name + ".lock"), cache_path.with_name(cache_path.name + ".lock")):
+            lock.unlink(missing_ok=True)                   # Polygraphy's timing-cache locks
     if serialized is None:
         raise EdgetlError(f"TensorRT could not build the {precision} engine (see the TensorRT messages above)")
     atomic_write_bytes(engine_path, bytes(serialized))

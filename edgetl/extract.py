@@ -42,7 +42,8 @@ class ComputeDevice:
 
     @property
     def batch_size(self) -> int:
-        """Default extraction batch: small on CPUs (cache-bound past ~8 at 224 px), large on GPUs."""
+        """Default extraction batch before measuring: small on CPUs (cache-bound past ~8 at 224 px), large on
+        GPUs (:func:`pass_batch_size` measures the GPU's)."""
         return 64 if self.device.type == "cuda" else 8
 
 
@@ -53,6 +54,41 @@ def resolve_device(name: str = "auto", compile: bool = False) -> ComputeDevice:
         raise ConfigError("cuda was asked for but torch sees no CUDA device", option="device")
     use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     return ComputeDevice(torch.device("cuda" if use_cuda else "cpu"), amp=use_cuda, compile=compile)
+
+
+#: GPU batches: a power of two in this range, using at most this share of the free memory.
+GPU_BATCH_RANGE = (32, 512)
+GPU_MEMORY_SHARE = 0.25
+
+
+def gpu_batch_for(free_bytes: int, bytes_per_image: float) -> int:
+    """The largest power of two in :data:`GPU_BATCH_RANGE` whose images fit in :data:`GPU_MEMORY_SHARE` of
+    ``free_bytes`` (the rest is the caching allocator's, the next batch's copy and other processes')."""
+    low, high = GPU_BATCH_RANGE
+    fits = int(free_bytes * GPU_MEMORY_SHARE / max(bytes_per_image, 1.0))
+    batch = low
+    while batch * 2 <= min(fits, high):
+        batch *= 2
+    return batch
+
+
+def pass_batch_size(module: nn.Module, input_size: int, compute: ComputeDevice) -> int:
+    """The batch of a pass: the CPU default, or on a GPU one chosen from the memory a probe batch of 8 takes
+    (fp16 autocast, as the pass runs) against the free memory."""
+    if compute.device.type != "cuda":
+        return compute.batch_size
+    probe = torch.zeros((8, 3, input_size, input_size), device=compute.device).contiguous(
+        memory_format=torch.channels_last)
+    torch.cuda.synchronize(compute.device)
+    base = torch.cuda.memory_allocated(compute.device)
+    torch.cuda.reset_peak_memory_stats(compute.device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=compute.amp):
+        module(probe)
+    torch.cuda.synchronize(compute.device)
+    # the probe's activations per image, plus the image itself as uint8 and as the normalized float32 copy
+    per_image = (torch.cuda.max_memory_allocated(compute.device) - base) / 8 + 3 * input_size * input_size * 5
+    free, _ = torch.cuda.mem_get_info(compute.device)
+    return gpu_batch_for(free, per_image)
 
 
 def output_shape(module: nn.Module, input_size: int, device: torch.device) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .distributed import Ranks
 from .engines import EngineChoice, choose_engine, engine_file
-from .extract import ComputeDevice, compiled, output_shape, prepare, run_frozen
+from .extract import ComputeDevice, compiled, output_shape, pass_batch_size, prepare, run_frozen
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,9 @@ def backbone_pass(
     log(f"feature cache miss: running the frozen backbone over {len(records)} images on {choice.name}: "
         f"{choice.reason}" + (f" ({ranks.world} ranks)" if ranks else ""))
     module = prepare(frozen, compute)
-    batch_size = batch_size or compute.batch_size
+    batch_size = batch_size or pass_batch_size(module, preprocess.input_size, compute)
+    if ranks is not None:          # blocks are cut on batch boundaries: every rank must cut with rank 0's batch
+        batch_size = ranks.broadcast(batch_size)
     block = ranks.block(len(records), batch_size) if ranks else range(len(records))
     try:
         shape = output_shape(module, preprocess.input_size, compute.device)

@@ -100,3 +100,13 @@ def test_compile_gives_the_eager_features(photos):
     eager, _, _ = extract_features(module, photos[:10], CONFIG, resolve_device("cpu"), batch_size=8)
     fast, _, _ = extract_features(module, photos[:10], CONFIG, resolve_device("cpu", compile=True), batch_size=8)
     np.testing.assert_allclose(fast, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gpu_batch_is_the_largest_power_of_two_that_fits_its_share_of_free_memory():
+    from edgetl.extract import gpu_batch_for, pass_batch_size
+
+    mib = 1 << 20
+    assert gpu_batch_for(80_000 * mib, 20 * mib) == 512          # an H100: capped
+    assert gpu_batch_for(8_000 * mib, 20 * mib) == 64            # 2 GB for images of 20 MB: 100 -> 64
+    assert gpu_batch_for(1_000 * mib, 20 * mib) == 32            # never below the floor
+    assert pass_batch_size(torch.nn.Identity(), 64, resolve_device("cpu")) == 8     # CPUs keep their default

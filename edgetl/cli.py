@@ -15,7 +15,7 @@ import click
 
 from edgetl.runtime.cli import (ErrorReportingGroup, evaluate, predict, print_json, print_table, run_bench,
                                 with_bench_options, with_verbosity)
-from edgetl.runtime.cli.options import THREADS_HELP, json_option, optional_data_argument
+from edgetl.runtime.cli.options import THREADS_HELP, json_option, option_group, optional_data_argument
 from edgetl.runtime.cli.output import note, progress
 from edgetl.runtime.data import SPLITS
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
@@ -40,10 +40,7 @@ pass_options = [
 ]
 
 
-def with_pass_options(func):
-    for option in reversed(pass_options):
-        func = option(func)
-    return func
+with_pass_options = option_group(pass_options)
 
 
 @click.group(cls=ErrorReportingGroup)

@@ -118,8 +118,9 @@ def backbone_pass(
     cached = cache.load(key)
     if ranks is not None:          # one answer for the group: rank 0's view of the shared cache
         hit = ranks.broadcast(cached is not None)
-        cached = cache.load(key) if hit else None
-        if hit and cached is None:
+        if not hit:
+            cached = None
+        elif cached is None:
             raise EdgetlError(f"rank {ranks.rank} cannot read the feature cache entry {cache.path(key)} that rank 0 "
                               "found: the cache folder must be shared by every node")
     if cached is not None:

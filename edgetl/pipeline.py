@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -31,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, crop
-from edgetl.runtime.reader import ReadReport
+from edgetl.runtime.reader import ReadReport, decode_or_error, prefetched
 
 #: Below this many records, decoding runs in threads of this process (no worker start-up).
 PROCESS_MIN_RECORDS = 256
@@ -60,11 +58,8 @@ class RawBatch:
 def _crop_or_error(record: ImageRecord, config: PreprocessConfig, max_pixels: int
                    ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """The crop, or (source, reason) of a bad image (plain values: they cross the process boundary)."""
-    try:
-        return crop(record.image, config, max_pixels), None
-    except ImageDecodeError as exc:
-        in_memory = record.pixels is not None or record.encoded is not None
-        return None, (record.source if in_memory else exc.source, exc.reason)
+    result = decode_or_error(record, lambda image: crop(image, config, max_pixels))
+    return (None, (result.source, result.reason)) if isinstance(result, ImageDecodeError) else (result, None)
 
 
 def _chunk(start: int, results: list, size: int) -> tuple[list[int], torch.Tensor, list[tuple[str, str]], int]:
@@ -153,18 +148,7 @@ def _in_workers(records, config, batch_size, count, max_pixels, pin_memory):
 
 
 def _in_threads(records, config, batch_size, max_pixels):
-    """Threads of this process (Pillow releases the GIL while decoding), one batch ahead."""
-    with ThreadPoolExecutor(max_workers=min(4, usable_cores())) as pool:
-        pending: deque[tuple[int, list[Future]]] = deque()
-        starts = iter(range(0, len(records), batch_size))
-        while True:
-            while len(pending) < 2:
-                start = next(starts, None)
-                if start is None:
-                    break
-                pending.append((start, [pool.submit(_crop_or_error, records[i], config, max_pixels)
-                                        for i in range(start, min(start + batch_size, len(records)))]))
-            if not pending:
-                return
-            start, futures = pending.popleft()
-            yield start, [future.result() for future in futures]
+    """Threads of this process (Pillow releases the GIL while decoding), a batch ahead: the runtime reader's."""
+    for indices, results in prefetched(records, batch_size,
+                                       functools.partial(_crop_or_error, config=config, max_pixels=max_pixels)):
+        yield indices.start, results

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .data import ImageRecord
 from .errors import ImageDecodeError
-from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, preprocess
+from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreprocessConfig, preprocess
 
 
 @dataclass
@@ -36,13 +36,31 @@ class ReadReport:
     skipped: list[ImageDecodeError] = field(default_factory=list)
 
 
-def _decode(record: ImageRecord, config: PreprocessConfig, max_pixels: int) -> np.ndarray | ImageDecodeError:
+def decode_or_error(record: ImageRecord, decode: Callable[[ImageSource], np.ndarray]) -> np.ndarray | ImageDecodeError:
+    """``decode(record.image)``, or the error that names the record (an in-memory image by its record, not by the
+    buffer), returned rather than raised so a batch can skip it."""
     try:
-        return preprocess(record.image, config, max_pixels=max_pixels)
+        return decode(record.image)
     except ImageDecodeError as exc:
         if record.pixels is None and record.encoded is None:
             return exc
-        return ImageDecodeError(record.source, exc.reason)    # in memory: name the record, not the buffer
+        return ImageDecodeError(record.source, exc.reason)
+
+
+def prefetched(records: Sequence[ImageRecord], batch_size: int, decode_one: Callable[[ImageRecord], object],
+               workers: int | None = None) -> Iterator[tuple[range, list]]:
+    """``decode_one`` of every record in a thread pool, one batch ahead: (positions, results) batch by batch."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        chunks = [range(start, min(start + batch_size, len(records))) for start in range(0, len(records), batch_size)]
+        pending = None
+        for position in range(len(chunks) + 1):
+            upcoming = None
+            if position < len(chunks):
+                upcoming = (chunks[position], [pool.submit(decode_one, records[i]) for i in chunks[position]])
+            if pending is not None:
+                yield pending[0], [future.result() for future in pending[1]]
+            pending = upcoming
 
 
 def read_batches(
@@ -56,24 +74,17 @@ def read_batches(
     workers: int | None = None,
 ) -> Iterator[Batch]:
     """Yield preprocessed batches in order; raise on the first bad image unless ``skip_bad``."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunks = [range(start, min(start + batch_size, len(records))) for start in range(0, len(records), batch_size)]
-        pending = None
-        for position in range(len(chunks) + 1):
-            upcoming = None
-            if position < len(chunks):
-                upcoming = (chunks[position], [pool.submit(_decode, records[i], config, max_pixels) for i in chunks[position]])
-            if pending is not None:
-                yield _collect(*pending, skip_bad=skip_bad, report=report)
-            pending = upcoming
+    def one(record: ImageRecord):
+        return decode_or_error(record, lambda image: preprocess(image, config, max_pixels=max_pixels))
+
+    for indices, results in prefetched(records, batch_size, one, workers):
+        yield _collect(indices, results, skip_bad=skip_bad, report=report)
 
 
-def _collect(indices: range, futures: list, skip_bad: bool, report: ReadReport | None) -> Batch:
+def _collect(indices: range, results: list, skip_bad: bool, report: ReadReport | None) -> Batch:
     kept: list[int] = []
     arrays: list[np.ndarray] = []
-    for index, future in zip(indices, futures):
-        result = future.result()
+    for index, result in zip(indices, results):
         if isinstance(result, ImageDecodeError):
             if not skip_bad:
                 raise result

@@ -37,11 +37,17 @@ model_options = [
 ]
 
 
-def with_model_options(func):
-    """``--artifact``, ``--backend``, ``--threads`` and ``--no-tune``: how a command opens the bundle's model."""
-    for option in reversed(model_options):
-        func = option(func)
-    return func
+def option_group(options: list):
+    """A decorator applying ``options`` in their listed order (the first is the first in ``--help``)."""
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+#: ``--artifact``, ``--backend``, ``--threads`` and ``--no-tune``: how a command opens the bundle's model.
+with_model_options = option_group(model_options)
 
 
 def optional_data_argument(default_help: str):

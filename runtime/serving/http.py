@@ -140,27 +140,16 @@ class ServeHandler(BaseHTTPRequestHandler):
         # a keep-alive request can wait 40 ms for nothing.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-
     def log_message(self, format, *args) -> None:     # noqa: A002 - the access log is structured, below
         pass
 
-    def do_GET(self) -> None:
-        self._handle("GET")
+    def _answer(method: str):
+        """``do_<METHOD>``: every method goes through one router, which answers the unknown ones with a 405."""
+        return lambda self: self._handle(method)
 
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._handle("OPTIONS")
+    do_GET, do_POST, do_PUT, do_DELETE, do_PATCH, do_OPTIONS = map(
+        _answer, ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+    del _answer
 
     def send_error(self, code, message=None, explain=None) -> None:
         """http.server's own refusals (a malformed request line, too many headers, HEAD): JSON like the rest."""

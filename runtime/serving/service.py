@@ -28,7 +28,7 @@ from ..features import apply_adapter
 from ..heads import softmax
 from ..machine import default_threads
 from ..preprocess import preprocess
-from ..update import METHODS, UpdateSettings, learn_records
+from ..update import UpdateSettings, learn_records
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
@@ -187,10 +187,13 @@ class InferenceService:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.settings.max_images:
+            raise ProtocolError(f"{count} {what} in one request; at most {self.settings.max_images} (--max-images)",
+                                413)
+
     def _decode(self, items: list[bytes]) -> np.ndarray:
-        if len(items) > self.settings.max_images:
-            raise ProtocolError(f"{len(items)} images in one request; at most {self.settings.max_images} "
-                                "(--max-images)", 413)
+        self._check_count(len(items), "images")
 
         def one(index: int) -> np.ndarray:
             try:
@@ -221,9 +224,7 @@ class InferenceService:
             raise ProtocolError(f"input 'input' must be FP32, got {tensor.datatype}")
         if len(tensor.shape) != 4 or tensor.shape[1:] != self.input_shape or tensor.shape[0] < 1:
             raise ProtocolError(f"input 'input' must have shape {expected}, got {tensor.shape}")
-        if tensor.shape[0] > self.settings.max_images:
-            raise ProtocolError(f"{tensor.shape[0]} inputs in one request; at most {self.settings.max_images} "
-                                "(--max-images)", 413)
+        self._check_count(tensor.shape[0], "inputs")
         if not np.isfinite(tensor.data).all():
             raise ProtocolError("input 'input' holds NaN or infinite values")
         return np.ascontiguousarray(tensor.data, dtype=np.float32)
@@ -246,14 +247,14 @@ class InferenceService:
         logits, state, ran = self.classify(images)
         n = len(logits)
         version = head_version(state)
-        tensors = {
-            "label": Tensor("label", BYTES, [n], [state.labels[i].encode() for i in np.argmax(logits, axis=1)]),
-            "logits": Tensor("logits", "FP32", list(logits.shape), logits.astype(np.float32)),
-            "scores": Tensor("scores", "FP32", list(logits.shape), softmax(logits).astype(np.float32)),
-            "head_version": Tensor("head_version", "INT64", [n], np.full(n, version, np.int64)),
+        tensors = {      # built only when asked for
+            "label": lambda: Tensor("label", BYTES, [n], [state.labels[i].encode() for i in np.argmax(logits, axis=1)]),
+            "logits": lambda: Tensor("logits", "FP32", list(logits.shape), logits.astype(np.float32)),
+            "scores": lambda: Tensor("scores", "FP32", list(logits.shape), softmax(logits).astype(np.float32)),
+            "head_version": lambda: Tensor("head_version", "INT64", [n], np.full(n, version, np.int64)),
         }
-        chosen = [(tensors[o.name], o.binary) for o in wanted] if wanted is not None else \
-            [(tensors[name], request.binary_default) for name in OUTPUTS]
+        chosen = [(tensors[o.name](), o.binary) for o in wanted] if wanted is not None else \
+            [(tensors[name](), request.binary_default) for name in OUTPUTS]
         # OIP parameter values are scalars: the batches as comma-separated strings
         batches = {"head_version": version, "batch_sizes": ",".join(str(b.size) for b in ran.batches),
                    "batch_ids": ",".join(str(b.id) for b in ran.batches), "queue_ms": round(ran.queue_s * 1000, 3),
@@ -288,9 +289,7 @@ class InferenceService:
                                 "(BYTES, class names)")
         if images.datatype != BYTES or labels.datatype != BYTES:
             raise ProtocolError("'image' and 'label' must both be BYTES")
-        if len(images.data) > self.settings.max_images:
-            raise ProtocolError(f"{len(images.data)} images in one update; at most {self.settings.max_images} "
-                                "(--max-images)", 413)
+        self._check_count(len(images.data), "images")
         if len(images.data) != len(labels.data) or not images.data:
             raise ProtocolError(f"{len(images.data)} images and {len(labels.data)} labels; give one label per image")
         try:
@@ -337,8 +336,6 @@ def _update_settings(parameters: dict, max_pixels: int) -> UpdateSettings:
         if not ok:
             raise ProtocolError(f"update parameter '{key}' must be {kind.__name__}, got {value!r}")
         values[key] = value
-    if values.get("method", "ridge") not in METHODS:
-        raise ProtocolError(f"unknown update method {values['method']!r} (valid: {', '.join(METHODS)})")
     if not 0 <= values.get("lock_timeout", 10.0) <= 300:
         raise ProtocolError("lock_timeout must lie in [0, 300] seconds")
     return UpdateSettings(method=values.get("method", "ridge"), holdout_fraction=float(values.get("holdout", 0.2)),

@@ -155,6 +155,43 @@ class RidgeStatistics:
         cross_c = self.cross - self.count * np.outer(mean_x, mean_y)
         return gram_c, cross_c, mean_x, mean_y
 
+    def plus(self, other: "RidgeStatistics", sign: float = 1.0) -> "RidgeStatistics":
+        """The statistics of both sample sets (``sign=-1``: of this set without ``other``'s samples)."""
+        return RidgeStatistics(self.gram + sign * other.gram, self.cross + sign * other.cross,
+                               self.feature_sum + sign * other.feature_sum, self.target_sum + sign * other.target_sum,
+                               self.count + int(sign) * other.count)
+
+    def grown(self, num_classes: int) -> "RidgeStatistics":
+        """The same statistics with zero columns for classes beyond the current ones."""
+        extra = num_classes - self.cross.shape[1]
+        if extra <= 0:
+            return self
+        return RidgeStatistics(self.gram, np.hstack([self.cross, np.zeros((self.cross.shape[0], extra))]),
+                               self.feature_sum, np.concatenate([self.target_sum, np.zeros(extra)]), self.count)
+
+
+#: Candidate regularisation strengths, relative to the mean feature variance times n.
+ALPHA_GRID: tuple[float, ...] = tuple(10.0 ** k for k in range(-5, 3))
+
+
+def alpha_on_holdout(eigvals: np.ndarray, eigvecs: np.ndarray, cross_c: np.ndarray, mean_x: np.ndarray,
+                     mean_y: np.ndarray, val_features: np.ndarray | None, val_labels: np.ndarray | None) -> float:
+    """The :data:`ALPHA_GRID` candidate with the best held-out accuracy, from an eigendecomposition of the
+    centred Gram matrix (each candidate then costs O(d²)).  The grid is scaled by the mean eigenvalue, so it
+    adapts to the feature scale; without held-out samples the scale itself (a moderate default) is returned."""
+    scale = max(float(np.sum(eigvals)) / len(eigvals), 1e-12)
+    if val_features is None or val_labels is None or len(val_labels) == 0:
+        return scale
+    projected = eigvecs.T @ cross_c
+    centred_val = np.asarray(val_features, dtype=np.float64) - mean_x
+    best_alpha, best_accuracy = scale * ALPHA_GRID[0], -1.0
+    for alpha in (scale * factor for factor in ALPHA_GRID):
+        weight = eigvecs @ (projected / (eigvals + alpha)[:, None])
+        accuracy = float(np.mean(np.argmax(centred_val @ weight + mean_y, axis=1) == val_labels))
+        if accuracy > best_accuracy + 1e-12:
+            best_alpha, best_accuracy = alpha, accuracy
+    return best_alpha
+
 
 @dataclass
 class RidgeHead(LinearHead):
@@ -163,9 +200,6 @@ class RidgeHead(LinearHead):
     statistics: RidgeStatistics | None = None
     alpha: float = 1.0
     kind: ClassVar[str] = "ridge"
-
-    #: Candidate regularisation strengths, relative to the mean feature variance times n.
-    ALPHA_GRID: ClassVar[tuple[float, ...]] = tuple(10.0 ** k for k in range(-5, 3))
 
     @classmethod
     def solve(cls, statistics: RidgeStatistics, alpha: float) -> "RidgeHead":
@@ -185,12 +219,7 @@ class RidgeHead(LinearHead):
         val_labels: np.ndarray | None = None,
         alpha: float | None = None,
     ) -> "RidgeHead":
-        """Fit on (features, labels); pick ``alpha`` on the validation set if not given.
-
-        The candidate grid is scaled by the trace of the centred Gram matrix,
-        so it adapts to the feature scale.  One eigendecomposition serves all
-        candidates.
-        """
+        """Fit on (features, labels); pick ``alpha`` on the validation set if not given (:func:`alpha_on_holdout`)."""
         statistics = RidgeStatistics.empty(features.shape[1], num_classes)
         statistics.add(features, labels)
         if alpha is None:
@@ -202,21 +231,10 @@ class RidgeHead(LinearHead):
         cls, statistics: RidgeStatistics, val_features: np.ndarray | None, val_labels: np.ndarray | None
     ) -> float:
         gram_c, cross_c, mean_x, mean_y = statistics.centred()
-        scale = max(float(np.trace(gram_c)) / gram_c.shape[0], 1e-12)
-        candidates = [scale * factor for factor in cls.ALPHA_GRID]
         if val_features is None or val_labels is None or len(val_labels) == 0:
-            return scale  # no held-out data: a moderate default
+            return max(float(np.trace(gram_c)) / gram_c.shape[0], 1e-12)     # no eigendecomposition needed
         eigvals, eigvecs = np.linalg.eigh(gram_c)
-        projected = eigvecs.T @ cross_c
-        centred_val = np.asarray(val_features, dtype=np.float64) - mean_x
-        best_alpha, best_accuracy = candidates[0], -1.0
-        for alpha in candidates:
-            weight = eigvecs @ (projected / (eigvals + alpha)[:, None])
-            predictions = np.argmax(centred_val @ weight + mean_y, axis=1)
-            accuracy = float(np.mean(predictions == val_labels))
-            if accuracy > best_accuracy + 1e-12:
-                best_alpha, best_accuracy = alpha, accuracy
-        return best_alpha
+        return alpha_on_holdout(eigvals, eigvecs, cross_c, mean_x, mean_y, val_features, val_labels)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = super().arrays()

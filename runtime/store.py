@@ -4,24 +4,37 @@ Layout inside a bundle::
 
     store/CURRENT                  the committed version number (the only file ever replaced)
     store/lock                     flock()ed by a writer; holds its pid
-    store/versions/000007/         version.json, head.npz, state.npz[, adapter.npz]   (immutable)
+    store/versions/000007/         version.json, head.npz[, adapter.npz]                (immutable)
     store/segments/000012.npz      features, labels, holdout flags, image keys          (immutable)
+    store/residuals/000003.npz     statistics of samples learned but not stored as rows (immutable)
 
-A write (update, adapt, rollback) takes the lock, writes any new segment and
+Versions are deltas.  A version lists the segments that hold its rows and the residual it continues from;
+the learner statistics (ridge and NCM) are that residual plus the stored training rows, so an update
+writes one segment with its new rows (5 kB per sample at d = 1280) and a version folder with the head,
+and no version stores a d×d matrix.  A residual is written only when rows are evicted or the bundle's
+host statistics cover more samples than it ships (6.5 MB at d = 1280, the upper triangle in float64).
+The store compacts itself: when the newest eight segments are of one size tier (their row count's
+power of eight), they are merged into one, so each row is rewritten about log8(rows) times and a version
+lists a few dozen segments at most.  Loading the current head stays one read (``head.npz``).
+
+A write (update, adapt, rollback, tune) takes the lock, writes any new segment or residual and
 a complete new version folder beside the old ones (temp name, fsync,
 rename), then switches ``CURRENT`` by an atomic rename and fsyncs the
 folder: that rename is the commit.  A process killed at any point leaves
 ``CURRENT`` naming a complete version; leftovers (a version newer than
-``CURRENT``, temp files, unreferenced segments) are removed by the next
+``CURRENT``, temp files, unreferenced segments and residuals) are removed by the next
 writer.  Readers never take the lock: they read ``CURRENT`` and an immutable
 folder, so they see the old head or the new one, never a mix.  The last
 ``keep_versions`` versions are kept for ``history`` and ``rollback``.
 
 Eviction (the store's size bound): per class, at most ``max_per_class``
-training rows and ``max_holdout_per_class`` held-out rows are kept; the
-oldest rows of a class over its bound are evicted first.  Eviction only
-bounds stored features (replay for ``sgd``, held-out accuracy, alpha
-choice): the ridge and NCM statistics keep every sample ever learned.
+training rows and ``max_holdout_per_class`` held-out rows are kept; a class
+over its bound loses its oldest rows down to nine tenths of the bound, so
+that the residual and the segments holding old rows are rewritten once per
+tenth of a bound rather than on every update.  Eviction only bounds stored
+features (replay for ``sgd``, held-out accuracy, alpha choice): evicted
+training rows move into the residual, so the ridge and NCM statistics keep
+every sample ever learned.
 """
 
 from __future__ import annotations
@@ -35,16 +48,18 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .documents import Origin, build, parse_document, utc_now
 from .errors import BundleError, ConfigError, StoreBusyError
 from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
-from .heads import Head, RidgeStatistics, load_head
+from .heads import Head, RidgeStatistics, load_head, normalise_rows
 
-STORE_SCHEMA = "edgetl.store/1"
+STORE_SCHEMA = "edgetl.store/2"
+LEGACY_SCHEMA = "edgetl.store/1"   # 0.4 and earlier: every version held the full statistics (state.npz); read, continued
+SEGMENT_FANOUT = 8
 STORE_FOLDER = "store"
 DEFAULT_KEEP_VERSIONS = 5
 DEFAULT_MAX_PER_CLASS = 500
@@ -55,7 +70,7 @@ DEFAULT_MAX_HOLDOUT_PER_CLASS = 100
 class Version:
     version: int
     parent: int | None
-    action: str                    # init | update | adapt | rollback
+    action: str                    # init | update | adapt | rollback | tune
     method: str | None
     classes: list[str]
     segments: list[int]
@@ -66,6 +81,8 @@ class Version:
     new_classes: list[str] = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)
     alpha: float | None = None
+    alpha_selected_at: int = 0     # training-sample count when alpha was last chosen on held-out rows
+    residual: int | None = None    # the residual file the statistics continue from (None: rows only)
     artifact: str | None = None
     note: str = ""
     created: str = field(default_factory=utc_now)
@@ -101,7 +118,8 @@ class Samples:
 
 @dataclass
 class LearnerState:
-    """What every update maintains whatever the method: ridge and NCM statistics (float64)."""
+    """Ridge and NCM statistics (float64) of a set of samples: a version's residual, or (residual plus its
+    stored training rows) all it has learned, with the regularisation chosen for it."""
 
     ridge: RidgeStatistics
     ncm_sums: np.ndarray
@@ -109,18 +127,56 @@ class LearnerState:
     alpha: float | None = None
     alpha_selected_at: int = 0
 
+    @classmethod
+    def empty(cls, dim: int, num_classes: int) -> "LearnerState":
+        return cls(RidgeStatistics.empty(dim, num_classes), np.zeros((num_classes, dim)), np.zeros(num_classes))
+
+    @property
+    def empty_set(self) -> bool:
+        return self.ridge.count == 0 and not self.ncm_counts.any()
+
+    def grown(self, num_classes: int) -> "LearnerState":
+        extra = num_classes - len(self.ncm_counts)
+        if extra <= 0:
+            return self
+        return LearnerState(self.ridge.grown(num_classes),
+                            np.vstack([self.ncm_sums, np.zeros((extra, self.ncm_sums.shape[1]))]),
+                            np.concatenate([self.ncm_counts, np.zeros(extra)]), self.alpha, self.alpha_selected_at)
+
+    def with_rows(self, samples: Samples, sign: float = 1.0) -> "LearnerState":
+        """These statistics with ``samples``' training rows added (``sign=-1``: taken out)."""
+        train = samples.select(~samples.holdout)
+        num_classes = max(len(self.ncm_counts), int(train.labels.max()) + 1 if len(train) else 0)
+        grown = self.grown(num_classes)
+        rows = RidgeStatistics.empty(self.ridge.gram.shape[0], num_classes)
+        rows.add(train.features, train.labels)
+        sums = np.zeros_like(grown.ncm_sums)
+        np.add.at(sums, train.labels, normalise_rows(train.features.astype(np.float64)))
+        counts = np.bincount(train.labels, minlength=num_classes).astype(np.float64)
+        return LearnerState(grown.ridge.plus(rows, sign), grown.ncm_sums + sign * sums,
+                            grown.ncm_counts + sign * counts, self.alpha, self.alpha_selected_at)
+
     def arrays(self) -> dict[str, np.ndarray]:
+        """A residual file's arrays: the Gram matrix as its upper triangle (half the bytes)."""
         r = self.ridge
-        return {"gram": r.gram, "cross": r.cross, "feature_sum": r.feature_sum, "target_sum": r.target_sum,
-                "count": np.array(r.count), "ncm_sums": self.ncm_sums, "ncm_counts": self.ncm_counts,
-                "alpha": np.array(np.nan if self.alpha is None else self.alpha),
-                "alpha_selected_at": np.array(self.alpha_selected_at)}
+        return {"gram_upper": r.gram[np.triu_indices(len(r.gram))], "cross": r.cross,
+                "feature_sum": r.feature_sum, "target_sum": r.target_sum, "count": np.array(r.count),
+                "ncm_sums": self.ncm_sums, "ncm_counts": self.ncm_counts}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> "LearnerState":
-        alpha = float(a["alpha"])
-        return cls(RidgeStatistics(a["gram"], a["cross"], a["feature_sum"], a["target_sum"], int(a["count"])),
-                   a["ncm_sums"], a["ncm_counts"], None if np.isnan(alpha) else alpha, int(a["alpha_selected_at"]))
+        """From a residual file, or from a 0.4 version's ``state.npz`` (full Gram, alpha)."""
+        if "gram_upper" in a:
+            dim = a["feature_sum"].shape[0]
+            gram = np.zeros((dim, dim))
+            gram[np.triu_indices(dim)] = a["gram_upper"]
+            gram = gram + np.triu(gram, 1).T
+        else:
+            gram = a["gram"]
+        alpha = float(a["alpha"]) if "alpha" in a else float("nan")
+        return cls(RidgeStatistics(gram, a["cross"], a["feature_sum"], a["target_sum"], int(a["count"])),
+                   a["ncm_sums"], a["ncm_counts"], None if np.isnan(alpha) else alpha,
+                   int(a.get("alpha_selected_at", 0)))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -190,7 +246,8 @@ class FeatureStore:
                 raise BundleError(f"{path} cannot be read ({exc}); roll back with edgetl-rt rollback "
                                   f"{self.bundle} --to VERSION") from exc
             origin = Origin(str(path), BundleError, f"roll back with edgetl-rt rollback {self.bundle} --to VERSION")
-            return build(Version, parse_document(text, origin, (STORE_SCHEMA,), what="an edgetl store version"),
+            return build(Version, parse_document(text, origin, (STORE_SCHEMA, LEGACY_SCHEMA),
+                                         what="an edgetl store version"),
                          origin)
         raise BundleError("the feature store changed too fast to read")  # pragma: no cover
 
@@ -217,16 +274,38 @@ class FeatureStore:
     def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
         return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
 
-    def state(self, version: Version) -> LearnerState:
-        return LearnerState.from_arrays(_load_npz(self._verified(version, "state.npz")))
+    def residual(self, version: Version, parts: list[tuple[int, Samples]], dim: int) -> LearnerState:
+        """The statistics ``version`` continues from beyond its stored training rows (``parts``, see the module
+        docstring), with its alpha; for a 0.4 version, its full statistics less those rows."""
+        num_classes = len(version.classes)
+        if "state.npz" in version.files:
+            full = LearnerState.from_arrays(_load_npz(self._verified(version, "state.npz")))
+            return full.with_rows(Samples.concat([part for _, part in parts], dim), sign=-1.0).grown(num_classes)
+        if version.residual is None:
+            residual = LearnerState.empty(dim, num_classes)
+        else:
+            path = self.root / "residuals" / f"{version.residual:06d}.npz"
+            if not path.is_file():
+                raise BundleError(f"store residual {path} of version {version.version} is missing; roll back with "
+                                  f"edgetl-rt rollback {self.bundle} --to VERSION")
+            residual = LearnerState.from_arrays(_load_npz(path)).grown(num_classes)
+        residual.alpha, residual.alpha_selected_at = version.alpha, version.alpha_selected_at
+        return residual
+
+    def state(self, version: Version, dim: int | None = None) -> LearnerState:
+        """Everything ``version`` has learned: its residual plus its stored training rows, and its alpha."""
+        dim = dim or self.head(version).feature_dim
+        parts = self.segment_parts(version)
+        rows = Samples.concat([part for _, part in parts], dim)
+        return self.residual(version, parts, dim).with_rows(rows).grown(len(version.classes))
 
     def segment_parts(self, version: Version) -> list[tuple[int, Samples]]:
         """The version's segments in age order, each with its number."""
-        parts = []
-        for segment in version.segments:
-            a = _load_npz(self.root / "segments" / f"{segment:06d}.npz")
-            parts.append((segment, Samples(a["features"], a["labels"], a["holdout"], a["keys"])))
-        return parts
+        return [(segment, self.segment_part(segment)) for segment in version.segments]
+
+    def segment_part(self, number: int) -> Samples:
+        a = _load_npz(self.root / "segments" / f"{number:06d}.npz")
+        return Samples(a["features"], a["labels"], a["holdout"], a["keys"])
 
     def samples(self, version: Version, dim: int) -> Samples:
         return Samples.concat([part for _, part in self.segment_parts(version)], dim)
@@ -278,33 +357,43 @@ class FeatureStore:
         self._drop_unreferenced_segments()
 
     def _drop_unreferenced_segments(self) -> None:
-        referenced = {s for n in self.kept_numbers() for s in self.version(n).segments}
-        folder = self.root / "segments"
-        for path in list(folder.iterdir()) if folder.is_dir() else []:
-            stem = path.name.split(".")[0]
-            if not stem.isdigit() or int(stem) not in referenced:
-                path.unlink(missing_ok=True)
+        """Delete segments and residuals no kept version lists."""
+        versions = [self.version(n) for n in self.kept_numbers()]
+        for name, referenced in (("segments", {s for v in versions for s in v.segments}),
+                                 ("residuals", {v.residual for v in versions})):
+            folder = self.root / name
+            for path in list(folder.iterdir()) if folder.is_dir() else []:
+                stem = path.name.split(".")[0]
+                if not stem.isdigit() or int(stem) not in referenced:
+                    path.unlink(missing_ok=True)
 
-    def write_segment(self, samples: Samples) -> int:
-        folder = self.root / "segments"
+    def _write_numbered(self, folder_name: str, arrays: dict[str, np.ndarray]) -> int:
+        folder = self.root / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         used = [int(p.name.split(".")[0]) for p in folder.iterdir() if p.name.split(".")[0].isdigit()]
         number = max(used, default=-1) + 1
         data = io.BytesIO()
-        np.savez(data, features=samples.features.astype(np.float32), labels=samples.labels.astype(np.int64),
-                 holdout=samples.holdout.astype(bool), keys=samples.keys.astype("<U64"))
+        np.savez(data, **arrays)
         atomic_write_bytes(folder / f"{number:06d}.npz", data.getvalue())
         return number
 
-    def commit(self, version: Version, head: Head, state: LearnerState,
-               adapter: dict[str, np.ndarray] | None = None) -> Version:
-        """Write ``version`` (its number is assigned here) and switch CURRENT to it."""
+    def write_segment(self, samples: Samples) -> int:
+        return self._write_numbered("segments", {
+            "features": samples.features.astype(np.float32), "labels": samples.labels.astype(np.int64),
+            "holdout": samples.holdout.astype(bool), "keys": samples.keys.astype("<U64")})
+
+    def write_residual(self, state: LearnerState) -> int:
+        return self._write_numbered("residuals", state.arrays())
+
+    def commit(self, version: Version, head: Head, adapter: dict[str, np.ndarray] | None = None) -> Version:
+        """Write ``version`` (its number is assigned here; its segments and residual already written) and switch
+        CURRENT to it."""
         version.version = (self.current_number() + 1) if self.exists else 0
+        version.schema = STORE_SCHEMA
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         with atomic_directory(self._folder(version.version)) as staging:
             head.save(staging / "head.npz")
-            _save_npz(staging / "state.npz", state.arrays())
-            names = ["head.npz", "state.npz"]
+            names = ["head.npz"]
             if adapter is not None:
                 _save_npz(staging / "adapter.npz", adapter)
                 names.append("adapter.npz")
@@ -320,25 +409,44 @@ class FeatureStore:
             shutil.rmtree(self._folder(number), ignore_errors=True)
         self._drop_unreferenced_segments()
 
-    def evict(self, version: Version, parts: list[tuple[int, Samples]]) -> int:
-        """Apply the per-class bounds to ``parts`` (the new version's segments, oldest first, already loaded);
-        sets ``version.segments`` and its row counts and returns the number of rows evicted."""
+    def arrange(self, version: Version, parts: list[tuple[int, Samples]],
+                residual: Callable[[], LearnerState]) -> int:
+        """Apply the per-class bounds to ``parts`` (the new version's segments, oldest first, already loaded),
+        moving evicted training rows into the residual (``residual()`` reads it; a new one is written), then
+        compact the segments;
+        sets ``version.segments``, ``version.residual`` and the row counts, and returns the rows evicted."""
         labels = np.concatenate([p.labels for _, p in parts]) if parts else np.zeros(0, np.int64)
         holdout = np.concatenate([p.holdout for _, p in parts]) if parts else np.zeros(0, bool)
         keep = np.ones(len(labels), bool)
         for flag, bound in ((False, self.max_per_class), (True, self.max_holdout_per_class)):
             for label in np.unique(labels):
                 rows = np.flatnonzero((labels == label) & (holdout == flag))
-                if len(rows) > bound:
-                    keep[rows[:len(rows) - bound]] = False       # rows are in age order: oldest first
+                if len(rows) > bound:                            # down to the low-water mark, oldest first
+                    keep[rows[:len(rows) - (bound - bound // 10)]] = False
         version.n_train, version.n_holdout = int((keep & ~holdout).sum()), int((keep & holdout).sum())
-        segments, offset = [], 0
+        kept, evicted, offset = [], [], 0
         for number, part in parts:
             mask = keep[offset:offset + len(part)]
             offset += len(part)
-            if mask.all():
-                segments.append(number)
-            elif mask.any():
-                segments.append(self.write_segment(part.select(mask)))
-        version.segments = segments
+            if not mask.all():
+                evicted.append(part.select(~mask))
+                part, number = part.select(mask), None
+            if len(part):
+                kept.append((number if number is not None else self.write_segment(part), part))
+        if any(len(e.select(~e.holdout)) for e in evicted):
+            dim = evicted[0].features.shape[1]
+            version.residual = self.write_residual(residual().with_rows(Samples.concat(evicted, dim)))
+        version.segments = self._compacted(kept)
         return int((~keep).sum())
+
+    def _compacted(self, parts: list[tuple[int, Samples]]) -> list[int]:
+        """Merge the newest :data:`SEGMENT_FANOUT` segments while they share a size tier (a power of eight of
+        rows); returns the segment numbers, oldest first."""
+        def tier(part: Samples) -> int:
+            return int(np.log(max(len(part), 1)) / np.log(SEGMENT_FANOUT) + 1e-9)
+        parts = list(parts)
+        while len(parts) >= SEGMENT_FANOUT and len({tier(p) for _, p in parts[-SEGMENT_FANOUT:]}) == 1:
+            tail = [p for _, p in parts[-SEGMENT_FANOUT:]]
+            merged = Samples.concat(tail, tail[0].features.shape[1])
+            parts[-SEGMENT_FANOUT:] = [(self.write_segment(merged), merged)]
+        return [number for number, _ in parts]

@@ -1,12 +1,23 @@
-"""On-device learning: ``update`` (labelled), ``adapt`` (unlabelled, domain shift), ``rollback``.
+"""On-device learning: ``update`` (labelled), ``adapt`` (unlabelled, domain shift), ``rollback``, ``tune``.
 
 Each runs the backbone once per new image with the bundle's runtime
 backend, keeps the features in the bundle's :class:`FeatureStore`, changes
 the head with numpy only, and commits a new version as one transaction.
+
+A :class:`LearningSession` is what a process keeps between transactions on one bundle: the store's rows
+(immutable segments, read once) and the learners of the version it last saw, with the ridge system
+factorised.  In a process that stays up (``serve``, :class:`Learner`), a one-image ridge update then costs
+one backbone pass plus a few milliseconds of head maths and a commit of a few kilobytes; a one-shot
+``edgetl-rt update`` rebuilds the statistics from the store (the stored rows' Gram matrix, O(n·d²)) and
+solves once by LU.  The regularisation search (an O(d³) eigendecomposition) never runs on a small update:
+it runs when due (the training samples grew by a quarter since the last search) on an update of at least
+``alpha_search_min`` new training samples, when asked (``--reselect-alpha``, :func:`tune_alpha`), or in
+the background of ``serve``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +31,7 @@ from .data import ImageRecord, open_data
 from .documents import utc_now
 from .errors import BundleError, ConfigError, DataError, UpdateRejectedError
 from .features import FeatureSource, apply_adapter, backbone_features
-from .heads import Head, LinearHead, RidgeStatistics
+from .heads import Head, LinearHead, RidgeHead
 from .learning import LEARNERS, NCMLearner, RidgeLearner, SGDLearner
 from .metrics import top1_accuracy
 from .preprocess import DEFAULT_MAX_PIXELS
@@ -43,6 +54,7 @@ class UpdateSettings:
     batch_size: int = 16
     skip_bad: bool = False
     reselect_alpha: bool = False
+    alpha_search_min: int = 32          # new training samples an update needs to run a due alpha search
     max_per_class: int = DEFAULT_MAX_PER_CLASS          # stored training rows per class (oldest evicted first)
     max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS
     keep_versions: int = DEFAULT_KEEP_VERSIONS
@@ -65,7 +77,11 @@ def accuracy(head: Head, samples: Samples, among: int | None = None) -> float | 
 
 
 def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
-    """The current version; on first use, version 0 is made from the bundle (under the caller's lock)."""
+    """The current version; on first use, version 0 is made from the bundle (under the caller's lock).
+
+    Its statistics are the bundle's shipped training rows; when the host ridge head learned from more samples
+    than the bundle ships (the per-class bound), the difference is written as the store's first residual.
+    """
     if store.exists:
         return store.version()
     manifest = bundle.manifest
@@ -76,25 +92,21 @@ def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
         with np.load(bundle.file(manifest.learning), allow_pickle=False) as a:
             seed = Samples(a["features"], a["labels"], a["holdout"], a["keys"])
     segments = [store.write_segment(seed)] if len(seed) else []
-    state = _state_from(head, seed, dim, len(classes))
-    version = Version(version=0, parent=None, action="init", method=head.kind, classes=classes, segments=segments,
-                      files={}, n_train=int((~seed.holdout).sum()), n_holdout=int(seed.holdout.sum()),
-                      accuracy={"holdout": accuracy(head, seed.select(seed.holdout))}, alpha=state.alpha,
-                      note="from the bundle" + ("" if manifest.learning else " (it ships no learning data)"))
-    return store.commit(version, head, state)
-
-
-def _state_from(head: Head, seed: Samples, dim: int, num_classes: int) -> LearnerState:
-    """Statistics to continue from: the host ridge head's own, else those of the shipped training features."""
-    train = seed.select(~seed.holdout)
-    ncm = NCMLearner(dim, [str(i) for i in range(num_classes)])
-    ncm.partial_fit(train.features, train.labels)
     statistics = getattr(head, "statistics", None)
-    alpha = getattr(head, "alpha", None) if statistics is not None else None
-    if statistics is None:
-        statistics = RidgeStatistics.empty(dim, num_classes)
-        statistics.add(train.features, train.labels)
-    return LearnerState(statistics, ncm.sums, ncm.counts, alpha, statistics.count if alpha else 0)
+    alpha = head.alpha if statistics is not None else None
+    residual = None
+    n_seed_train = int((~seed.holdout).sum())
+    if statistics is not None and statistics.count > n_seed_train:
+        host = LearnerState(statistics, np.zeros((len(classes), dim)), np.zeros(len(classes)))
+        residual = store.write_residual(host.with_rows(seed, sign=-1.0))
+    if isinstance(head, RidgeHead):        # the head file holds weights only; statistics live in rows + residual
+        head = RidgeHead(head.weight, head.bias, None, head.alpha)
+    version = Version(version=0, parent=None, action="init", method=head.kind, classes=classes, segments=segments,
+                      files={}, n_train=n_seed_train, n_holdout=int(seed.holdout.sum()),
+                      accuracy={"holdout": accuracy(head, seed.select(seed.holdout))}, alpha=alpha,
+                      alpha_selected_at=statistics.count if alpha else 0, residual=residual,
+                      note="from the bundle" + ("" if manifest.learning else " (it ships no learning data)"))
+    return store.commit(version, head)
 
 
 def _records(address: str, skip_bad: bool) -> tuple[list[ImageRecord], list[str]]:
@@ -115,26 +127,85 @@ def _holdout_flags(keys: np.ndarray, labels: list[str], fraction: float) -> np.n
     return flags
 
 
-def _new_head(method: str, current: Head, state: LearnerState, classes: list[str], train: Samples,
-              holdout: Samples, replay: Samples, dim: int, reselect: bool) -> tuple[Head, float | None]:
-    """Learn ``train`` into ``state`` (ridge and NCM statistics, always) and build the ``method`` head."""
-    ridge = RidgeLearner(dim, classes, state.alpha, state.ridge)
-    ridge.alpha_selected_at = state.alpha_selected_at
-    ridge.partial_fit(train.features, train.labels)
-    ncm = NCMLearner(dim, classes, state.ncm_sums, state.ncm_counts)
-    ncm.partial_fit(train.features, train.labels)
-    state.ncm_sums, state.ncm_counts = ncm.sums, ncm.counts
-    if method in ("ridge", "sgd") or state.alpha is None:
-        ridge.choose_alpha(holdout.features, holdout.labels, force=reselect)
-        state.alpha, state.alpha_selected_at = ridge.alpha, ridge.alpha_selected_at
-    if method == "ridge":
-        return ridge.head, state.alpha
-    if method == "ncm":
-        return ncm.head, None
-    start = current if isinstance(current, LinearHead) else ridge.head   # warm start (ridge if no linear head)
-    sgd = SGDLearner(dim, classes[:start.num_classes], start.weight, start.bias)
-    sgd.partial_fit(train.features, train.labels, classes=classes, replay=(replay.features, replay.labels))
-    return sgd.head, None
+@dataclass
+class _Learned:
+    """The learners of one committed version, kept by a :class:`LearningSession` for the next update."""
+
+    version: int
+    ridge: RidgeLearner
+    ncm: NCMLearner
+    head: Head
+
+
+class LearningSession:
+    """What one process keeps between transactions on a bundle's store (see the module docstring).
+
+    Segments are immutable, so each is read once (a file replaced by another writer is noticed by its inode,
+    size and mtime).  The learners follow the version this session last committed or loaded; when another
+    process committed since, they are rebuilt from the store.  ``keep_factor`` keeps the ridge system
+    factorised (worth its one O(d³) decomposition when several updates follow).
+    Not thread-safe: callers serialise transactions (the store's lock does, across processes).
+    """
+
+    def __init__(self, keep_factor: bool = True):
+        self.keep_factor = keep_factor
+        self._segments: dict[int, tuple[tuple, Samples]] = {}
+        self._rows: tuple[tuple[int, ...], Samples, set[str]] | None = None
+        self._learned: _Learned | None = None
+
+    def parts(self, store: FeatureStore, version: Version) -> list[tuple[int, Samples]]:
+        parts = []
+        for number in version.segments:
+            path = store.root / "segments" / f"{number:06d}.npz"
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                raise BundleError(f"store segment {path} of version {version.version} is missing; roll back with "
+                                  f"edgetl-rt rollback {store.bundle} --to VERSION") from None
+            stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+            cached = self._segments.get(number)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, store.segment_part(number))
+                self._segments[number] = cached
+            parts.append((number, cached[1]))
+        for number in set(self._segments) - set(version.segments):
+            del self._segments[number]
+        return parts
+
+    def rows(self, parts: list[tuple[int, Samples]], dim: int) -> tuple[Samples, set[str]]:
+        """All stored rows, concatenated, and their keys."""
+        numbers = tuple(number for number, _ in parts)
+        if self._rows is None or self._rows[0] != numbers:
+            rows = Samples.concat([part for _, part in parts], dim)
+            self._rows = (numbers, rows, set(rows.keys.tolist()))
+        return self._rows[1], self._rows[2]
+
+    def learned(self, store: FeatureStore, version: Version, parts: list[tuple[int, Samples]],
+                dim: int) -> _Learned:
+        """The learners of ``version``: kept from the last transaction, or rebuilt (residual plus rows)."""
+        if self._learned is None or self._learned.version != version.version:
+            rows, _ = self.rows(parts, dim)
+            full = store.residual(version, parts, dim).with_rows(rows).grown(len(version.classes))
+            ridge = RidgeLearner(dim, version.classes, full.alpha, full.ridge, keep_factor=self.keep_factor)
+            ridge.alpha_selected_at = full.alpha_selected_at
+            ncm = NCMLearner(dim, version.classes, full.ncm_sums, full.ncm_counts)
+            self._learned = _Learned(version.version, ridge, ncm, store.head(version))
+        return self._learned
+
+    def committed(self, version: Version, head: Head) -> None:
+        self._learned.version, self._learned.head = version.version, head
+
+    def forget(self) -> None:
+        """Drop the learners (after a transaction that failed half-way through changing them)."""
+        self._learned = None
+
+
+def _alpha_work(ridge: RidgeLearner, settings: UpdateSettings, method: str, n_train_new: int) -> bool:
+    """Whether this update runs the regularisation search (see the module docstring)."""
+    if method == "ncm" and ridge.alpha is not None:
+        return False
+    return settings.reselect_alpha or ridge.alpha is None or (
+        ridge.alpha_due() and n_train_new >= settings.alpha_search_min)
 
 
 def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None = None,
@@ -153,23 +224,61 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
                              open_s=time.perf_counter() - t0, source_name=data)
 
 
+class Learner:
+    """A bundle opened to learn in this process: ``update(images, labels)`` commits a version per call.
+
+    It holds the backbone and a :class:`LearningSession`, so after the first update (which factorises the
+    ridge system once) an update costs the backbone pass of its images plus milliseconds.  ``serve``'s update
+    route is this, behind the Open Inference Protocol.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, artifact: str | None = None, backend: str | None = None,
+                 threads: int | None = None, tune: bool = True):
+        self.bundle = Bundle.open(bundle)
+        self.backbone = Backbone(self.bundle, artifact=artifact, backend=backend, threads=threads, tune=tune)
+        self.session = LearningSession(keep_factor=True)
+
+    def update(self, images: Sequence[str | Path | bytes], labels: Sequence[str],
+               settings: UpdateSettings | None = None) -> dict:
+        """Learn ``images`` (paths or encoded bytes) with their class names; returns the update's report."""
+        if len(images) != len(labels):
+            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+        records = [ImageRecord(str(i), 0, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), 0)
+                   for i in images]
+        return learn_records(self.bundle, self.backbone, records, [str(n) for n in labels],
+                             settings or UpdateSettings(), artifact_name=self.backbone.artifact.name,
+                             session=self.session)
+
+    def close(self) -> None:
+        self.backbone.close()
+
+    def __enter__(self) -> "Learner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[ImageRecord], names: list[str],
                   settings: UpdateSettings, progress: ProgressFactory = silent_progress,
-                  artifact_name: str | None = None, open_s: float = 0.0, source_name: str = "the request") -> dict:
+                  artifact_name: str | None = None, open_s: float = 0.0, source_name: str = "the request",
+                  session: LearningSession | None = None) -> dict:
     """The update transaction on images already listed: store lock, images already stored left out, the backbone
     (``source``: an opened :class:`Backbone`, or a service's batching front of one) on the rest, head and commit.
 
     ``edgetl-rt update`` and ``serve``'s update route both run this, so they share rules, guard and errors.
     """
     settings.check()
+    session = session or LearningSession(keep_factor=False)
     keys = np.array([r.content_digest().hex() for r in records], dtype="<U64")
     store = settings.store(bundle)
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
-        parts = store.segment_parts(parent)
-        fresh, seen = [], {key for _, part in parts for key in part.keys.tolist()}
+        parts = session.parts(store, parent)
+        _, stored_keys = session.rows(parts, bundle.feature_dim)
+        fresh, seen = [], set()
         for i, key in enumerate(keys):      # an image already stored (or repeated) is learned once only
-            if key not in seen:
+            if key not in stored_keys and key not in seen:
                 fresh.append(i)
                 seen.add(key)
         if not fresh:
@@ -180,38 +289,41 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
                                   settings.batch_size, settings.skip_bad, settings.max_pixels, progress)
         backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
-        report = _learn_locked(store, bundle.feature_dim, parent, parts, found.values, [names[i] for i in rows],
-                               keys[rows], settings, artifact_name)
+        report = _learn_locked(store, session, bundle.feature_dim, parent, parts, found.values,
+                               [names[i] for i in rows], keys[rows], settings, artifact_name)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report
 
 
 def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], keys: list[str],
-                   settings: UpdateSettings | None = None) -> dict:
+                   settings: UpdateSettings | None = None, session: LearningSession | None = None) -> dict:
     """The same transaction from features already computed (head-input space), e.g. by the caller's own
     pipeline; ``keys`` identify the samples (sha256 of the image, or any unique id of up to 64 characters)."""
     settings = settings or UpdateSettings()
     settings.check()
+    session = session or LearningSession(keep_factor=False)
     bundle = Bundle.open(bundle)
     store = settings.store(bundle)
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
-        return _learn_locked(store, bundle.feature_dim, parent, store.segment_parts(parent),
-                             np.asarray(features, np.float32),
-                             [str(n) for n in labels], np.array(keys, dtype="<U64"), settings, None)
+        return _learn_locked(store, session, bundle.feature_dim, parent, session.parts(store, parent),
+                             np.asarray(features, np.float32), [str(n) for n in labels],
+                             np.array(keys, dtype="<U64"), settings, None)
 
 
-def _learn_locked(store: FeatureStore, dim: int, parent: Version, parts: list[tuple[int, Samples]],
-                  features: np.ndarray, new_names: list[str], keys: np.ndarray, settings: UpdateSettings,
-                  artifact_name: str | None) -> dict:
+def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, parent: Version,
+                  parts: list[tuple[int, Samples]], features: np.ndarray, new_names: list[str], keys: np.ndarray,
+                  settings: UpdateSettings, artifact_name: str | None) -> dict:
     """Statistics, head, accuracy guard, eviction and commit; the caller holds the store's lock and has
-    loaded the parent's segments (``parts``) once."""
+    listed the parent's segments (``parts``)."""
     t1 = time.perf_counter()
     if features.ndim != 2 or features.shape[1] != dim or not len(features) == len(new_names) == len(keys):
         raise ConfigError(f"expected features of shape (N, {dim}) with N labels and keys, got {features.shape}, "
                           f"{len(new_names)} labels, {len(keys)} keys")
-    stored = Samples.concat([part for _, part in parts], dim)
+    stored, _ = session.rows(parts, dim)
+    learned = session.learned(store, parent, parts, dim)
+    state_s = time.perf_counter() - t1
     classes = list(parent.classes)
     added = [n for n in dict.fromkeys(new_names) if n not in classes]
     classes += added
@@ -219,56 +331,137 @@ def _learn_locked(store: FeatureStore, dim: int, parent: Version, parts: list[tu
     labels = np.array([position[n] for n in new_names], dtype=np.int64)
     flags = _holdout_flags(keys, new_names, settings.holdout_fraction)
     new = Samples(features.astype(np.float32), labels, flags, keys)
-    state = store.state(parent)
-    _check_prior(state, parent, settings.method)
-    current_head = store.head(parent)
+    _check_prior(learned, parent, settings.method)
     old_holdout = stored.select(stored.holdout)
     all_holdout = Samples.concat([old_holdout, new.select(new.holdout)], dim)
-    head, alpha = _new_head(settings.method, current_head, state, classes, new.select(~new.holdout),
-                            all_holdout, stored.select(~stored.holdout), dim, settings.reselect_alpha)
-    # The guard compares like with like: on the earlier held-out samples, among the earlier classes, so
-    # it catches forgetting and bad labels, not the harder choice that new classes bring (reported too).
-    before = accuracy(current_head, old_holdout)
-    after_old = accuracy(head, old_holdout, among=len(parent.classes))
-    after_old_all_classes = accuracy(head, old_holdout)
-    after = accuracy(head, all_holdout)
-    head_s = time.perf_counter() - t1
-    report = {
-        "bundle": str(store.bundle), "parent": parent.version, "method": settings.method, "artifact": artifact_name,
-        "n_new": len(labels), "n_train_new": int((~flags).sum()), "n_holdout_new": int(flags.sum()),
-        "classes": classes, "new_classes": added, "holdout_n": len(all_holdout),
-        "accuracy": after, "accuracy_before": before, "accuracy_after_on_earlier_holdout": after_old,
-        "accuracy_after_on_earlier_holdout_all_classes": after_old_all_classes,
-        "alpha": alpha, "timings": {"head_s": head_s},
-    }
-    if before is not None and after_old is not None and (before - after_old) * 100 > settings.max_accuracy_drop \
-            and not settings.force:
-        raise UpdateRejectedError(
-            f"update not committed: accuracy on the store's earlier held-out samples (among their classes) would fall from "
-            f"{before:.4f} to {after_old:.4f} ({(before - after_old) * 100:.2f} points, limit "
-            f"{settings.max_accuracy_drop:g}); check the new labels, or force the commit", remedy="force"
-        )
-    t2 = time.perf_counter()
-    version = Version(version=-1, parent=parent.version, action="update", method=settings.method,
-                      classes=classes, segments=[], files={}, n_new=len(labels), new_classes=added, alpha=alpha,
-                      artifact=artifact_name, accuracy={"holdout": after, "earlier_holdout_before": before,
-                                                        "earlier_holdout_after": after_old})
-    report["evicted"] = store.evict(version, parts + [(store.write_segment(new), new)])
-    store.commit(version, head, state, store.adapter(parent))
+    train = new.select(~new.holdout)
+    try:
+        head, alpha_s = _learn(learned, settings, classes, train, all_holdout, stored)
+        # The guard compares like with like: on the earlier held-out samples, among the earlier classes, so
+        # it catches forgetting and bad labels, not the harder choice that new classes bring (reported too).
+        before = accuracy(learned.head, old_holdout)
+        after_old = accuracy(head, old_holdout, among=len(parent.classes))
+        after_old_all_classes = accuracy(head, old_holdout)
+        after = accuracy(head, all_holdout)
+        ridge = learned.ridge
+        report = {
+            "bundle": str(store.bundle), "parent": parent.version, "method": settings.method,
+            "artifact": artifact_name, "n_new": len(labels), "n_train_new": len(train),
+            "n_holdout_new": int(flags.sum()), "classes": classes, "new_classes": added,
+            "holdout_n": len(all_holdout), "accuracy": after, "accuracy_before": before,
+            "accuracy_after_on_earlier_holdout": after_old,
+            "accuracy_after_on_earlier_holdout_all_classes": after_old_all_classes,
+            "alpha": ridge.alpha, "alpha_searched": alpha_s is not None, "alpha_due": ridge.alpha_due(),
+            "solve_residual": ridge.system.residual if ridge.system.factored else None,
+            "timings": {"head_s": time.perf_counter() - t1, "head_state_s": state_s, "alpha_s": alpha_s or 0.0},
+        }
+        if before is not None and after_old is not None and (before - after_old) * 100 > settings.max_accuracy_drop \
+                and not settings.force:
+            raise UpdateRejectedError(
+                f"update not committed: accuracy on the store's earlier held-out samples (among their classes) would "
+                f"fall from {before:.4f} to {after_old:.4f} ({(before - after_old) * 100:.2f} points, limit "
+                f"{settings.max_accuracy_drop:g}); check the new labels, or force the commit", remedy="force"
+            )
+        t2 = time.perf_counter()
+        version = Version(version=-1, parent=parent.version, action="update", method=settings.method,
+                          classes=classes, segments=[], files={}, n_new=len(labels), new_classes=added,
+                          alpha=ridge.alpha, alpha_selected_at=ridge.alpha_selected_at,
+                          artifact=artifact_name, accuracy={"holdout": after, "earlier_holdout_before": before,
+                                                            "earlier_holdout_after": after_old})
+        report["evicted"] = _write_rows(store, version, parent, parts, new, dim)
+        store.commit(version, head, store.adapter(parent))
+        session.committed(version, head)
+    except BaseException:
+        session.forget()          # the learners took the new samples in, but no version holds them
+        raise
     report["timings"]["commit_s"] = time.perf_counter() - t2
     report.update(version=version.version, committed=True, n_train=version.n_train, n_holdout=version.n_holdout)
     return report
 
 
-def _check_prior(state: LearnerState, parent: Version, method: str) -> None:
+def _learn(learned: _Learned, settings: UpdateSettings, classes: list[str], train: Samples, holdout: Samples,
+           stored: Samples) -> tuple[Head, float | None]:
+    """Learn ``train`` into the ridge and NCM learners (always: both continue from every sample) and build the
+    ``settings.method`` head; returns it with the alpha search's seconds (None when it did not run)."""
+    ridge, ncm = learned.ridge, learned.ncm
+    ridge.partial_fit(train.features, train.labels, classes=classes)
+    ncm.partial_fit(train.features, train.labels, classes=classes)
+    alpha_s = None
+    if _alpha_work(ridge, settings, settings.method, len(train)):
+        t = time.perf_counter()
+        ridge.choose_alpha(holdout.features, holdout.labels, force=True)
+        alpha_s = time.perf_counter() - t
+    if settings.method == "ridge":
+        return ridge.head, alpha_s
+    if settings.method == "ncm":
+        return ncm.head, alpha_s
+    current = learned.head
+    start = current if isinstance(current, LinearHead) else ridge.head   # warm start (ridge if no linear head)
+    sgd = SGDLearner(ridge.feature_dim, classes[:start.num_classes], start.weight, start.bias)
+    replay = stored.select(~stored.holdout)
+    sgd.partial_fit(train.features, train.labels, classes=classes, replay=(replay.features, replay.labels))
+    return sgd.head, alpha_s
+
+
+def _write_rows(store: FeatureStore, version: Version, parent: Version, parts: list[tuple[int, Samples]],
+                new: Samples, dim: int) -> int:
+    """The new version's rows: the parent's segments and one with ``new``, bounded and compacted (evicted
+    training rows join the residual); returns the rows evicted."""
+    version.residual = parent.residual
+    residual = None
+    if "state.npz" in parent.files:     # a 0.4 parent: its full statistics become rows plus a residual
+        residual = store.residual(parent, parts, dim)
+        version.residual = None if residual.empty_set else store.write_residual(residual)
+    segment = [(store.write_segment(new), new)] if len(new) else []
+    return store.arrange(version, parts + segment, lambda: residual or store.residual(parent, parts, dim))
+
+
+def _check_prior(learned: _Learned, parent: Version, method: str) -> None:
     if method == "sgd":
         return
-    missing = [parent.classes[i] for i, n in enumerate(state.ncm_counts) if n == 0]
-    if missing and state.ridge.count == 0:
+    missing = [parent.classes[i] for i, n in enumerate(learned.ncm.counts) if n == 0]
+    if missing and learned.ridge.count == 0:
         raise BundleError(
             f"the store has no training statistics for {', '.join(missing)} (the bundle ships no learning data); "
             f"a {method} update would forget those classes. Re-export the bundle with this edgetl, or use --method sgd"
         )
+
+
+def tune_alpha(bundle: str | Path | Bundle, session: LearningSession | None = None,
+               lock_timeout: float = 60.0) -> dict:
+    """Run the regularisation search now, on the store's held-out rows, and commit it as a ``tune`` version
+    (the head is solved again when it is a ridge head; other heads are kept).  ``serve`` runs this in the
+    background when an update leaves the search due."""
+    bundle = Bundle.open(bundle)
+    session = session or LearningSession(keep_factor=False)
+    store = bundle.store
+    dim = bundle.feature_dim
+    with store.locked(lock_timeout):
+        parent = ensure_store(store, bundle)
+        parts = session.parts(store, parent)
+        stored, _ = session.rows(parts, dim)
+        try:
+            learned = session.learned(store, parent, parts, dim)
+            t = time.perf_counter()
+            before = learned.ridge.alpha
+            holdout = stored.select(stored.holdout)
+            alpha = learned.ridge.choose_alpha(holdout.features, holdout.labels, force=True)
+            head = learned.ridge.head if isinstance(learned.head, RidgeHead) else learned.head
+            alpha_s = time.perf_counter() - t
+            version = Version(**{**asdict(parent), "version": -1, "parent": parent.version, "action": "tune",
+                                 "files": {}, "n_new": 0, "new_classes": [], "alpha": alpha,
+                                 "alpha_selected_at": learned.ridge.alpha_selected_at,
+                                 "accuracy": {"holdout": accuracy(head, holdout)},
+                                 "note": f"alpha searched on {len(holdout)} held-out rows", "created": utc_now()})
+            _write_rows(store, version, parent, parts, Samples.empty(dim), dim)
+            store.commit(version, head, store.adapter(parent))
+            session.committed(version, head)
+        except BaseException:
+            session.forget()
+            raise
+    return {"bundle": str(bundle.path), "version": version.version, "parent": parent.version,
+            "alpha_before": before, "alpha": alpha, "holdout_n": len(holdout), "accuracy": version.accuracy["holdout"],
+            "timings": {"alpha_s": alpha_s}}
 
 
 def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: float = 60.0) -> Version:
@@ -283,9 +476,14 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
         if target_number == current.version:
             raise ConfigError(f"version {target_number} is already the current one")
         target = store.version(target_number)
+        head = store.head(target)
         version = Version(**{**asdict(target), "version": -1, "parent": current.version, "action": "rollback",
                              "note": f"rollback to version {target.version}", "files": {}, "created": utc_now()})
-        return store.commit(version, store.head(target), store.state(target), store.adapter(target))
+        if "state.npz" in target.files:     # a 0.4 version: its statistics become a residual beside its rows
+            residual = store.residual(target, store.segment_parts(target), head.feature_dim)
+            version.residual = None if residual.empty_set else store.write_residual(residual)
+            version.alpha, version.alpha_selected_at = residual.alpha, residual.alpha_selected_at
+        return store.commit(version, head, store.adapter(target))
 
 
 def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = None, max_accuracy_drop: float = 2.0,
@@ -339,6 +537,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
                              "note": f"feature normalisation from {len(raw)} unlabelled images of {data}",
                              "created": utc_now()})
-        store.commit(version, head, state, adapter)    # the parent's head, with the new adapter
+        _write_rows(store, version, parent, store.segment_parts(parent), Samples.empty(bundle.feature_dim),
+                    bundle.feature_dim)
+        store.commit(version, head, adapter)    # the parent's head, with the new adapter
         report.update(version=version.version, committed=True)
     return report

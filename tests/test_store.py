@@ -113,7 +113,10 @@ KILLED_UPDATER = textwrap.dedent("""
         y = rng.integers(0, 3, 6)
         x = centres[y] + rng.normal(0, 1, (6, 16))
         keys = [rng.bytes(16).hex() for _ in y]
-        report = learn_features(bundle, x, ["k%d" % v for v in y], keys, UpdateSettings(max_accuracy_drop=100.0))
+        # no eviction here (a returned sample must be a stored row); the kill-point test below evicts
+        report = learn_features(bundle, x, ["k%d" % v for v in y], keys,
+                                UpdateSettings(max_accuracy_drop=100.0, max_per_class=10 ** 6,
+                                               max_holdout_per_class=10 ** 6))
         print(json.dumps({"version": report["version"], "keys": keys}), flush=True)
 """)
 
@@ -145,6 +148,78 @@ def test_sigkill_at_random_moments_never_loses_a_returned_update(bundle):
     assert report["version"] > last_version
     leftovers = [p for p in FeatureStore(bundle).root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
+
+
+KILL_POINT_UPDATER = textwrap.dedent("""
+    import json, os, pathlib, shutil, signal, sys
+    import numpy as np
+    from edgetl.runtime.update import UpdateSettings, learn_features
+
+    bundle, kind, when, nth, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    seen = [0]
+
+    def killing(original, name_of):
+        def call(*args, **kwargs):
+            hit = kind in name_of(*args)
+            if hit:
+                seen[0] += 1
+            if hit and seen[0] == nth and when == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if hit and seen[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return call
+
+    os.replace = killing(os.replace, lambda src, dst, *a: str(dst) + " replace")
+    shutil.rmtree = killing(shutil.rmtree, lambda path, *a: str(path) + " rmtree")
+    pathlib.Path.unlink = killing(pathlib.Path.unlink, lambda self, *a: str(self) + " unlink")
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(0, 3, (3, 16))
+    settings = UpdateSettings(max_accuracy_drop=100.0, max_per_class=12, max_holdout_per_class=3)
+    for i in range(60):
+        n = 6 if i % 4 == 0 else 1            # one-sample updates fill a size tier: compaction
+        y = rng.integers(0, 3, n)
+        x = centres[y] + rng.normal(0, 1, (n, 16))
+        keys = [rng.bytes(16).hex() for _ in y]
+        print(json.dumps({"attempt": keys}), flush=True)
+        report = learn_features(bundle, x, ["k%d" % v for v in y], keys, settings)
+        print(json.dumps({"returned": keys, "n_train_new": report["n_train_new"]}), flush=True)
+""")
+
+# Every step of the commit path, killed just before and just after it: a new segment, a residual (written by
+# eviction), the version folder's rename, CURRENT's, and the deletions of pruning and compaction.
+KILL_POINTS = [("segments", 3), ("residuals", 1), ("versions", 4), ("CURRENT", 5), ("rmtree", 2), ("unlink", 3)]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sigkill_at_every_step_of_the_commit_path_loses_nothing_and_counts_nothing_twice(bundle, when):
+    seed_train = FeatureStore(bundle).exists or None     # version 0 is made by the first update
+    for seed, (kind, nth) in enumerate(KILL_POINTS):
+        before = FeatureStore(bundle)
+        counted = before.state(before.version(), DIM).ridge.count if before.exists else None
+        child = subprocess.run([sys.executable, "-c", KILL_POINT_UPDATER, str(bundle), kind, when, str(nth),
+                                str(seed)],
+                               capture_output=True, text=True, timeout=300)
+        assert child.returncode == -signal.SIGKILL, f"{kind} #{nth} was never reached: {child.stderr[-500:]}"
+        lines = [json.loads(line) for line in child.stdout.splitlines()]
+        returned = sum(line["n_train_new"] for line in lines if "returned" in line)
+        in_flight = lines[-1]["attempt"] if "attempt" in lines[-1] else []
+        store = FeatureStore(bundle)
+        version = store.version()                                  # loads; its files pass their sha256
+        state = store.state(version, DIM)
+        if counted is None:                                        # the first child made version 0
+            counted = int(store.version(0).n_train) if seed_train is None else counted
+        # every returned sample is counted once; the one in flight either committed (killed after the
+        # commit point, while pruning) or left nothing
+        assert state.ridge.count - (counted + returned) in range(0, len(in_flight) + 1), (kind, when)
+        assert state.ridge.count == int(state.ncm_counts.sum())
+        samples = store.samples(version, DIM)
+        assert len(set(samples.keys.tolist())) == len(samples)            # no row stored twice
+        assert store.head(version).num_classes == len(version.classes)
+    report = learn_features(bundle, *_batch(np.random.default_rng(9)), LOOSE)   # the store still works
+    assert report["committed"]
+    assert [p for p in FeatureStore(bundle).root.rglob("*") if p.name.startswith(".")] == []
 
 
 def test_second_writer_waits_or_fails_clearly(bundle):
@@ -214,9 +289,12 @@ def test_eviction_keeps_the_newest_rows_per_class_and_the_statistics_of_all(bund
     samples = store.samples(version, DIM)
     k0 = version.classes.index("k0")
     ours = samples.labels == k0
-    assert samples.keys[ours & ~samples.holdout].tolist() == train_keys[-10:]     # the newest 10, in age order
-    assert samples.keys[ours & samples.holdout].tolist() == holdout_keys[-3:]
-    assert sum(r["evicted"] for r in reports) == len(train_keys) - 10 + len(holdout_keys) - 3
+    kept = samples.keys[ours & ~samples.holdout].tolist()
+    # the newest rows, in age order: a class over its bound (10) drops to nine tenths of it (9)
+    assert 9 <= len(kept) <= 10 and kept == train_keys[-len(kept):]
+    assert samples.keys[ours & samples.holdout].tolist() == holdout_keys[-3:]    # 3 - 3 // 10: exactly 3
+    assert sum(r["evicted"] for r in reports) == len(train_keys) - len(kept) + len(holdout_keys) - 3
+    assert version.residual is not None                          # evicted training rows live on there
     assert store.state(version).ridge.target_sum[k0] == len(train_keys)   # the statistics keep every sample
 
 

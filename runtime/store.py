@@ -13,9 +13,10 @@ the learner statistics (ridge and NCM) are that residual plus the stored trainin
 writes one segment with its new rows (5 kB per sample at d = 1280) and a version folder with the head,
 and no version stores a d×d matrix.  A residual is written only when rows are evicted or the bundle's
 host statistics cover more samples than it ships (6.5 MB at d = 1280, the upper triangle in float64).
-The store compacts itself: when the newest eight segments are of one size tier (their row count's
-power of eight), they are merged into one, so each row is rewritten about log8(rows) times and a version
-lists a few dozen segments at most.  Loading the current head stays one read (``head.npz``).
+The store compacts itself: when the newest eight or more segments are all of size tier t or below
+(tier: the power of eight of a segment's row count), they are merged into one, so each row is rewritten
+a few times per tier and a version lists a few dozen segments at most.  Loading the current head stays
+one read (``head.npz``).
 
 A write (update, adapt, rollback, tune) takes the lock, writes any new segment or residual and
 a complete new version folder beside the old ones (temp name, fsync,
@@ -440,13 +441,23 @@ class FeatureStore:
         return int((~keep).sum())
 
     def _compacted(self, parts: list[tuple[int, Samples]]) -> list[int]:
-        """Merge the newest :data:`SEGMENT_FANOUT` segments while they share a size tier (a power of eight of
-        rows); returns the segment numbers, oldest first."""
+        """Merge small segments: whenever the newest :data:`SEGMENT_FANOUT` or more segments are all of size tier
+        ``t`` or below (tier: the power of eight of a segment's rows), for the smallest such ``t``, they become
+        one segment.  Returns the segment numbers, oldest first."""
         def tier(part: Samples) -> int:
             return int(np.log(max(len(part), 1)) / np.log(SEGMENT_FANOUT) + 1e-9)
         parts = list(parts)
-        while len(parts) >= SEGMENT_FANOUT and len({tier(p) for _, p in parts[-SEGMENT_FANOUT:]}) == 1:
-            tail = [p for _, p in parts[-SEGMENT_FANOUT:]]
-            merged = Samples.concat(tail, tail[0].features.shape[1])
-            parts[-SEGMENT_FANOUT:] = [(self.write_segment(merged), merged)]
+        while len(parts) >= SEGMENT_FANOUT:
+            tiers = [tier(part) for _, part in parts]
+            for t in sorted(set(tiers[-SEGMENT_FANOUT:])):
+                run = 0
+                while run < len(tiers) and tiers[-1 - run] <= t:
+                    run += 1
+                if run >= SEGMENT_FANOUT:
+                    tail = [part for _, part in parts[-run:]]
+                    merged = Samples.concat(tail, tail[0].features.shape[1])
+                    parts[-run:] = [(self.write_segment(merged), merged)]
+                    break
+            else:
+                break
         return [number for number, _ in parts]

@@ -192,6 +192,15 @@ class LearningSession:
             self._learned = _Learned(version.version, ridge, ncm, store.head(version))
         return self._learned
 
+    def prepare(self, store: FeatureStore, dim: int) -> None:
+        """Load the current version's rows and learners and factorise the ridge system now (a service does this
+        in the background at start, so its first update is as fast as the next)."""
+        if store.exists:
+            version = store.version()
+            learned = self.learned(store, version, self.parts(store, version), dim)
+            if self.keep_factor:
+                learned.ridge.system.factorize()
+
     def committed(self, version: Version, head: Head) -> None:
         self._learned.version, self._learned.head = version.version, head
 

@@ -5,12 +5,15 @@ GIL) by the runtime's own preprocessing, so the service sees an image exactly as
 runs behind the :class:`~.batcher.DynamicBatcher`; the head is the :class:`~.live_head.LiveHead`'s reference,
 read once per request.  An update goes through :func:`~edgetl.runtime.update.learn_records`, the transaction of
 ``edgetl-rt update``, with its images' backbone pass queued beside inference, and answers after the new head
-version serves.
+version serves.  The service keeps one :class:`~edgetl.runtime.update.LearningSession` (the ridge system
+factorised in the background at start), so a one-image update costs its backbone pass plus milliseconds; when an
+update leaves the regularisation search due, the search runs in the background and commits a ``tune`` version.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from ..features import apply_adapter
 from ..heads import softmax
 from ..machine import default_threads
 from ..preprocess import preprocess
-from ..update import UpdateSettings, learn_records
+from ..update import LearningSession, UpdateSettings, learn_records, tune_alpha
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
@@ -126,7 +129,11 @@ class InferenceService:
         self.batcher = DynamicBatcher(self.backbone.features, settings.max_batch, settings.max_wait_ms / 1000,
                                       self._observe_batch)
         self.decoder = ThreadPoolExecutor(max_workers=max(1, default_threads()), thread_name_prefix="edgetl-decode")
+        self.session = LearningSession(keep_factor=True)
+        self._learning = threading.Lock()           # one transaction of this service's session at a time
+        self._background: threading.Thread | None = None
         self.live.start()
+        self._in_background("prepare", lambda: self.session.prepare(self.bundle.store, self.feature_dim))
         self.load_s = time.perf_counter() - started
         self.metrics.model_load.set(self.load_s)
         self.metrics.head_version.set(head_version(self.live.state))
@@ -136,7 +143,10 @@ class InferenceService:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Answer what is queued, then release the backbone."""
+        """Answer what is queued, let a background search finish (its commit is crash-safe either way), then
+        release the backbone."""
+        if self._background is not None:
+            self._background.join(timeout=30)
         self.live.close()
         self.batcher.close()
         self.decoder.shutdown()
@@ -300,8 +310,10 @@ class InferenceService:
             raise ProtocolError("every label must be a non-empty class name of at most 200 characters")
         records = [ImageRecord(f"image[{i}]", -1, encoded=data) for i, data in enumerate(images.data)]
         try:
-            report = learn_records(self.bundle, _BatchedBackbone(self), records, names, settings,
-                                   artifact_name=self.backbone.artifact.name, source_name="the request")
+            with self._learning:
+                report = learn_records(self.bundle, _BatchedBackbone(self), records, names, settings,
+                                       artifact_name=self.backbone.artifact.name, source_name="the request",
+                                       session=self.session)
         except UpdateRejectedError:
             self.metrics.updates.inc(result="rejected")
             raise
@@ -315,7 +327,30 @@ class InferenceService:
             self.log({"event": "warning", "message": f"version {report['version']} committed but not loaded yet: "
                                                      f"{exc}"})
         report["head_version"] = head_version(self.live.state)
+        if report["alpha_due"] and not report["alpha_searched"] and settings.method != "ncm":
+            self._in_background("tune", self._tune)
         return report
+
+    def _tune(self) -> None:
+        report = tune_alpha(self.bundle, self.session, lock_timeout=60.0)
+        self.live.refresh(force=True)
+        self.log({"event": "tuned", "head_version": report["version"], "alpha": report["alpha"],
+                  "alpha_before": report["alpha_before"], "seconds": round(report["timings"]["alpha_s"], 3)})
+
+    def _in_background(self, name: str, work: Callable[[], None]) -> None:
+        """Run ``work`` in one background thread at a time (skipped while another runs), under the learning lock."""
+        if self._background is not None and self._background.is_alive():
+            return
+
+        def run() -> None:
+            try:
+                with self._learning:
+                    work()
+            except Exception as exc:    # noqa: BLE001 - a background step never stops the service; it is logged
+                self.log({"event": "warning", "message": f"background {name} failed: {exc}"})
+
+        self._background = threading.Thread(target=run, name=f"edgetl-{name}", daemon=True)
+        self._background.start()
 
 
 def _update_settings(parameters: dict, max_pixels: int) -> UpdateSettings:

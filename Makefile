@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/engine_extraction.py
 	$(BIN)/python benchmarks/device_update.py
+	$(BIN)/python benchmarks/teach_latency.py
 	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/select_backbones.py

@@ -252,8 +252,8 @@ class Learner:
         """Learn ``images`` (paths or encoded bytes) with their class names; returns the update's report."""
         if len(images) != len(labels):
             raise ConfigError(f"{len(images)} images but {len(labels)} labels")
-        records = [ImageRecord(str(i), 0, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), 0)
-                   for i in images]
+        records = [ImageRecord(f"image[{n}]", -1, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), -1)
+                   for n, i in enumerate(images)]
         return learn_records(self.bundle, self.backbone, records, [str(n) for n in labels],
                              settings or UpdateSettings(), artifact_name=self.backbone.artifact.name,
                              session=self.session)

@@ -31,18 +31,21 @@ def _version_dict(version) -> dict:
               help="Refuse to commit (exit 6) when accuracy on the earlier held-out samples falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @click.option("--reselect-alpha", is_flag=True, help="ridge: search the regularisation again now.")
+@click.option("--alpha-search-min", type=click.IntRange(min=1), default=32, show_default=True,
+              help="A due regularisation search (the samples grew by a quarter) runs only on an update with at least "
+                   "this many new training images; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
 @json_option
 @with_model_options
-def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, lock_timeout, skip_bad,
-           as_json, artifact, backend, threads, no_tune) -> None:
+def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, alpha_search_min,
+           lock_timeout, skip_bad, as_json, artifact, backend, threads, no_tune) -> None:
     """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
     from ..update import UpdateSettings, update_bundle
 
     settings = UpdateSettings(method=method, holdout_fraction=holdout_fraction, max_accuracy_drop=max_accuracy_drop,
                               force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
-                              reselect_alpha=reselect_alpha)
+                              reselect_alpha=reselect_alpha, alpha_search_min=alpha_search_min)
     report = update_bundle(bundle, data, settings, artifact=artifact, backend=backend, threads=threads,
                            progress=progress, tune=not no_tune)
     if as_json:
@@ -57,8 +60,35 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
         ("held-out accuracy", f"{fmt(report['accuracy'])} on {report['holdout_n']} samples"),
         ("earlier held-out", f"{fmt(report['accuracy_before'])} -> {fmt(report['accuracy_after_on_earlier_holdout'])}"),
         ("backbone s", report["timings"]["backbone_s"]), ("head math s", report["timings"]["head_s"]),
+        ("commit s", report["timings"]["commit_s"]), ("alpha", _alpha_line(report)),
         ("evicted", report["evicted"]),
     ])
+
+
+def _alpha_line(report: dict) -> str:
+    if report["alpha"] is None:
+        return "-"
+    if report["alpha_searched"]:
+        return f"{report['alpha']:.4g} (searched in {report['timings']['alpha_s']:.2f} s)"
+    return f"{report['alpha']:.4g} (kept" + ("; a search is due: edgetl-rt tune)" if report["alpha_due"] else ")")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@lock_timeout_option
+@json_option
+def tune(bundle, lock_timeout, as_json) -> None:
+    """Search BUNDLE's ridge regularisation on the store's held-out samples now (recorded as a tune version)."""
+    from ..update import tune_alpha
+
+    report = tune_alpha(bundle, lock_timeout=lock_timeout)
+    if as_json:
+        print_json(report)
+        return
+    before = "-" if report["alpha_before"] is None else f"{report['alpha_before']:.4g}"
+    print_table([("version", f"{report['version']} (from {report['parent']})"),
+                 ("alpha", f"{before} -> {report['alpha']:.4g} ({report['holdout_n']} held-out samples)"),
+                 ("held-out accuracy", fmt(report["accuracy"])), ("search s", report["timings"]["alpha_s"])])
 
 
 @click.command()

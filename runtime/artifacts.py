@@ -24,7 +24,8 @@ def model_cache_dir(artifact: Artifact) -> Path | None:
 
 
 def artifact_backend(bundle: str | Path, artifact: Artifact, backend: str, threads: int | None = None,
-                     device: str | None = None) -> Backend:
+                     device: str | None = None, shared_cores: bool = False) -> Backend:
     """The (unopened) backend that runs ``artifact`` as deployed: its declared precision, and OpenVINO's cache."""
     return create_backend(backend, Path(bundle) / artifact.file, threads, device=device, precision=artifact.precision,
-                          cache_dir=model_cache_dir(artifact) if backend == "openvino" else None)
+                          cache_dir=model_cache_dir(artifact) if backend == "openvino" else None,
+                          shared_cores=shared_cores)

@@ -24,11 +24,13 @@ class Backbone:
     ``images`` says how many inputs the caller will run (a one-shot command), so the choice weighs time to
     those results; None means a long run.  ``tune=False`` never measures: with nothing recorded here, the
     profile or CPU-class order decides.  ``log`` receives a line when the candidates are measured.
+    ``shared_cores``: numpy work follows each batch in this process (learning), so the engine's threads never
+    spin-wait for the next batch.
     """
 
     def __init__(self, bundle: str | Path | Bundle, artifact: str | None = None, backend: str | None = None,
                  threads: int | None = None, images: int | None = None, tune: bool = True,
-                 log=lambda message: None):
+                 log=lambda message: None, shared_cores: bool = False):
         imported = imported_engines()    # before measuring, which imports them all
         self.bundle = Bundle.open(bundle)
         manifest = self.bundle.manifest
@@ -52,7 +54,7 @@ class Backbone:
                                   "none of which is installed here")
             backend = runnable[0]
         self.bundle.verify_artifact(self.artifact)
-        self.backend = artifact_backend(self.bundle.path, self.artifact, backend, threads, device).open()
+        self.backend = artifact_backend(self.bundle.path, self.artifact, backend, threads, device, shared_cores).open()
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         return self.backend.infer(batch)

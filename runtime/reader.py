@@ -50,6 +50,10 @@ def decode_or_error(record: ImageRecord, decode: Callable[[ImageSource], np.ndar
 def prefetched(records: Sequence[ImageRecord], batch_size: int, decode_one: Callable[[ImageRecord], object],
                workers: int | None = None) -> Iterator[tuple[range, list]]:
     """``decode_one`` of every record in a thread pool, one batch ahead: (positions, results) batch by batch."""
+    if len(records) <= 1:      # nothing to overlap: a pool would only add a thread's start-up (milliseconds)
+        if records:
+            yield range(0, 1), [decode_one(records[0])]
+        return
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         chunks = [range(start, min(start + batch_size, len(records))) for start in range(0, len(records), batch_size)]

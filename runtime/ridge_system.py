@@ -8,17 +8,18 @@ spread about their own mean, plus the shift of the overall mean).  :class:`Ridge
 * dense: ``G`` is held as a matrix and each solve is an LU solve.  Cheapest for one solve, so a
   one-shot ``edgetl-rt update`` process uses it;
 * factored (:meth:`RidgeSystem.factorize`): ``G = V diag(λ) Vᵀ + U Uᵀ``, an eigendecomposition taken once
-  plus the columns ``U`` added since.  With ``P = (V diag(λ) Vᵀ + αI)⁻¹`` (two products with ``V``),
-  Woodbury's identity gives ``W = P C − P U (I + Uᵀ P U)⁻¹ Uᵀ P C``.  ``PU``, ``I + UᵀPU`` and ``PC`` are
-  kept up to date, so k new samples cost one product of ``V`` with k+1 columns and a small solve: a few
-  milliseconds at d = 1280, where an open learner or ``serve`` needs them.  After ``max_columns``
-  columns, or when a solve's residual shows rounding building up, the base is decomposed again.  The
-  eigendecomposition also serves the regularisation search, whose candidates then cost O(d²) each.
+  plus the columns ``U`` added since, all held in the eigenbasis (``Û = VᵀU``, ``Ĉ = VᵀC``).  There, with
+  ``D = (diag(λ) + αI)⁻¹``, Woodbury's identity gives ``Ŵ = D Ĉ − D Û (I + Ûᵀ D Û)⁻¹ Ûᵀ D Ĉ`` and
+  ``W = V Ŵ``: k new samples cost one product of ``Vᵀ`` with their k+1 columns, one of ``V`` with the
+  classes' columns, and O(d·m·C) besides: a few milliseconds at d = 1280, where an open learner or
+  ``serve`` needs them.  After ``max_columns`` columns, or when a solve's residual shows rounding building
+  up, the columns are folded into the eigendecomposition (rebase).  The eigendecomposition also serves the
+  regularisation search, whose candidates then cost O(d²) each.
 
 The maths is exact whatever the mode (no approximation, only rounding): after any sequence of additions,
 the solution equals the batch ridge fit on all samples to ~1e-10 relative on real features (tested at
-1e-6).  The factored mode measures the relative residual ``‖C − (G + αI) W‖ / ‖C‖`` of every solve
-(O(d²·classes)) and reports it.
+1e-6).  The factored mode measures the relative residual ``‖Ĉ − (diag(λ) + Û Ûᵀ + αI) Ŵ‖ / ‖Ĉ‖`` of every
+solve (in the eigenbasis, so O(d·m·C)) and reports it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class RidgeSystem:
         self.mean_x, self.mean_y, self.cross = mean_x, mean_y, cross      # (d,), (C,), (d, C), float64
         self.gram: np.ndarray | None = gram                               # dense mode: centred Gram (d, d)
         self.max_columns = max_columns
-        self.basis: np.ndarray | None = None                              # factored mode: V, λ and U
+        self.basis: np.ndarray | None = None                              # factored mode: V, λ, Û = VᵀU, Ĉ = VᵀC
         self.spectrum: np.ndarray | None = None
         self.columns = np.zeros((len(mean_x), 0))
-        self._alpha: float | None = None                                  # the α that P·U, S and P·C are for
+        self._cross_hat: np.ndarray | None = None
+        self._alpha: float | None = None                                  # the α that D = (λ+α)⁻¹, D·Û, S are for
         self.residual: float | None = None                                # of the last factored solve
         self.rebases = 0
 
@@ -69,8 +71,8 @@ class RidgeSystem:
         if extra > 0:
             self.mean_y = np.concatenate([self.mean_y, np.zeros(extra)])
             self.cross = np.hstack([self.cross, np.zeros((self.dim, extra))])
-            if self._alpha is not None:
-                self._pc = np.hstack([self._pc, np.zeros((self.dim, extra))])
+            if self._cross_hat is not None:
+                self._cross_hat = np.hstack([self._cross_hat, np.zeros((self.dim, extra))])
 
     def add(self, x: np.ndarray, targets: np.ndarray) -> None:
         """Learn rows ``x`` (k, d) with targets (k, C): a rank-(k+1) change of the centred statistics."""
@@ -97,61 +99,65 @@ class RidgeSystem:
         self.cross += u @ v.T
         if self.gram is not None:
             self.gram += u @ u.T
-        elif self.columns.shape[1] + u.shape[1] > self.max_columns:
-            self._rebase(u)
         else:
-            self._extend(u, v)
+            self._extend(self.basis.T @ u, v)
 
     # --- factored mode ------------------------------------------------------------------------------------------
+    # Everything is kept in the eigenbasis: Û = Vᵀ U, Ĉ = Vᵀ C, so that G = V (diag(λ) + Û Ûᵀ) Vᵀ and a solve
+    # touches V twice only (Vᵀ u for new columns, V Ŵ for the weights); the rest is O(d·m·C).
 
     def factorize(self) -> None:
         """Switch to factored mode (one eigendecomposition, O(d³)); later additions cost O(k·d²)."""
         if self.gram is not None:
             gram, self.gram = self.gram, None
-            self._decompose(gram)
+            spectrum, self.basis = np.linalg.eigh(gram)
+            self._set_spectrum(spectrum, self.basis.T @ self.cross)
 
-    def _decompose(self, gram: np.ndarray) -> None:
-        spectrum, self.basis = np.linalg.eigh(gram)
+    def _set_spectrum(self, spectrum: np.ndarray, cross_hat: np.ndarray) -> None:
         self.spectrum = np.maximum(spectrum, 0.0)           # G is PSD; clip rounding below zero
         self.columns = np.zeros((self.dim, 0))
+        self._cross_hat = cross_hat
         self._alpha = None
 
-    def _rebase(self, extra: np.ndarray | None = None) -> None:
-        gram = (self.basis * self.spectrum) @ self.basis.T + self.columns @ self.columns.T
-        if extra is not None:
-            gram += extra @ extra.T
-        self._decompose(gram)
+    def _rebase(self) -> None:
+        """Fold the columns into the eigendecomposition: eig(diag(λ) + Û Ûᵀ) = Q Λ Qᵀ, then V ← V Q."""
+        inner = np.diag(self.spectrum) + self.columns @ self.columns.T
+        spectrum, rotation = np.linalg.eigh(inner)
+        self.basis = self.basis @ rotation
+        self._set_spectrum(spectrum, rotation.T @ self._cross_hat)
         self.rebases += 1
-
-    def _apply_inverse(self, b: np.ndarray, alpha: float) -> np.ndarray:
-        """``(V diag(λ) Vᵀ + αI)⁻¹ b``."""
-        return self.basis @ ((self.basis.T @ b) / (self.spectrum + alpha)[:, None])
 
     def _prepare(self, alpha: float) -> None:
         if self._alpha != alpha:
-            self._pu = self._apply_inverse(self.columns, alpha)
-            self._capacitance = np.eye(self.columns.shape[1]) + self.columns.T @ self._pu
-            self._pc = self._apply_inverse(self.cross, alpha)
+            self._scale = 1.0 / (self.spectrum + alpha)
+            self._scaled_columns = self._scale[:, None] * self.columns
+            self._capacitance = np.eye(self.columns.shape[1]) + self.columns.T @ self._scaled_columns
             self._alpha = alpha
 
-    def _extend(self, u: np.ndarray, v: np.ndarray) -> None:
+    def _extend(self, columns_hat: np.ndarray, v: np.ndarray) -> None:
+        self._cross_hat += columns_hat @ v.T
+        if self.columns.shape[1] + columns_hat.shape[1] > self.max_columns:
+            self.columns = np.hstack([self.columns, columns_hat])
+            self._rebase()
+            return
         if self._alpha is not None:
-            pu = self._apply_inverse(u, self._alpha)
-            side = self.columns.T @ pu
-            self._capacitance = np.block([[self._capacitance, side], [side.T, np.eye(u.shape[1]) + u.T @ pu]])
-            self._pu = np.hstack([self._pu, pu])
-            self._pc += pu @ v.T
-        self.columns = np.hstack([self.columns, u])
+            scaled = self._scale[:, None] * columns_hat
+            side = self.columns.T @ scaled
+            self._capacitance = np.block([[self._capacitance, side],
+                                          [side.T, np.eye(columns_hat.shape[1]) + columns_hat.T @ scaled]])
+            self._scaled_columns = np.hstack([self._scaled_columns, scaled])
+        self.columns = np.hstack([self.columns, columns_hat])
 
     def _factored_solve(self, alpha: float) -> np.ndarray:
+        """Ŵ by Woodbury's identity in the eigenbasis, its relative residual, and W = V Ŵ."""
         self._prepare(alpha)
-        weight = self._pc
+        weight_hat = self._scale[:, None] * self._cross_hat
         if self.columns.shape[1]:
-            weight = weight - self._pu @ np.linalg.solve(self._capacitance, self.columns.T @ self._pc)
-        product = self.basis @ ((self.spectrum + alpha)[:, None] * (self.basis.T @ weight))
-        product += self.columns @ (self.columns.T @ weight)
-        self.residual = float(np.linalg.norm(self.cross - product) / max(np.linalg.norm(self.cross), 1e-300))
-        return weight
+            weight_hat -= self._scaled_columns @ np.linalg.solve(self._capacitance, self.columns.T @ weight_hat)
+        product = (self.spectrum + alpha)[:, None] * weight_hat + self.columns @ (self.columns.T @ weight_hat)
+        self.residual = float(np.linalg.norm(self._cross_hat - product) /
+                              max(np.linalg.norm(self._cross_hat), 1e-300))
+        return self.basis @ weight_hat
 
     # --- solving ------------------------------------------------------------------------------------------------
 
@@ -175,7 +181,7 @@ class RidgeSystem:
     def default_alpha(self) -> float:
         """The grid's centre (the mean feature variance times n), used before any held-out choice."""
         trace = float(np.trace(self.gram)) if self.gram is not None else \
-            float(self.spectrum.sum() + np.einsum("ij,ij->", self.columns, self.columns))
+            float(self.spectrum.sum() + np.einsum("ij,ij->", self.columns, self.columns))   # trace is basis-free
         return max(trace / self.dim, 1e-12)
 
     def select_alpha(self, holdout_x: np.ndarray | None, holdout_y: np.ndarray | None) -> float:
@@ -189,7 +195,10 @@ class RidgeSystem:
 
     def feature_variance(self) -> np.ndarray:
         """Per-feature variance of the samples learned (``diag G / n``)."""
-        diag = np.diag(self.gram) if self.gram is not None else \
-            np.einsum("ij,j,ij->i", self.basis, self.spectrum, self.basis) + np.einsum("ij,ij->i", self.columns,
-                                                                                        self.columns)
+        if self.gram is not None:
+            diag = np.diag(self.gram)
+        else:
+            columns = self.basis @ self.columns
+            diag = np.einsum("ij,j,ij->i", self.basis, self.spectrum, self.basis) + np.einsum("ij,ij->i", columns,
+                                                                                              columns)
         return diag / max(self.count, 1)

@@ -47,7 +47,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -199,6 +199,7 @@ class FeatureStore:
                  max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS):
         self.bundle = Path(bundle)
         self.root = self.bundle / STORE_FOLDER
+        self._parsed: dict[int, tuple[tuple[int, int, int], Version]] = {}    # version.json files are immutable
         self.configure(keep_versions, max_per_class, max_holdout_per_class)
 
     def configure(self, keep_versions: int = DEFAULT_KEEP_VERSIONS, max_per_class: int = DEFAULT_MAX_PER_CLASS,
@@ -237,6 +238,10 @@ class FeatureStore:
             wanted = self.current_number() if number is None else number
             path = self._folder(wanted) / "version.json"
             try:
+                info = os.stat(path)
+                stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+                if wanted in self._parsed and self._parsed[wanted][0] == stamp:
+                    return replace(self._parsed[wanted][1])
                 text = path.read_text(encoding="utf-8")
             except FileNotFoundError:
                 if number is None and attempt < 4:
@@ -247,9 +252,10 @@ class FeatureStore:
                 raise BundleError(f"{path} cannot be read ({exc}); roll back with edgetl-rt rollback "
                                   f"{self.bundle} --to VERSION") from exc
             origin = Origin(str(path), BundleError, f"roll back with edgetl-rt rollback {self.bundle} --to VERSION")
-            return build(Version, parse_document(text, origin, (STORE_SCHEMA, LEGACY_SCHEMA),
-                                         what="an edgetl store version"),
-                         origin)
+            version = build(Version, parse_document(text, origin, (STORE_SCHEMA, LEGACY_SCHEMA),
+                                                    what="an edgetl store version"), origin)
+            self._parsed[wanted] = (stamp, version)
+            return replace(version)
         raise BundleError("the feature store changed too fast to read")  # pragma: no cover
 
     def kept_numbers(self) -> list[int]:

@@ -228,7 +228,8 @@ def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None
     t0 = time.perf_counter()
     # The backbone opens first: what it runs is verified (and measured on a new machine) before the store is
     # touched, so a tampered bundle changes nothing.
-    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as backbone:
+    with Backbone(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune,
+                  shared_cores=True) as backbone:
         return learn_records(bundle, backbone, records, names, settings, progress, backbone.artifact.name,
                              open_s=time.perf_counter() - t0, source_name=data)
 
@@ -244,7 +245,8 @@ class Learner:
     def __init__(self, bundle: str | Path | Bundle, artifact: str | None = None, backend: str | None = None,
                  threads: int | None = None, tune: bool = True):
         self.bundle = Bundle.open(bundle)
-        self.backbone = Backbone(self.bundle, artifact=artifact, backend=backend, threads=threads, tune=tune)
+        self.backbone = Backbone(self.bundle, artifact=artifact, backend=backend, threads=threads, tune=tune,
+                                 shared_cores=True)      # the head maths follows each pass on the same cores
         self.session = LearningSession(keep_factor=True)
 
     def update(self, images: Sequence[str | Path | bytes], labels: Sequence[str],
@@ -349,9 +351,11 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
         # The guard compares like with like: on the earlier held-out samples, among the earlier classes, so
         # it catches forgetting and bad labels, not the harder choice that new classes bring (reported too).
         before = accuracy(learned.head, old_holdout)
-        after_old = accuracy(head, old_holdout, among=len(parent.classes))
-        after_old_all_classes = accuracy(head, old_holdout)
-        after = accuracy(head, all_holdout)
+        old_logits = head.logits(old_holdout.features)
+        after_old = top1_accuracy(old_logits, old_holdout.labels, among=len(parent.classes))
+        after_old_all_classes = top1_accuracy(old_logits, old_holdout.labels)
+        after = top1_accuracy(np.concatenate([old_logits, head.logits(all_holdout.features[len(old_holdout):])]),
+                              all_holdout.labels)
         ridge = learned.ridge
         report = {
             "bundle": str(store.bundle), "parent": parent.version, "method": settings.method,

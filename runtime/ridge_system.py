@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
 from .heads import RidgeHead, RidgeStatistics, alpha_on_holdout
 
 RESIDUAL_LIMIT = 1e-9      # a factored solve less accurate than this is redone on a fresh decomposition
@@ -164,7 +165,7 @@ class RidgeSystem:
     def weights(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """``(W (d, C), bias (C,))`` of the ridge fit at ``alpha`` (the intercept is not penalised)."""
         if self.count == 0:
-            raise ValueError("ridge has no samples to fit")
+            raise ConfigError("ridge head has no samples to fit")
         if self.factored:
             weight = self._factored_solve(alpha)
             if self.residual > RESIDUAL_LIMIT:
@@ -192,13 +193,3 @@ class RidgeSystem:
             self._rebase()
         return alpha_on_holdout(self.spectrum, self.basis, self.cross, self.mean_x, self.mean_y, holdout_x,
                                 holdout_y)
-
-    def feature_variance(self) -> np.ndarray:
-        """Per-feature variance of the samples learned (``diag G / n``)."""
-        if self.gram is not None:
-            diag = np.diag(self.gram)
-        else:
-            columns = self.basis @ self.columns
-            diag = np.einsum("ij,j,ij->i", self.basis, self.spectrum, self.basis) + np.einsum("ij,ij->i", columns,
-                                                                                              columns)
-        return diag / max(self.count, 1)

@@ -50,7 +50,8 @@ def markdown(result: dict) -> str:
         f"- versions: {', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}",
         f"- settings: warm-up {s['warmup_runs']} runs / {s['warmup_seconds']} s, at least {s['min_runs']} runs and "
         f"{s['min_seconds']} s per batch size, input {result['input_size']} px, one process per cell: "
-        f"{s['process_per_cell']}" + (f", target {result['target']}" if result.get("target") else ""),
+        f"{s['process_per_cell']}" + (f" ({s['process_per_cell_fallback']})" if s.get("process_per_cell_fallback")
+                                       else "") + (f", target {result['target']}" if result.get("target") else ""),
         f"- created: {result['created']}" + (f", by `{result['command']}`" if result.get("command") else ""), "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
     ]

@@ -174,15 +174,17 @@ class RidgeStatistics:
 ALPHA_GRID: tuple[float, ...] = tuple(10.0 ** k for k in range(-5, 3))
 
 
-def alpha_on_holdout(eigvals: np.ndarray, eigvecs: np.ndarray, cross_c: np.ndarray, mean_x: np.ndarray,
-                     mean_y: np.ndarray, val_features: np.ndarray | None, val_labels: np.ndarray | None) -> float:
+def alpha_scale(trace: float, dim: int) -> float:
+    """The grid's unit: the mean feature variance times n (the centred Gram matrix's trace over d), so the grid
+    adapts to the feature scale; also the alpha used before any held-out choice."""
+    return max(trace / dim, 1e-12)
+
+
+def alpha_on_holdout(eigvals: np.ndarray, eigvecs: np.ndarray, projected: np.ndarray, mean_x: np.ndarray,
+                     mean_y: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray) -> float:
     """The :data:`ALPHA_GRID` candidate with the best held-out accuracy, from an eigendecomposition of the
-    centred Gram matrix (each candidate then costs O(d²)).  The grid is scaled by the mean eigenvalue, so it
-    adapts to the feature scale; without held-out samples the scale itself (a moderate default) is returned."""
-    scale = max(float(np.sum(eigvals)) / len(eigvals), 1e-12)
-    if val_features is None or val_labels is None or len(val_labels) == 0:
-        return scale
-    projected = eigvecs.T @ cross_c
+    centred Gram matrix and its eigenbasis' cross terms ``projected`` (Vᵀ C): each candidate costs O(d²)."""
+    scale = alpha_scale(float(np.sum(eigvals)), len(eigvals))
     centred_val = np.asarray(val_features, dtype=np.float64) - mean_x
     best_alpha, best_accuracy = scale * ALPHA_GRID[0], -1.0
     for alpha in (scale * factor for factor in ALPHA_GRID):
@@ -232,9 +234,9 @@ class RidgeHead(LinearHead):
     ) -> float:
         gram_c, cross_c, mean_x, mean_y = statistics.centred()
         if val_features is None or val_labels is None or len(val_labels) == 0:
-            return max(float(np.trace(gram_c)) / gram_c.shape[0], 1e-12)     # no eigendecomposition needed
+            return alpha_scale(float(np.trace(gram_c)), gram_c.shape[0])      # no eigendecomposition needed
         eigvals, eigvecs = np.linalg.eigh(gram_c)
-        return alpha_on_holdout(eigvals, eigvecs, cross_c, mean_x, mean_y, val_features, val_labels)
+        return alpha_on_holdout(eigvals, eigvecs, eigvecs.T @ cross_c, mean_x, mean_y, val_features, val_labels)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = super().arrays()

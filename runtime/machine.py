@@ -79,7 +79,8 @@ def cpu_facts() -> dict:
         usable = list(range(os.cpu_count() or 1))
     return {"arch": _arch(platform.machine()), "model": model or platform.processor() or "unknown",
             "cores": os.cpu_count(), "cores_usable": len(usable), "physical_cores_usable": _physical_cores(usable),
-            "flags": sorted(flags), "notable_flags": [f for f in NOTABLE_FLAGS if f in flags]}
+            "flags": sorted(flags), "notable_flags": [f for f in NOTABLE_FLAGS if f in flags],
+            "flags_read": bool(flags)}     # False: /proc/cpuinfo absent or listing no flags (a chroot, an emulator)
 
 
 def _physical_cores(cpus: list[int]) -> int:

@@ -11,9 +11,10 @@ spread about their own mean, plus the shift of the overall mean).  :class:`Ridge
   plus the columns ``U`` added since, all held in the eigenbasis (``Û = VᵀU``, ``Ĉ = VᵀC``).  There, with
   ``D = (diag(λ) + αI)⁻¹``, Woodbury's identity gives ``Ŵ = D Ĉ − D Û (I + Ûᵀ D Û)⁻¹ Ûᵀ D Ĉ`` and
   ``W = V Ŵ``: k new samples cost one product of ``Vᵀ`` with their k+1 columns, one of ``V`` with the
-  classes' columns, and O(d·m·C) besides: a few milliseconds at d = 1280, where an open learner or
-  ``serve`` needs them.  After ``max_columns`` columns, or when a solve's residual shows rounding building
-  up, the columns are folded into the eigendecomposition (rebase).  The eigendecomposition also serves the
+  classes' columns, O(d·m·C) and the m×m solve (O(m³), m ≤ ``max_columns``) besides: a few milliseconds at
+  d = 1280, where an open learner or ``serve`` needs them.  After ``max_columns`` columns, or when a solve's
+  residual shows rounding building up, the columns are folded into the eigendecomposition (rebase, O(d³):
+  about 0.25 s at d = 1280, once per 256 one-image updates, on the update that crosses the limit).  The eigendecomposition also serves the
   regularisation search, whose candidates then cost O(d²) each.
 
 The maths is exact whatever the mode (no approximation, only rounding): after any sequence of additions,
@@ -27,9 +28,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError
-from .heads import RidgeHead, RidgeStatistics, alpha_on_holdout
+from .heads import RidgeHead, RidgeStatistics, alpha_on_holdout, alpha_scale
 
-RESIDUAL_LIMIT = 1e-9      # a factored solve less accurate than this is redone on a fresh decomposition
+#: A factored solve whose relative residual exceeds this is redone on a fresh decomposition.  It is a check on
+#: rounding building up in the Woodbury terms (fresh solves sit at ~1e-15), not a bound on the weights' error,
+#: which may be up to the condition number (λmax + α) / α times larger.
+RESIDUAL_LIMIT = 1e-9
 
 
 class RidgeSystem:
@@ -180,16 +184,18 @@ class RidgeSystem:
         return RidgeHead(weight.T.astype(np.float32), bias.astype(np.float32), None, float(alpha))
 
     def default_alpha(self) -> float:
-        """The grid's centre (the mean feature variance times n), used before any held-out choice."""
+        """:func:`~edgetl.runtime.heads.alpha_scale`, the alpha used before any held-out choice."""
         trace = float(np.trace(self.gram)) if self.gram is not None else \
             float(self.spectrum.sum() + np.einsum("ij,ij->", self.columns, self.columns))   # trace is basis-free
-        return max(trace / self.dim, 1e-12)
+        return alpha_scale(trace, self.dim)
 
     def select_alpha(self, holdout_x: np.ndarray | None, holdout_y: np.ndarray | None) -> float:
         """The grid's best alpha on held-out samples; the system is factored afresh (O(d³)) on the way."""
+        if holdout_x is None or holdout_y is None or len(holdout_y) == 0:
+            return self.default_alpha()
         if self.gram is not None:
             self.factorize()
         elif self.columns.shape[1]:
             self._rebase()
-        return alpha_on_holdout(self.spectrum, self.basis, self.cross, self.mean_x, self.mean_y, holdout_x,
+        return alpha_on_holdout(self.spectrum, self.basis, self._cross_hat, self.mean_x, self.mean_y, holdout_x,
                                 holdout_y)

@@ -41,13 +41,15 @@ every sample ever learned.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
+import hashlib
 import io
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,7 +61,7 @@ from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha
 from .heads import Head, RidgeStatistics, load_head, normalise_rows
 
 STORE_SCHEMA = "edgetl.store/2"
-LEGACY_SCHEMA = "edgetl.store/1"   # 0.4 and earlier: every version held the full statistics (state.npz); read, continued
+LEGACY_SCHEMA = "edgetl.store/1"   # 0.4: every version held the full statistics (state.npz); read and continued
 SEGMENT_FANOUT = 8
 STORE_FOLDER = "store"
 DEFAULT_KEEP_VERSIONS = 5
@@ -84,6 +86,7 @@ class Version:
     alpha: float | None = None
     alpha_selected_at: int = 0     # training-sample count when alpha was last chosen on held-out rows
     residual: int | None = None    # the residual file the statistics continue from (None: rows only)
+    shared: dict[str, str] = field(default_factory=dict)   # its segments and residual: store path -> sha256
     artifact: str | None = None
     note: str = ""
     created: str = field(default_factory=utc_now)
@@ -180,6 +183,14 @@ class LearnerState:
                    int(a.get("alpha_selected_at", 0)))
 
 
+def _segment_path(number: int) -> str:
+    return f"segments/{number:06d}.npz"
+
+
+def _residual_path(number: int) -> str:
+    return f"residuals/{number:06d}.npz"
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -200,6 +211,7 @@ class FeatureStore:
         self.bundle = Path(bundle)
         self.root = self.bundle / STORE_FOLDER
         self._parsed: dict[int, tuple[tuple[int, int, int], Version]] = {}    # version.json files are immutable
+        self._digests: dict[str, str] = {}      # sha256 of segments and residuals this process wrote or verified
         self.configure(keep_versions, max_per_class, max_holdout_per_class)
 
     def configure(self, keep_versions: int = DEFAULT_KEEP_VERSIONS, max_per_class: int = DEFAULT_MAX_PER_CLASS,
@@ -241,7 +253,7 @@ class FeatureStore:
                 info = os.stat(path)
                 stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
                 if wanted in self._parsed and self._parsed[wanted][0] == stamp:
-                    return replace(self._parsed[wanted][1])
+                    return copy.deepcopy(self._parsed[wanted][1])
                 text = path.read_text(encoding="utf-8")
             except FileNotFoundError:
                 if number is None and attempt < 4:
@@ -255,7 +267,7 @@ class FeatureStore:
             version = build(Version, parse_document(text, origin, (STORE_SCHEMA, LEGACY_SCHEMA),
                                                     what="an edgetl store version"), origin)
             self._parsed[wanted] = (stamp, version)
-            return replace(version)
+            return copy.deepcopy(version)
         raise BundleError("the feature store changed too fast to read")  # pragma: no cover
 
     def kept_numbers(self) -> list[int]:
@@ -291,28 +303,46 @@ class FeatureStore:
         if version.residual is None:
             residual = LearnerState.empty(dim, num_classes)
         else:
-            path = self.root / "residuals" / f"{version.residual:06d}.npz"
-            if not path.is_file():
-                raise BundleError(f"store residual {path} of version {version.version} is missing; roll back with "
-                                  f"edgetl-rt rollback {self.bundle} --to VERSION")
-            residual = LearnerState.from_arrays(_load_npz(path)).grown(num_classes)
+            residual = LearnerState.from_arrays(self._read_shared(version, _residual_path(version.residual)))
+            residual = residual.grown(num_classes)
         residual.alpha, residual.alpha_selected_at = version.alpha, version.alpha_selected_at
         return residual
 
-    def state(self, version: Version, dim: int | None = None) -> LearnerState:
-        """Everything ``version`` has learned: its residual plus its stored training rows, and its alpha."""
+    def state(self, version: Version, dim: int | None = None,
+              parts: list[tuple[int, Samples]] | None = None) -> LearnerState:
+        """Everything ``version`` has learned: its residual plus its stored training rows (``parts``, when the
+        caller has loaded them), and its alpha."""
         dim = dim or self.head(version).feature_dim
-        parts = self.segment_parts(version)
+        parts = self.segment_parts(version) if parts is None else parts
         rows = Samples.concat([part for _, part in parts], dim)
         return self.residual(version, parts, dim).with_rows(rows).grown(len(version.classes))
 
     def segment_parts(self, version: Version) -> list[tuple[int, Samples]]:
         """The version's segments in age order, each with its number."""
-        return [(segment, self.segment_part(segment)) for segment in version.segments]
+        return [(segment, self.segment_part(version, segment)) for segment in version.segments]
 
-    def segment_part(self, number: int) -> Samples:
-        a = _load_npz(self.root / "segments" / f"{number:06d}.npz")
+    def segment_part(self, version: Version, number: int) -> Samples:
+        a = self._read_shared(version, _segment_path(number))
         return Samples(a["features"], a["labels"], a["holdout"], a["keys"])
+
+    def _read_shared(self, version: Version, name: str) -> dict[str, np.ndarray]:
+        """A segment or residual ``version`` lists, checked against the sha256 it recorded (0.4 recorded none)."""
+        path = self.root / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"store file {path} of version {version.version} cannot be read ({exc.strerror}); "
+                              f"roll back with edgetl-rt rollback {self.bundle} --to VERSION") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if version.shared.get(name, digest) != digest:
+            raise BundleError(f"store file {path} fails its sha256 check; roll back with edgetl-rt rollback "
+                              f"{self.bundle} --to VERSION")
+        self._digests[name] = digest
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+                return {k: loaded[k] for k in loaded.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read {path}: {exc}") from exc
 
     def samples(self, version: Version, dim: int) -> Samples:
         return Samples.concat([part for _, part in self.segment_parts(version)], dim)
@@ -382,6 +412,7 @@ class FeatureStore:
         data = io.BytesIO()
         np.savez(data, **arrays)
         atomic_write_bytes(folder / f"{number:06d}.npz", data.getvalue())
+        self._digests[f"{folder_name}/{number:06d}.npz"] = hashlib.sha256(data.getvalue()).hexdigest()
         return number
 
     def write_segment(self, samples: Samples) -> int:
@@ -397,6 +428,9 @@ class FeatureStore:
         CURRENT to it."""
         version.version = (self.current_number() + 1) if self.exists else 0
         version.schema = STORE_SCHEMA
+        names = [_segment_path(n) for n in version.segments] + \
+            ([_residual_path(version.residual)] if version.residual is not None else [])
+        version.shared = {name: self._digests.get(name) or sha256_file(self.root / name) for name in names}
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         with atomic_directory(self._folder(version.version)) as staging:
             head.save(staging / "head.npz")
@@ -414,6 +448,7 @@ class FeatureStore:
         numbers = self.kept_numbers()
         for number in numbers[:-self.keep_versions]:
             shutil.rmtree(self._folder(number), ignore_errors=True)
+            self._parsed.pop(number, None)
         self._drop_unreferenced_segments()
 
     def arrange(self, version: Version, parts: list[tuple[int, Samples]],

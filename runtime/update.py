@@ -97,7 +97,10 @@ def ensure_store(store: FeatureStore, bundle: Bundle) -> Version:
     residual = None
     n_seed_train = int((~seed.holdout).sum())
     if statistics is not None and statistics.count > n_seed_train:
-        host = LearnerState(statistics, np.zeros((len(classes), dim)), np.zeros(len(classes)))
+        # the host's ridge statistics, and NCM sums of the shipped rows only (the host keeps none): the residual
+        # is the ridge statistics of the samples not shipped, and no NCM
+        host = LearnerState.empty(dim, len(classes)).with_rows(seed)
+        host.ridge = statistics
         residual = store.write_residual(host.with_rows(seed, sign=-1.0))
     if isinstance(head, RidgeHead):        # the head file holds weights only; statistics live in rows + residual
         head = RidgeHead(head.weight, head.bias, None, head.alpha)
@@ -128,29 +131,43 @@ def _holdout_flags(keys: np.ndarray, labels: list[str], fraction: float) -> np.n
 
 
 @dataclass
+class _Segment:
+    """A stored segment as a session keeps it: its rows, its held-out rows and its keys."""
+
+    stamp: tuple[int, int, int]
+    samples: Samples
+    holdout: Samples
+    keys: frozenset[str]
+
+
+@dataclass
 class _Learned:
-    """The learners of one committed version, kept by a :class:`LearningSession` for the next update."""
+    """The learners of one committed version, kept by a :class:`LearningSession` for the next update, with the
+    head's logits on that version's held-out rows when known (the guard's "before")."""
 
     version: int
+    created: str
     ridge: RidgeLearner
     ncm: NCMLearner
     head: Head
+    holdout_logits: np.ndarray | None = None
 
 
 class LearningSession:
     """What one process keeps between transactions on a bundle's store (see the module docstring).
 
-    Segments are immutable, so each is read once (a file replaced by another writer is noticed by its inode,
-    size and mtime).  The learners follow the version this session last committed or loaded; when another
-    process committed since, they are rebuilt from the store.  ``keep_factor`` keeps the ridge system
-    factorised (worth its one O(d³) decomposition when several updates follow).
-    Not thread-safe: callers serialise transactions (the store's lock does, across processes).
+    Segments are immutable, so each is read (and checked against its sha256) once; a file replaced by another
+    writer is noticed by its inode, size and mtime.  The learners follow the version this session last committed
+    or loaded; when another process committed since, they are rebuilt from the store.  ``keep_factor`` keeps the
+    ridge system factorised (worth its one O(d³) decomposition when several updates follow).  An update's cost
+    beyond the ridge maths is then O(held-out rows x d x classes) for the guard, not O(stored rows).
+    Transactions run under the store's lock; a process sharing one session between threads serialises them
+    (``serve`` holds a lock around each).
     """
 
     def __init__(self, keep_factor: bool = True):
         self.keep_factor = keep_factor
-        self._segments: dict[int, tuple[tuple, Samples]] = {}
-        self._rows: tuple[tuple[int, ...], Samples, set[str]] | None = None
+        self._segments: dict[int, _Segment] = {}
         self._learned: _Learned | None = None
 
     def parts(self, store: FeatureStore, version: Version) -> list[tuple[int, Samples]]:
@@ -164,32 +181,33 @@ class LearningSession:
                                   f"edgetl-rt rollback {store.bundle} --to VERSION") from None
             stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
             cached = self._segments.get(number)
-            if cached is None or cached[0] != stamp:
-                cached = (stamp, store.segment_part(number))
+            if cached is None or cached.stamp != stamp:
+                samples = store.segment_part(version, number)
+                cached = _Segment(stamp, samples, samples.select(samples.holdout), frozenset(samples.keys.tolist()))
                 self._segments[number] = cached
-            parts.append((number, cached[1]))
+            parts.append((number, cached.samples))
         for number in set(self._segments) - set(version.segments):
             del self._segments[number]
         return parts
 
-    def rows(self, parts: list[tuple[int, Samples]], dim: int) -> tuple[Samples, set[str]]:
-        """All stored rows, concatenated, and their keys."""
-        numbers = tuple(number for number, _ in parts)
-        if self._rows is None or self._rows[0] != numbers:
-            rows = Samples.concat([part for _, part in parts], dim)
-            self._rows = (numbers, rows, set(rows.keys.tolist()))
-        return self._rows[1], self._rows[2]
+    def stored(self, parts: list[tuple[int, Samples]], key: str) -> bool:
+        """Whether an image (its key) is among ``parts``' rows."""
+        return any(key in self._segments[number].keys for number, _ in parts)
+
+    def holdout(self, parts: list[tuple[int, Samples]], dim: int) -> Samples:
+        """The held-out rows of ``parts``, in age order."""
+        return Samples.concat([self._segments[number].holdout for number, _ in parts], dim)
 
     def learned(self, store: FeatureStore, version: Version, parts: list[tuple[int, Samples]],
                 dim: int) -> _Learned:
         """The learners of ``version``: kept from the last transaction, or rebuilt (residual plus rows)."""
-        if self._learned is None or self._learned.version != version.version:
-            rows, _ = self.rows(parts, dim)
-            full = store.residual(version, parts, dim).with_rows(rows).grown(len(version.classes))
+        kept = self._learned
+        if kept is None or (kept.version, kept.created) != (version.version, version.created):
+            full = store.state(version, dim, parts)
             ridge = RidgeLearner(dim, version.classes, full.alpha, full.ridge, keep_factor=self.keep_factor)
             ridge.alpha_selected_at = full.alpha_selected_at
             ncm = NCMLearner(dim, version.classes, full.ncm_sums, full.ncm_counts)
-            self._learned = _Learned(version.version, ridge, ncm, store.head(version))
+            self._learned = _Learned(version.version, version.created, ridge, ncm, store.head(version))
         return self._learned
 
     def prepare(self, store: FeatureStore, dim: int) -> None:
@@ -201,20 +219,22 @@ class LearningSession:
             if self.keep_factor:
                 learned.ridge.system.factorize()
 
-    def committed(self, version: Version, head: Head) -> None:
-        self._learned.version, self._learned.head = version.version, head
+    def committed(self, version: Version, head: Head, holdout_logits: np.ndarray | None) -> None:
+        """The learners now hold ``version`` (committed with ``head``; its logits on the version's held-out rows,
+        None when unknown)."""
+        self._learned.version, self._learned.created, self._learned.head = version.version, version.created, head
+        self._learned.holdout_logits = holdout_logits
 
     def forget(self) -> None:
         """Drop the learners (after a transaction that failed half-way through changing them)."""
         self._learned = None
 
 
-def _alpha_work(ridge: RidgeLearner, settings: UpdateSettings, method: str, n_train_new: int) -> bool:
+def _alpha_search(ridge: RidgeLearner, settings: UpdateSettings, n_train_new: int) -> bool:
     """Whether this update runs the regularisation search (see the module docstring)."""
-    if method == "ncm" and ridge.alpha is not None:
-        return False
-    return settings.reselect_alpha or ridge.alpha is None or (
-        ridge.alpha_due() and n_train_new >= settings.alpha_search_min)
+    if settings.reselect_alpha:
+        return True
+    return settings.method != "ncm" and ridge.alpha_due() and n_train_new >= settings.alpha_search_min
 
 
 def update_bundle(bundle: str | Path, data: str, settings: UpdateSettings | None = None,
@@ -239,7 +259,7 @@ class Learner:
 
     It holds the backbone and a :class:`LearningSession`, so after the first update (which factorises the
     ridge system once) an update costs the backbone pass of its images plus milliseconds.  ``serve``'s update
-    route is this, behind the Open Inference Protocol.
+    route runs the same transaction with its own session, its backbone pass queued beside inference.
     """
 
     def __init__(self, bundle: str | Path | Bundle, artifact: str | None = None, backend: str | None = None,
@@ -286,10 +306,9 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
         parts = session.parts(store, parent)
-        _, stored_keys = session.rows(parts, bundle.feature_dim)
         fresh, seen = [], set()
         for i, key in enumerate(keys):      # an image already stored (or repeated) is learned once only
-            if key not in stored_keys and key not in seen:
+            if key not in seen and not session.stored(parts, key):
                 fresh.append(i)
                 seen.add(key)
         if not fresh:
@@ -332,8 +351,8 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
     if features.ndim != 2 or features.shape[1] != dim or not len(features) == len(new_names) == len(keys):
         raise ConfigError(f"expected features of shape (N, {dim}) with N labels and keys, got {features.shape}, "
                           f"{len(new_names)} labels, {len(keys)} keys")
-    stored, _ = session.rows(parts, dim)
     learned = session.learned(store, parent, parts, dim)
+    old_holdout = session.holdout(parts, dim)
     state_s = time.perf_counter() - t1
     classes = list(parent.classes)
     added = [n for n in dict.fromkeys(new_names) if n not in classes]
@@ -343,19 +362,23 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
     flags = _holdout_flags(keys, new_names, settings.holdout_fraction)
     new = Samples(features.astype(np.float32), labels, flags, keys)
     _check_prior(learned, parent, settings.method)
-    old_holdout = stored.select(stored.holdout)
     all_holdout = Samples.concat([old_holdout, new.select(new.holdout)], dim)
     train = new.select(~new.holdout)
     try:
-        head, alpha_s = _learn(learned, settings, classes, train, all_holdout, stored)
         # The guard compares like with like: on the earlier held-out samples, among the earlier classes, so
         # it catches forgetting and bad labels, not the harder choice that new classes bring (reported too).
-        before = accuracy(learned.head, old_holdout)
+        # The parent head's logits there are the last update's, when this session made that version.
+        before_logits = learned.holdout_logits
+        if before_logits is None or len(before_logits) != len(old_holdout):
+            before_logits = learned.head.logits(old_holdout.features)
+        before = top1_accuracy(before_logits, old_holdout.labels)
+        learned.ridge.system.residual = None
+        head, alpha_s = _learn(learned, settings, classes, train, all_holdout, parts, session, dim)
         old_logits = head.logits(old_holdout.features)
         after_old = top1_accuracy(old_logits, old_holdout.labels, among=len(parent.classes))
         after_old_all_classes = top1_accuracy(old_logits, old_holdout.labels)
-        after = top1_accuracy(np.concatenate([old_logits, head.logits(all_holdout.features[len(old_holdout):])]),
-                              all_holdout.labels)
+        all_logits = np.concatenate([old_logits, head.logits(all_holdout.features[len(old_holdout):])])
+        after = top1_accuracy(all_logits, all_holdout.labels)
         ridge = learned.ridge
         report = {
             "bundle": str(store.bundle), "parent": parent.version, "method": settings.method,
@@ -365,7 +388,7 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
             "accuracy_after_on_earlier_holdout": after_old,
             "accuracy_after_on_earlier_holdout_all_classes": after_old_all_classes,
             "alpha": ridge.alpha, "alpha_searched": alpha_s is not None, "alpha_due": ridge.alpha_due(),
-            "solve_residual": ridge.system.residual if ridge.system.factored else None,
+            "solve_residual": ridge.system.residual,
             "timings": {"head_s": time.perf_counter() - t1, "head_state_s": state_s, "alpha_s": alpha_s or 0.0},
         }
         if before is not None and after_old is not None and (before - after_old) * 100 > settings.max_accuracy_drop \
@@ -383,7 +406,7 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
                                                             "earlier_holdout_after": after_old})
         report["evicted"] = _write_rows(store, version, parent, parts, new, dim)
         store.commit(version, head, store.adapter(parent))
-        session.committed(version, head)
+        session.committed(version, head, None if report["evicted"] else all_logits)
     except BaseException:
         session.forget()          # the learners took the new samples in, but no version holds them
         raise
@@ -393,17 +416,20 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
 
 
 def _learn(learned: _Learned, settings: UpdateSettings, classes: list[str], train: Samples, holdout: Samples,
-           stored: Samples) -> tuple[Head, float | None]:
+           parts: list[tuple[int, Samples]], session: LearningSession, dim: int) -> tuple[Head, float | None]:
     """Learn ``train`` into the ridge and NCM learners (always: both continue from every sample) and build the
-    ``settings.method`` head; returns it with the alpha search's seconds (None when it did not run)."""
+    ``settings.method`` head; returns it with the alpha search's seconds (None when it did not run).  With no
+    alpha chosen yet and no search on this update, the ridge uses the grid's 10⁰ point and the search stays due."""
     ridge, ncm = learned.ridge, learned.ncm
     ridge.partial_fit(train.features, train.labels, classes=classes)
     ncm.partial_fit(train.features, train.labels, classes=classes)
     alpha_s = None
-    if _alpha_work(ridge, settings, settings.method, len(train)):
+    if _alpha_search(ridge, settings, len(train)):
         t = time.perf_counter()
         ridge.choose_alpha(holdout.features, holdout.labels, force=True)
         alpha_s = time.perf_counter() - t
+    elif ridge.alpha is None and settings.method != "ncm":
+        ridge.alpha = ridge.system.default_alpha()
     if settings.method == "ridge":
         return ridge.head, alpha_s
     if settings.method == "ncm":
@@ -411,6 +437,7 @@ def _learn(learned: _Learned, settings: UpdateSettings, classes: list[str], trai
     current = learned.head
     start = current if isinstance(current, LinearHead) else ridge.head   # warm start (ridge if no linear head)
     sgd = SGDLearner(ridge.feature_dim, classes[:start.num_classes], start.weight, start.bias)
+    stored = Samples.concat([part for _, part in parts], dim)
     replay = stored.select(~stored.holdout)
     sgd.partial_fit(train.features, train.labels, classes=classes, replay=(replay.features, replay.labels))
     return sgd.head, alpha_s
@@ -425,8 +452,11 @@ def _write_rows(store: FeatureStore, version: Version, parent: Version, parts: l
     if "state.npz" in parent.files:     # a 0.4 parent: its full statistics become rows plus a residual
         residual = store.residual(parent, parts, dim)
         version.residual = None if residual.empty_set else store.write_residual(residual)
+        if version.action in ("adapt", "rollback"):       # the parent's alpha, kept in its state file
+            version.alpha, version.alpha_selected_at = residual.alpha, residual.alpha_selected_at
     segment = [(store.write_segment(new), new)] if len(new) else []
-    return store.arrange(version, parts + segment, lambda: residual or store.residual(parent, parts, dim))
+    return store.arrange(version, parts + segment,
+                         lambda: residual if residual is not None else store.residual(parent, parts, dim))
 
 
 def _check_prior(learned: _Learned, parent: Version, method: str) -> None:
@@ -452,12 +482,11 @@ def tune_alpha(bundle: str | Path | Bundle, session: LearningSession | None = No
     with store.locked(lock_timeout):
         parent = ensure_store(store, bundle)
         parts = session.parts(store, parent)
-        stored, _ = session.rows(parts, dim)
+        holdout = session.holdout(parts, dim)
         try:
             learned = session.learned(store, parent, parts, dim)
             t = time.perf_counter()
             before = learned.ridge.alpha
-            holdout = stored.select(stored.holdout)
             alpha = learned.ridge.choose_alpha(holdout.features, holdout.labels, force=True)
             head = learned.ridge.head if isinstance(learned.head, RidgeHead) else learned.head
             alpha_s = time.perf_counter() - t
@@ -468,7 +497,7 @@ def tune_alpha(bundle: str | Path | Bundle, session: LearningSession | None = No
                                  "note": f"alpha searched on {len(holdout)} held-out rows", "created": utc_now()})
             _write_rows(store, version, parent, parts, Samples.empty(dim), dim)
             store.commit(version, head, store.adapter(parent))
-            session.committed(version, head)
+            session.committed(version, head, None)
         except BaseException:
             session.forget()
             raise

@@ -423,6 +423,14 @@ def test_profile_fit_on_other_machines(facts, best):
         assert "not a Jetson" in " ".join(profile_fit(PROFILES["jetson-orin-nx"], facts).missing)
 
 
+def test_doctor_says_what_it_could_not_read_instead_of_matching_nothing():
+    facts = _facts(flags=[])
+    facts["cpu"]["flags_read"] = False                     # a chroot without /proc: no flags at all
+    fit = profile_fit(PROFILES["x86-avx512-vnni"], facts)
+    assert not fit.fits and not fit.missing and fit.unknown and "no CPU flags could be read" in fit.unknown[0]
+    assert profile_fit(PROFILES["x86-avx2"], _facts(flags=["avx2", "fma"])).unknown == []
+
+
 # --- building for every target ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -302,16 +302,21 @@ def test_the_service_learns_and_picks_up_versions_from_other_processes(bundle_co
         assert answer["outputs"][1]["shape"] == [1, 11]           # with the class it learned
         status, body, _ = _request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
         assert status == 400 and json.loads(body)["exit_code"] == 8     # all duplicates: update's data error
+        # the bundle's linear head brought no alpha and 20 images are too few to search it on the request's path:
+        # the service searched in the background and committed it as version 2
+        assert report["alpha_due"] and not report["alpha_searched"]
+        _wait_for_version(address, 2)
+        assert [e for e in events if e.get("event") == "tuned"][0]["head_version"] == 2
 
         update_bundle(bundle_copy, str(eights))           # another writer, as edgetl-rt update would be
-        assert _wait_for_version(address, 2)["parameters"]["labels"][-1] == "digit-8"
-        rollback_bundle(bundle_copy)                       # back to version 1's head, recorded as version 3
-        metadata = _wait_for_version(address, 3)
+        assert _wait_for_version(address, 3)["parameters"]["labels"][-1] == "digit-8"
+        rollback_bundle(bundle_copy)                       # back to version 2's head, recorded as version 4
+        metadata = _wait_for_version(address, 4)
         assert "digit-8" not in metadata["parameters"]["labels"]
         reloads = [e["head_version"] for e in events if e.get("event") == "head_version"]
-        assert reloads[-2:] == [2, 3]
+        assert reloads[-2:] == [3, 4]
         metrics = _request(address, "GET", "/metrics")[1].decode()
-        assert "edgetl_head_version 3" in metrics and 'edgetl_updates_total{result="committed"} 1' in metrics
+        assert "edgetl_head_version 4" in metrics and 'edgetl_updates_total{result="committed"} 1' in metrics
 
 
 def _wait_for_version(address, version, timeout=10.0) -> dict:

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from edgetl.runtime.errors import BundleError, UpdateRejectedError
 from edgetl.runtime.heads import RidgeHead, RidgeStatistics
 from edgetl.runtime.learning import RidgeLearner
 from edgetl.runtime.ridge_system import RidgeSystem
@@ -118,13 +119,78 @@ def test_versions_are_deltas_and_small_updates_do_not_search_alpha(digits_store)
         assert sorted(p.name for p in folder.iterdir()) == ["head.npz", "version.json"]
         assert sum(p.stat().st_size for p in folder.iterdir()) < 60_000      # a 10 x 1280 head and its record
     assert store.version().residual is None and not (store.root / "residuals").exists()
-    # the bundle's linear head brought no alpha: the first update searched; the next eleven did not
-    assert [r["alpha_searched"] for r in reports] == [True] + [False] * 11
-    assert all(r["timings"]["alpha_s"] == 0.0 for r in reports[1:])
-    assert all(r["solve_residual"] < 1e-9 for r in reports[1:])
+    # the bundle's linear head brought no alpha: the one-image updates use the grid's unit and leave the search due
+    assert [r["alpha_searched"] for r in reports] == [False] * 12 and all(r["alpha_due"] for r in reports)
+    assert all(r["timings"]["alpha_s"] == 0.0 for r in reports) and reports[0]["alpha"] == reports[1]["alpha"]
+    assert all(r["solve_residual"] < 1e-9 for r in reports)
     big = learn_features(digits_store, pool[:600] + 0.02, [str(v) for v in pool_labels[:600]],
                          [rng.bytes(16).hex() for _ in range(600)], UNBOUNDED, session=session)
-    assert big["alpha_due"] is False and big["alpha_searched"]     # grew by a quarter with a large update: searched
+    assert big["alpha_due"] is False and big["alpha_searched"]     # due, and a large update: searched
+
+
+def test_a_session_follows_other_writers_and_survives_a_rejected_update(digits_store):
+    with np.load(digits_store / "learning" / "features.npz", allow_pickle=False) as data:
+        pool, pool_labels = data["features"], data["labels"]
+    rng = np.random.default_rng(5)
+
+    def batch(n, offset=0.01, labels=None):
+        rows = rng.integers(0, len(pool), n)
+        names = [str(v) for v in pool_labels[rows]] if labels is None else labels
+        return pool[rows] + offset, names, [rng.bytes(16).hex() for _ in rows]
+
+    ours, theirs = LearningSession(), LearningSession()
+    learn_features(digits_store, *batch(3), UNBOUNDED, session=ours)
+    learn_features(digits_store, *batch(4), UNBOUNDED, session=theirs)           # another writer commits
+    strict = UpdateSettings(max_per_class=10 ** 6, max_holdout_per_class=10 ** 6, max_accuracy_drop=0.5,
+                            holdout_fraction=0.0)
+    with pytest.raises(UpdateRejectedError):                                     # wrong labels, all of them
+        learn_features(digits_store, *batch(300, labels=["3"] * 300), strict, session=ours)
+    report = learn_features(digits_store, *batch(5), UNBOUNDED, session=ours)
+    store = FeatureStore(digits_store)
+    version = store.version()
+    assert report["version"] == version.version and version.n_new == 5
+    samples = store.samples(version, pool.shape[1])
+    train = samples.select(~samples.holdout)
+    expected = RidgeHead.fit(train.features, train.labels, len(version.classes), alpha=version.alpha)
+    assert _relative(store.head(version).weight, expected.weight) < 1e-6    # nothing of the rejected rows
+
+
+def test_a_tampered_segment_is_refused_with_a_rollback_hint(tiny_ridge_bundle):
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (4, 16)).astype(np.float32)
+    learn_features(tiny_ridge_bundle, x, ["red", "green", "blue", "red"], [rng.bytes(8).hex() for _ in x],
+                   UNBOUNDED)
+    store = FeatureStore(tiny_ridge_bundle)
+    version = store.version()
+    assert set(version.shared) == {f"segments/{n:06d}.npz" for n in version.segments}
+    path = store.root / "segments" / f"{version.segments[-1]:06d}.npz"
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256.*roll back"):
+        FeatureStore(tiny_ridge_bundle).state(version)
+
+
+def test_host_statistics_beyond_the_shipped_rows_become_a_residual_with_the_shipped_ncm(tmp_path, monkeypatch):
+    from edgetl.exporters import learning_data
+    from edgetl.exporters.bundle import export_run
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+
+    root = make_folder_dataset(tmp_path / "data", classes=("red", "green", "blue"), per_class=10, size=(36, 36))
+    run = finetune(str(root), tmp_path / "run", FinetuneConfig(backbone="tiny_cnn_test", head=HeadConfig(kind="ridge")))
+    monkeypatch.setattr(learning_data, "DEFAULT_MAX_PER_CLASS", 3)            # ship 3 training rows per class
+    bundle = export_run(run.run_dir, tmp_path / "bundle", formats="onnx").bundle
+    rng = np.random.default_rng(7)
+    learn_features(bundle, rng.normal(0, 1, (1, 16)), ["red"], [rng.bytes(8).hex()], UNBOUNDED)
+    store = FeatureStore(bundle)
+    first = store.version(0)
+    head = RidgeHead.from_arrays(dict(np.load(bundle / "head.npz")))
+    assert first.residual is not None and head.statistics.count > first.n_train == 9
+    state = store.state(first)
+    assert state.ridge.count == head.statistics.count                      # every host sample, as the host had it
+    np.testing.assert_allclose(state.ridge.gram, head.statistics.gram, rtol=1e-9, atol=1e-9)
+    assert state.ncm_counts.tolist() == [3.0, 3.0, 3.0]                     # NCM: the shipped rows
 
 
 def _as_04(store: FeatureStore) -> None:
@@ -214,10 +280,18 @@ def test_serve_searches_alpha_in_the_background_when_an_update_leaves_it_due(tin
         service.close()
 
 
-def test_tune_alpha_commits_a_tune_version_with_the_searched_alpha(tiny_ridge_bundle):
+def test_tune_alpha_commits_a_tune_version_with_the_searched_alpha_also_on_a_0_4_store(tiny_ridge_bundle):
     bundle = tiny_ridge_bundle
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1, (6, 16)).astype(np.float32)
+    learn_features(bundle, x, ["red", "green", "blue"] * 2, [rng.bytes(8).hex() for _ in x], UNBOUNDED)
+    _as_04(FeatureStore(bundle))
+    before = FeatureStore(bundle).state(FeatureStore(bundle).version())
     report = tune_alpha(bundle)
     store = FeatureStore(bundle)
     version = store.version()
     assert version.action == "tune" and version.alpha == report["alpha"] and report["holdout_n"] > 0
-    assert isinstance(store.head(version), RidgeHead)
+    assert isinstance(store.head(version), RidgeHead) and version.schema == "edgetl.store/2"
+    after = store.state(version)
+    assert after.ridge.count == before.ridge.count and after.alpha_selected_at == after.ridge.count
+    np.testing.assert_allclose(after.ridge.gram, before.ridge.gram, rtol=1e-9, atol=1e-9)

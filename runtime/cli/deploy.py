@@ -24,7 +24,7 @@ def doctor(as_json) -> None:
         return
     cpu, memory, cuda = report["cpu"], report["memory"], report["cuda"]
     rows = [("cpu", f"{cpu['model']} ({cpu['arch']}, {cpu['cores_usable']}/{cpu['cores']} cores usable)"),
-            ("cpu flags", " ".join(cpu["notable_flags"]) or "none of note"),
+            ("cpu flags", " ".join(cpu["notable_flags"]) or ("none of note" if cpu["flags_read"] else "not readable")),
             ("cpu class", f"{report['cpu_class']['name']}: int8 dot products "
                           f"{'yes' if report['cpu_class']['int8_dot_products'] else 'no (8-bit int8 would saturate)'}, "
                           f"native bf16 {'yes' if report['cpu_class']['native_bf16'] else 'no'}; "
@@ -38,8 +38,13 @@ def doctor(as_json) -> None:
         extra = info.get("providers") or list(info.get("devices", {}).values())
         rows.append((f"backend {name}", f"{detail}" + (f" [{', '.join(extra)}]" if extra else "")))
     for fit in report["profiles"]:
-        rows.append((f"profile {fit['name']}", "fits" if fit["fits"] else "no: " + "; ".join(fit["missing"])))
-    rows.append(("best profile", report["best_profile"] or "none fits; write your own devices/*.toml"))
+        verdict = "fits" if fit["fits"] else "no: " + "; ".join(fit["missing"]) if fit["missing"] else \
+            "cannot tell: " + "; ".join(fit["unknown"])
+        rows.append((f"profile {fit['name']}", verdict))
+    rows += [("could not read", line) for line in report["unread"]]
+    rows.append(("best profile", report["best_profile"] or (
+        "none confirmed (see 'could not read'); name one with --target" if report["unread"]
+        else "none fits; write your own devices/*.toml")))
     print_table(rows)
 
 

@@ -131,7 +131,9 @@ class InferenceService:
         self.decoder = ThreadPoolExecutor(max_workers=max(1, default_threads()), thread_name_prefix="edgetl-decode")
         self.session = LearningSession(keep_factor=True)
         self._learning = threading.Lock()           # one transaction of this service's session at a time
+        self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
+        self._closing = False
         self.live.start()
         self._in_background("prepare", lambda: self.session.prepare(self.bundle.store, self.feature_dim))
         self.load_s = time.perf_counter() - started
@@ -145,6 +147,8 @@ class InferenceService:
     def close(self) -> None:
         """Answer what is queued, let a background search finish (its commit is crash-safe either way), then
         release the backbone."""
+        with self._scheduling:
+            self._closing = True
         if self._background is not None:
             self._background.join(timeout=30)
         self.live.close()
@@ -310,10 +314,15 @@ class InferenceService:
             raise ProtocolError("every label must be a non-empty class name of at most 200 characters")
         records = [ImageRecord(f"image[{i}]", -1, encoded=data) for i, data in enumerate(images.data)]
         try:
-            with self._learning:
+            if not self._learning.acquire(timeout=settings.lock_timeout):
+                raise StoreBusyError(f"the service is busy learning (another update, or its background alpha "
+                                     f"search); waited {settings.lock_timeout:g} s: retry, or raise lock_timeout")
+            try:
                 report = learn_records(self.bundle, _BatchedBackbone(self), records, names, settings,
                                        artifact_name=self.backbone.artifact.name, source_name="the request",
                                        session=self.session)
+            finally:
+                self._learning.release()
         except UpdateRejectedError:
             self.metrics.updates.inc(result="rejected")
             raise
@@ -332,16 +341,14 @@ class InferenceService:
         return report
 
     def _tune(self) -> None:
-        report = tune_alpha(self.bundle, self.session, lock_timeout=60.0)
+        report = tune_alpha(self.bundle, self.session, lock_timeout=5.0)
         self.live.refresh(force=True)
         self.log({"event": "tuned", "head_version": report["version"], "alpha": report["alpha"],
                   "alpha_before": report["alpha_before"], "seconds": round(report["timings"]["alpha_s"], 3)})
 
     def _in_background(self, name: str, work: Callable[[], None]) -> None:
-        """Run ``work`` in one background thread at a time (skipped while another runs), under the learning lock."""
-        if self._background is not None and self._background.is_alive():
-            return
-
+        """Run ``work`` in one background thread at a time (skipped while another runs or the service closes),
+        under the learning lock."""
         def run() -> None:
             try:
                 with self._learning:
@@ -349,8 +356,11 @@ class InferenceService:
             except Exception as exc:    # noqa: BLE001 - a background step never stops the service; it is logged
                 self.log({"event": "warning", "message": f"background {name} failed: {exc}"})
 
-        self._background = threading.Thread(target=run, name=f"edgetl-{name}", daemon=True)
-        self._background.start()
+        with self._scheduling:
+            if self._closing or (self._background is not None and self._background.is_alive()):
+                return
+            self._background = threading.Thread(target=run, name=f"edgetl-{name}", daemon=True)
+            self._background.start()
 
 
 def _update_settings(parameters: dict, max_pixels: int) -> UpdateSettings:

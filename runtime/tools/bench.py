@@ -126,9 +126,17 @@ def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], ben
             "backend_info": backend, "batches": rows}
 
 
+class NoChildInterpreter(Exception):
+    """This machine cannot start a second interpreter (e.g. an emulated userland without binfmt_misc)."""
+
+
 def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
     spec = json.dumps({"bundle": bundle, "cell": asdict(cell), "batches": list(batches), "bench": asdict(bench)})
-    out = subprocess.run([sys.executable, "-m", "edgetl.runtime.tools.bench", spec], capture_output=True, text=True)
+    try:
+        out = subprocess.run([sys.executable, "-m", "edgetl.runtime.tools.bench", spec], capture_output=True,
+                             text=True)
+    except OSError as exc:
+        raise NoChildInterpreter(f"{sys.executable} cannot be started as a child process ({exc.strerror})") from exc
     if out.returncode != 0:
         message = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgetlError(f"benchmarking {cell.artifact} on {cell.backend} failed: {message}")
@@ -164,12 +172,19 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
         from edgetl.devices import get_profile
 
         budget = get_profile(settings.target).deploy.memory_budget_mb
-    rows, accuracy_cache = [], {}
+    rows, accuracy_cache, isolate, fallback = [], {}, settings.isolate, None
     for index, cell in enumerate(cells, 1):
         log(f"[{index}/{len(cells)}] {cell.artifact} on {cell.backend}"
             + (f", {cell.threads} threads" if cell.threads else ""))
-        measured = (measure_cell_isolated(bundle, cell, settings.batches, settings.bench) if settings.isolate
-                    else measure_cell(opened, cell, settings.batches, settings.bench))
+        measured = None
+        if isolate:
+            try:
+                measured = measure_cell_isolated(bundle, cell, settings.batches, settings.bench)
+            except NoChildInterpreter as exc:
+                isolate, fallback = False, f"{exc}: every cell measured in this process (as --in-process)"
+                log(f"warning: {fallback}")
+        if measured is None:
+            measured = measure_cell(opened, cell, settings.batches, settings.bench)
         artifact = manifest.artifact(cell.artifact)
         accuracy, source = _accuracy(opened, artifact, cell.backend, data, accuracy_cache)
         size = artifact.size + sum(c["size"] for c in artifact.companions)
@@ -196,7 +211,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
     return {
         "schema": RESULT_SCHEMA, "bundle": bundle, "created": utc_now(), "machine": machine_info(),
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "bench"}, **asdict(settings.bench),
-                     "process_per_cell": settings.isolate},
+                     "process_per_cell": isolate, "process_per_cell_fallback": fallback},
         "input_size": manifest.preprocess_config.input_size, "target": settings.target,
         "memory_budget_mb": budget, "rows": rows, "not_run": not_run,
     }

@@ -49,13 +49,20 @@ def gather() -> dict:
     cuda = cuda_info()
     cpu = cpu_facts()
     cls = cpu_class(cpu["flags"], cpu["arch"])
+    memory = memory_facts()
+    unread = []
+    if not cpu["flags_read"]:
+        unread.append("/proc/cpuinfo lists no CPU flags: profiles that need a CPU flag cannot be confirmed")
+    if memory["total_mb"] is None:
+        unread.append("/proc/meminfo gives no memory figures")
     return {
         "platform": {"system": platform.system(), "release": platform.release(),
                      "python": platform.python_version()},
+        "unread": unread,
         "cpu": cpu,
         "cpu_class": {"name": cls.name, "int8_dot_products": cls.int8_dot, "native_bf16": cls.bf16,
                       "default_threads": cpu["physical_cores_usable"]},
-        "memory": memory_facts(),
+        "memory": memory,
         "jetson": jetson_facts(),
         "cuda": {"available": cuda.available, "reason": cuda.reason, "devices": cuda.devices or [],
                  "versions": cuda.versions},
@@ -69,6 +76,7 @@ class Fit:
     fits: bool
     matched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)      # requirements the facts cannot confirm either way
     specificity: int = 0     # weighted count of requirements met: an accelerator counts more than a CPU flag
 
 
@@ -84,10 +92,15 @@ def profile_fit(profile: DeviceProfile, facts: dict) -> Fit:
     cpu = facts["cpu"]
     need(cpu["arch"] == hw.arch, f"arch {hw.arch}" + ("" if cpu["arch"] == hw.arch else f" (this is {cpu['arch']})"))
     flags = set(cpu["flags"])
-    for flag in hw.cpu_flags:
-        need(flag in flags, f"CPU flag {flag}")
-    if hw.cpu_flags_any:
-        need(bool(flags & set(hw.cpu_flags_any)), f"one of CPU flags {', '.join(hw.cpu_flags_any)}", 2)
+    wanted = [f"CPU flag {flag}" for flag in hw.cpu_flags] + \
+        ([f"one of CPU flags {', '.join(hw.cpu_flags_any)}"] if hw.cpu_flags_any else [])
+    if not cpu.get("flags_read", True):
+        fit.unknown += [f"{what} (no CPU flags could be read)" for what in wanted]
+    else:
+        for flag in hw.cpu_flags:
+            need(flag in flags, f"CPU flag {flag}")
+        if hw.cpu_flags_any:
+            need(bool(flags & set(hw.cpu_flags_any)), wanted[-1], 2)
     jetson = facts.get("jetson")
     if hw.jetson_model:
         model = jetson["model"] if jetson else None
@@ -108,7 +121,7 @@ def profile_fit(profile: DeviceProfile, facts: dict) -> Fit:
         wanted = profile.software.tensorrt
         if trt and wanted and parse_version(trt)[:1] != parse_version(wanted)[:1]:
             fit.missing.append(f"TensorRT {wanted}.x (this has {trt})")
-    fit.fits = not fit.missing
+    fit.fits = not fit.missing and not fit.unknown
     return fit
 
 
@@ -121,7 +134,7 @@ def rank_profiles(facts: dict, profiles: dict[str, DeviceProfile] | None = None)
 def doctor_report() -> dict:
     facts = gather()
     fits = rank_profiles(facts)
-    facts["profiles"] = [{"name": f.profile, "fits": f.fits, "matched": f.matched, "missing": f.missing}
-                         for f in fits]
+    facts["profiles"] = [{"name": f.profile, "fits": f.fits, "matched": f.matched, "missing": f.missing,
+                          "unknown": f.unknown} for f in fits]
     facts["best_profile"] = fits[0].profile if fits and fits[0].fits else None
     return facts

@@ -11,7 +11,10 @@ STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
 
-.PHONY: install demo test bench lint clean
+RUNTIME_VENV := .venv-runtime
+ARM64_ROOT ?= $(HOME)/.cache/edgetl/arm64
+
+.PHONY: install demo test test-runtime check-arm64 bench lint clean
 
 install: $(STAMP)
 
@@ -34,6 +37,21 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The torch-free tests in an environment holding the runtime alone (numpy, Pillow, onnxruntime, click): what a
+# device installs.  `make test` runs them too, beside the host's.
+test-runtime:
+	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet -e . pytest
+	$(RUNTIME_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
+
+# The runtime on emulated aarch64 (qemu-user, an arm64 Debian userland from Debian's and PyPI's registries, cached
+# in ARM64_ROOT), against this machine: its tests, and predict / evaluate / update / rollback / history on the
+# make-demo bundle's onnx and onnx-int8 artifacts.  Needs root (chroot); not part of `make test`.
+check-arm64: install
+	test -f $(DEMO)/bundle/manifest.json || $(MAKE) demo
+	bash emulation/arm64_env.sh $(ARM64_ROOT) $(BIN)/python
+	$(BIN)/python emulation/compare_arm64.py --root $(ARM64_ROOT) --bundle $(DEMO)/bundle --data $(DEMO)/digits
 
 bench: install
 	$(BIN)/python benchmarks/finetune_cache.py

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
+import json
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +16,9 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The committed bundle of the torch-free tests (tests/data/make_tiny_bundle.py): tiny CNN, 16 features, ridge head,
+#: classes red / green / blue, artifacts onnx and onnx-int8, learning data.
+TINY_BUNDLE = REPO_ROOT / "tests" / "data" / "tiny-bundle"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FLOWERS = SHARED_DATA / "flowers3"
 
@@ -26,6 +35,28 @@ def _isolated_cache(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path) -> Path:
+    """A copy of the committed tiny bundle (tests may learn into it, and measuring writes timings beside it)."""
+    copy = tmp_path / "tiny-bundle"
+    shutil.copytree(TINY_BUNDLE, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def child_python() -> str:
+    """This interpreter, skipping the test where it cannot start as a child process (an emulated userland
+    without binfmt_misc: ``Exec format error``)."""
+    import subprocess
+    import sys
+
+    try:
+        subprocess.run([sys.executable, "-c", "pass"], check=True, capture_output=True)
+    except OSError as exc:
+        pytest.skip(f"this machine cannot start a child interpreter ({exc.strerror})")
+    return sys.executable
 
 
 @pytest.fixture(scope="session")
@@ -111,4 +142,53 @@ def _register_tiny_backbone() -> None:
         register_backbone("tiny_cnn_test")(TinyCNN)
 
 
-_register_tiny_backbone()
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_backbone():
+    """Register ``tiny_cnn_test`` where the host package is installed; the torch-free tests (tests/runtime) run
+    where it is not, so nothing here imports torch at collection."""
+    try:
+        _register_tiny_backbone()
+    except ImportError:       # the runtime alone: tests needing the tiny backbone fail by its name, not here
+        pass
+
+
+# --- the service over HTTP, shared by tests/test_serve.py and tests/runtime ---------------------------------------
+
+
+@contextlib.contextmanager
+def serving(bundle, token=None, max_body=8 * 1024 * 1024, **settings):
+    from edgetl.runtime.serving.http import ServeHTTP
+    from edgetl.runtime.serving.service import InferenceService, ServeSettings
+
+    events = []
+    service = InferenceService(bundle, ServeSettings(**{"artifact": "onnx", "name": "digits", **settings}),
+                               log=events.append)
+    server = ServeHTTP(("127.0.0.1", 0), service, token=token, max_body=max_body, request_timeout=10,
+                       log=events.append)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server, f"127.0.0.1:{server.server_address[1]}", events
+    finally:
+        server.drain()
+        thread.join(10)
+
+
+def request(address, method, path, body=None, headers=None):
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def infer_json(images: list[bytes], outputs=None) -> bytes:
+    document = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                            "data": [base64.b64encode(x).decode() for x in images],
+                            "parameters": {"content_type": "base64"}}]}
+    if outputs:
+        document["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(document).encode()

@@ -1,14 +1,13 @@
 """``edgetl-rt serve``: the Open Inference Protocol service, its batching, live head versions, limits and draining.
 
-Unit tests drive the protocol codec, the metrics and the batcher directly; the service tests run the real digits
-bundle (EfficientNet-Lite0) behind an in-process server on a free port, with ``tritonclient.http`` (the reference
-client) and raw ``http.client`` for what a well-behaved client never sends.
+The service tests run the real digits bundle (EfficientNet-Lite0) behind an in-process server on a free port, with
+``tritonclient.http`` (the reference client) and raw ``http.client`` for what a well-behaved client never sends.
+The torch-free unit tests (codec, metrics, batcher, auth) are in tests/runtime/test_serving_units.py.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
@@ -26,65 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.runtime.serving.batcher import DynamicBatcher
-from edgetl.runtime.serving.metrics import ServiceMetrics
-from edgetl.runtime.serving.protocol import ProtocolError, Tensor, encode_infer_response, parse_infer_request
+from edgetl.runtime.serving.protocol import Tensor, encode_infer_response
 
-# --- the protocol codec ------------------------------------------------------------------------------------------
-
-
-def _binary_body(document: dict, blobs: list[bytes]) -> tuple[bytes, int]:
-    head = json.dumps(document).encode()
-    return head + b"".join(blobs), len(head)
-
-
-def test_inline_and_binary_tensors_parse_to_the_same_values():
-    values = np.arange(2 * 3, dtype=np.float32).reshape(2, 3) / 7
-    inline = parse_infer_request(json.dumps({"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [2, 3], "data": values.tolist()}]}).encode())
-    body, header = _binary_body({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3],
-                                             "parameters": {"binary_data_size": values.nbytes}}]},
-                                [values.astype("<f4").tobytes()])
-    binary = parse_infer_request(body, header)
-    np.testing.assert_array_equal(inline.inputs["input"].data, values)
-    np.testing.assert_array_equal(binary.inputs["input"].data, values)
-    items = [b"\xff\xd8jpeg", b"", b"png"]
-    raw = b"".join(struct.pack("<I", len(x)) + x for x in items)
-    body, header = _binary_body({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
-                                             "parameters": {"binary_data_size": len(raw)}}],
-                                 "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}, [raw])
-    request = parse_infer_request(body, header)
-    assert request.inputs["image"].data == items and request.outputs[0].binary
-    b64 = parse_infer_request(json.dumps({"inputs": [{
-        "name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"\x00\x01").decode()],
-        "parameters": {"content_type": "base64"}}]}).encode())
-    assert b64.inputs["image"].data == [b"\x00\x01"]
-
-
-@pytest.mark.parametrize("body, header, message", [
-    (b"{not json", None, "not valid JSON"),
-    (b"[]", None, "must be a JSON object"),
-    (b'{"inputs": []}', None, "non-empty 'inputs'"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}]}', None,
-     "do not fill the shape"),
-    (b'{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]}', None, "unknown datatype"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}', None, "non-negative"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}', None, "must be numbers"),
-    (b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%"], '
-     b'"parameters": {"content_type": "base64"}}]}', None, "invalid base64"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 8}}]}xxxxxxxx',
-     "json", "do not fill the shape"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}', 999, "does not fit"),
-])
-def test_malformed_requests_name_the_problem(body, header, message):
-    if header == "json":                # the binary extension: the JSON's length, then the raw data
-        header = body.index(b"}]}") + 3
-    with pytest.raises(ProtocolError, match=message) as caught:
-        parse_infer_request(body, header)
-    assert caught.value.status == 400
+from conftest import infer_json, request, serving
 
 
 def test_responses_decode_with_the_reference_client():
@@ -102,132 +47,6 @@ def test_responses_decode_with_the_reference_client():
     assert result.as_numpy("head_version").tolist() == [3, 3]
     assert result.get_response()["id"] == "req-1"
 
-
-def test_metrics_render_the_prometheus_text_format():
-    metrics = ServiceMetrics()
-    metrics.requests.inc(route="infer", code="200")
-    metrics.requests.inc(route="infer", code="200")
-    metrics.batch_size.observe(3)
-    metrics.head_version.set(4)
-    text = metrics.render()
-    assert 'edgetl_requests_total{route="infer",code="200"} 2' in text
-    assert 'edgetl_batch_size_bucket{le="2"} 0' in text and 'edgetl_batch_size_bucket{le="4"} 1' in text
-    assert 'edgetl_batch_size_bucket{le="+Inf"} 1' in text and "edgetl_batch_size_sum 3" in text
-    assert "# TYPE edgetl_request_duration_seconds histogram" in text and "edgetl_head_version 4" in text
-
-
-# --- dynamic batching ----------------------------------------------------------------------------------------------
-
-
-def test_batcher_groups_waiting_requests_and_returns_each_its_rows():
-    gate, seen = threading.Event(), []
-
-    def run(images):
-        gate.wait(5)                  # the first batch holds the engine while the others queue up
-        seen.append(len(images))
-        return images.reshape(len(images), -1)[:, :1] * 2
-
-    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.0)
-    results = {}
-
-    def call(i):
-        results[i] = batcher.features(np.full((1, 1, 1, 1), i, np.float32))
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(9)]
-    threads[0].start()
-    time.sleep(0.2)
-    for t in threads[1:]:
-        t.start()
-    time.sleep(0.2)
-    gate.set()
-    for t in threads:
-        t.join(10)
-    batcher.close()
-    assert seen[0] == 1 and seen[1:] == [4, 4]          # the eight that waited ran as two full batches
-    assert all(r.features[0, 0] == 2 * i for i, r in results.items())
-    assert all(len(r.batches) == 1 and r.batches[0].size <= 4 for r in results.values())
-
-
-def test_a_request_alone_does_not_wait_for_company_but_one_being_read_is_waited_for():
-    batcher = DynamicBatcher(lambda x: x.reshape(len(x), -1), max_batch=8, max_wait_s=2.0)
-    started = time.perf_counter()
-    assert [b.size for b in batcher.features(np.zeros((1, 1, 1, 1), np.float32)).batches] == [1]
-    assert time.perf_counter() - started < 1.0              # not the 2 s wait: nobody else was on the way
-    results = []
-
-    def late():
-        with batcher.arriving():
-            time.sleep(0.3)                                 # still decoding when the first request queues
-            images = np.ones((1, 1, 1, 1), np.float32)
-        results.append(batcher.features(images))
-
-    thread = threading.Thread(target=late)
-    with batcher.arriving():
-        thread.start()
-        time.sleep(0.05)
-    first = batcher.features(np.zeros((1, 1, 1, 1), np.float32))
-    thread.join(10)
-    batcher.close()
-    assert first.batches[0].size == 2 and first.batches[0].id == results[0].batches[0].id
-
-
-def test_batcher_splits_large_requests_reports_failures_and_drains_on_close():
-    batcher = DynamicBatcher(lambda x: x.reshape(len(x), -1), max_batch=3, max_wait_s=0.001)
-    ran = batcher.features(np.zeros((7, 1, 1, 1), np.float32))
-    assert len(ran.features) == 7 and [b.size for b in ran.batches] == [3, 3, 1]
-    batcher.close()
-
-    def broken(images):
-        raise RuntimeError("engine failed")
-
-    failing = DynamicBatcher(broken, max_batch=2)
-    with pytest.raises(RuntimeError, match="engine failed"):
-        failing.features(np.zeros((1, 1, 1, 1), np.float32))
-    with pytest.raises(RuntimeError, match="engine failed"):
-        failing.features(np.zeros((1, 1, 1, 1), np.float32))
-    failing.close()
-
-
-# --- the service over HTTP ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serving(bundle, token=None, max_body=8 * 1024 * 1024, **settings):
-    from edgetl.runtime.serving.http import ServeHTTP
-    from edgetl.runtime.serving.service import InferenceService, ServeSettings
-
-    events = []
-    service = InferenceService(bundle, ServeSettings(**{"artifact": "onnx", "name": "digits", **settings}),
-                               log=events.append)
-    server = ServeHTTP(("127.0.0.1", 0), service, token=token, max_body=max_body, request_timeout=10,
-                       log=events.append)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server, f"127.0.0.1:{server.server_address[1]}", events
-    finally:
-        server.drain()
-        thread.join(10)
-
-
-def _request(address, method, path, body=None, headers=None):
-    host, port = address.split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-    finally:
-        connection.close()
-
-
-def _infer_json(images: list[bytes], outputs=None) -> bytes:
-    document = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
-                            "data": [base64.b64encode(x).decode() for x in images],
-                            "parameters": {"content_type": "base64"}}]}
-    if outputs:
-        document["outputs"] = [{"name": name} for name in outputs]
-    return json.dumps(document).encode()
 
 
 @pytest.fixture
@@ -291,16 +110,16 @@ def test_the_service_learns_and_picks_up_versions_from_other_processes(bundle_co
              "parameters": {"content_type": "base64"}},
             {"name": "label", "datatype": "BYTES", "shape": [len(threes)], "data": ["digit-3"] * len(threes)}],
             "parameters": {"holdout": 0.0}}
-        status, body, _ = _request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
+        status, body, _ = request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
         report = json.loads(body)
         assert status == 200, report
         assert report["head_version"] == report["version"] == 1 and report["new_classes"] == ["digit-3"]
-        status, body, _ = _request(address, "POST", "/v2/models/digits/infer", _infer_json([threes[0].read_bytes()]))
+        status, body, _ = request(address, "POST", "/v2/models/digits/infer", infer_json([threes[0].read_bytes()]))
         answer = json.loads(body)
         outputs = {o["name"]: o["data"] for o in answer["outputs"]}
         assert outputs["head_version"] == [1]                     # answered by the new version right after the commit
         assert answer["outputs"][1]["shape"] == [1, 11]           # with the class it learned
-        status, body, _ = _request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
+        status, body, _ = request(address, "POST", "/v2/models/digits/update", json.dumps(document).encode())
         assert status == 400 and json.loads(body)["exit_code"] == 8     # all duplicates: update's data error
         # the bundle's linear head brought no alpha and 20 images are too few to search it on the request's path:
         # the service searched in the background and committed it as version 2
@@ -315,14 +134,14 @@ def test_the_service_learns_and_picks_up_versions_from_other_processes(bundle_co
         assert "digit-8" not in metadata["parameters"]["labels"]
         reloads = [e["head_version"] for e in events if e.get("event") == "head_version"]
         assert reloads[-2:] == [3, 4]
-        metrics = _request(address, "GET", "/metrics")[1].decode()
+        metrics = request(address, "GET", "/metrics")[1].decode()
         assert "edgetl_head_version 4" in metrics and 'edgetl_updates_total{result="committed"} 1' in metrics
 
 
 def _wait_for_version(address, version, timeout=10.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        metadata = json.loads(_request(address, "GET", "/v2/models/digits")[1])
+        metadata = json.loads(request(address, "GET", "/v2/models/digits")[1])
         if metadata["parameters"]["head_version"] == version or time.monotonic() > deadline:
             assert metadata["parameters"]["head_version"] == version
             return metadata
@@ -356,43 +175,43 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
         ("wrong shape", "POST", infer, json.dumps(shape).encode(), {}, 400),
         ("unknown input", "POST", infer, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
          {}, 400),
-        ("unknown output", "POST", infer, _infer_json([good], outputs=["probabilities"]), {}, 400),
-        ("unknown model", "POST", "/v2/models/other/infer", _infer_json([good]), {}, 404),
+        ("unknown output", "POST", infer, infer_json([good], outputs=["probabilities"]), {}, 400),
+        ("unknown model", "POST", "/v2/models/other/infer", infer_json([good]), {}, 404),
         ("unknown version", "GET", "/v2/models/digits/versions/7", None, {}, 404),
         ("unknown route", "GET", "/v1/models", None, {}, 404),
         ("wrong method", "GET", infer, None, {}, 405),
-        ("compressed body", "POST", infer, zlib.compress(_infer_json([good])), {"Content-Encoding": "deflate"}, 415),
-        ("non-image bytes", "POST", infer, _infer_json([b"GIF89a but not really"]), {}, 400),
-        ("image bomb", "POST", infer, _infer_json([_png_claiming(30000, 30000)]), {}, 400),
+        ("compressed body", "POST", infer, zlib.compress(infer_json([good])), {"Content-Encoding": "deflate"}, 415),
+        ("non-image bytes", "POST", infer, infer_json([b"GIF89a but not really"]), {}, 400),
+        ("image bomb", "POST", infer, infer_json([_png_claiming(30000, 30000)]), {}, 400),
         ("empty classify", "POST", "/v2/models/digits/classify", b"", {}, 400),
-        ("too many images", "POST", infer, _infer_json([good] * 9), {}, 413),
+        ("too many images", "POST", infer, infer_json([good] * 9), {}, 413),
         ("deeply nested JSON", "POST", infer, b"[" * 100_000 + b"]" * 100_000, {}, 400),
-        ("a strip 16 x 65536 px (a bomb by aspect ratio)", "POST", infer, _infer_json([_png_sized(16, 65536)]), {},
+        ("a strip 16 x 65536 px (a bomb by aspect ratio)", "POST", infer, infer_json([_png_sized(16, 65536)]), {},
          400),
         ("HEAD", "HEAD", "/v2", None, {}, 501),
-        ("update without labels", "POST", "/v2/models/digits/update", _infer_json([good]), {}, 400),
+        ("update without labels", "POST", "/v2/models/digits/update", infer_json([good]), {}, 400),
         ("update parameter of the wrong type", "POST", "/v2/models/digits/update",
-         json.dumps({"inputs": json.loads(_infer_json([good]))["inputs"] + [
+         json.dumps({"inputs": json.loads(infer_json([good]))["inputs"] + [
              {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["5"]}],
              "parameters": {"force": "yes"}}).encode(), {}, 400),
     ]
     with serving(bundle_copy, max_body=1024 * 1024, max_images=8) as (_, address, _events):
         for description, method, path, body, headers, expected in cases:
-            status, answer, response_headers = _request(address, method, path, body, headers)
+            status, answer, response_headers = request(address, method, path, body, headers)
             assert status == expected, (description, answer)
             assert response_headers["Content-Type"] == "application/json", description
             assert method == "HEAD" or json.loads(answer)["error"], description
-        status, _, headers = _request(address, "GET", "/v2", b"GET /v2/models/digits HTTP/1.1\r\n\r\n")
+        status, _, headers = request(address, "GET", "/v2", b"GET /v2/models/digits HTTP/1.1\r\n\r\n")
         assert status == 200 and headers["Connection"] == "close"      # a GET's body is never read as a request
         host, port = address.split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)   # one keep-alive connection
         for path, expected in [("/v2/models/other/infer", 404), (infer, 200), ("/v2/models/digits/infer", 200)]:
-            connection.request("POST", path, _infer_json([good]))
+            connection.request("POST", path, infer_json([good]))
             response = connection.getresponse()
             assert response.status == expected and response.getheader("Connection") != "close"
             response.read()
         connection.close()
-        status, answer, _ = _request(address, "POST", "/v2/models/digits/classify?top_k=3", good)
+        status, answer, _ = request(address, "POST", "/v2/models/digits/classify?top_k=3", good)
         assert status == 200 and json.loads(answer)["label"] == "5" and len(json.loads(answer)["top_k"]) == 3
         for header, value, expected in [("Content-Length", str(64 * 1024 * 1024), 413),   # refused unread
                                         ("Transfer-Encoding", "chunked", 411)]:
@@ -405,22 +224,10 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
             assert response.status == expected and response.getheader("Connection") == "close"
             assert json.loads(response.read())["error"]
             connection.close()
-        metrics = _request(address, "GET", "/metrics")[1].decode()
+        metrics = request(address, "GET", "/metrics")[1].decode()
     assert 'edgetl_requests_total{route="infer",code="400"}' in metrics
     assert 'edgetl_requests_total{route="classify",code="200"} 1' in metrics
 
-
-def test_a_token_guards_every_route_but_health(bundle_copy):
-    with serving(bundle_copy, token="s3cret-token") as (_, address, _events):
-        assert _request(address, "GET", "/v2/health/live")[0] == 200
-        assert _request(address, "GET", "/v2/health/ready")[0] == 200
-        for path in ("/v2", "/v2/models/digits", "/metrics"):
-            status, _, headers = _request(address, "GET", path)
-            assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
-            assert _request(address, "GET", path, headers={"Authorization": "Bearer wrong"})[0] == 401
-            assert _request(address, "GET", path, headers={"Authorization": "Bearer s3cret-token"})[0] == 200
-        status, _, headers = _request(address, "POST", "/v2/models/digits/infer", b"x" * 1000)
-        assert status == 401 and headers["Connection"] == "close"        # the body is never read
 
 
 def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bundle_copy, digits_folder):
@@ -430,7 +237,7 @@ def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bund
         found, lock = [], threading.Lock()
 
         def one(image):
-            answer = json.loads(_request(address, "POST", "/v2/models/digits/infer", _infer_json([image]))[1])
+            answer = json.loads(request(address, "POST", "/v2/models/digits/infer", infer_json([image]))[1])
             with lock:
                 found.append([int(x) for x in answer["parameters"]["batch_sizes"].split(",")])
 
@@ -451,15 +258,6 @@ def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bund
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
-def test_a_bad_bundle_fails_fast_with_one_line(tmp_path):
-    from edgetl.runtime.cli import main
-
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "manifest.json").write_text("{}")
-    result = CliRunner().invoke(main, ["serve", str(broken), "--port", "0"])
-    assert result.exit_code == 3
-    assert result.output.count("\n") == 1 and result.output.startswith("error:")
 
 
 SERVE_WITHOUT_TORCH = textwrap.dedent("""
@@ -486,7 +284,7 @@ def test_sigterm_answers_the_request_in_flight_then_exits_zero(bundle_copy, digi
         line = process.stdout.readline()
         assert line.startswith("serving digits at http://127.0.0.1:"), process.stderr.read()
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
-        body = _infer_json([f.read_bytes() for f in sorted((digits_folder / "val" / "2").glob("*.png"))[:16]])
+        body = infer_json([f.read_bytes() for f in sorted((digits_folder / "val" / "2").glob("*.png"))[:16]])
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         connection.putrequest("POST", "/v2/models/digits/infer")
         connection.putheader("Content-Length", str(len(body)))

@@ -4,7 +4,6 @@ the accuracy guard, eviction, rollback and damaged files."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,29 +18,12 @@ from edgetl.runtime.errors import BundleError, UpdateRejectedError
 from edgetl.runtime.store import FeatureStore, StoreBusyError
 from edgetl.runtime.update import UpdateSettings, learn_features, rollback_bundle
 
-from conftest import make_folder_dataset
-
 DIM = 16   # the tiny test backbone's feature size
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    from edgetl.exporters.bundle import export_run
-    from edgetl.finetune import FinetuneConfig, finetune
-    from edgetl.heads import HeadConfig
-
-    root = make_folder_dataset(tmp_path_factory.mktemp("store") / "data", classes=("red", "green", "blue"),
-                               per_class=10, size=(36, 36))
-    run = finetune(str(root), root.parent / "run",
-                   FinetuneConfig(backbone="tiny_cnn_test", head=HeadConfig(kind="ridge")))
-    return export_run(run.run_dir, root.parent / "bundle").bundle
-
-
 @pytest.fixture
-def bundle(tiny_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    return copy
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 CENTRES = np.random.default_rng(0).normal(0, 3, (3, DIM))
@@ -93,8 +75,7 @@ def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundl
     batch = RidgeStatistics.empty(DIM, len(version.classes))
     batch.add(train.features, train.labels)
     assert state.ridge.count == len(train)        # every stored training row counted exactly once
-    # version 0 continues from the host ridge head's statistics (torch features); the stored rows of the
-    # bundle are the same images through ONNX Runtime, which agree to ~1e-7
+    # version 0's statistics are the bundle's shipped training rows (the host learned from no more)
     np.testing.assert_allclose(state.ridge.gram, batch.gram, rtol=1e-6)
     expected = RidgeHead.solve(batch, version.alpha)
     head = store.head(version)
@@ -121,7 +102,7 @@ KILLED_UPDATER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_at_random_moments_never_loses_a_returned_update(bundle):
+def test_sigkill_at_random_moments_never_loses_a_returned_update(bundle, child_python):
     rng = np.random.default_rng(2024)
     returned: set[str] = set()
     last_version = -1
@@ -193,7 +174,8 @@ KILL_POINTS = [("segments", 3), ("residuals", 1), ("versions", 4), ("CURRENT", 5
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_sigkill_at_every_step_of_the_commit_path_loses_nothing_and_counts_nothing_twice(bundle, when):
+def test_sigkill_at_every_step_of_the_commit_path_loses_nothing_and_counts_nothing_twice(bundle, when,
+                                                                                         child_python):
     learn_features(bundle, *_batch(np.random.default_rng(10)), LOOSE)      # versions 0 and 1
     for seed, (kind, nth) in enumerate(KILL_POINTS):
         before = FeatureStore(bundle)
@@ -220,7 +202,7 @@ def test_sigkill_at_every_step_of_the_commit_path_loses_nothing_and_counts_nothi
     assert [p for p in FeatureStore(bundle).root.rglob("*") if p.name.startswith(".")] == []
 
 
-def test_second_writer_waits_or_fails_clearly(bundle):
+def test_second_writer_waits_or_fails_clearly(bundle, child_python):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from edgetl.runtime.store import FeatureStore
@@ -238,7 +220,7 @@ def test_second_writer_waits_or_fails_clearly(bundle):
     holder.wait(timeout=10)
 
 
-def test_readers_see_the_old_head_or_the_new_one_never_a_mix(bundle):
+def test_readers_see_the_old_head_or_the_new_one_never_a_mix(bundle, child_python):
     learn_features(bundle, *_batch(np.random.default_rng(4)), LOOSE)
     writer = subprocess.Popen([sys.executable, "-c", KILLED_UPDATER, str(bundle), "77"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -48,23 +48,6 @@ def test_matrix_on_the_digits_bundle_with_every_report(digits_bundle, tmp_path):
         assert png.size == (900, 600)
 
 
-def test_a_machine_that_cannot_start_a_child_interpreter_measures_in_process_and_says_so(digits_bundle, tmp_path,
-                                                                                         monkeypatch):
-    import sys
-
-    foreign = tmp_path / "python"                     # an interpreter of another architecture: ENOEXEC
-    foreign.write_bytes(b"\x7fELF" + bytes(60))
-    foreign.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(foreign))
-    result = CliRunner().invoke(rt, ["bench", str(digits_bundle.bundle), "--backends", "onnxruntime",
-                                     "--precisions", "fp32", "--json", *FAST])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["rows"] and data["settings"]["process_per_cell"] is False
-    assert "cannot be started as a child process" in data["settings"]["process_per_cell_fallback"]
-    assert "in this process" in result.stderr
-
-
 def test_filters_target_and_errors(digits_bundle):
     only = CliRunner().invoke(rt, ["bench", str(digits_bundle.bundle), "--backends", "openvino", "--json",
                                    "--in-process", *FAST])

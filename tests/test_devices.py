@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import platform
 import tarfile
 
 import numpy as np
@@ -22,7 +21,6 @@ from edgetl.exporters.pack import pack_bundle
 from edgetl.runtime.tools.unpack import unpack_bundle
 from edgetl.runtime.backends import BACKENDS, create_backend, installed
 from edgetl.runtime.cli import main as rt
-from edgetl.runtime.tools.doctor import profile_fit, rank_profiles
 from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from edgetl.runtime.choice import choose, runnable_backends
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
@@ -376,60 +374,6 @@ def test_runtime_commands_point_a_packed_bundle_to_unpack(small_bundle):
 
 
 # --- doctor -------------------------------------------------------------------------------------------------------
-
-def test_doctor_on_this_machine():
-    result = CliRunner().invoke(rt, ["doctor", "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    machine = platform.machine().lower()
-    assert report["cpu"]["arch"] == {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-    assert report["cpu"]["cores"] >= 1 and report["memory"]["total_mb"] > 0
-    assert report["backends"]["onnxruntime"]["version"] and "CPUExecutionProvider" in \
-        report["backends"]["onnxruntime"]["providers"]
-    assert {p["name"] for p in report["profiles"]} == set(PROFILES)
-    if report["cpu"]["arch"] == "x86_64" and "avx2" in report["cpu"]["flags"] and not report["cuda"]["available"]:
-        flags = set(report["cpu"]["flags"])
-        expected = ("x86-avx512-bf16" if {"avx512_bf16", "amx_bf16"} & flags and "avx512_vnni" in flags
-                    else "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags else "x86-avx2")
-        assert report["best_profile"] == expected
-    table = CliRunner().invoke(rt, ["doctor"])
-    assert table.exit_code == 0 and "best profile" in table.output
-
-
-def _facts(arch="x86_64", flags=(), jetson=None, cuda=(), ov_devices=None):
-    return {"cpu": {"arch": arch, "flags": list(flags)}, "jetson": jetson,
-            "cuda": {"devices": [{"index": i, "compute_capability": cc} for i, cc in enumerate(cuda)],
-                     "reason": "" if cuda else "no CUDA device"},
-            "backends": {"openvino": {"devices": ov_devices}} if ov_devices else {}}
-
-
-@pytest.mark.parametrize("facts, best", [
-    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson Orin Nano Developer Kit"}), "jetson-orin-nano"),
-    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson AGX Orin Developer Kit"}), "jetson-agx-orin"),
-    (_facts("aarch64", ["asimd"], {"model": "NVIDIA Jetson Xavier NX Developer Kit"}), "jetson-xavier-nx"),
-    (_facts(flags=["avx2", "fma", "avx512f", "avx512_vnni"]), "x86-avx512-vnni"),
-    (_facts(flags=["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]), "x86-avx512-bf16"),      # Zen 4
-    (_facts(flags=["avx2", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"]), "x86-avx512-bf16"),   # SPR
-    (_facts(flags=["avx2", "fma", "avx_vnni"]), "x86-avx512-vnni"),                                  # Alder Lake
-    (_facts(flags=["avx2", "fma"], cuda=["8.9"]), "x86-nvidia-gpu"),
-    (_facts(flags=["avx2", "fma"], ov_devices={"CPU": "i7", "GPU.0": "Iris Xe"}), "intel-igpu"),
-    (_facts(flags=["avx2", "fma"], cuda=["7.0"]), "x86-avx2"),   # a Volta card is below the 7.5 minimum
-    (_facts("aarch64", ["asimd"]), None),                         # a Raspberry Pi: no profile fits
-])
-def test_profile_fit_on_other_machines(facts, best):
-    ranked = rank_profiles(facts, PROFILES)
-    assert (ranked[0].profile if ranked[0].fits else None) == best
-    if best is None:
-        assert "not a Jetson" in " ".join(profile_fit(PROFILES["jetson-orin-nx"], facts).missing)
-
-
-def test_doctor_says_what_it_could_not_read_instead_of_matching_nothing():
-    facts = _facts(flags=[])
-    facts["cpu"]["flags_read"] = False                     # a chroot without /proc: no flags at all
-    fit = profile_fit(PROFILES["x86-avx512-vnni"], facts)
-    assert not fit.fits and not fit.missing and fit.unknown and "no CPU flags could be read" in fit.unknown[0]
-    assert profile_fit(PROFILES["x86-avx2"], _facts(flags=["avx2", "fma"])).unknown == []
-
 
 # --- building for every target ------------------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ def _arm(root: Path, args: list[str], module: str = "from edgetl.runtime.cli imp
     """One emulated process: chroot ROOT qemu-aarch64-static -cpu max /opt/venv/bin/python -c MODULE ARGS."""
     env = {"PATH": "/opt/venv/bin:/usr/bin:/bin", "HOME": "/root", "EDGETL_STATE_DIR": f"{WORK}/state",
            "EDGETL_CACHE_DIR": f"{WORK}/cache", "LANG": "C.UTF-8"}
-    out = subprocess.run(["chroot", str(root), "/usr/bin/qemu-aarch64-static", "-cpu", "max",
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"     # found on this machine's PATH, not the userland's
+    out = subprocess.run([chroot, str(root), "/usr/bin/qemu-aarch64-static", "-cpu", "max",
                           "/opt/venv/bin/python", "-c", module, *args], capture_output=True, text=True, env=env,
                          cwd="/")
     if check and out.returncode:

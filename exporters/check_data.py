@@ -34,7 +34,7 @@ def write_check_data(staging: Path, backbone: Path, head: Head, records: list[Im
     arrays = {"images": crops, "labels": np.array([r.label for r in records], dtype=np.int64),
               "logits": _logits("onnxruntime", backbone, head, images).astype(np.float32)}
     for a in artifacts:
-        if a.measured in ("exact", "emulated") and a.evaluated_with:
+        if (a.measured in ("exact", "emulated") or a.precision == "int8") and a.evaluated_with:   # int8: per arch
             arrays[f"logits:{a.name}"] = _logits(a.evaluated_with, staging / a.file, head, images,
                                                  a.precision).astype(np.float32)
     with open(staging / CHECK_FILE, "wb") as handle:

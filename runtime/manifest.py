@@ -16,6 +16,7 @@ from pathlib import Path
 from .documents import Origin, Table, build, read_document, table_of, to_json
 from .errors import BundleError
 from .fsutil import sha256_file
+from .machine import cpu_facts
 from .preprocess import PreprocessConfig
 
 #: 2 added per-artifact ``requires_cpu`` / ``measured`` and the check set; version 1 bundles still load.
@@ -71,11 +72,15 @@ class Artifact:
     # numerics on a CPU without bf16) or "not-measured" (the exporting CPU cannot compute it).
     measured: str = "as-deployed"
     measurement_note: str = ""
+    measured_arch: str | None = None     # the CPU architecture that measured ``accuracy`` (None: before 0.5)
 
     @property
     def needs_device_check(self) -> bool:
-        """Not measured at export as the device runs it: the device checks it before choosing it."""
-        return self.measured != "as-deployed"
+        """Not measured at export as the device runs it: the device checks it before choosing it.  Quantized
+        kernels differ between architectures (ONNX Runtime's int8 scores on aarch64 lie up to 0.07 from x86's on
+        digits, ``make check-arm64``), so an int8 artifact measured on another architecture is checked too."""
+        foreign = self.measured_arch is not None and self.measured_arch != cpu_facts()["arch"]
+        return self.measured != "as-deployed" or (self.precision == "int8" and foreign)
 
     def runs_on(self, flags) -> bool:
         """Whether a CPU with ``flags`` runs this artifact as stated."""

@@ -24,6 +24,12 @@ def test_bundle_layout_and_manifest(digits_bundle):
     assert backbone.role == "backbone" and backbone.max_abs_diff <= 1e-4
     assert backbone.accuracy >= 0.95 and abs(backbone.accuracy_drop) <= 1.0
     assert manifest.artifact("onnx-fused").accuracy == pytest.approx(backbone.accuracy, abs=0.005)
+    from edgetl.runtime.machine import cpu_facts
+
+    arch = cpu_facts()["arch"]        # where each accuracy was measured: the gate of another architecture checks
+    assert backbone.measured_arch == manifest.artifact("onnx-int8").measured_arch == arch
+    with np.load(folder / "check.npz", allow_pickle=False) as check:
+        assert "logits:onnx-int8" in check.files                 # int8's own answers, for that device check
 
 
 def test_runtime_accuracy_on_the_device_copy_of_the_data(digits_bundle, digits_folder):

@@ -64,4 +64,4 @@ rm -f "$WHEELS"/edgetl-*.whl
 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "$HERE" >/dev/null
 chroot "$ROOT" /usr/bin/qemu-aarch64-static /opt/venv/bin/python -m pip install -q --no-index --no-deps \
     --force-reinstall "/wheelhouse/$(basename "$WHEELS"/edgetl-*.whl)"
-echo "chroot $ROOT /usr/bin/qemu-aarch64-static -cpu max /opt/venv/bin/python"
+echo "chroot $ROOT /usr/bin/qemu-aarch64-static -cpu cortex-a76 /opt/venv/bin/python"

@@ -9,6 +9,9 @@ qemu-aarch64-static`` process), and here, the same runtime runs:
 * ``edgetl-rt update`` with shifted copies of val images (new bytes, so new samples), then ``history`` and
   ``rollback``: the learned head's difference between the architectures, and the same history on both.
 
+The aarch64 accuracies are recorded in the bundle's manifest (``accuracy_by_arch``), where the runtime's choice
+on an aarch64 device gates on them.
+
 Emulation is about 130x slower than native, so ``--limit`` takes the first N val images per class
 (default: all).  Results go to ``benchmarks/results/check_arm64.json``.
 Run: python emulation/compare_arm64.py --root ROOT --bundle BUNDLE --data DATA [--limit N] [--skip-tests]
@@ -181,6 +184,10 @@ def main() -> None:
               f"{'same' if r['same_history'] else 'DIFFERS':>9}")
     print(f"({len(images)} val images; head diff: the weights the update learned, max |x86 - arm64| / max |x86|; "
           f"history: update then rollback, the same versions on both; whole check {result['seconds']:.0f} s)")
+    from edgetl.runtime.manifest import record_accuracy
+
+    record_accuracy(args.bundle, "aarch64", {a: r["accuracy_arm64"] for a, r in result["artifacts"].items()})
+    print(f"recorded the aarch64 accuracies in {args.bundle / 'manifest.json'} (accuracy_by_arch)")
     out = REPO / "benchmarks" / "results" / "check_arm64.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -221,10 +221,11 @@ def export_run(
             reference, _ = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
             for artifact in artifacts:
                 artifact.accuracy, artifact.accuracy_drop = reference, 0.0
-                artifact.measured_arch = cpu_facts()["arch"]
+                artifact.accuracy_by_arch = {cpu_facts()["arch"]: reference}
             artifacts[1].accuracy, _ = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
                                                          data.val_images, labels)
             artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
+            artifacts[1].accuracy_by_arch = {cpu_facts()["arch"]: artifacts[1].accuracy}
             ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
             for fmt in chosen:
                 if fmt.build is None:
@@ -311,5 +312,5 @@ def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module,
     artifact.export_notes = result.notes + ([f"attempts: {len(attempts)}"] if len(attempts) > 1 else [])
     artifact.requires_cpu = list(fmt.requires_cpu)
     artifact.measured, artifact.measurement_note = plan.measured, plan.note
-    artifact.measured_arch = cpu_facts()["arch"] if accuracy is not None else None
+    artifact.accuracy_by_arch = {cpu_facts()["arch"]: accuracy} if accuracy is not None else {}
     return artifact

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .backends import BACKEND_MODULES, available_backends, installed
 from .errors import BundleError, ConfigError
-from .machine import CpuClass
+from .machine import CpuClass, cpu_facts
 from .manifest import ENGINE_FORMAT, Artifact, BundleManifest
 from .timings import Timing, TimingRecord
 
@@ -89,10 +89,20 @@ def deployment_backends(artifact: Artifact) -> list[str]:
     return engines or runnable
 
 
+def gated_here(manifest: BundleManifest, artifact: Artifact) -> bool:
+    """Whether ``artifact``'s accuracy measured on this CPU architecture (recorded by ``make check-arm64`` for
+    aarch64) falls below the bundle's gate: then it is not chosen here, whatever it scored at export."""
+    accuracy = artifact.accuracy_by_arch.get(cpu_facts()["arch"])
+    limit = (manifest.validation or {}).get("max_accuracy_drop")
+    return (accuracy is not None and limit is not None and manifest.reference_accuracy is not None
+            and (manifest.reference_accuracy - accuracy) * 100 > limit)
+
+
 def candidates(manifest: BundleManifest, backend: str | None, flags) -> list[Candidate]:
-    """Deployable backbone artifacts this machine can run as stated, on each installed backend."""
+    """Deployable backbone artifacts this machine can run as stated and that pass the gate on this architecture,
+    on each installed backend."""
     found = [Candidate(a, b) for a in manifest.artifacts
-             if a.role == "backbone" and a.deployable and a.runs_on(flags)
+             if a.role == "backbone" and a.deployable and a.runs_on(flags) and not gated_here(manifest, a)
              for b in deployment_backends(a) if backend is None or b == backend]
     if not found:
         raise BundleError(

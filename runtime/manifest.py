@@ -10,12 +10,13 @@ and files whose content does not match.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .documents import Origin, Table, build, read_document, table_of, to_json
 from .errors import BundleError
-from .fsutil import sha256_file
+from .fsutil import atomic_write_text, sha256_file
 from .machine import cpu_facts
 from .preprocess import PreprocessConfig
 
@@ -72,14 +73,16 @@ class Artifact:
     # numerics on a CPU without bf16) or "not-measured" (the exporting CPU cannot compute it).
     measured: str = "as-deployed"
     measurement_note: str = ""
-    measured_arch: str | None = None     # the CPU architecture that measured ``accuracy`` (None: before 0.5)
+    # Accuracy on the val split per CPU architecture: the exporting host's, then any that `make check-arm64`
+    # (or :func:`record_accuracy`) measured.  Empty in bundles before 0.5.
+    accuracy_by_arch: dict[str, float] = field(default_factory=dict)
 
     @property
     def needs_device_check(self) -> bool:
         """Not measured at export as the device runs it: the device checks it before choosing it.  Quantized
-        kernels differ between architectures (ONNX Runtime's int8 scores on aarch64 lie up to 0.07 from x86's on
-        digits, ``make check-arm64``), so an int8 artifact measured on another architecture is checked too."""
-        foreign = self.measured_arch is not None and self.measured_arch != cpu_facts()["arch"]
+        kernels differ between architectures (with SVE and I8MM, ONNX Runtime's int8 scores on aarch64 lay up to
+        0.07 from x86's on digits), so an int8 artifact not measured on this architecture is checked too."""
+        foreign = bool(self.accuracy_by_arch) and cpu_facts()["arch"] not in self.accuracy_by_arch
         return self.measured != "as-deployed" or (self.precision == "int8" and foreign)
 
     def runs_on(self, flags) -> bool:
@@ -165,6 +168,22 @@ def _manifest_table() -> Table:
         check=Table({**FILE_KEYS, "images": int, "reference": str}, optional=("images", "reference"), closed=False,
                     or_empty=True),
     )
+
+
+def record_accuracy(folder: str | Path, arch: str, accuracies: dict[str, float]) -> None:
+    """Record artifacts' accuracy measured on CPU architecture ``arch`` (``make check-arm64`` does, for aarch64) in
+    the bundle's manifest, which the runtime's choice then gates on there (the manifest is rewritten atomically;
+    its files and their sha256 are untouched)."""
+    path = Path(folder) / MANIFEST_NAME
+    document = json.loads(path.read_text(encoding="utf-8"))
+    names = {a["name"] for a in document["artifacts"]}
+    unknown = sorted(set(accuracies) - names)
+    if unknown:
+        raise BundleError(f"{path} has no artifact {', '.join(unknown)}")
+    for artifact in document["artifacts"]:
+        if artifact["name"] in accuracies:
+            artifact.setdefault("accuracy_by_arch", {})[arch] = float(accuracies[artifact["name"]])
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManifest:

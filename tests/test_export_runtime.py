@@ -27,7 +27,8 @@ def test_bundle_layout_and_manifest(digits_bundle):
     from edgetl.runtime.machine import cpu_facts
 
     arch = cpu_facts()["arch"]        # where each accuracy was measured: the gate of another architecture checks
-    assert backbone.measured_arch == manifest.artifact("onnx-int8").measured_arch == arch
+    assert backbone.accuracy_by_arch == {arch: backbone.accuracy}
+    assert manifest.artifact("onnx-int8").accuracy_by_arch == {arch: manifest.artifact("onnx-int8").accuracy}
     with np.load(folder / "check.npz", allow_pickle=False) as check:
         assert "logits:onnx-int8" in check.files                 # int8's own answers, for that device check
 

@@ -124,18 +124,32 @@ def test_a_machine_that_cannot_start_a_child_interpreter_measures_in_process_and
     assert "in this process" in result.stderr
 
 
-def test_an_int8_artifact_measured_on_another_architecture_needs_the_device_check(monkeypatch):
-    from edgetl.runtime import manifest
+def test_int8_measured_on_another_architecture_is_checked_and_a_recorded_accuracy_gates_it(tiny_bundle, monkeypatch):
+    from edgetl.runtime import choice, manifest
 
-    def artifact(precision, arch):
+    def artifact(precision, measured_on):
         return manifest.Artifact(name=f"onnx-{precision}", format="onnx", precision=precision, backend="onnxruntime",
-                                 role="backbone",
-                                 file="x.onnx", sha256="0" * 64, size=1, input_name="input", output_name="output",
-                                 measured_arch=arch)
+                                 role="backbone", file="x.onnx", sha256="0" * 64, size=1, input_name="input",
+                                 output_name="output", accuracy_by_arch={arch: 0.9 for arch in measured_on})
 
     here = manifest.cpu_facts()
-    monkeypatch.setattr(manifest, "cpu_facts", lambda: {**here, "arch": "aarch64"})     # a Jetson's CPU
-    assert artifact("int8", "x86_64").needs_device_check                 # ARM's int8 kernels compute otherwise
-    assert not artifact("int8", "aarch64").needs_device_check
-    assert not artifact("fp32", "x86_64").needs_device_check            # fp32 agrees across them (3.8e-6)
-    assert not artifact("int8", None).needs_device_check                # bundles before 0.5 recorded no arch
+    aarch64 = {**here, "arch": "aarch64"}                                # a Jetson's CPU
+    monkeypatch.setattr(manifest, "cpu_facts", lambda: aarch64)
+    monkeypatch.setattr(choice, "cpu_facts", lambda: aarch64)
+    assert artifact("int8", ["x86_64"]).needs_device_check              # ARM's int8 kernels may compute otherwise
+    assert not artifact("int8", ["x86_64", "aarch64"]).needs_device_check
+    assert not artifact("fp32", ["x86_64"]).needs_device_check          # fp32 agrees across them (3.9e-6)
+    assert not artifact("int8", []).needs_device_check                  # bundles before 0.5 recorded none
+    # make check-arm64 records what aarch64 measured; below the bundle's gate there, the artifact is not chosen
+    reference = manifest.read_bundle_manifest(tiny_bundle).reference_accuracy
+    manifest.record_accuracy(tiny_bundle, "aarch64", {"onnx-int8": reference - 0.5})
+    opened = manifest.read_bundle_manifest(tiny_bundle)                  # the files still pass their sha256
+    assert opened.artifact("onnx-int8").accuracy_by_arch == {"aarch64": reference - 0.5}
+    names = {c.artifact.name for c in choice.candidates(opened, None, here["flags"])}
+    assert "onnx" in names and "onnx-int8" not in names
+    manifest.record_accuracy(tiny_bundle, "aarch64", {"onnx-int8": reference})
+    opened = manifest.read_bundle_manifest(tiny_bundle)
+    assert "onnx-int8" in {c.artifact.name for c in choice.candidates(opened, None, here["flags"])}
+    assert not opened.artifact("onnx-int8").needs_device_check
+    with pytest.raises(Exception, match="no artifact onnx-fp99"):
+        manifest.record_accuracy(tiny_bundle, "aarch64", {"onnx-fp99": 0.5})

@@ -315,12 +315,13 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
             raise DataError(f"every image of {source_name} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
         t1 = time.perf_counter()
-        found = backbone_features(source, [records[i] for i in fresh], store.adapter(parent),
+        adapter = store.adapter(parent)
+        found = backbone_features(source, [records[i] for i in fresh], adapter,
                                   settings.batch_size, settings.skip_bad, settings.max_pixels, progress)
         backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
         report = _learn_locked(store, session, bundle.feature_dim, parent, parts, found.values,
-                               [names[i] for i in rows], keys[rows], settings, artifact_name)
+                               [names[i] for i in rows], keys[rows], settings, artifact_name, adapter)
     report["timings"]["backbone_s"] = backbone_s
     report.update(n_duplicate=len(records) - len(fresh), n_skipped=len(fresh) - len(rows))
     return report
@@ -339,14 +340,14 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
         parent = ensure_store(store, bundle)
         return _learn_locked(store, session, bundle.feature_dim, parent, session.parts(store, parent),
                              np.asarray(features, np.float32), [str(n) for n in labels],
-                             np.array(keys, dtype="<U64"), settings, None)
+                             np.array(keys, dtype="<U64"), settings, None, store.adapter(parent))
 
 
 def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, parent: Version,
                   parts: list[tuple[int, Samples]], features: np.ndarray, new_names: list[str], keys: np.ndarray,
-                  settings: UpdateSettings, artifact_name: str | None) -> dict:
+                  settings: UpdateSettings, artifact_name: str | None, adapter: dict[str, np.ndarray] | None) -> dict:
     """Statistics, head, accuracy guard, eviction and commit; the caller holds the store's lock and has
-    listed the parent's segments (``parts``)."""
+    listed the parent's segments (``parts``) and read its feature adapter (which the new version keeps)."""
     t1 = time.perf_counter()
     if features.ndim != 2 or features.shape[1] != dim or not len(features) == len(new_names) == len(keys):
         raise ConfigError(f"expected features of shape (N, {dim}) with N labels and keys, got {features.shape}, "
@@ -405,7 +406,7 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
                           artifact=artifact_name, accuracy={"holdout": after, "earlier_holdout_before": before,
                                                             "earlier_holdout_after": after_old})
         report["evicted"] = _write_rows(store, version, parent, parts, new, dim)
-        store.commit(version, head, store.adapter(parent))
+        store.commit(version, head, adapter)
         session.committed(version, head, None if report["evicted"] else all_logits)
     except BaseException:
         session.forget()          # the learners took the new samples in, but no version holds them
@@ -448,15 +449,24 @@ def _write_rows(store: FeatureStore, version: Version, parent: Version, parts: l
     """The new version's rows: the parent's segments and one with ``new``, bounded and compacted (evicted
     training rows join the residual); returns the rows evicted."""
     version.residual = parent.residual
-    residual = None
-    if "state.npz" in parent.files:     # a 0.4 parent: its full statistics become rows plus a residual
-        residual = store.residual(parent, parts, dim)
-        version.residual = None if residual.empty_set else store.write_residual(residual)
-        if version.action in ("adapt", "rollback"):       # the parent's alpha, kept in its state file
-            version.alpha, version.alpha_selected_at = residual.alpha, residual.alpha_selected_at
+    residual = _continue_04(store, version, parent, parts, dim)
     segment = [(store.write_segment(new), new)] if len(new) else []
     return store.arrange(version, parts + segment,
                          lambda: residual if residual is not None else store.residual(parent, parts, dim))
+
+
+def _continue_04(store: FeatureStore, version: Version, source: Version, parts: list[tuple[int, Samples]] | None,
+                 dim: int) -> LearnerState | None:
+    """For a 0.4 ``source`` (its full statistics in state.npz), write them less its rows (``parts``, read here
+    when None) as ``version``'s residual and return them; an adapt or rollback also keeps the alpha kept there.
+    None for a version of this format."""
+    if "state.npz" not in source.files:
+        return None
+    residual = store.residual(source, store.segment_parts(source) if parts is None else parts, dim)
+    version.residual = None if residual.empty_set else store.write_residual(residual)
+    if version.action in ("adapt", "rollback"):
+        version.alpha, version.alpha_selected_at = residual.alpha, residual.alpha_selected_at
+    return residual
 
 
 def _check_prior(learned: _Learned, parent: Version, method: str) -> None:
@@ -521,10 +531,7 @@ def rollback_bundle(bundle: str | Path, to: int | None = None, lock_timeout: flo
         head = store.head(target)
         version = Version(**{**asdict(target), "version": -1, "parent": current.version, "action": "rollback",
                              "note": f"rollback to version {target.version}", "files": {}, "created": utc_now()})
-        if "state.npz" in target.files:     # a 0.4 version: its statistics become a residual beside its rows
-            residual = store.residual(target, store.segment_parts(target), head.feature_dim)
-            version.residual = None if residual.empty_set else store.write_residual(residual)
-            version.alpha, version.alpha_selected_at = residual.alpha, residual.alpha_selected_at
+        _continue_04(store, version, target, None, head.feature_dim)
         return store.commit(version, head, store.adapter(target))
 
 

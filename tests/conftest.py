@@ -37,6 +37,18 @@ def _isolated_cache(tmp_path_factory):
             os.environ[key] = value
 
 
+def relative_error(a, b) -> float:
+    """max |a - b| / max |b|: how the exactness claims of streaming ridge are stated."""
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def unbounded_updates():
+    """Update settings that keep every row and commit whatever the guard says (store and learning tests)."""
+    from edgetl.runtime.update import UpdateSettings
+
+    return UpdateSettings(max_accuracy_drop=100.0, max_per_class=10 ** 6, max_holdout_per_class=10 ** 6)
+
+
 @pytest.fixture
 def tiny_bundle(tmp_path) -> Path:
     """A copy of the committed tiny bundle (tests may learn into it, and measuring writes timings beside it)."""

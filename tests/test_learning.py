@@ -6,16 +6,10 @@ import pytest
 from edgetl.runtime.heads import RidgeHead
 from edgetl.runtime.learning import RidgeLearner
 
-
-def _blobs(n=600, d=32, classes=6, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (classes, d))
-    y = rng.integers(0, classes, n)
-    return (centres[y] + rng.normal(0, 1.0, (n, d))).astype(np.float32), y
+from conftest import relative_error
 
 
-def _relative(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
 
 
 def test_streaming_ridge_on_real_lite0_features(digits_bundle):
@@ -26,8 +20,8 @@ def test_streaming_ridge_on_real_lite0_features(digits_bundle):
     learner = RidgeLearner(x.shape[1], classes=[str(i) for i in range(10)], alpha=5.0)
     for chunk in np.array_split(np.random.default_rng(1).permutation(len(y)), 12):
         learner.partial_fit(x[chunk], y[chunk])
-    assert _relative(learner.head.weight, batch.weight) < 1e-6
-    assert _relative(learner.head.bias, batch.bias) < 1e-6
+    assert relative_error(learner.head.weight, batch.weight) < 1e-6
+    assert relative_error(learner.head.bias, batch.bias) < 1e-6
 
 
 def _quadratic_problem(seed=0):

@@ -13,13 +13,10 @@ from edgetl.runtime.heads import RidgeHead
 from edgetl.runtime.store import SEGMENT_FANOUT, FeatureStore
 from edgetl.runtime.update import LearningSession, UpdateSettings, learn_features
 
-from conftest import make_folder_dataset
+from conftest import make_folder_dataset, relative_error, unbounded_updates
 
-UNBOUNDED = UpdateSettings(max_accuracy_drop=100.0, max_per_class=10 ** 6, max_holdout_per_class=10 ** 6)
+UNBOUNDED = unbounded_updates()
 
-
-def _relative(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ def test_two_hundred_updates_of_random_sizes_on_real_lite0_features_equal_the_ba
     names = np.array(version.classes)
     expected = RidgeHead.fit(train.features, train.labels, len(names), alpha=version.alpha)
     head = store.head(version)
-    assert _relative(head.weight, expected.weight) < 1e-6 and _relative(head.bias, expected.bias) < 1e-6
+    assert relative_error(head.weight, expected.weight) < 1e-6 and relative_error(head.bias, expected.bias) < 1e-6
     assert len(version.segments) <= SEGMENT_FANOUT * 5          # compacted: a few per size tier
 
 
@@ -108,7 +105,7 @@ def test_a_session_follows_other_writers_and_survives_a_rejected_update(digits_s
     samples = store.samples(version, pool.shape[1])
     train = samples.select(~samples.holdout)
     expected = RidgeHead.fit(train.features, train.labels, len(version.classes), alpha=version.alpha)
-    assert _relative(store.head(version).weight, expected.weight) < 1e-6    # nothing of the rejected rows
+    assert relative_error(store.head(version).weight, expected.weight) < 1e-6    # nothing of the rejected rows
 
 
 def test_host_statistics_beyond_the_shipped_rows_become_a_residual_with_the_shipped_ncm(tmp_path, monkeypatch):

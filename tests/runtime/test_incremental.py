@@ -7,6 +7,8 @@ from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.heads import NCMHead, RidgeHead, load_head
 from edgetl.runtime.learning import NCMLearner, RidgeLearner, SGDLearner
 
+from conftest import relative_error
+
 
 def _blobs(n=600, d=32, classes=6, seed=0):
     rng = np.random.default_rng(seed)
@@ -14,9 +16,6 @@ def _blobs(n=600, d=32, classes=6, seed=0):
     y = rng.integers(0, classes, n)
     return (centres[y] + rng.normal(0, 1.0, (n, d))).astype(np.float32), y
 
-
-def _relative(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def test_streaming_ridge_equals_batch_ridge_whatever_the_order():
@@ -31,8 +30,8 @@ def test_streaming_ridge_equals_batch_ridge_whatever_the_order():
             learner.partial_fit(x[chunk], names[chunk])
         head = learner.head
         perm = [learner.classes.index(c) for c in order]
-        assert _relative(head.weight[perm], batch.weight) < 1e-6
-        assert _relative(head.bias[perm], batch.bias) < 1e-6
+        assert relative_error(head.weight[perm], batch.weight) < 1e-6
+        assert relative_error(head.bias[perm], batch.bias) < 1e-6
 
 
 def test_partial_fit_shape_like_scikit_learn():

@@ -16,13 +16,10 @@ from edgetl.runtime.ridge_system import RidgeSystem
 from edgetl.runtime.store import FeatureStore
 from edgetl.runtime.update import UpdateSettings, learn_features, rollback_bundle, tune_alpha
 
-from conftest import make_folder_dataset
+from conftest import make_folder_dataset, relative_error, unbounded_updates
 
-UNBOUNDED = UpdateSettings(max_accuracy_drop=100.0, max_per_class=10 ** 6, max_holdout_per_class=10 ** 6)
+UNBOUNDED = unbounded_updates()
 
-
-def _relative(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def test_ridge_system_dense_and_factored_equal_the_batch_fit_through_rebases_and_new_classes():
@@ -46,7 +43,7 @@ def test_ridge_system_dense_and_factored_equal_the_batch_fit_through_rebases_and
             system.add(x[rows], np.eye(len(system.mean_y))[y[rows]])
             start += k
         head = system.head(0.7)
-        assert _relative(head.weight, expected.weight) < 1e-9 and _relative(head.bias, expected.bias) < 1e-9
+        assert relative_error(head.weight, expected.weight) < 1e-9 and relative_error(head.bias, expected.bias) < 1e-9
         if factored:
             assert system.rebases > 3 and system.residual < 1e-12     # column budget exceeded, then rebased
 
@@ -62,7 +59,7 @@ def test_a_factored_solve_whose_residual_drifts_is_redone_on_a_fresh_decompositi
     rebases = learner.system.rebases
     head = learner.head
     assert learner.system.rebases == rebases + 1 and learner.system.residual < 1e-12
-    assert _relative(head.weight, RidgeHead.fit(x, y, 3, alpha=1.0).weight) < 1e-9
+    assert relative_error(head.weight, RidgeHead.fit(x, y, 3, alpha=1.0).weight) < 1e-9
 
 
 def test_a_tampered_segment_is_refused_with_a_rollback_hint(tiny_bundle):

@@ -42,7 +42,7 @@ TARGET_ORT_INT8_X_FP32 = 3.0
 def eager_latency(manifest: RunManifest, run_dir: Path, x: torch.Tensor, settings: BenchSettings) -> dict:
     results = {}
     for layout in ("nchw", "channels_last"):
-        model = torch.nn.Sequential(rebuild_feature_model(manifest, run_dir),
+        model = torch.nn.Sequential(rebuild_feature_model(manifest, run_dir)[0],
                                     torch_head(load_head(run_dir / "head.npz"))).eval()
         xin = x
         if layout == "channels_last":

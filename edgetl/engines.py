@@ -59,7 +59,7 @@ def _export_frozen(frozen: nn.Module, path: Path, input_size: int) -> None:
     from edgetl.exporters.onnx import export_onnx
 
     with atomic_directory(path.parent, overwrite=True) as staging:
-        export_onnx(frozen, staging / path.name, input_size, "features")
+        export_onnx(frozen, staging / path.name, np.zeros((2, 3, input_size, input_size), np.float32), "features")
 
 
 def _torch_seconds_per_image(frozen: nn.Module, images: np.ndarray) -> float:

@@ -16,14 +16,16 @@ from torch import nn
 
 from edgetl.runtime.data import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
 from edgetl.runtime.backends import create_backend
-from edgetl.runtime.errors import DataError, EdgetlError
+from edgetl.runtime.errors import ConfigError, DataError, EdgetlError
 from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from edgetl.runtime.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .distributed import Ranks
 from .engines import EngineChoice, choose_engine, engine_file
+from .text_pass import TEXT_BATCH, run_text, text_output_shape
 from .extract import ComputeDevice, compiled, output_shape, pass_batch_size, prepare, run_frozen
 
 
@@ -65,8 +67,12 @@ def open_training_data(address: str, val_fraction: float, seed: int, skip_bad: b
     return TrainingData(data, train, val, split)
 
 
-def preprocess_for(backbone: Backbone, data: LabeledData, image_size: int | None) -> PreprocessConfig:
-    """The backbone's pretrained preprocessing at the size asked for, else the data's, else its native size."""
+def preprocess_for(backbone: Backbone, data: LabeledData, image_size: int | None) -> PreprocessConfig | TextPreprocess:
+    """The backbone's pretrained preprocessing at the size asked for, else the data's, else its native size (a
+    text encoder's: its tokenizer); refuses a backbone that reads another modality than the data holds."""
+    if backbone.modality != data.modality:
+        raise ConfigError(f"backbone {backbone.name} reads {backbone.modality}s but {data.address} holds "
+                          f"{data.modality}s", option="backbone")
     return backbone.pretrained.preprocess(image_size or data.recommended_image_size, data.recommended_crop_pct)
 
 
@@ -127,6 +133,8 @@ def backbone_pass(
         log(f"feature cache hit ({cache.path(key)}): no backbone pass needed")
         return FeaturePass(cached, 0.0, "none (cache hit)")
     t0 = time.perf_counter()
+    if isinstance(preprocess, TextPreprocess):
+        return _text_pass(frozen, key, records, preprocess, compute, cache, batch_size, progress, log, ranks, t0)
     choice = _engine_for_group(engine, frozen, records, preprocess, compute, cache, weights_sha256, log, export_paid,
                                ranks)
     log(f"feature cache miss: running the frozen backbone over {len(records)} images on {choice.name}: "
@@ -148,6 +156,17 @@ def backbone_pass(
             choice.runner.close()
     backbone_s = time.perf_counter() - t0
     return FeaturePass(cache.loaded(key), backbone_s, choice.name)
+
+
+def _text_pass(frozen, key, records, preprocess, compute, cache, batch_size, progress, log, ranks, t0) -> FeaturePass:
+    """A text encoder's pass (:mod:`edgetl.text_pass`): eager torch, on CUDA where there is one."""
+    log(f"feature cache miss: running the frozen encoder over {len(records)} texts on torch ({compute.device})"
+        + (f" ({ranks.world} ranks)" if ranks else ""))
+    block = ranks.block(len(records), batch_size or TEXT_BATCH) if ranks else range(len(records))
+    with cache.shared_writer(key, len(records), text_output_shape(frozen, preprocess, compute.device), ranks) as w:
+        run_text(frozen, records[block.start:block.stop], preprocess, w, device=compute.device,
+                 batch_size=batch_size, progress=progress, first=block.start)
+    return FeaturePass(cache.loaded(key), time.perf_counter() - t0, "torch")
 
 
 def _engine_for_group(engine, frozen, records, preprocess, compute, cache, weights_sha256, log, export_paid,

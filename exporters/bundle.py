@@ -34,7 +34,8 @@ from edgetl.runtime.heads import Head, load_head
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.metrics import top1_accuracy
-from edgetl.runtime.preprocess import PreprocessConfig
+from edgetl.runtime.preprocess import PreprocessConfig, preprocess_from_dict
+from edgetl.runtime.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
@@ -55,8 +56,9 @@ class ExportResult:
     manifest: BundleManifest
 
 
-def rebuild_feature_model(run: RunManifest, run_dir: Path) -> nn.Module:
-    """The backbone as fine-tuned in the run: frozen part + (trained) tail, in eval mode."""
+def rebuild_feature_model(run: RunManifest, run_dir: Path) -> tuple[nn.Module, PreprocessConfig | TextPreprocess]:
+    """The backbone as fine-tuned in the run (frozen part + trained tail, in eval mode) and its preprocessing (a
+    text encoder's tokenizer read from its folder, checked to be the one the run used)."""
     info = run.backbone
     backbone = create_backbone(info["name"], info.get("weights"))
     if backbone.weights_sha256() != info["weights_sha256"]:
@@ -68,7 +70,12 @@ def rebuild_feature_model(run: RunManifest, run_dir: Path) -> nn.Module:
     if "tail" in run.files:
         state = torch.load(run_dir / run.files["tail"], map_location="cpu", weights_only=True)
         tail.load_state_dict(state)
-    return nn.Sequential(frozen, tail).eval()
+    preprocess = preprocess_from_dict(run.preprocess)
+    if isinstance(preprocess, TextPreprocess):
+        preprocess = backbone.pretrained.preprocess()
+        if preprocess.to_dict() != run.preprocess:
+            raise EdgetlError(f"the tokenizer of {info['name']} differs from the one the run was trained with")
+    return nn.Sequential(frozen, tail).eval(), preprocess
 
 
 def run_records(run: RunManifest, data_address: str | None) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -196,10 +203,16 @@ def export_run(
         raise ConfigError(f"must be at least 1, got {calibration_size}", option="calib")
     run_dir = Path(run_dir)
     run = RunManifest.read(run_dir)
-    preprocess = PreprocessConfig.from_dict(run.preprocess)
     head = load_head(run_dir / run.files["head"])
     train_records, val_records = run_records(run, data_address)
-    feature_model = rebuild_feature_model(run, run_dir)
+    feature_model, preprocess = rebuild_feature_model(run, run_dir)
+    if profile is not None and isinstance(preprocess, TextPreprocess):
+        raise ConfigError("device profiles (--target) describe image models; export a text model with --format",
+                          option="target")
+    unfit = [f.name for f in chosen if preprocess.kind not in f.modalities]
+    if unfit:
+        raise ConfigError(f"{', '.join(unfit)} is not built for {preprocess.kind} models (for a text encoder's int8 "
+                          "use onnx-int8-dynamic or openvino-int8)", option="format")
     fused = nn.Sequential(feature_model, torch_head(head)).eval()
     data = ExportData(preprocess, train_records, val_records, calibration_size, progress)
     try:
@@ -212,7 +225,7 @@ def export_run(
             for role, module, output in (("backbone", feature_model, "features"), ("model", fused, "logits")):
                 path = staging / base.filename(role)
                 log(f"exporting {path.name} (onnx, fp32)")
-                export_onnx(module, path, preprocess.input_size, output)
+                export_onnx(module, path, preprocess.example(2), output)
                 diff = check_export(module, path, check, base.tolerance, output)
                 artifact = _entry(staging, base, [path.name], "backbone" if role == "backbone" else "fused",
                                   output, options, "onnxruntime")
@@ -232,6 +245,8 @@ def export_run(
                     continue
                 artifacts.append(_build_gated(ctx, fmt, feature_model, check, reference, labels, options))
             shutil.copyfile(run_dir / run.files["head"], staging / "head.npz")
+            if isinstance(preprocess, TextPreprocess):     # the device tokenizes with the model's own file
+                shutil.copyfile(preprocess.path, staging / preprocess.tokenizer)
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
             check_entry = write_check_data(staging, staging / base.filename(), head,

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.preprocess import PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.reader import read_batches
+from edgetl.runtime.text import TextPreprocess
 
 DEFAULT_CALIBRATION_SIZE = 300
 
 
-def calibration_sample(records: list[ImageRecord], size: int, seed: int = 0) -> list[ImageRecord]:
+def calibration_sample(records: list, size: int, seed: int = 0) -> list:
     """A seeded sample of ``size`` records (all of them when there are fewer)."""
     if size >= len(records):
         return list(records)
@@ -30,8 +30,17 @@ def calibration_sample(records: list[ImageRecord], size: int, seed: int = 0) -> 
     return [records[i] for i in sorted(order)]
 
 
-def decode_to_memmap(records: list[ImageRecord], preprocess: PreprocessConfig, folder: Path, name: str,
+def decode_to_memmap(records: list, preprocess: PreprocessConfig | TextPreprocess, folder: Path, name: str,
                      progress: ProgressFactory = silent_progress) -> np.ndarray:
+    """The network's inputs for ``records`` in a memory-mapped file: images (N, 3, S, S) float32, or token ids
+    (N, L) int64 padded to the longest text of the set (the graph ignores padding, so a slice of rows runs as
+    they would alone)."""
+    if isinstance(preprocess, TextPreprocess):
+        tokens = preprocess.tokens([r.text for r in records])
+        array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.int64,
+                                          shape=(len(records), max((len(t) for t in tokens), default=1)))
+        array[:] = preprocess.pad(tokens, array.shape[1])
+        return array
     size = preprocess.input_size
     array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32,
                                       shape=(len(records), 3, size, size))
@@ -45,13 +54,22 @@ def decode_to_memmap(records: list[ImageRecord], preprocess: PreprocessConfig, f
     return array
 
 
+def calibration_items(array: np.ndarray, preprocess) -> list[np.ndarray]:
+    """One-row batches of ``array`` for a quantizer's statistics; a text's row trimmed of its padding, which a
+    batch of one never carries on the device (padded positions would widen the activation ranges)."""
+    if not isinstance(preprocess, TextPreprocess):
+        return [array[i:i + 1] for i in range(len(array))]
+    lengths = (np.asarray(array) != preprocess.pad_id).sum(axis=1)
+    return [np.ascontiguousarray(array[i:i + 1, :max(int(n), 1)]) for i, n in enumerate(lengths)]
+
+
 @dataclass
 class ExportData:
     """Decoded calibration images and labelled validation images, shared by all formats."""
 
-    preprocess: PreprocessConfig
-    train_records: list[ImageRecord]
-    val_records: list[ImageRecord]
+    preprocess: PreprocessConfig | TextPreprocess
+    train_records: list          # ImageRecord or TextRecord
+    val_records: list
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     progress: ProgressFactory = silent_progress
     _folder: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="edgetl-export-"))

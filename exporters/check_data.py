@@ -15,10 +15,10 @@ import numpy as np
 
 from edgetl.runtime.backends import create_backend
 from edgetl.runtime.checkset import CHECK_FILE
-from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.heads import Head
 from edgetl.runtime.manifest import Artifact, FileEntry
 from edgetl.runtime.preprocess import PreprocessConfig, crop, normalize
+from edgetl.runtime.text import TextPreprocess
 
 
 def _logits(backend: str, path: Path, head: Head, images: np.ndarray, precision: str = "fp32") -> np.ndarray:
@@ -26,11 +26,15 @@ def _logits(backend: str, path: Path, head: Head, images: np.ndarray, precision:
         return head.logits(np.concatenate([runner.infer(images[i:i + 1]) for i in range(len(images))]))
 
 
-def write_check_data(staging: Path, backbone: Path, head: Head, records: list[ImageRecord],
-                     preprocess: PreprocessConfig, artifacts: list[Artifact]) -> dict:
-    """Write ``check.npz`` for ``records`` into the bundle being built; returns its manifest entry."""
-    crops = np.stack([crop(r.image, preprocess) for r in records])
-    images = np.stack([normalize(c, preprocess) for c in crops])
+def write_check_data(staging: Path, backbone: Path, head: Head, records: list,
+                     preprocess: PreprocessConfig | TextPreprocess, artifacts: list[Artifact]) -> dict:
+    """Write ``check.npz`` for ``records`` into the bundle being built; returns its manifest entry.  A text model's
+    check set holds the texts' token ids (the device tokenizes nothing for it)."""
+    if isinstance(preprocess, TextPreprocess):
+        crops = images = preprocess.encode([r.text for r in records])
+    else:
+        crops = np.stack([crop(r.image, preprocess) for r in records])
+        images = np.stack([normalize(c, preprocess) for c in crops])
     arrays = {"images": crops, "labels": np.array([r.label for r in records], dtype=np.int64),
               "logits": _logits("onnxruntime", backbone, head, images).astype(np.float32)}
     for a in artifacts:

@@ -23,12 +23,17 @@ class BuildContext:
     _prepared: Path | None = field(default=None, repr=False)
 
     def prepared_onnx(self) -> Path:
-        """The fp32 model after ORT's quantization pre-processing (shape inference, folding), made once."""
+        """The fp32 model after ORT's quantization pre-processing (shape inference, folding), made once.  Its
+        symbolic shape inference fails on the dynamic-length graph of a text encoder (an Expand over the sequence
+        length); ONNX's own shape inference and the folding still run then."""
         if self._prepared is None:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             self._prepared = self.data.scratch / "prepared.onnx"
-            quant_pre_process(str(self.fp32_onnx), str(self._prepared))
+            try:
+                quant_pre_process(str(self.fp32_onnx), str(self._prepared))
+            except Exception:      # symbolic inference raises plain TypeErrors on shapes it cannot follow
+                quant_pre_process(str(self.fp32_onnx), str(self._prepared), skip_symbolic_shape=True)
         return self._prepared
 
 

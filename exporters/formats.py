@@ -25,6 +25,7 @@ class ExportFormat:
     options: frozenset[str] = field(default_factory=frozenset)
     gate_hint: str = ""             # what to try instead when the accuracy gate fails
     requires_cpu: tuple[str, ...] = ()   # CPU flags (any of) without which it does not run as stated
+    modalities: tuple[str, ...] = ("image", "text")   # the models it is built for
 
     def filename(self, role: str = "backbone") -> str:
         return f"{role}{'' if self.name == 'onnx' else '-' + self.name}{self.suffix}"

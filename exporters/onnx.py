@@ -23,27 +23,30 @@ INPUT_NAME = "input"
 OPSET = 18
 
 
-def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str) -> None:
-    """Write ``module`` as a single-file ONNX model with a dynamic batch dimension."""
+def export_onnx(module: nn.Module, path: Path, example: np.ndarray, output_name: str) -> None:
+    """Write ``module`` as a single-file ONNX model with a dynamic batch dimension (and a dynamic sequence length
+    for token ids: ``example`` of rank 2).  ``example`` is the preprocessing's (``PreprocessConfig.example``)."""
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail with the install line)
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError("onnx/onnxscript", "host", "ONNX export") from exc
     module = module.eval()
-    example = torch.zeros(2, 3, input_size, input_size)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if example.ndim == 2:
+        dims[1] = torch.export.Dim("sequence", min=2, max=8192)
     with quiet():
         try:
             torch.onnx.export(
                 module,
-                (example,),
+                (torch.from_numpy(example),),
                 str(path),
                 input_names=[INPUT_NAME],
                 output_names=[output_name],
                 dynamo=True,
                 external_data=False,
                 opset_version=OPSET,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                dynamic_shapes=(dims,),
                 verbose=False,
             )
         except Exception as exc:  # the exporter raises many internal types
@@ -52,7 +55,7 @@ def export_onnx(module: nn.Module, path: Path, input_size: int, output_name: str
 
 def max_abs_difference(module: nn.Module, path: Path, images: np.ndarray, backend: str = "onnxruntime",
                        precision: str = "fp32") -> float:
-    """Max |torch - backend| over ``images`` (NCHW float32), at batch 1 and the full batch."""
+    """Max |torch - backend| over ``images`` (NCHW float32, or token ids), at batch 1 and the full batch."""
     with torch.inference_mode():
         expected = module.eval()(torch.from_numpy(images)).numpy()
     with create_backend(backend, path, precision=precision) as runner:

@@ -19,7 +19,9 @@ import numpy as np
 
 from edgetl.runtime.deps import require
 from edgetl.runtime.metrics import top1_accuracy
+from edgetl.runtime.text import TextPreprocess
 
+from .calibration import calibration_items
 from .context import BuildContext, BuildResult
 from .onnx_variants import stem_and_last_conv
 from .quiet import quiet
@@ -80,18 +82,22 @@ def _nncf_openvino_int8(ctx: BuildContext, out: Path, attempt: int, seven_bit: b
     model = ov.convert_model(str(ctx.fp32_onnx))
     size = ctx.data.calibration_size * (2 if attempt >= 2 else 1)
     calibration = ctx.data.calibration(size)
-    calibration_set = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
+    calibration_set = nncf.Dataset(calibration_items(calibration, ctx.data.preprocess))
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if seven_bit else OverflowFix.DISABLE)
     full_bias_correction = attempt >= 1
+    text = isinstance(ctx.data.preprocess, TextPreprocess)
     notes = ["NNCF int8 with overflow fix (7-bit weights)" if seven_bit else "NNCF int8, 8-bit weights (VNNI/AMX)",
              f"calibration on {len(calibration)} training images"]
     if full_bias_correction:
         notes.append("full bias correction")
+    if text:
+        notes.append("NNCF's transformer scheme (SmoothQuant; softmax and normalizations kept in float)")
     with quiet():
         if attempt < 3:
             excluded = [f"{name}/WithoutBiases" for name in stem_and_last_conv(ctx.fp32_onnx)] if attempt == 2 else []
             quantized = nncf.quantize(
                 model, calibration_set, subset_size=len(calibration), advanced_parameters=advanced,
+                model_type=nncf.ModelType.TRANSFORMER if text else None,
                 fast_bias_correction=not full_bias_correction,
                 ignored_scope=nncf.IgnoredScope(names=excluded, validate=False) if excluded else None,
             )

@@ -34,7 +34,7 @@ class Backbone:
         imported = imported_engines()    # before measuring, which imports them all
         self.bundle = Bundle.open(bundle)
         manifest = self.bundle.manifest
-        self.preprocess = manifest.preprocess_config
+        self.preprocess = self.bundle.preprocess
         self.feature_dim = manifest.feature_dim
         device = manifest.openvino_device
         timings = self.bundle.timings() if artifact is None else None

@@ -17,7 +17,9 @@ import numpy as np
 from .errors import BundleError
 from .heads import Head, load_head
 from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_file
+from .preprocess import PreprocessConfig, preprocess_from_dict
 from .store import FeatureStore
+from .text import TextPreprocess
 from .timings import TimingRecord, read_timings
 
 
@@ -55,6 +57,15 @@ class Bundle:
     @property
     def feature_dim(self) -> int:
         return self.manifest.feature_dim
+
+    @functools.cached_property
+    def preprocess(self) -> PreprocessConfig | TextPreprocess:
+        """How an input becomes the backbone's tensor; a text model's tokenizer is read from the bundle, its sha256
+        checked against the manifest's."""
+        config = preprocess_from_dict(self.manifest.preprocess, self.path)
+        if isinstance(config, TextPreprocess):
+            self.file({"file": config.tokenizer, "sha256": config.tokenizer_sha256})
+        return config
 
     def verify_artifact(self, artifact: Artifact) -> None:
         """sha256 of the artifact's file and companions (OpenVINO's .bin), each once per process."""

@@ -31,7 +31,7 @@ CHECK_FILE = "check.npz"
 
 @dataclass(frozen=True)
 class CheckSet:
-    images: np.ndarray      # (N, 3, S, S) float32, normalized
+    images: np.ndarray      # (N, 3, S, S) float32, normalized; a text model's (N, L) int64 token ids
     labels: np.ndarray      # (N,) int64
     logits: np.ndarray      # (N, classes) float32 of the fp32 reference (onnx + head)
     own: dict[str, np.ndarray]   # artifact name -> its logits as the export computed them (exact, emulated)
@@ -66,6 +66,8 @@ def load_check_set(bundle: Bundle) -> CheckSet | None:
             own = {key.split(":", 1)[1]: data[key] for key in data.files if key.startswith("logits:")}
     except (OSError, KeyError, ValueError) as exc:
         raise BundleError(f"{path} is damaged ({exc}); re-export the bundle") from exc
+    if manifest.modality == "text":      # token ids, run as they are
+        return CheckSet(crops.astype(np.int64), labels.astype(np.int64), logits.astype(np.float32), own)
     config = manifest.preprocess_config
     images = np.stack([normalize(crop, config) for crop in crops]) if len(crops) else np.zeros((0, 3, 1, 1))
     return CheckSet(images.astype(np.float32), labels.astype(np.int64), logits.astype(np.float32), own)

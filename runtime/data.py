@@ -1,4 +1,4 @@
-"""Labelled image sources: image folders, CSV files and built-in data sets (:mod:`.builtin`).
+"""Labelled image sources: image folders, CSV files and built-in data sets (:mod:`.builtin`); texts: :mod:`.text_data`.
 
 Listing data is torch-free so that the device runtime (``evaluate``,
 ``update``) reads the same layouts as the host.  A source resolves to a
@@ -9,6 +9,7 @@ Nothing is decoded here; decoding errors surface where images are read.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
+from .text import TextPreprocess, TextRecord, check_text
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -39,6 +41,8 @@ class ImageRecord:
     label: int
     pixels: np.ndarray | None = None
     encoded: bytes | None = None
+
+    modality = "image"
 
     @property
     def image(self):
@@ -72,6 +76,12 @@ class LabeledData:
     skipped: list[str] = field(default_factory=list)
 
     @property
+    def modality(self) -> str:
+        """``image`` or ``text`` (:class:`~edgetl.runtime.text.TextRecord`): what the records hold."""
+        first = next((r for records in self.splits.values() for r in records), None)
+        return first.modality if first is not None else "image"
+
+    @property
     def has_val(self) -> bool:
         return "val" in self.splits
 
@@ -95,12 +105,19 @@ class LabeledData:
                 f"(known: {', '.join(class_names)})"
             )
         mapping = [index[name] for name in self.class_names]
-        splits = {
-            split: [ImageRecord(r.source, mapping[r.label], r.pixels, r.encoded) for r in records]
-            for split, records in self.splits.items()
-        }
+        splits = {split: [dataclasses.replace(r, label=mapping[r.label]) for r in records]
+                  for split, records in self.splits.items()}
         return LabeledData(self.address, list(class_names), splits, self.recommended_image_size,
                            self.recommended_crop_pct, list(self.skipped))
+
+
+def input_records(inputs: Sequence, preprocess) -> list:
+    """Unlabelled records of what a user gives to classify: image paths (or encoded bytes), or a text model's texts
+    (each checked: a string, not empty, not oversized)."""
+    if isinstance(preprocess, TextPreprocess):
+        return [TextRecord(text, -1, check_text(text, f"text {n + 1}")) for n, text in enumerate(inputs)]
+    return [ImageRecord(f"image[{n}]", -1, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), -1)
+            for n, i in enumerate(inputs)]
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -233,8 +250,19 @@ def _open_builtin(name: str) -> LabeledData:
                        spec.recommended_image_size, spec.recommended_crop_pct)
 
 
+def _names_text(path: Path) -> bool:
+    """A CSV whose header names a ``text`` column holds labelled texts (:mod:`.text_data`)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    return "text" in [cell.strip().lower() for cell in header]
+
+
 def open_data(address: str | Path, skip_bad: bool = False) -> LabeledData:
-    """Resolve a data address: ``builtin:NAME``, an image folder, or a CSV file."""
+    """Resolve a data address: ``builtin:NAME``, an image folder, a CSV file of images, or a CSV / JSONL file of
+    labelled texts."""
     text = str(address)
     if text.startswith("builtin:"):
         return _open_builtin(text[len("builtin:"):])
@@ -243,10 +271,14 @@ def open_data(address: str | Path, skip_bad: bool = False) -> LabeledData:
         raise DataError(f"data not found: {path} (expected an image folder, a CSV file or builtin:NAME)")
     if path.is_dir():
         data = _open_folder(path, skip_bad)
+    elif path.suffix.lower() == ".jsonl" or (path.suffix.lower() == ".csv" and _names_text(path)):
+        from .text_data import open_text
+
+        data = open_text(path, skip_bad)
     elif path.suffix.lower() == ".csv":
         data = _open_csv(path, skip_bad)
     else:
-        raise DataError(f"{path} is neither a folder nor a .csv file")
+        raise DataError(f"{path} is neither a folder, a .csv nor a .jsonl file")
     return data
 
 

@@ -18,7 +18,8 @@ from .documents import Origin, Table, build, read_document, table_of, to_json
 from .errors import BundleError
 from .fsutil import atomic_write_text, sha256_file
 from .machine import cpu_facts
-from .preprocess import PreprocessConfig
+from .preprocess import PreprocessConfig, preprocess_from_dict
+from .text import TextPreprocess
 
 #: 2 added per-artifact ``requires_cpu`` / ``measured`` and the check set; version 1 bundles still load.
 BUNDLE_SCHEMA_VERSION = 2
@@ -110,8 +111,15 @@ class BundleManifest:
     check: dict = field(default_factory=dict)     # check.npz: images + fp32 logits the device checks artifacts on
 
     @property
-    def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.preprocess)
+    def modality(self) -> str:
+        """``image`` or ``text``: what the bundle's model reads."""
+        return self.preprocess.get("kind", "image")
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig | TextPreprocess:
+        """The recorded preprocessing; a text model's reads its tokenizer from the bundle (:attr:`Bundle.preprocess`
+        sets the folder and checks the file)."""
+        return preprocess_from_dict(self.preprocess)
 
     @property
     def openvino_device(self) -> str | None:
@@ -136,8 +144,12 @@ class BundleManifest:
 #: A file of the bundle: ``head``, an artifact's companion, ``learning`` and ``check`` start with these keys.
 FILE_KEYS = {"file": str, "sha256": str, "size": int}
 #: The preprocessing of a bundle or a run (:meth:`PreprocessConfig.from_dict`).
-PREPROCESS_TABLE = Table({"input_size": int, "resize_size": int, "mean": list[float], "std": list[float],
-                          "interpolation": str}, optional=("interpolation",))
+#: An image model's keys, or a text model's (``kind: text``); which are required is checked when it is built.
+PREPROCESS_TABLE = Table({"kind": str, "input_size": int, "resize_size": int, "mean": list[float], "std": list[float],
+                          "interpolation": str, "tokenizer": str, "tokenizer_sha256": str, "max_length": int,
+                          "pad_id": int},
+                         optional=("kind", "interpolation", "input_size", "resize_size", "mean", "std", "tokenizer",
+                                   "tokenizer_sha256", "max_length", "pad_id"))
 
 
 def _described(**keys) -> Table:
@@ -203,6 +215,8 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
         for extra in (manifest.learning, manifest.check):
             if extra:
                 verify_file(folder, extra["file"], extra["sha256"])
+        if manifest.modality == "text":
+            verify_file(folder, manifest.preprocess["tokenizer"], manifest.preprocess["tokenizer_sha256"])
     return manifest
 
 

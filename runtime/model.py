@@ -15,7 +15,7 @@ import numpy as np
 
 from .backbone import Backbone
 from .bundle import Bundle
-from .data import ImageRecord
+from .data import ImageRecord, input_records
 from .errors import ConfigError
 from .features import apply_adapter, backbone_features
 from .heads import softmax
@@ -29,10 +29,11 @@ from .reader import read_batches
 class Prediction:
     source: str
     top: list[tuple[str, float]]
+    modality: str = "image"
 
     def to_dict(self) -> dict:
         return {
-            "image": self.source,
+            self.modality: self.source,
             "label": self.top[0][0],
             "score": self.top[0][1],
             "top_k": [{"label": label, "score": score} for label, score in self.top],
@@ -86,7 +87,7 @@ class EdgeModel:
 
     def predict(
         self,
-        images: Sequence[str],
+        images: Sequence[str],      # image paths; a text model's texts
         top_k: int = 1,
         batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -94,13 +95,14 @@ class EdgeModel:
         if top_k < 1:
             raise ConfigError(f"must be at least 1, got {top_k}", option="top_k")
         k = min(top_k, len(self.labels))
-        records = [ImageRecord(str(path), -1) for path in images]
+        records = input_records(images, self.preprocess)
         results: list[Prediction] = []
         for batch in read_batches(records, self.preprocess, batch_size, max_pixels=max_pixels):
             probabilities = softmax(self.logits(batch.images))
             for index, row in zip(batch.indices, probabilities):
                 order = np.argsort(-row)[:k]
-                results.append(Prediction(records[index].source, [(self.labels[i], float(row[i])) for i in order]))
+                results.append(Prediction(records[index].source, [(self.labels[i], float(row[i])) for i in order],
+                                          self.preprocess.kind))
         return results
 
     def evaluate(

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, ImageDecodeError
+from .text import TextPreprocess
 
 #: Default pixel limit (width * height) above which an image is refused as a
 #: likely decompression bomb; the same figure Pillow warns at.
@@ -49,6 +50,8 @@ class PreprocessConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+
+    kind = "image"
 
     def __post_init__(self) -> None:
         if self.input_size < 8:
@@ -99,6 +102,20 @@ class PreprocessConfig:
             std=tuple(float(v) for v in data["std"]),
             interpolation=str(data.get("interpolation", "bilinear")),
         )
+
+    def example(self, batch: int = 2) -> np.ndarray:
+        """An input of the right type and shape for exporting and probing: zeros."""
+        return np.zeros((batch, 3, self.input_size, self.input_size), dtype=np.float32)
+
+
+def preprocess_from_dict(data: dict, folder: str | Path = "") -> "PreprocessConfig | TextPreprocess":
+    """A run's or bundle's recorded preprocessing: an image's, or a text model's (its tokenizer in ``folder``)."""
+    if data.get("kind", "image") == "text":
+        return TextPreprocess.from_dict(data, folder)
+    missing = [key for key in ("input_size", "resize_size", "mean", "std") if key not in data]
+    if missing:
+        raise ConfigError(f"image preprocessing lacks {', '.join(missing)}")
+    return PreprocessConfig.from_dict(data)
 
 
 def describe_source(source: ImageSource) -> str:

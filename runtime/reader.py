@@ -18,6 +18,7 @@ import numpy as np
 from .data import ImageRecord
 from .errors import ImageDecodeError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreprocessConfig, preprocess
+from .text import TextPreprocess
 
 
 @dataclass
@@ -69,7 +70,7 @@ def prefetched(records: Sequence[ImageRecord], batch_size: int, decode_one: Call
 
 def read_batches(
     records: Sequence[ImageRecord],
-    config: PreprocessConfig,
+    config: PreprocessConfig | TextPreprocess,
     batch_size: int = 32,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -77,7 +78,16 @@ def read_batches(
     report: ReadReport | None = None,
     workers: int | None = None,
 ) -> Iterator[Batch]:
-    """Yield preprocessed batches in order; raise on the first bad image unless ``skip_bad``."""
+    """Yield preprocessed batches in order; raise on the first bad image unless ``skip_bad``.
+
+    Texts (:class:`~edgetl.runtime.text.TextPreprocess`) are tokenized a batch at a time, padded to the batch's
+    longest: ``tokenizers`` runs a batch on all cores itself, so no pool is needed."""
+    if isinstance(config, TextPreprocess):
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            yield Batch(list(range(start, start + len(chunk))), config.encode([r.text for r in chunk]), len(chunk))
+        return
+
     def one(record: ImageRecord):
         return decode_or_error(record, lambda image: preprocess(image, config, max_pixels=max_pixels))
 

@@ -34,6 +34,7 @@ from .errors import BundleError, EdgetlError, MissingDependencyError
 from .heads import Head
 from .latency import BenchSettings, measure
 from .machine import CpuClass, cpu_facts, this_cpu_class
+from .text import TextPreprocess
 from .timings import Timing, TimingRecord, write_timings
 
 DEFAULT_BUDGET_S = 1.0
@@ -81,6 +82,21 @@ def tune_bundle(bundle: Bundle, backend: str | None = None, threads: int | None 
     return report
 
 
+def _sample(bundle: Bundle, check: CheckSet | None) -> np.ndarray:
+    """The input each candidate is timed on: the check set's first (a text's ids without their padding, as a
+    batch of one runs), else random pixels or a short run of token ids."""
+    preprocess = bundle.preprocess
+    if check is not None and len(check.labels):
+        sample = check.images[:1]
+        if isinstance(preprocess, TextPreprocess):
+            sample = sample[:, :max(1, int((sample != preprocess.pad_id).sum()))]
+        return sample
+    if isinstance(preprocess, TextPreprocess):
+        return preprocess.example(1)
+    size = preprocess.input_size
+    return np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+
+
 def tune(bundle: Bundle, todo: list[Candidate], head: Head, cpu: CpuClass, check: CheckSet | None,
          threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S, device: str | None = None) -> TuneReport:
     """Measure ``todo`` and record the rows (at the default thread count); returns them with the time taken."""
@@ -89,9 +105,7 @@ def tune(bundle: Bundle, todo: list[Candidate], head: Head, cpu: CpuClass, check
     rank = {name: i for i, name in enumerate(cpu_order(cpu))}
     todo = sorted(todo, key=lambda c: rank.get(c.artifact.format, len(rank)))
     max_drop = float(manifest.validation.get("max_accuracy_drop", 1.0))
-    size = manifest.preprocess_config.input_size
-    sample = (check.images[:1] if check is not None and len(check.labels)
-              else np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
+    sample = _sample(bundle, check)
     rows, spent = [], 0.0
     for index, candidate in enumerate(todo):
         share = max(0.05, (budget_s - spent) / (len(todo) - index))

@@ -27,7 +27,7 @@ import numpy as np
 
 from .backbone import Backbone
 from .bundle import Bundle
-from .data import ImageRecord, open_data
+from .data import ImageRecord, input_records, open_data
 from .documents import utc_now
 from .errors import BundleError, ConfigError, DataError, UpdateRejectedError
 from .features import FeatureSource, apply_adapter, backbone_features
@@ -271,11 +271,11 @@ class Learner:
 
     def update(self, images: Sequence[str | Path | bytes], labels: Sequence[str],
                settings: UpdateSettings | None = None) -> dict:
-        """Learn ``images`` (paths or encoded bytes) with their class names; returns the update's report."""
+        """Learn ``images`` (paths or encoded bytes; a text model's texts) with their class names; returns the
+        update's report."""
         if len(images) != len(labels):
             raise ConfigError(f"{len(images)} images but {len(labels)} labels")
-        records = [ImageRecord(f"image[{n}]", -1, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), -1)
-                   for n, i in enumerate(images)]
+        records = input_records(images, self.backbone.preprocess)
         return learn_records(self.bundle, self.backbone, records, [str(n) for n in labels],
                              settings or UpdateSettings(), artifact_name=self.backbone.artifact.name,
                              session=self.session)

@@ -60,6 +60,7 @@ class Backbone(nn.Module):
     pretrained: PretrainedConfig
     feature_dim: int
     stages: list[nn.Module]
+    modality = "image"      # what it reads: "image" or "text" (:mod:`.sentence_bert`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -192,8 +192,8 @@ def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfi
         shutil.copyfile(shared, onnx_path)
     else:
         log(f"exporting {getattr(backbone, 'name', 'the backbone')} at {size} px to ONNX to time it")
-        export_onnx(nn.Sequential(*backbone.stages) if hasattr(backbone, "stages") else backbone, onnx_path, size,
-                    "features")
+        export_onnx(nn.Sequential(*backbone.stages) if hasattr(backbone, "stages") else backbone, onnx_path,
+                    preprocess.example(2), "features")
     if plan.format == "onnx":
         return [onnx_path]
     fmt = EXPORT_FORMATS[plan.format]

@@ -55,10 +55,12 @@ class Backend:
         return self
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one NCHW float32 batch; the shape is checked against the model's input."""
+        """Run one batch: NCHW float32 images, or (N, L) int64 token ids of a text model, kept integer; the shape is
+        checked against the model's input."""
         if not self._open:
             raise EdgetlError(f"{self.name} backend for {self.path.name} is not open; call open() first")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        integer = np.issubdtype(np.asarray(batch).dtype, np.integer)
+        batch = np.ascontiguousarray(batch, dtype=np.int64 if integer else np.float32)
         expected = self.input_shape
         if batch.ndim != len(expected) or any(
             isinstance(e, int) and e != got for e, got in zip(expected, batch.shape)

@@ -1,7 +1,9 @@
 """OpenVINO backend (CPU by default; ``device`` may name GPU or NPU).
 
 The IR is saved with a dynamic batch; the backend reshapes it to the static
-batch it is called with and compiles once per batch size, because a static
+batch it is called with and compiles once per batch size (a text model's
+sequence length stays dynamic: one compilation per length would cost more
+than it saves), because a static
 shape is markedly faster on CPU (measured while building edgetl, on a 2-core
 AVX-512 x86: with default settings the dynamic-batch model ran 45% slower
 than a static one, which came within a few percent of ``benchmark_app``).
@@ -112,7 +114,7 @@ class OpenVINOBackend(Backend):
     def _request(self, batch: int):
         if batch not in self._compiled:
             model = self._model.clone()
-            dims = list(self.input_shape)
+            dims = [-1 if d is None else d for d in self.input_shape]    # a text model's length stays dynamic
             dims[0] = batch
             model.reshape({self._model.inputs[0].get_any_name(): self._ov.PartialShape(dims)})
             compiled = self._core.compile_model(model, self.device, self._config)

@@ -20,15 +20,19 @@ def _explain_choice(model) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per image.")
+@click.argument("images", nargs=-1, required=True, metavar="INPUTS...")
+@click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per input.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels.")
 @json_option
 @with_model_options
 def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_tune) -> None:
-    """Classify IMAGES with BUNDLE."""
+    """Classify INPUTS with BUNDLE: image files, or a text model's texts (each argument one text; '-' reads one
+    text per line from stdin)."""
     from ..model import EdgeModel
+
+    if images == ("-",):
+        images = tuple(line.rstrip("\n") for line in click.get_text_stream("stdin") if line.strip())
 
     with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, images=len(images),
                    tune=not no_tune, log=note) as model:

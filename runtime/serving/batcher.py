@@ -50,17 +50,20 @@ class _Job:
 class DynamicBatcher:
     """Run ``run(images) -> features`` on batches assembled from concurrent :meth:`submit` calls.
 
-    ``observe`` receives each :class:`BatchRecord` (for metrics).  :meth:`close` finishes what is queued, then
+    ``observe`` receives each :class:`BatchRecord` (for metrics); ``join`` makes one batch of the waiting
+    requests' inputs.  :meth:`close` finishes what is queued, then
     stops the thread: requests in flight are answered, never dropped.
     """
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int = 8, max_wait_s: float = 0.002,
-                 observe: Callable[[BatchRecord], None] = lambda record: None):
+                 observe: Callable[[BatchRecord], None] = lambda record: None,
+                 join: Callable[[list[np.ndarray]], np.ndarray] = np.concatenate):
         if max_batch < 1:
             raise ConfigError(f"must be at least 1, got {max_batch}", option="max_batch")
         if max_wait_s < 0:
             raise ConfigError(f"must not be negative, got {max_wait_s * 1000:g}", option="max_wait_ms")
         self.run, self.max_batch, self.max_wait_s, self.observe = run, max_batch, max_wait_s, observe
+        self.join = join       # how requests' inputs become one batch (a text model's are padded to one length)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._carry: _Job | None = None
         self._arriving = 0
@@ -150,7 +153,7 @@ class DynamicBatcher:
     def _run(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            features = self.run(np.concatenate([job.images for job in jobs]))
+            features = self.run(self.join([job.images for job in jobs]))
             compute = time.perf_counter() - started
             self._batches += 1
             record = BatchRecord(self._batches, sum(len(job.images) for job in jobs), compute)

@@ -25,12 +25,13 @@ import numpy as np
 
 from ..backbone import Backbone
 from ..bundle import Bundle, HeadState
-from ..data import ImageRecord
+from ..data import ImageRecord, input_records
 from ..errors import ConfigError, DataError, EdgetlError, ImageDecodeError, StoreBusyError, UpdateRejectedError
 from ..features import apply_adapter
 from ..heads import softmax
 from ..machine import default_threads
 from ..preprocess import preprocess
+from ..text import TextPreprocess, check_text
 from ..update import LearningSession, UpdateSettings, learn_records, tune_alpha
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
@@ -126,8 +127,9 @@ class InferenceService:
         except BaseException:
             self.backbone.close()
             raise
+        self.text = isinstance(self.preprocess, TextPreprocess)
         self.batcher = DynamicBatcher(self.backbone.features, settings.max_batch, settings.max_wait_ms / 1000,
-                                      self._observe_batch)
+                                      self._observe_batch, self.preprocess.join if self.text else np.concatenate)
         self.decoder = ThreadPoolExecutor(max_workers=max(1, default_threads()), thread_name_prefix="edgetl-decode")
         self.session = LearningSession(keep_factor=True)
         self._learning = threading.Lock()           # one transaction of this service's session at a time
@@ -175,8 +177,15 @@ class InferenceService:
 
     @property
     def input_shape(self) -> list[int]:
+        if self.text:
+            return [-1]
         size = self.preprocess.input_size
         return [3, size, size]
+
+    @property
+    def input_name(self) -> str:
+        """The OIP input of what a user sends: ``image`` (encoded files) or ``text`` (UTF-8), BYTES either way."""
+        return "text" if self.text else "image"
 
     def server_metadata(self) -> dict:
         return {"name": "edgetl", "version": _edgetl_version(), "extensions": ["binary_tensor_data", "edgetl_update"]}
@@ -186,8 +195,9 @@ class InferenceService:
         classes = len(state.labels)
         return {
             "name": self.name, "versions": [MODEL_VERSION], "platform": f"edgetl_{self.backbone.backend.name}",
-            "inputs": [{"name": "image", "datatype": BYTES, "shape": [-1]},
-                       {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
+            "inputs": [{"name": self.input_name, "datatype": BYTES, "shape": [-1]},
+                       {"name": "input", "datatype": "INT64" if self.text else "FP32",
+                        "shape": [-1, *self.input_shape]}],
             "outputs": [{"name": "label", "datatype": BYTES, "shape": [-1]},
                         {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
                         {"name": "scores", "datatype": "FP32", "shape": [-1, classes]},
@@ -206,7 +216,22 @@ class InferenceService:
             raise ProtocolError(f"{count} {what} in one request; at most {self.settings.max_images} (--max-images)",
                                 413)
 
+    def _texts(self, items: list[bytes]) -> list[str]:
+        """UTF-8 texts of a request, each checked (not empty, not oversized)."""
+        self._check_count(len(items), "texts")
+        texts = []
+        for index, data in enumerate(items):
+            try:
+                texts.append(check_text(data.decode("utf-8"), f"text[{index}]"))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"text[{index}] is not UTF-8") from None
+            except DataError as exc:
+                raise ProtocolError(str(exc)) from None
+        return texts
+
     def _decode(self, items: list[bytes]) -> np.ndarray:
+        if self.text:
+            return self.preprocess.encode(self._texts(items))
         self._check_count(len(items), "images")
 
         def one(index: int) -> np.ndarray:
@@ -220,18 +245,22 @@ class InferenceService:
         return np.stack(list(self.decoder.map(one, range(len(items)))))
 
     def _images(self, request: InferRequest) -> np.ndarray:
-        unknown = sorted(set(request.inputs) - {"image", "input"})
+        name = self.input_name
+        unknown = sorted(set(request.inputs) - {name, "input"})
         if unknown:
-            raise ProtocolError(f"unknown input(s) {', '.join(unknown)} (this model takes 'image' or 'input')")
+            raise ProtocolError(f"unknown input(s) {', '.join(unknown)} (this model takes '{name}' or 'input')")
         if len(request.inputs) != 1:
-            raise ProtocolError("give either 'image' (encoded images) or 'input' (preprocessed), not both")
-        if "image" in request.inputs:
-            tensor = request.inputs["image"]
+            raise ProtocolError(f"give either '{name}' or 'input' (preprocessed), not both")
+        if name in request.inputs:
+            tensor = request.inputs[name]
+            what = "UTF-8 texts" if self.text else "encoded JPEG/PNG"
             if tensor.datatype != BYTES:
-                raise ProtocolError(f"input 'image' must be BYTES (encoded JPEG/PNG), got {tensor.datatype}")
+                raise ProtocolError(f"input '{name}' must be BYTES ({what}), got {tensor.datatype}")
             if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) or not tensor.data:
-                raise ProtocolError(f"input 'image' must have shape [N] or [N, 1] with N >= 1, got {tensor.shape}")
+                raise ProtocolError(f"input '{name}' must have shape [N] or [N, 1] with N >= 1, got {tensor.shape}")
             return self._decode(tensor.data)
+        if self.text:
+            raise ProtocolError("a text model takes its texts as 'text' (BYTES); token ids are not accepted")
         tensor = request.inputs["input"]
         expected = [-1, *self.input_shape]
         if tensor.datatype != "FP32":
@@ -281,7 +310,7 @@ class InferenceService:
         if top_k < 1:
             raise ProtocolError(f"top_k must be at least 1, got {top_k}")
         if not data:
-            raise ProtocolError("the body is empty; send the image file's bytes")
+            raise ProtocolError(f"the body is empty; send the {'text (UTF-8)' if self.text else 'image file'}'s bytes")
         with self.batcher.arriving():
             images = self._decode([data])
         logits, state, ran = self.classify(images)
@@ -297,12 +326,13 @@ class InferenceService:
         """Learn labelled images (inputs ``image`` and ``label``, BYTES [N]) with ``edgetl-rt update``'s rules;
         answers after the committed version serves."""
         settings = _update_settings(request.parameters, self.settings.max_pixels)
-        images, labels = request.inputs.get("image"), request.inputs.get("label")
-        if images is None or labels is None or set(request.inputs) != {"image", "label"}:
-            raise ProtocolError("an update takes exactly two inputs: 'image' (BYTES, encoded images) and 'label' "
-                                "(BYTES, class names)")
+        name = self.input_name
+        images, labels = request.inputs.get(name), request.inputs.get("label")
+        if images is None or labels is None or set(request.inputs) != {name, "label"}:
+            raise ProtocolError(f"an update takes exactly two inputs: '{name}' (BYTES, "
+                                f"{'UTF-8 texts' if self.text else 'encoded images'}) and 'label' (BYTES, class names)")
         if images.datatype != BYTES or labels.datatype != BYTES:
-            raise ProtocolError("'image' and 'label' must both be BYTES")
+            raise ProtocolError(f"'{name}' and 'label' must both be BYTES")
         self._check_count(len(images.data), "images")
         if len(images.data) != len(labels.data) or not images.data:
             raise ProtocolError(f"{len(images.data)} images and {len(labels.data)} labels; give one label per image")
@@ -312,7 +342,8 @@ class InferenceService:
             raise ProtocolError("labels must be UTF-8 text") from None
         if any(not name or len(name) > 200 for name in names):
             raise ProtocolError("every label must be a non-empty class name of at most 200 characters")
-        records = [ImageRecord(f"image[{i}]", -1, encoded=data) for i, data in enumerate(images.data)]
+        records = (input_records(self._texts(images.data), self.preprocess) if self.text else
+                   [ImageRecord(f"image[{i}]", -1, encoded=data) for i, data in enumerate(images.data)])
         try:
             if not self._learning.acquire(timeout=settings.lock_timeout):
                 raise StoreBusyError(f"the service is busy learning (another update, or its background alpha "

@@ -1,0 +1,53 @@
+"""One pass of a text encoder over labelled texts, into a feature cache entry.
+
+Texts are tokenized all at once (``tokenizers`` runs the batch on every core) and run in batches of similar
+length: sorted by token count, so a batch pads to little more than its own texts (on banking77 the padded tokens
+are about 3% of the work against about 60% for batches in file order).  Rows are written at their records'
+positions, so the entry reads in record order like an image pass's.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetl.runtime.progress import ProgressFactory, silent_progress
+from edgetl.runtime.text import TextPreprocess, TextRecord
+
+from .cache import CacheWriter
+
+#: Texts per batch on the CPU: large enough for the matrix products, small enough that the longest batch (at
+#: max_length) stays within a few hundred MB of attention scores.
+TEXT_BATCH = 64
+
+
+def length_sorted_batches(tokens: Sequence[Sequence[int]], batch_size: int) -> list[np.ndarray]:
+    """Positions of ``tokens`` grouped into batches of similar length (stable, so the order is reproducible)."""
+    order = np.argsort([len(t) for t in tokens], kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextPreprocess, writer: CacheWriter, *,
+             device: torch.device = torch.device("cpu"), batch_size: int | None = None,
+             progress: ProgressFactory = silent_progress, first: int = 0) -> None:
+    """``module``'s outputs over ``records`` (rows ``first`` on of the entry) into ``writer``."""
+    tokens = preprocess.tokens([r.text for r in records])
+    module = module.eval().to(device)
+    bar = progress("encoder pass", len(records))
+    try:
+        with torch.inference_mode():
+            for rows in length_sorted_batches(tokens, batch_size or TEXT_BATCH):
+                ids = torch.from_numpy(preprocess.pad([tokens[i] for i in rows])).to(device)
+                writer.write([first + int(i) for i in rows], module(ids).float().cpu().numpy())
+                bar.update(len(rows))
+    finally:
+        bar.close()
+    writer.skipped = []
+
+
+def text_output_shape(module: nn.Module, preprocess: TextPreprocess, device: torch.device) -> tuple[int, ...]:
+    with torch.inference_mode():
+        return tuple(module.to(device)(torch.from_numpy(preprocess.example(1)).to(device)).shape[1:])

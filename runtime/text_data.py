@@ -1,0 +1,87 @@
+"""Labelled text sources: a CSV with a header naming ``text`` and ``label`` (or ``category`` / ``intent``) and an
+optional ``split`` column, or the JSONL equivalent (one object per line with the same keys).
+
+The same rules as image sources (:mod:`.data`): splits ``train`` / ``val`` given for every row or none, a bad row
+(an empty text, a missing label) is a one-line error naming the file and line unless ``skip_bad`` leaves it out,
+and a file that is not UTF-8 is refused.  Records are named ``FILE:LINE`` (stable while the file is).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from .data import LabeledData
+from .errors import DataError
+from .text import TextRecord, check_text
+
+TEXT_SUFFIXES = (".csv", ".jsonl")
+LABEL_KEYS = ("label", "category", "intent")
+
+
+def _csv_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
+    reader = csv.reader(handle)
+    header = [cell.strip().lower() for cell in next(reader, [])]
+    label_key = next((key for key in LABEL_KEYS if key in header), None)
+    if label_key is None:
+        raise DataError(f"{path}: the header names no label column (one of {', '.join(LABEL_KEYS)})")
+    columns = {"text": header.index("text"), "label": header.index(label_key)}
+    if "split" in header:
+        columns["split"] = header.index("split")
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        yield line_no, {key: row[i] if i < len(row) else "" for key, i in columns.items()}
+
+
+def _jsonl_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
+    for line_no, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from exc
+        if not isinstance(item, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
+        label = next((item[key] for key in LABEL_KEYS if key in item), "")
+        yield line_no, {"text": item.get("text"), "label": label, "split": item.get("split") or ""}
+
+
+def open_text(path: Path, skip_bad: bool) -> LabeledData:
+    """The labelled texts of a CSV or JSONL file."""
+    rows: list[tuple[str, str, str, str]] = []
+    skipped: list[str] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
+            for line_no, row in reader(path, handle):
+                where = f"{path}:{line_no}"
+                try:
+                    text = check_text(row["text"], where)
+                    label = row["label"]
+                    if not isinstance(label, (str, int)) or not str(label).strip():
+                        raise DataError(f"{where}: the label is missing")
+                except DataError as exc:
+                    if not skip_bad:
+                        raise DataError(f"{exc}; fix the row, or skip bad rows", remedy="skip_bad") from None
+                    skipped.append(str(exc))
+                    continue
+                split = str(row.get("split") or "").strip().lower() or "all"
+                if split not in ("train", "val", "all"):
+                    raise DataError(f"{where}: unknown split {split!r} (use train or val)")
+                rows.append((where, text, str(label).strip(), split))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    if not rows:
+        raise DataError(f"{path} lists no texts")
+    class_names = sorted({label for _, _, label, _ in rows})
+    index = {name: i for i, name in enumerate(class_names)}
+    splits: dict[str, list[TextRecord]] = {}
+    for where, text, label, split in rows:
+        splits.setdefault(split, []).append(TextRecord(where, index[label], text))
+    if "all" in splits and len(splits) > 1:
+        raise DataError(f"{path}: either give every row a split or none")
+    return LabeledData(str(path), class_names, splits, skipped=skipped)

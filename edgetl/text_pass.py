@@ -10,24 +10,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.text import TextPreprocess, TextRecord
+from edgetl.runtime.text import TextPreprocess, TextRecord, length_sorted
 
 from .cache import CacheWriter
 
 #: Texts per batch on the CPU: large enough for the matrix products, small enough that the longest batch (at
 #: max_length) stays within a few hundred MB of attention scores.
 TEXT_BATCH = 64
-
-
-def length_sorted_batches(tokens: Sequence[Sequence[int]], batch_size: int) -> list[np.ndarray]:
-    """Positions of ``tokens`` grouped into batches of similar length (stable, so the order is reproducible)."""
-    order = np.argsort([len(t) for t in tokens], kind="stable")
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextPreprocess, writer: CacheWriter, *,
@@ -39,7 +32,7 @@ def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextP
     bar = progress("encoder pass", len(records))
     try:
         with torch.inference_mode():
-            for rows in length_sorted_batches(tokens, batch_size or TEXT_BATCH):
+            for rows in length_sorted(tokens, batch_size or TEXT_BATCH):
                 ids = torch.from_numpy(preprocess.pad([tokens[i] for i in rows])).to(device)
                 writer.write([first + int(i) for i in rows], module(ids).float().cpu().numpy())
                 bar.update(len(rows))

@@ -59,4 +59,5 @@ def backbone_features(source: FeatureSource, records: Sequence[ImageRecord], ada
     finally:
         bar.close()
     values = np.concatenate(chunks) if chunks else np.zeros((0, source.feature_dim), np.float32)
-    return Features(values, kept, report)
+    order = np.argsort(kept, kind="stable")        # texts come in batches of similar length: back to record order
+    return Features(values[order], [kept[i] for i in order], report)

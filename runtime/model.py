@@ -96,14 +96,14 @@ class EdgeModel:
             raise ConfigError(f"must be at least 1, got {top_k}", option="top_k")
         k = min(top_k, len(self.labels))
         records = input_records(images, self.preprocess)
-        results: list[Prediction] = []
+        results: dict[int, Prediction] = {}
         for batch in read_batches(records, self.preprocess, batch_size, max_pixels=max_pixels):
             probabilities = softmax(self.logits(batch.images))
             for index, row in zip(batch.indices, probabilities):
                 order = np.argsort(-row)[:k]
-                results.append(Prediction(records[index].source, [(self.labels[i], float(row[i])) for i in order],
-                                          self.preprocess.kind))
-        return results
+                results[index] = Prediction(records[index].source, [(self.labels[i], float(row[i])) for i in order],
+                                            self.preprocess.kind)
+        return [results[i] for i in sorted(results)]     # texts run in batches of similar length, not in order
 
     def evaluate(
         self,

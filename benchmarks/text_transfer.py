@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--method", default="sgd", help="the device's learning method (edgetl-rt update --method)")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per latency cell")
     parser.add_argument("--work", type=Path, default=None, help="keep runs and bundles here (default: temporary)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the run and bundle already in --work")
     args = parser.parse_args()
     if not (args.data / "train.csv").is_file():
         raise SystemExit(f"banking77 not found at {args.data}")
@@ -160,14 +161,18 @@ def main() -> None:
     result: dict = {"data": str(args.data), "train": len(train), "test": len(test), "val_fraction": args.val_fraction,
                     "head": args.head, "device_method": args.method}
 
-    print(f"fine-tuning minilm-l6 on {len(train)} texts")
-    run = _finetune(train_csv, work / "run", args.val_fraction, args.head)
-    result["finetune"] = {k: run.get(k) for k in ("accuracy", "timings", "cache_hit", "n_train")}
-    t0 = time.perf_counter()
-    export = _cli("edgetl", "export", str(work / "run"), "--out", str(work / "bundle"), "--format", args.formats,
-                  "--overwrite")
-    result["export_s"] = time.perf_counter() - t0
     bundle = work / "bundle"
+    if args.reuse and (bundle / "manifest.json").is_file():
+        print(f"reusing the run and bundle in {work}")
+        export = json.loads((bundle / "manifest.json").read_text())
+    else:
+        print(f"fine-tuning minilm-l6 on {len(train)} texts")
+        run = _finetune(train_csv, work / "run", args.val_fraction, args.head)
+        result["finetune"] = {k: run.get(k) for k in ("accuracy", "timings", "cache_hit", "n_train")}
+        t0 = time.perf_counter()
+        export = _cli("edgetl", "export", str(work / "run"), "--out", str(bundle), "--format", args.formats,
+                      "--overwrite")
+        result["export_s"] = time.perf_counter() - t0
     manifest = Bundle(bundle).manifest
     names = [a.name for a in manifest.artifacts if a.role == "backbone"]
     result["export"] = {a["name"]: {k: a.get(k) for k in ("accuracy", "accuracy_drop", "max_abs_diff", "size",
@@ -197,7 +202,7 @@ def main() -> None:
     for artifact in manifest.artifacts:
         if artifact.role != "backbone":
             continue
-        with create_backend(artifact.backend, bundle / artifact.file, precision=artifact.precision) as runner:
+        with create_backend(artifact.evaluated_with, bundle / artifact.file, precision=artifact.precision) as runner:
             got, seconds = _embeddings(model, preprocess, texts, runner)
         embeddings[artifact.name] = float(np.abs(got - reference).max())
         cosine = np.sum(got * reference, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
@@ -218,7 +223,7 @@ def main() -> None:
         x = torch.from_numpy(ids)
         latency = {"torch (eager, fp32)": _latency(lambda: full(x), args.seconds)}
     for artifact in manifest.artifacts:
-        with create_backend(artifact.backend, bundle / artifact.file, precision=artifact.precision) as runner:
+        with create_backend(artifact.evaluated_with, bundle / artifact.file, precision=artifact.precision) as runner:
             bundle_head = Bundle(bundle).exported_head
             run_one = (lambda: runner.infer(ids)) if artifact.role != "backbone" else \
                 (lambda: bundle_head.logits(runner.infer(ids)))

@@ -1,4 +1,5 @@
-"""Write a data source (e.g. ``builtin:digits``) as an image folder with train/ and val/.
+"""Write a data source (e.g. ``builtin:digits``) as an image folder with train/ and val/ (labelled texts: as
+``texts.csv`` with a split column).
 
 The same data can then be copied to a device and read by ``edgetl-rt`` as
 plain image files (any tool can open them).  In-memory images are saved as
@@ -7,6 +8,7 @@ PNG (lossless); files are copied as they are.
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -40,6 +42,8 @@ def export_image_folder(
         train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
         splits = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx]}
     counts: dict[str, int] = {}
+    if data.modality == "text":
+        return _export_texts(data, splits, keep, out, overwrite)
     with atomic_directory(out, overwrite=overwrite) as staging:
         for split, records in splits.items():
             chosen = [r for r in records if r.label in keep]
@@ -48,6 +52,20 @@ def export_image_folder(
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_record(record, folder, position)
             counts[split] = len(chosen)
+    return counts
+
+
+def _export_texts(data, splits: dict, keep: set[int], out: str | Path, overwrite: bool) -> dict[str, int]:
+    """Texts go to ``out/texts.csv`` (``text,label,split``), which every edgetl command reads."""
+    counts: dict[str, int] = {}
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        with open(staging / "texts.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label", "split"])
+            for split, records in splits.items():
+                chosen = [r for r in records if r.label in keep]
+                writer.writerows((r.text, data.class_names[r.label], split) for r in chosen)
+                counts[split] = len(chosen)
     return counts
 
 

@@ -154,10 +154,20 @@ def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
 
 
 def record_timings(bundle: str | Path, result: dict) -> Path:
-    """Keep the batch-1 rows of a benchmark matrix (default thread count) for this machine."""
+    """Keep the batch-1 rows of a benchmark matrix (default thread count) for this machine; for a text model, per
+    artifact and backend the row of the sequence length nearest the bench's default (a short query)."""
+    from .tools.bench import DEFAULT_SEQ_LEN
+
+    chosen: dict[tuple, dict] = {}
+    for r in result["rows"]:
+        if r["batch"] == 1 and r["threads"] is None:
+            key = (r["artifact"], r["backend"])
+            distance = abs(r.get("seq_len", DEFAULT_SEQ_LEN) - DEFAULT_SEQ_LEN)
+            if key not in chosen or distance < abs(chosen[key].get("seq_len", DEFAULT_SEQ_LEN) - DEFAULT_SEQ_LEN):
+                chosen[key] = r
     rows = [Timing(r["artifact"], r["backend"], r["p50_ms"], r["p90_ms"], load_s=r.get("load_s"),
                    first_s=r.get("first_inference_s"), import_s=r.get("import_s"), source="bench")
-            for r in result["rows"] if r["batch"] == 1 and r["threads"] is None]
+            for r in chosen.values()]
     if not rows:
         raise ConfigError("nothing to record: the record keeps batch-1 rows at the default thread count; "
                           "measure batch 1 with the default threads", option="record")

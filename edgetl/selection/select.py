@@ -112,6 +112,9 @@ def select_backbones(
     """Measure every candidate and recommend one; returns the selection record (schema ``edgetl.selection/1``)."""
     started = time.perf_counter()
     prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
+    if prepared.data.modality == "text":
+        raise ConfigError(f"{prepared.data.address} holds texts, and select ranks image backbones: the one offline "
+                          "text backbone is minilm-l6 (edgetl finetune DATA --backbone minilm-l6)", option="backbones")
     compute = resolve_device(config.device, config.compile)
     cache = FeatureCache(config.cache_dir)
     profile = None

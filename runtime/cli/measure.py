@@ -40,6 +40,8 @@ bench_options = [
                  help="Comma-separated backends (onnxruntime, openvino, tensorrt)."),
     click.option("--precisions", default=None, help="Comma-separated precisions (fp32, fp16, int8)."),
     click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8."),
+    click.option("--seq-len", "seq_lens", default="16", show_default=True,
+                 help="A text model's tokens per text, comma-separated, e.g. 16,64,256 (ignored for images)."),
     click.option("--threads", default=None, help=THREADS_LIST_HELP),
     click.option("--target", default=None, help="Device profile: its backends, precisions and memory budget."),
     click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -70,8 +72,8 @@ def single_cell_figures(result: dict) -> dict:
     return {key: rows[0][key] for key in SINGLE_CELL_KEYS} if len(rows) == 1 else {}
 
 
-def run_bench(bundle, artifacts, backends, precisions, batches, threads, target, data, out, min_runs, min_seconds,
-              warmup_runs, noise_threshold, in_process, record, as_json, write=None) -> dict:
+def run_bench(bundle, artifacts, backends, precisions, batches, seq_lens, threads, target, data, out, min_runs,
+              min_seconds, warmup_runs, noise_threshold, in_process, record, as_json, write=None) -> dict:
     """The matrix, recorded, written (``write(result, out)``) and printed as the options say."""
     from ..latency import BenchSettings
     from ..tools.bench import MatrixSettings, run_matrix, table_lines, write_results
@@ -79,7 +81,8 @@ def run_bench(bundle, artifacts, backends, precisions, batches, threads, target,
     if bundle is None:
         raise click.UsageError("give BUNDLE")
     settings = MatrixSettings(
-        batches=_ints(batches, "--batch"), threads=_ints(threads, "--threads"), artifacts=_names(artifacts),
+        batches=_ints(batches, "--batch"), seq_lens=_ints(seq_lens, "--seq-len"), threads=_ints(threads, "--threads"),
+        artifacts=_names(artifacts),
         backends=_names(backends), precisions=_names(precisions), target=target, isolate=not in_process,
         noise_threshold=noise_threshold,
         bench=BenchSettings(warmup_runs=warmup_runs, min_runs=min_runs, min_seconds=min_seconds),

@@ -31,15 +31,19 @@ from ..latency import BenchSettings, latency_stats, measure, peak_rss_mb
 from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
 from ..bundle import Bundle
 from ..manifest import Artifact, BundleManifest
+from ..text import TextPreprocess
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
 RESULT_FILES = ("results.json", "results.csv")
+#: Tokens per text when a text model is measured without --seq-len: a short query (banking77's median is 14).
+DEFAULT_SEQ_LEN = 16
 
 
 @dataclass
 class MatrixSettings:
     batches: tuple[int, ...] = (1,)
+    seq_lens: tuple[int, ...] = (DEFAULT_SEQ_LEN,)   # a text model's axis: tokens per text
     threads: tuple[int | None, ...] = (None,)
     artifacts: tuple[str, ...] | None = None
     backends: tuple[str, ...] | None = None
@@ -52,6 +56,8 @@ class MatrixSettings:
     def check(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError(f"batch sizes must be at least 1, got {self.batches}", option="batch")
+        if not self.seq_lens or any(n < 2 for n in self.seq_lens):
+            raise ConfigError(f"sequence lengths must be at least 2, got {self.seq_lens}", option="seq_len")
         if any(t is not None and t < 1 for t in self.threads):
             raise ConfigError(f"thread counts must be at least 1, got {self.threads}", option="threads")
 
@@ -97,8 +103,26 @@ def plan_cells(manifest: BundleManifest, settings: MatrixSettings) -> list[Cell]
     return cells
 
 
-def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
-    """Cold start, latency per batch and peak RSS of one cell, in this process."""
+def text_input(preprocess, batch: int, length: int) -> np.ndarray:
+    """(batch, length) token ids of real words (a sentence's tokens repeated between its first and last special
+    tokens), none of them padding: what a text of ``length`` tokens costs."""
+    ids = preprocess.tokens(["the quick brown fox jumps over the lazy dog near the bank"])[0]
+    inner = ids[1:-1] * (length // max(len(ids) - 2, 1) + 1)
+    row = ([ids[0]] + inner[:length - 2] + [ids[-1]])[:length]
+    return np.tile(np.asarray(row, dtype=np.int64), (batch, 1))
+
+
+def _inputs(preprocess, batches: tuple[int, ...], seq_lens: tuple[int, ...], seed: int):
+    """(row fields, input) per cell of the batch (and, for a text model, sequence length) axis."""
+    if isinstance(preprocess, TextPreprocess):
+        return [({"batch": b, "seq_len": n}, text_input(preprocess, b, n)) for b in batches for n in seq_lens]
+    rng, size = np.random.default_rng(seed), preprocess.input_size
+    return [({"batch": b}, rng.standard_normal((b, 3, size, size)).astype(np.float32)) for b in batches]
+
+
+def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], bench: BenchSettings,
+                 seq_lens: tuple[int, ...] = (DEFAULT_SEQ_LEN,)) -> dict:
+    """Cold start, latency per batch (and sequence length) and peak RSS of one cell, in this process."""
     from ..backends import BACKEND_MODULES
     from ..model import EdgeModel
     from ..tune import import_seconds
@@ -109,17 +133,14 @@ def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], ben
     load_s = time.perf_counter() - t0
     rows = []
     with model:
-        size = model.preprocess.input_size
-        rng = np.random.default_rng(bench.seed)
         first_s = None
-        for batch in batches:
-            x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+        for fields, x in _inputs(model.preprocess, batches, seq_lens, bench.seed):
             t1 = time.perf_counter()
             model.logits(x)
             if first_s is None:
                 first_s = time.perf_counter() - t1
-            samples = measure(lambda: model.logits(x), replace(bench, batch=batch))
-            rows.append({"batch": batch, **latency_stats(samples, batch)})
+            samples = measure(lambda: model.logits(x), replace(bench, batch=fields["batch"]))
+            rows.append({**fields, **latency_stats(samples, fields["batch"])})
         backend = model.backend.describe()
     return {"import_s": import_s, "load_s": load_s, "first_inference_s": first_s,
             "cold_start_s": (import_s or 0.0) + load_s + first_s, "peak_rss_mb": peak_rss_mb(),
@@ -130,8 +151,10 @@ class NoChildInterpreter(Exception):
     """This machine cannot start a second interpreter (e.g. an emulated userland without binfmt_misc)."""
 
 
-def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings) -> dict:
-    spec = json.dumps({"bundle": bundle, "cell": asdict(cell), "batches": list(batches), "bench": asdict(bench)})
+def measure_cell_isolated(bundle: str, cell: Cell, batches: tuple[int, ...], bench: BenchSettings,
+                          seq_lens: tuple[int, ...] = (DEFAULT_SEQ_LEN,)) -> dict:
+    spec = json.dumps({"bundle": bundle, "cell": asdict(cell), "batches": list(batches), "bench": asdict(bench),
+                       "seq_lens": list(seq_lens)})
     try:
         out = subprocess.run([sys.executable, "-m", "edgetl.runtime.tools.bench", spec], capture_output=True,
                              text=True)
@@ -164,6 +187,8 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
     opened = Bundle(bundle)            # one manifest read and one check per file for the in-process cells
     bundle, manifest = str(bundle), opened.manifest
     cells = plan_cells(manifest, settings)
+    preprocess = manifest.preprocess_config
+    text = isinstance(preprocess, TextPreprocess)
     flags = cpu_facts()["flags"]
     not_run = [{"artifact": a.name, "needs": a.requires_cpu} for a in manifest.artifacts
                if a.role == "backbone" and not a.runs_on(flags)]
@@ -179,12 +204,12 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
         measured = None
         if isolate:
             try:
-                measured = measure_cell_isolated(bundle, cell, settings.batches, settings.bench)
+                measured = measure_cell_isolated(bundle, cell, settings.batches, settings.bench, settings.seq_lens)
             except NoChildInterpreter as exc:
                 isolate, fallback = False, f"{exc}: every cell measured in this process (as --in-process)"
                 log(f"warning: {fallback}")
         if measured is None:
-            measured = measure_cell(opened, cell, settings.batches, settings.bench)
+            measured = measure_cell(opened, cell, settings.batches, settings.bench, settings.seq_lens)
         artifact = manifest.artifact(cell.artifact)
         accuracy, source = _accuracy(opened, artifact, cell.backend, data, accuracy_cache)
         size = artifact.size + sum(c["size"] for c in artifact.companions)
@@ -198,11 +223,11 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
                    "peak_rss_mb": measured["peak_rss_mb"], "size_mb": size / 1e6, "accuracy": accuracy,
                    "accuracy_source": source, "p99_over_p50": spread, "noisy": spread > settings.noise_threshold,
                    "backend_info": measured["backend_info"]}
-            if cell.backend == "openvino":   # the same settings for OpenVINO's own tool, to check our figure
+            if cell.backend == "openvino" and not text:   # the same settings for OpenVINO's own tool
                 from ..backends.openvino import benchmark_app_command
 
                 row["benchmark_app"] = " ".join(benchmark_app_command(
-                    str(Path(bundle) / artifact.file), manifest.preprocess_config.input_size, stats["batch"],
+                    str(Path(bundle) / artifact.file), preprocess.input_size, stats["batch"],
                     artifact.precision, measured["backend_info"]["threads"],
                     device=measured["backend_info"].get("device") or "CPU"))
             if budget is not None:
@@ -212,13 +237,13 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
         "schema": RESULT_SCHEMA, "bundle": bundle, "created": utc_now(), "machine": machine_info(),
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "bench"}, **asdict(settings.bench),
                      "process_per_cell": isolate, "process_per_cell_fallback": fallback},
-        "input_size": manifest.preprocess_config.input_size, "target": settings.target,
+        "input_size": None if text else preprocess.input_size, "target": settings.target,
         "memory_budget_mb": budget, "rows": rows, "not_run": not_run,
     }
 
 
 def row_key(row: dict) -> tuple:
-    return (row["artifact"], row["backend"], row["threads"], row["batch"])
+    return (row["artifact"], row["backend"], row["threads"], row["batch"], row.get("seq_len"))
 
 
 def machine_info() -> dict:
@@ -239,7 +264,8 @@ def machine_info() -> dict:
     return info
 
 
-COLUMNS = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+COLUMNS = ("artifact", "precision", "backend", "threads", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+           "std_ms",
            "min_ms", "max_ms", "runs", "throughput_per_s", "cold_start_s", "peak_rss_mb", "size_mb", "accuracy",
            "p99_over_p50", "noisy")
 
@@ -257,9 +283,11 @@ def cell_text(value) -> str:
 def table_lines(result: dict) -> list[str]:
     shown = ("artifact", "precision", "backend", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
              "cold_start_s", "peak_rss_mb", "size_mb", "accuracy", "noisy")
+    if any("seq_len" in r for r in result["rows"]):     # a text model: the sequence-length axis beside the batch
+        shown = shown[:5] + ("seq_len",) + shown[5:]
     headers = [c.replace("_per_s", "/s").replace("_ms", " ms").replace("_s", " s").replace("_mb", " MB")
                for c in shown]
-    body = [[cell_text(r[c]) for c in shown] for r in result["rows"]]
+    body = [[cell_text(r.get(c)) for c in shown] for r in result["rows"]]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
@@ -304,7 +332,8 @@ def write_result_files(result: dict, folder: Path) -> None:
 
 def _main() -> None:   # the isolated cell: python -m edgetl.runtime.tools.bench SPEC
     spec = json.loads(sys.argv[1])
-    result = measure_cell(spec["bundle"], Cell(**spec["cell"]), tuple(spec["batches"]), BenchSettings(**spec["bench"]))
+    result = measure_cell(spec["bundle"], Cell(**spec["cell"]), tuple(spec["batches"]), BenchSettings(**spec["bench"]),
+                          tuple(spec["seq_lens"]))
     print(json.dumps(result))
 
 

@@ -1,10 +1,12 @@
-"""``edgetl-rt cluster``: group unlabelled images by their backbone features, for a person to label.
+"""``edgetl-rt cluster``: group unlabelled images (or texts) by their backbone features, for a person to label.
 
 k-means (k-means++ seeding, seeded, a few restarts) on L2-normalised
 features, i.e. by cosine similarity, as NCM classifies.  The groups are
 written as folders of image copies plus ``groups.csv`` and ``summary.json``;
 a person renames each folder to a class name (or merges and deletes), and
-the folder can then be given to ``edgetl-rt update`` as labelled data.
+the folder can then be given to ``edgetl-rt update`` as labelled data.  Texts are
+not copied: ``texts.csv`` lists them with their group as the label, to be
+renamed and given to ``edgetl-rt update`` the same way.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
             folder.mkdir()
             for n, i in enumerate(members):
                 record = records[i]
+                if record.modality == "text":       # texts go to the group's texts.csv (below), not to copies
+                    rows.append((record.source, f"group-{j:02d}", record.text))
+                    continue
                 if record.pixels is not None:
                     target = folder / f"{n:05d}.png"
                     Image.fromarray(record.pixels).save(target)
@@ -89,10 +94,16 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
             groups.append({"group": f"group-{j:02d}", "size": len(members),
                            "head_suggests": labels[int(votes.argmax())] if len(members) else None,
                            "agreement": float(votes.max() / max(len(members), 1))})
-        with open(staging / "groups.csv", "w", newline="") as handle:
+        text = source.modality == "text"
+        with open(staging / "groups.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["source", "group", "copy"])
+            writer.writerow(["source", "group", "text" if text else "copy"])
             writer.writerows(rows)
+        if text:     # rename the groups in its label column, then: edgetl-rt update BUNDLE OUT/texts.csv
+            with open(staging / "texts.csv", "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["text", "label"])
+                writer.writerows((row[2], row[1]) for row in rows)
         summary = {"bundle": str(bundle), "data": data, "k": k, "n": len(kept), "skipped": len(records) - len(kept),
                    "inertia": inertia, "groups": groups}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,8 +1,7 @@
 """One pass of a text encoder over labelled texts, into a feature cache entry.
 
 Texts are tokenized all at once (``tokenizers`` runs the batch on every core) and run in batches of similar
-length: sorted by token count, so a batch pads to little more than its own texts (on banking77 the padded tokens
-are about 3% of the work against about 60% for batches in file order).  Rows are written at their records'
+length: sorted by token count, so a batch pads to little more than its own texts (:func:`length_sorted`).  Rows are written at their records'
 positions, so the entry reads in record order like an image pass's.
 """
 
@@ -25,22 +24,29 @@ TEXT_BATCH = 64
 
 def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextPreprocess, writer: CacheWriter, *,
              device: torch.device = torch.device("cpu"), batch_size: int | None = None,
-             progress: ProgressFactory = silent_progress, first: int = 0) -> None:
-    """``module``'s outputs over ``records`` (rows ``first`` on of the entry) into ``writer``."""
-    tokens = preprocess.tokens([r.text for r in records])
+             progress: ProgressFactory = silent_progress, first: int = 0,
+             tokens: Sequence[Sequence[int]] | None = None) -> None:
+    """``module``'s outputs over ``records`` (rows ``first`` on of the entry) into ``writer``; states at a freeze
+    point inside the encoder (N, L, hidden + 1) are padded with zeros to the entry's length."""
+    tokens = preprocess.tokens([r.text for r in records]) if tokens is None else tokens
     module = module.eval().to(device)
     bar = progress("encoder pass", len(records))
     try:
         with torch.inference_mode():
             for rows in length_sorted(tokens, batch_size or TEXT_BATCH):
                 ids = torch.from_numpy(preprocess.pad([tokens[i] for i in rows])).to(device)
-                writer.write([first + int(i) for i in rows], module(ids).float().cpu().numpy())
+                out = module(ids).float()
+                if out.dim() == 3:
+                    out = torch.nn.functional.pad(out, (0, 0, 0, writer.shape[0] - out.shape[1]))
+                writer.write([first + int(i) for i in rows], out.cpu().numpy())
                 bar.update(len(rows))
     finally:
         bar.close()
     writer.skipped = []
 
 
-def text_output_shape(module: nn.Module, preprocess: TextPreprocess, device: torch.device) -> tuple[int, ...]:
+def text_output_shape(module: nn.Module, preprocess: TextPreprocess, device: torch.device, length: int
+                      ) -> tuple[int, ...]:
+    """The shape of one row: (features,) pooled, or (length, hidden + 1) at a freeze point inside the encoder."""
     with torch.inference_mode():
-        return tuple(module.to(device)(torch.from_numpy(preprocess.example(1)).to(device)).shape[1:])
+        return tuple(module.to(device)(torch.from_numpy(preprocess.example(1, max(length, 2))).to(device)).shape[1:])

@@ -206,7 +206,7 @@ def test_finetune_caches_by_text_content_and_tokenizer(text_run, banking, tmp_pa
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"backbone": "minilm-l6", "train_last": 1}, "--train-last is not available for the text backbone"),
+    ({"backbone": "minilm-l6", "train_last": 7}, "out of range for minilm-l6: it has 6 trainable stages"),
     ({"backbone": "efficientnet_lite0"}, "reads images but .* holds texts"),
 ])
 def test_text_options_that_do_not_apply_are_refused(banking, tmp_path, config, message):
@@ -216,6 +216,41 @@ def test_text_options_that_do_not_apply_are_refused(banking, tmp_path, config, m
     with pytest.raises(ConfigError, match=message):
         finetune(str(banking["train"]), tmp_path / "run", FinetuneConfig(**config))
     assert not (tmp_path / "run").exists()
+
+
+def test_train_last_trains_the_last_encoder_layer_on_cached_states_and_exports_it(banking, tmp_path):
+    """--train-last 1: the cache holds each text's states before the last layer (padded to the longest text, with
+    the mask), the last layer trains on them, and the exported encoder equals the trained torch model."""
+    import torch
+
+    from edgetl.cache import FeatureCache
+    from edgetl.exporters.bundle import export_run, rebuild_feature_model
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.heads import HeadConfig
+    from edgetl.run import RunManifest
+    from edgetl.runtime import EdgeModel
+    from edgetl.runtime.data import open_data
+
+    run = finetune(str(banking["train"]), tmp_path / "run",
+                   FinetuneConfig(backbone="minilm-l6", train_last=1, head=HeadConfig(epochs=4)))
+    entry = FeatureCache(run.manifest.cache["dir"]).load(run.manifest.cache["key"])
+    longest = max(len(t) for t in run_tokens(banking["train"]))
+    assert entry.features.shape[1:] == (longest, 385)
+    assert run.manifest.files["tail"] == "tail.pt" and run.metrics["accuracy"] >= 0.85
+    bundle = export_run(run.run_dir, tmp_path / "bundle", formats="onnx").bundle
+    model, preprocess = rebuild_feature_model(RunManifest.read(run.run_dir), run.run_dir)
+    texts = [t for t, _ in _csv_texts(banking["test"])[:8]]
+    with torch.inference_mode(), EdgeModel(bundle, tune=False) as device:
+        expected = model(torch.from_numpy(preprocess.encode(texts))).numpy()
+        assert np.abs(device.features(device.preprocess.encode(texts)) - expected).max() < 1e-4
+        report = device.evaluate(open_data(banking["test"]).remap_to(device.labels).split("all"))
+    assert report["accuracy"] >= 0.85
+
+
+def run_tokens(path: Path) -> list[list[int]]:
+    from edgetl.backbones import create_backbone
+
+    return create_backbone("minilm-l6").pretrained.preprocess().tokens([t for t, _ in _csv_texts(path)])
 
 
 def test_static_int8_is_refused_for_a_text_model(text_run, tmp_path):

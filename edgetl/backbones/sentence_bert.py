@@ -9,6 +9,10 @@ runs; and the graph must not change with the ``transformers`` release installed.
 the Hugging Face state dict, so ``model.safetensors`` loads without renaming, and a test checks the embeddings
 against ``transformers``' own ``BertModel`` where it is installed.
 
+``--train-last N`` trains the last N encoder layers: the cache then holds each text's hidden states at the
+freeze point (padded to the data set's longest text, with the mask), and training runs the trainable layers over
+each batch trimmed to its longest text.
+
 The folder's ``sentence_bert_config.json`` (max sequence length), ``1_Pooling/config.json`` (mean or CLS pooling)
 and ``modules.json`` (whether the embedding is L2-normalized) are followed as sentence-transformers does.
 """
@@ -186,6 +190,27 @@ class Pool(nn.Module):
         return nn.functional.normalize(pooled, p=2.0, dim=1) if self.normalize else pooled
 
 
+class Pack(nn.Module):
+    """(hidden, keep) -> (N, L, hidden + 1): the state at a freeze point inside the encoder as one tensor, the
+    keep mask as its last channel (a padded position is all zeros, masked as padding)."""
+
+    def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        hidden, keep = state
+        return torch.cat([hidden * keep[:, :, None], keep[:, :, None]], dim=2)
+
+
+class Unpack(nn.Module):
+    """(N, L, hidden + 1) -> (hidden, keep), trimmed to the batch's longest text when it runs eagerly (cached
+    states are padded to the longest text of the whole data set; an exported graph keeps its input's length)."""
+
+    def forward(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = packed[:, :, -1]
+        if not torch.compiler.is_exporting():
+            length = max(int(keep.sum(dim=1).max()), 1)
+            packed, keep = packed[:, :length], keep[:, :length]
+        return packed[:, :, :-1], keep
+
+
 class _Encoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -231,11 +256,18 @@ class SentenceEncoder(Backbone):
         for parameter in self.parameters():
             parameter.requires_grad_(False)
 
-    def cut(self, train_last: int) -> int:
-        if train_last:
-            raise ConfigError(f"--train-last is not available for the text backbone {self.name} yet: its boundary "
-                              "activations vary in length; train the head on pooled features (--train-last 0)")
-        return super().cut(0)
+    @property
+    def trainable_stage_count(self) -> int:
+        """The encoder layers (the embeddings stay frozen: their output is the token ids' lookup)."""
+        return self.config.num_layers
+
+    def split(self, train_last: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """As every backbone's, except that a cut inside the encoder packs its boundary state into one tensor
+        (:class:`Pack`, unpacked by the tail), which the feature cache stores and the head's training feeds."""
+        frozen, tail = super().split(train_last)
+        if not train_last:
+            return frozen, tail
+        return nn.Sequential(*frozen, Pack()), nn.Sequential(Unpack(), *tail)
 
     def _load(self, folder: Path) -> None:
         if (folder / "model.safetensors").is_file():

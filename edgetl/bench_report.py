@@ -29,7 +29,8 @@ def compare_results(a: dict, b: dict) -> list[dict]:
             continue
         ratio = lambda k: row[k] / old[k] if old[k] else float("nan")  # noqa: E731
         shared.append({"artifact": row["artifact"], "backend": row["backend"], "threads": row["threads"],
-                       "batch": row["batch"], "p50_ratio": ratio("p50_ms"), "p90_ratio": ratio("p90_ms"),
+                       "batch": row["batch"], **({"seq_len": row["seq_len"]} if "seq_len" in row else {}),
+                       "p50_ratio": ratio("p50_ms"), "p90_ratio": ratio("p90_ms"),
                        "throughput_ratio": ratio("throughput_per_s"), "rss_ratio": ratio("peak_rss_mb"),
                        "accuracy_change": (row["accuracy"] - old["accuracy"])
                        if row["accuracy"] is not None and old["accuracy"] is not None else None,
@@ -49,7 +50,9 @@ def markdown(result: dict) -> str:
         + (f", GPUs {m['gpus']}" if m.get("gpus") else ""),
         f"- versions: {', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}",
         f"- settings: warm-up {s['warmup_runs']} runs / {s['warmup_seconds']} s, at least {s['min_runs']} runs and "
-        f"{s['min_seconds']} s per batch size, input {result['input_size']} px, one process per cell: "
+        f"{s['min_seconds']} s per batch size, input "
+        + (f"{result['input_size']} px" if result.get("input_size") else
+           f"{', '.join(str(n) for n in s.get('seq_lens', ()))} tokens per text") + ", one process per cell: "
         f"{s['process_per_cell']}" + (f" ({s['process_per_cell_fallback']})" if s.get("process_per_cell_fallback")
                                        else "") + (f", target {result['target']}" if result.get("target") else ""),
         f"- created: {result['created']}" + (f", by `{result['command']}`" if result.get("command") else ""), "",
@@ -65,8 +68,11 @@ def markdown(result: dict) -> str:
 
 
 def pareto_points(result: dict) -> list[dict]:
-    """Batch-1 rows with an accuracy, each with ``front`` set when it is on the Pareto front."""
-    points = [dict(r) for r in result["rows"] if r["batch"] == 1 and r["accuracy"] is not None]
+    """Batch-1 rows with an accuracy (a text model's at its shortest measured length), each with ``front`` set
+    when it is on the Pareto front."""
+    shortest = min((r["seq_len"] for r in result["rows"] if "seq_len" in r), default=None)
+    points = [dict(r) for r in result["rows"]
+              if r["batch"] == 1 and r["accuracy"] is not None and r.get("seq_len") == shortest]
     for i in pareto_front([(p["p90_ms"], p["accuracy"]) for p in points]):
         points[i]["front"] = True
     return points

@@ -23,16 +23,17 @@ TEXT_BATCH = 64
 
 
 def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextPreprocess, writer: CacheWriter, *,
-             device: torch.device = torch.device("cpu"), batch_size: int | None = None,
+             device: torch.device = torch.device("cpu"), amp: bool = False, batch_size: int | None = None,
              progress: ProgressFactory = silent_progress, first: int = 0,
              tokens: Sequence[Sequence[int]] | None = None) -> None:
     """``module``'s outputs over ``records`` (rows ``first`` on of the entry) into ``writer``; states at a freeze
-    point inside the encoder (N, L, hidden + 1) are padded with zeros to the entry's length."""
+    point inside the encoder (N, L, hidden + 1) are padded with zeros to the entry's length.  ``amp``: fp16
+    autocast on CUDA, as the image pass runs (the cache key records the precision)."""
     tokens = preprocess.tokens([r.text for r in records]) if tokens is None else tokens
     module = module.eval().to(device)
     bar = progress("encoder pass", len(records))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             for rows in length_sorted(tokens, batch_size or TEXT_BATCH):
                 ids = torch.from_numpy(preprocess.pad([tokens[i] for i in rows])).to(device)
                 out = module(ids).float()

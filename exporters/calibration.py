@@ -57,10 +57,9 @@ def decode_to_memmap(records: list, preprocess: PreprocessConfig | TextPreproces
 def calibration_items(array: np.ndarray, preprocess) -> list[np.ndarray]:
     """One-row batches of ``array`` for a quantizer's statistics; a text's row trimmed of its padding, which a
     batch of one never carries on the device (padded positions would widen the activation ranges)."""
-    if not isinstance(preprocess, TextPreprocess):
-        return [array[i:i + 1] for i in range(len(array))]
-    lengths = (np.asarray(array) != preprocess.pad_id).sum(axis=1)
-    return [np.ascontiguousarray(array[i:i + 1, :max(int(n), 1)]) for i, n in enumerate(lengths)]
+    if isinstance(preprocess, TextPreprocess):
+        return preprocess.unpadded(array)
+    return [array[i:i + 1] for i in range(len(array))]
 
 
 @dataclass

@@ -17,12 +17,14 @@ from typing import Sequence
 import numpy as np
 
 from edgetl.runtime.backends import available_backends, create_backend
+from edgetl.runtime.bundle import Bundle
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import BundleError
 from edgetl.runtime.heads import load_head
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import read_bundle_manifest
 from edgetl.runtime.reader import read_batches
+from edgetl.runtime.text import TextPreprocess
 
 REFERENCE = "onnx"
 
@@ -44,7 +46,11 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
     bundle = Path(bundle)
     manifest = read_bundle_manifest(bundle)
     head = load_head(bundle / manifest.head["file"])
-    images = np.concatenate([b.images for b in read_batches(records, manifest.preprocess_config, batch_size)])
+    preprocess = Bundle(bundle).preprocess
+    if isinstance(preprocess, TextPreprocess):      # one matrix, padded to the longest text: the graph ignores padding
+        images = preprocess.encode([r.text for r in records])
+    else:
+        images = np.concatenate([b.images for b in read_batches(records, preprocess, batch_size)])
     here = available_backends()
 
     def logits(artifact, backend: str) -> tuple[np.ndarray, dict]:

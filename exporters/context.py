@@ -32,7 +32,7 @@ class BuildContext:
             self._prepared = self.data.scratch / "prepared.onnx"
             try:
                 quant_pre_process(str(self.fp32_onnx), str(self._prepared))
-            except Exception:      # symbolic inference raises plain TypeErrors on shapes it cannot follow
+            except TypeError:      # symbolic inference fails so on shapes it cannot follow
                 quant_pre_process(str(self.fp32_onnx), str(self._prepared), skip_symbolic_shape=True)
         return self._prepared
 

@@ -80,14 +80,14 @@ def _nncf_openvino_int8(ctx: BuildContext, out: Path, attempt: int, seven_bit: b
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model = ov.convert_model(str(ctx.fp32_onnx))
+    text = isinstance(ctx.data.preprocess, TextPreprocess)
     size = ctx.data.calibration_size * (2 if attempt >= 2 else 1)
     calibration = ctx.data.calibration(size)
     calibration_set = nncf.Dataset(calibration_items(calibration, ctx.data.preprocess))
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if seven_bit else OverflowFix.DISABLE)
     full_bias_correction = attempt >= 1
-    text = isinstance(ctx.data.preprocess, TextPreprocess)
     notes = ["NNCF int8 with overflow fix (7-bit weights)" if seven_bit else "NNCF int8, 8-bit weights (VNNI/AMX)",
-             f"calibration on {len(calibration)} training images"]
+             f"calibration on {len(calibration)} training {'texts' if text else 'images'}"]
     if full_bias_correction:
         notes.append("full bias correction")
     if text:
@@ -110,14 +110,14 @@ def _nncf_openvino_int8(ctx: BuildContext, out: Path, attempt: int, seven_bit: b
                 logits = np.concatenate([ctx.head.logits(compiled(image)[0]) for image, _ in items])
                 return top1_accuracy(logits, np.array([label for _, label in items]))
 
-            validation_set = nncf.Dataset([(images[i:i + 1], labels[i]) for i in range(len(labels))])
+            validation_set = nncf.Dataset(list(zip(calibration_items(images, ctx.data.preprocess), labels)))
             # the training sample is easier than unseen data, so ask for a quarter of the allowed drop
             quantized = nncf.quantize_with_accuracy_control(
                 model, calibration_set, validation_set, validate, subset_size=len(calibration),
                 max_drop=ctx.max_accuracy_drop / 400.0, advanced_quantization_parameters=advanced,
-                fast_bias_correction=False,
+                fast_bias_correction=False, model_type=nncf.ModelType.TRANSFORMER if text else None,
             )
             notes.append(f"accuracy-control: layers reverted to float until the drop on {len(labels)} "
-                         "labelled training images is within a quarter of the limit")
+                         "labelled training samples is within a quarter of the limit")
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return BuildResult([out.name, _bin_name(out)], notes)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .text import TextPreprocess, TextRecord, check_text
+from .text_data import names_texts, read_texts
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -251,18 +252,19 @@ def _open_builtin(name: str) -> LabeledData:
 
 
 def _names_text(path: Path) -> bool:
-    """A CSV whose header names a ``text`` column holds labelled texts (:mod:`.text_data`)."""
+    """A CSV whose header starts with ``text``, or names a ``text`` and a label column, holds texts
+    (:mod:`.text_data`); an image CSV's first cell is ``path`` or an image's path."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
-    return "text" in [cell.strip().lower() for cell in header]
+    return names_texts(header) or [cell.strip().lower() for cell in header][:1] == ["text"]
 
 
-def open_data(address: str | Path, skip_bad: bool = False) -> LabeledData:
+def open_data(address: str | Path, skip_bad: bool = False, labelled: bool = True) -> LabeledData:
     """Resolve a data address: ``builtin:NAME``, an image folder, a CSV file of images, or a CSV / JSONL file of
-    labelled texts."""
+    labelled texts (``labelled=False``: texts without labels are accepted, as ``cluster`` reads them)."""
     text = str(address)
     if text.startswith("builtin:"):
         return _open_builtin(text[len("builtin:"):])
@@ -272,9 +274,8 @@ def open_data(address: str | Path, skip_bad: bool = False) -> LabeledData:
     if path.is_dir():
         data = _open_folder(path, skip_bad)
     elif path.suffix.lower() == ".jsonl" or (path.suffix.lower() == ".csv" and _names_text(path)):
-        from .text_data import open_text
-
-        data = open_text(path, skip_bad)
+        class_names, splits, skipped = read_texts(path, skip_bad, labelled)
+        data = LabeledData(str(path), class_names, splits, skipped=skipped)
     elif path.suffix.lower() == ".csv":
         data = _open_csv(path, skip_bad)
     else:

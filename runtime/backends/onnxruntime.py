@@ -74,6 +74,7 @@ class OnnxRuntimeBackend(Backend):
         model_input = self._session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
+        self.input_dtype = np.int64 if model_input.type == "tensor(int64)" else np.float32
         self._output_name = self._session.get_outputs()[0].name
         self._version = ort.__version__
         stated = self._session.get_session_options()

@@ -102,6 +102,7 @@ class OpenVINOBackend(Backend):
         self.input_name = model_input.get_any_name()
         shape = model_input.get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
+        self.input_dtype = np.int64 if model_input.get_element_type() == ov.Type.i64 else np.float32
         self._capabilities = tuple(self._core.get_property(self.device, "OPTIMIZATION_CAPABILITIES"))
         self._config = compile_config(self.precision, self.threads, self.device, cpu_facts()["physical_cores_usable"],
                                       str(self.cache_dir) if self.cache_dir else None)

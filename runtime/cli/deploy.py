@@ -62,12 +62,12 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
     if print_trtexec:
         from ..engines import parse_version
         from ..manifest import read_bundle_manifest
-        from ..tools.engine_plan import trtexec_command
+        from ..tools.engine_plan import image_size, trtexec_command
 
         manifest = read_bundle_manifest(bundle)
         engine = manifest.target.get("tensorrt", {})
         version = engine.get("version")
-        command = trtexec_command(precision or engine.get("precision", "fp16"), manifest.preprocess_config.input_size,
+        command = trtexec_command(precision or engine.get("precision", "fp16"), image_size(manifest),
                                   max_batch or engine.get("max_batch", 8),
                                   parse_version(version)[0] if version else None, dla_core)
         if as_json:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..text import DEFAULT_SEQ_LEN
 from .options import THREADS_LIST_HELP, json_option, optional_data_argument
 from .output import note, print_json
 
@@ -40,7 +41,7 @@ bench_options = [
                  help="Comma-separated backends (onnxruntime, openvino, tensorrt)."),
     click.option("--precisions", default=None, help="Comma-separated precisions (fp32, fp16, int8)."),
     click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8."),
-    click.option("--seq-len", "seq_lens", default="16", show_default=True,
+    click.option("--seq-len", "seq_lens", default=str(DEFAULT_SEQ_LEN), show_default=True,
                  help="A text model's tokens per text, comma-separated, e.g. 16,64,256 (ignored for images)."),
     click.option("--threads", default=None, help=THREADS_LIST_HELP),
     click.option("--target", default=None, help="Device profile: its backends, precisions and memory budget."),

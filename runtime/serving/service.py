@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backbone import Backbone
 from ..bundle import Bundle, HeadState
-from ..data import ImageRecord, input_records
+from ..data import input_records
 from ..errors import ConfigError, DataError, EdgetlError, ImageDecodeError, StoreBusyError, UpdateRejectedError
 from ..features import apply_adapter
 from ..heads import softmax
@@ -177,8 +177,6 @@ class InferenceService:
 
     @property
     def input_shape(self) -> list[int]:
-        if self.text:
-            return [-1]
         size = self.preprocess.input_size
         return [3, size, size]
 
@@ -195,9 +193,8 @@ class InferenceService:
         classes = len(state.labels)
         return {
             "name": self.name, "versions": [MODEL_VERSION], "platform": f"edgetl_{self.backbone.backend.name}",
-            "inputs": [{"name": self.input_name, "datatype": BYTES, "shape": [-1]},
-                       {"name": "input", "datatype": "INT64" if self.text else "FP32",
-                        "shape": [-1, *self.input_shape]}],
+            "inputs": [{"name": self.input_name, "datatype": BYTES, "shape": [-1]}] +
+                      ([] if self.text else [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]),
             "outputs": [{"name": "label", "datatype": BYTES, "shape": [-1]},
                         {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
                         {"name": "scores", "datatype": "FP32", "shape": [-1, classes]},
@@ -342,8 +339,7 @@ class InferenceService:
             raise ProtocolError("labels must be UTF-8 text") from None
         if any(not name or len(name) > 200 for name in names):
             raise ProtocolError("every label must be a non-empty class name of at most 200 characters")
-        records = (input_records(self._texts(images.data), self.preprocess) if self.text else
-                   [ImageRecord(f"image[{i}]", -1, encoded=data) for i, data in enumerate(images.data)])
+        records = input_records(self._texts(images.data) if self.text else images.data, self.preprocess)
         try:
             if not self._learning.acquire(timeout=settings.lock_timeout):
                 raise StoreBusyError(f"the service is busy learning (another update, or its background alpha "

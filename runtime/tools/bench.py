@@ -31,13 +31,11 @@ from ..latency import BenchSettings, latency_stats, measure, peak_rss_mb
 from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
 from ..bundle import Bundle
 from ..manifest import Artifact, BundleManifest
-from ..text import TextPreprocess
+from ..text import DEFAULT_SEQ_LEN, TextPreprocess
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
 RESULT_FILES = ("results.json", "results.csv")
-#: Tokens per text when a text model is measured without --seq-len: a short query (banking77's median is 14).
-DEFAULT_SEQ_LEN = 16
 
 
 @dataclass
@@ -189,6 +187,9 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
     cells = plan_cells(manifest, settings)
     preprocess = manifest.preprocess_config
     text = isinstance(preprocess, TextPreprocess)
+    if text and max(settings.seq_lens) > preprocess.max_length:
+        raise ConfigError(f"{max(settings.seq_lens)} tokens is longer than the model reads ({preprocess.max_length}: "
+                          "longer texts are truncated)", option="seq_len")
     flags = cpu_facts()["flags"]
     not_run = [{"artifact": a.name, "needs": a.requires_cpu} for a in manifest.artifacts
                if a.role == "backbone" and not a.runs_on(flags)]

@@ -61,7 +61,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts
 def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overwrite: bool = False, seed: int = 0,
                    artifact: str | None = None, backend: str | None = None, threads: int | None = None,
                    progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
-    source = open_data(data)
+    source = open_data(data, labelled=False)
     records = source.split("all")
     with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
         found = backbone_features(model, records, model.adapter, skip_bad=True, progress=progress)
@@ -77,7 +77,8 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
         for j in range(k):
             members = [i for i, a in zip(kept, assign) if a == j]
             folder = staging / f"group-{j:02d}"
-            folder.mkdir()
+            if source.modality == "image":
+                folder.mkdir()
             for n, i in enumerate(members):
                 record = records[i]
                 if record.modality == "text":       # texts go to the group's texts.csv (below), not to copies

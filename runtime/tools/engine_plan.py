@@ -101,7 +101,7 @@ def plan_build(manifest: BundleManifest, precision: str, tensorrt_version: str, 
             raise ConfigError(f"DLA core {dla_core} does not exist on this device (it has {dla_cores_available})",
                               option="dla")
         flags.append("GPU_FALLBACK")      # layers the DLA cannot run go to the GPU instead of failing
-    size = int(manifest.preprocess_config.input_size)
+    size = int(image_size(manifest))
     return BuildPlan(
         precision=precision, source_artifact=source.name, source_file=source.file, source_sha256=source.sha256,
         tensorrt_version=str(tensorrt_version), strongly_typed=strongly_typed, builder_flags=tuple(flags),
@@ -113,6 +113,15 @@ def plan_build(manifest: BundleManifest, precision: str, tensorrt_version: str, 
 
 def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
+
+
+def image_size(manifest) -> int:
+    """The input size an engine is built for; TensorRT engines are planned for image models only (a text
+    model's optimization profiles over sequence length are not built yet)."""
+    if manifest.modality != "image":
+        raise ConfigError("TensorRT engines are built for image models only; run a text model's onnx, "
+                          "onnx-int8-dynamic or openvino artifacts")
+    return manifest.preprocess_config.input_size
 
 
 def trtexec_command(precision: str, input_size: int, max_batch: int, tensorrt_major: int | None,

@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/extraction_pipeline.py
 	$(BIN)/python benchmarks/distributed_pass.py
+	$(BIN)/python benchmarks/text_transfer.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 

@@ -33,7 +33,7 @@ import numpy as np
 from _common import save_result, verdict
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "banking77"
-FORMATS = "onnx,onnx-fp16,onnx-int8-dynamic,openvino,openvino-int8"
+FORMATS = "onnx,onnx-fp16,onnx-int8-dynamic,openvino,openvino-bf16,openvino-int8"
 BIN = Path(sys.executable).parent
 
 

@@ -132,6 +132,7 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
                     "timings": timings, **{k: v for k, v in result.metrics.items() if k != "history"},
                     **({"selection": selection} if selection else {})})
         return
+    noun = "texts" if result.manifest.preprocess.get("kind") == "text" else "images"
     print_table([
         ("run", str(result.run_dir)),
         ("backbone", f"{backbone} (train last {train_last})"),
@@ -140,8 +141,8 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
          else f"miss (one backbone pass on {result.manifest.compute['engine']})"),
         ("backbone pass s", timings["backbone_pass_s"]),
         ("head training s", timings["train_s"]),
-        ("train images", result.metrics["n_train"]),
-        ("val images", result.metrics["n"]),
+        (f"train {noun}", result.metrics["n_train"]),
+        (f"val {noun}", result.metrics["n"]),
         ("val accuracy", result.metrics["accuracy"]),
     ])
 

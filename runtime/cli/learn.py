@@ -53,7 +53,7 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
         return
     print_table([
         ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
-        ("new images", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
+        ("new samples", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
                        f"{report['n_duplicate']} already stored)"),
         ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
                                                     if report["new_classes"] else "")),

@@ -152,6 +152,7 @@ def main() -> None:
     from edgetl.backbones import create_backbone
     from edgetl.runtime.backends import create_backend
     from edgetl.runtime.bundle import Bundle
+    from edgetl.runtime.machine import cpu_facts
 
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-text-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,8 @@ def main() -> None:
     if args.reuse and (bundle / "manifest.json").is_file():
         print(f"reusing the run and bundle in {work}")
         export = json.loads((bundle / "manifest.json").read_text())
+        run = json.loads((work / "run" / "manifest.json").read_text())
+        result["finetune"] = {"accuracy": run["val_accuracy"], "timings": run["timings"], "cache_hit": run["cache"]["hit"]}
     else:
         print(f"fine-tuning minilm-l6 on {len(train)} texts")
         run = _finetune(train_csv, work / "run", args.val_fraction, args.head)
@@ -174,7 +177,11 @@ def main() -> None:
                       "--overwrite")
         result["export_s"] = time.perf_counter() - t0
     manifest = Bundle(bundle).manifest
-    names = [a.name for a in manifest.artifacts if a.role == "backbone"]
+    flags = cpu_facts()["flags"]
+    runnable = [a for a in manifest.artifacts if a.runs_on(flags)]     # bf16 needs a CPU with bf16
+    names = [a.name for a in runnable if a.role == "backbone"]
+    result["not_run_here"] = {a.name: {"needs": a.requires_cpu, "export_accuracy": a.accuracy, "measured": a.measured}
+                              for a in manifest.artifacts if not a.runs_on(flags)}
     result["export"] = {a["name"]: {k: a.get(k) for k in ("accuracy", "accuracy_drop", "max_abs_diff", "size",
                                                           "measured")} for a in export["artifacts"]}
 
@@ -199,7 +206,7 @@ def main() -> None:
     reference, torch_s = _embeddings(model, preprocess, texts)
     throughput = {"torch (eager, fp32)": {"texts_per_s": len(texts) / torch_s}}
     embeddings = {}
-    for artifact in manifest.artifacts:
+    for artifact in runnable:
         if artifact.role != "backbone":
             continue
         with create_backend(artifact.evaluated_with, bundle / artifact.file, precision=artifact.precision) as runner:
@@ -222,7 +229,7 @@ def main() -> None:
     with torch.inference_mode():
         x = torch.from_numpy(ids)
         latency = {"torch (eager, fp32)": _latency(lambda: full(x), args.seconds)}
-    for artifact in manifest.artifacts:
+    for artifact in runnable:
         with create_backend(artifact.evaluated_with, bundle / artifact.file, precision=artifact.precision) as runner:
             bundle_head = Bundle(bundle).exported_head
             run_one = (lambda: runner.infer(ids)) if artifact.role != "backbone" else \

@@ -489,3 +489,33 @@ def test_openvino_int8_of_a_text_model_passes_its_gate(text_run, tmp_path):
     bundle = export_run(text_run.run_dir, tmp_path / "bundle", formats="onnx,openvino-int8").bundle
     artifact = read_bundle_manifest(bundle).artifact("openvino-int8")
     assert artifact.accuracy_drop <= 1.0 and any("transformer" in n for n in artifact.export_notes)
+
+
+def test_weights_folder_is_read_with_its_own_pooling(encoder, tmp_path):
+    """--weights DIR: a local sentence-transformers folder; its pooling is followed and enters the digest, so
+    two folders of the same weights pooled differently never share a cache entry."""
+    import shutil
+
+    import torch
+
+    from edgetl.backbones import create_backbone
+    from edgetl.runtime.errors import ConfigError
+
+    folder = tmp_path / "cls-model"
+    shutil.copytree(encoder.pretrained.folder, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    (folder / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Transformer"},
+                                                     {"type": "sentence_transformers.models.Pooling"}]))
+    cls = create_backbone("minilm-l6", str(folder))
+    assert (cls.config.pooling, cls.config.normalize) == ("cls", False)
+    assert cls.weights_sha256() != encoder.weights_sha256()
+    ids = torch.from_numpy(cls.pretrained.preprocess().encode(["where is my card", "top up failed"]))
+    with torch.inference_mode():
+        hidden, keep = encoder.stages[0](ids)
+        for layer in encoder.stages[1:-1]:
+            hidden, keep = layer((hidden, keep))
+        assert torch.allclose(cls(ids), hidden[:, 0], atol=1e-6)
+    (folder / "config.json").write_text(json.dumps({"model_type": "mpnet"}))
+    with pytest.raises(ConfigError, match="holds a 'mpnet' model; text backbones read BERT-family"):
+        create_backbone("minilm-l6", str(folder))

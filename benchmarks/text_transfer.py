@@ -221,6 +221,18 @@ def main() -> None:
                                 "vs_torch": throughput[fastest]["texts_per_s"] / throughput["torch (eager, fp32)"]
                                 ["texts_per_s"]}
 
+    print("other heads on the same cached features (torch embeddings of the test texts)")
+    from edgetl.runtime.heads import load_head
+
+    labels = {name: i for i, name in enumerate(json.loads((work / "run" / "manifest.json").read_text())["class_names"])}
+    truth = np.array([labels[r["category"]] for r in test])
+    result["other_heads_test_accuracy"] = {}
+    for kind in ("linear", "ridge"):
+        _finetune(train_csv, work / f"run-{kind}", args.val_fraction, kind)
+        logits = load_head(work / f"run-{kind}" / "head.npz").logits(reference)
+        result["other_heads_test_accuracy"][kind] = float(np.mean(logits.argmax(axis=1) == truth))
+        print(f"  {kind:8s} {result['other_heads_test_accuracy'][kind]:.4f}")
+
     lengths = [len(t) for t in preprocess.tokens(texts)]
     median = int(np.argsort(lengths)[len(lengths) // 2])
     ids = preprocess.encode([texts[median]])

@@ -41,9 +41,9 @@ def export_image_folder(
         pool = splits.pop("all")
         train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
         splits = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx]}
-    counts: dict[str, int] = {}
     if data.modality == "text":
         return _export_texts(data, splits, keep, out, overwrite)
+    counts: dict[str, int] = {}
     with atomic_directory(out, overwrite=overwrite) as staging:
         for split, records in splits.items():
             chosen = [r for r in records if r.label in keep]

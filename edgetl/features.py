@@ -134,6 +134,9 @@ def backbone_pass(
         return FeaturePass(cached, 0.0, "none (cache hit)")
     t0 = time.perf_counter()
     if isinstance(preprocess, TextPreprocess):
+        if engine not in ("auto", "torch"):
+            raise ConfigError(f"--engine {engine} runs image backbones; a text encoder's pass runs on torch",
+                              option="engine")
         return _text_pass(frozen, key, records, preprocess, compute, cache, batch_size, progress, log, ranks, t0)
     choice = _engine_for_group(engine, frozen, records, preprocess, compute, cache, weights_sha256, log, export_paid,
                                ranks)

@@ -41,6 +41,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .check_data import write_check_data
+from .compare import run_in_batches
 from .context import BuildContext
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .learning_data import write_learning_data
@@ -140,19 +141,17 @@ def measurement_plan(fmt: ExportFormat, cpu_flags) -> Measurement:
 
 
 def artifact_accuracy(backend: str, path: Path, head: Head | None, images: np.ndarray, labels: np.ndarray,
-                      batch_size: int = 32, precision: str = "fp32") -> tuple[float, str]:
+                      batch_size: int = 32, precision: str = "fp32", pad_id: int | None = None) -> tuple[float, str]:
     """Top-1 accuracy of an artifact run exactly as the device runs it, and the precision the engine reports
     it computed in (an engine may fall back, e.g. OpenVINO runs bf16 as f32 on a CPU without AVX-512).
 
-    ``head`` follows a backbone artifact; ``None`` means the file itself outputs logits (fused).
+    ``head`` follows a backbone artifact; ``None`` means the file itself outputs logits (fused).  ``pad_id``: the
+    inputs are a text model's padded ids, run in batches by length as the device runs them.
     """
-    chunks = []
     with create_backend(backend, path, precision=precision) as runner:
-        for start in range(0, len(labels), batch_size):
-            outputs = runner.infer(np.ascontiguousarray(images[start:start + batch_size]))
-            chunks.append(head.logits(outputs) if head is not None else outputs)
+        outputs = run_in_batches(runner, images, batch_size, pad_id)
         ran = runner.effective_precision
-    return top1_accuracy(np.concatenate(chunks), labels), ran
+    return top1_accuracy(head.logits(outputs) if head is not None else outputs, labels), ran
 
 
 def _check_rows(n: int) -> np.ndarray:
@@ -231,12 +230,14 @@ def export_run(
                                   output, options, "onnxruntime")
                 artifact.max_abs_diff = diff
                 artifacts.append(artifact)
-            reference, _ = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels)
+            pad_id = preprocess.pad_id if isinstance(preprocess, TextPreprocess) else None
+            reference, _ = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels,
+                                             pad_id=pad_id)
             for artifact in artifacts:
                 artifact.accuracy, artifact.accuracy_drop = reference, 0.0
                 artifact.accuracy_by_arch = {cpu_facts()["arch"]: reference}
             artifacts[1].accuracy, _ = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
-                                                         data.val_images, labels)
+                                                         data.val_images, labels, pad_id=pad_id)
             artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
             artifacts[1].accuracy_by_arch = {cpu_facts()["arch"]: artifacts[1].accuracy}
             ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
@@ -300,8 +301,9 @@ def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module,
         if plan.backend is None:
             ctx.log(f"  {fmt.name}: not measured here ({plan.note})")
             break
+        pad_id = ctx.data.preprocess.pad_id if isinstance(ctx.data.preprocess, TextPreprocess) else None
         accuracy, ran = artifact_accuracy(plan.backend, ctx.staging / result.files[0], ctx.head,
-                                          ctx.data.val_images, labels, precision=precision)
+                                          ctx.data.val_images, labels, precision=precision, pad_id=pad_id)
         if ran != precision:   # the engine fell back (bf16 on a CPU that cannot even emulate it)
             plan = Measurement(None, "not-measured", f"this CPU cannot compute {precision}: {plan.backend} ran it "
                                                      f"in {ran}")

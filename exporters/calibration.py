@@ -33,8 +33,8 @@ def calibration_sample(records: list, size: int, seed: int = 0) -> list:
 def decode_to_memmap(records: list, preprocess: PreprocessConfig | TextPreprocess, folder: Path, name: str,
                      progress: ProgressFactory = silent_progress) -> np.ndarray:
     """The network's inputs for ``records`` in a memory-mapped file: images (N, 3, S, S) float32, or token ids
-    (N, L) int64 padded to the longest text of the set (the graph ignores padding, so a slice of rows runs as
-    they would alone)."""
+    (N, L) int64 padded to the longest text of the set (run them in batches by length, cut to their longest, as
+    the device does: :func:`~edgetl.exporters.compare.run_in_batches`)."""
     if isinstance(preprocess, TextPreprocess):
         tokens = preprocess.tokens([r.text for r in records])
         array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.int64,

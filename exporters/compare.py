@@ -24,7 +24,7 @@ from edgetl.runtime.heads import load_head
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import read_bundle_manifest
 from edgetl.runtime.reader import read_batches
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.text import TextPreprocess, padded_batches
 
 REFERENCE = "onnx"
 
@@ -42,24 +42,36 @@ class ComparisonRow:
     note: str = ""
 
 
+def run_in_batches(runner, inputs: np.ndarray, batch_size: int, pad_id: int | None = None) -> np.ndarray:
+    """An open backend's outputs over ``inputs`` in record order: batches in order, or a text model's padded ids
+    (``pad_id``) in batches of similar length cut to their longest (:func:`~edgetl.runtime.text.padded_batches`)."""
+    if pad_id is None:
+        return np.concatenate([runner.infer(np.ascontiguousarray(inputs[start:start + batch_size]))
+                               for start in range(0, len(inputs), batch_size)])
+    out = None
+    for rows, ids in padded_batches(inputs, pad_id, batch_size):
+        result = runner.infer(ids)
+        out = np.zeros((len(inputs), *result.shape[1:]), np.float32) if out is None else out
+        out[rows] = result
+    return out
+
+
 def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_size: int = 16) -> list[ComparisonRow]:
     bundle = Path(bundle)
     manifest = read_bundle_manifest(bundle)
     head = load_head(bundle / manifest.head["file"])
     preprocess = Bundle(bundle).preprocess
-    if isinstance(preprocess, TextPreprocess):      # one matrix, padded to the longest text: the graph ignores padding
+    text = isinstance(preprocess, TextPreprocess)
+    if text:      # one matrix padded to the longest text, run in batches by length as the device runs it
         images = preprocess.encode([r.text for r in records])
     else:
         images = np.concatenate([b.images for b in read_batches(records, preprocess, batch_size)])
     here = available_backends()
 
     def logits(artifact, backend: str) -> tuple[np.ndarray, dict]:
-        outputs = []
         with create_backend(backend, bundle / artifact.file, precision=artifact.precision) as runner:
-            for start in range(0, len(images), batch_size):
-                out = runner.infer(images[start:start + batch_size])
-                outputs.append(head.logits(out) if artifact.role == "backbone" else out)
-            return np.concatenate(outputs), {"effective_precision": runner.effective_precision,
+            out = run_in_batches(runner, images, batch_size, preprocess.pad_id if text else None)
+            return (head.logits(out) if artifact.role == "backbone" else out), {"effective_precision": runner.effective_precision,
                                              "note": runner.settings.get("precision_note", "")}
 
     reference_artifact = manifest.artifact(REFERENCE)

@@ -116,6 +116,9 @@ def input_records(inputs: Sequence, preprocess) -> list:
     """Unlabelled records of what a user gives to classify: image paths (or encoded bytes), or a text model's texts
     (each checked: a string, not empty, not oversized)."""
     if isinstance(preprocess, TextPreprocess):
+        for n, text in enumerate(inputs):
+            if isinstance(text, str) and Path(text).suffix.lower() in IMAGE_EXTENSIONS and Path(text).is_file():
+                raise DataError(f"{text} is an image file, but the model reads texts")
         return [TextRecord(text, -1, check_text(text, f"text {n + 1}")) for n, text in enumerate(inputs)]
     return [ImageRecord(f"image[{n}]", -1, encoded=i) if isinstance(i, bytes) else ImageRecord(str(i), -1)
             for n, i in enumerate(inputs)]
@@ -255,10 +258,12 @@ def _names_text(path: Path) -> bool:
     """A CSV whose header starts with ``text``, or names a ``text`` and a label column, holds texts
     (:mod:`.text_data`); an image CSV's first cell is ``path`` or an image's path."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except csv.Error:             # an oversized first cell: a text file's reader says so on its line
+        return True
     return names_texts(header) or [cell.strip().lower() for cell in header][:1] == ["text"]
 
 

@@ -14,7 +14,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -151,8 +151,21 @@ def length_sorted(tokens: Sequence[Sequence[int]], batch_size: int) -> list[np.n
     """Positions of ``tokens`` in batches of similar length (a stable sort, so reproducible): each batch pads to
     little more than its own texts (on banking77's test queries in file order, batches of 64 padded to their
     longest carry about twice the tokens)."""
-    order = np.argsort([len(t) for t in tokens], kind="stable")
+    return _by_length(np.array([len(t) for t in tokens]), batch_size)
+
+
+def _by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    order = np.argsort(lengths, kind="stable")
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def padded_batches(ids: np.ndarray, pad_id: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, their ids cut to the batch's longest) of a matrix padded to its longest text, in batches of
+    similar length: how the device runs them, which matters where the padding would not be ignored (a
+    dynamically quantized encoder takes its activation scales over the whole batch)."""
+    for rows in _by_length((np.asarray(ids) != pad_id).sum(axis=1), batch_size):
+        chunk = np.asarray(ids[np.sort(rows)])
+        yield np.sort(rows), np.ascontiguousarray(chunk[:, :max(int((chunk != pad_id).sum(axis=1).max()), 1)])
 
 
 def tokenizer_sha256(path: str | Path) -> str:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DataError
-from .text import TextRecord, check_text
+from .text import MAX_TEXT_CHARS, TextRecord, check_text
 
-TEXT_SUFFIXES = (".csv", ".jsonl")
 LABEL_KEYS = ("label", "category", "intent")
 UNLABELLED = "unlabelled"
 
@@ -64,15 +63,17 @@ def read_texts(path: Path, skip_bad: bool, labelled: bool = True
     to cluster) accepts rows without a label; they all get the class ``unlabelled``."""
     rows: list[tuple[str, str, str, str]] = []
     skipped: list[str] = []
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
+    try:      # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of the header
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
             for line_no, row in reader(path, handle, labelled):
                 where = f"{path}:{line_no}"
                 try:
                     text = check_text(row["text"], where)
-                    label = row.get("label") or ("" if labelled else UNLABELLED)
-                    if not isinstance(label, (str, int)) or not str(label).strip():
+                    label = row.get("label")
+                    if (label is None or str(label).strip() == "") and not labelled:
+                        label = UNLABELLED
+                    if not isinstance(label, (str, int)) or isinstance(label, bool) or not str(label).strip():
                         raise DataError(f"{where}: the label is missing")
                 except DataError as exc:
                     if not skip_bad:
@@ -85,6 +86,8 @@ def read_texts(path: Path, skip_bad: bool, labelled: bool = True
                 rows.append((where, text, str(label).strip(), split))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except csv.Error as exc:       # a cell over the csv module's limit (131,072 characters)
+        raise DataError(f"{path}: {exc} (a text may have at most {MAX_TEXT_CHARS} characters)") from exc
     if not rows:
         raise DataError(f"{path} lists no texts")
     class_names = sorted({label for _, _, label, _ in rows})

@@ -76,7 +76,8 @@ def text_bundle(text_run, tmp_path_factory):
     from edgetl.exporters.bundle import export_run
 
     out = tmp_path_factory.mktemp("text-bundle") / "bundle"
-    return export_run(text_run.run_dir, out, formats="onnx,onnx-int8-dynamic,onnx-fp16").bundle
+    # 64 val texts: one answer is 1.56 points, so the gate allows two (banking77's whole test set: benchmarks/)
+    return export_run(text_run.run_dir, out, formats="onnx,onnx-int8-dynamic,onnx-fp16", max_accuracy_drop=2.0).bundle
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +121,25 @@ def test_bad_text_rows_are_one_line_errors(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=message) as caught:
         open_data(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_spreadsheet_csv_numeric_labels_and_oversized_cells(tmp_path):
+    """A byte-order mark (spreadsheets write one) is not part of the header, 0 is a label, and a cell over the csv
+    module's limit is a one-line error."""
+    from edgetl.runtime.data import open_data
+    from edgetl.runtime.errors import DataError
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefftext,label\nhello,a\nbye,b\n".encode("utf-8"))
+    assert open_data(bom).modality == "text"
+    numeric = tmp_path / "n.jsonl"
+    numeric.write_text('{"text": "hi", "label": 0}\n{"text": "bye", "label": 1}\n', encoding="utf-8")
+    assert open_data(numeric).class_names == ["0", "1"]
+    huge = tmp_path / "huge.csv"
+    huge.write_text("text,label\n" + "x" * 200_000 + ",a\n", encoding="utf-8")
+    with pytest.raises(DataError, match="field larger than field limit") as caught:
+        open_data(huge)
     assert "\n" not in str(caught.value)
 
 

@@ -1,12 +1,12 @@
 """OpenVINO backend (CPU by default; ``device`` may name GPU or NPU).
 
 The IR is saved with a dynamic batch; the backend reshapes it to the static
-batch it is called with and compiles once per batch size (a text model's
-sequence length stays dynamic: one compilation per length would cost more
-than it saves), because a static
+batch it is called with and compiles once per batch size, because a static
 shape is markedly faster on CPU (measured while building edgetl, on a 2-core
 AVX-512 x86: with default settings the dynamic-batch model ran 45% slower
 than a static one, which came within a few percent of ``benchmark_app``).
+A text model's sequence length stays dynamic: one compilation per length
+would cost more than it saves.
 Inputs are shared with OpenVINO without a copy.
 
 Nothing that changes numerics or speed is left to the plugin: OpenVINO's CPU

@@ -214,8 +214,7 @@ class InferenceService:
                                 413)
 
     def _texts(self, items: list[bytes]) -> list[str]:
-        """UTF-8 texts of a request, each checked (not empty, not oversized)."""
-        self._check_count(len(items), "texts")
+        """UTF-8 texts of a request (counted by the caller), each checked (not empty, not oversized)."""
         texts = []
         for index, data in enumerate(items):
             try:
@@ -227,9 +226,9 @@ class InferenceService:
         return texts
 
     def _decode(self, items: list[bytes]) -> np.ndarray:
+        self._check_count(len(items), "texts" if self.text else "images")
         if self.text:
             return self.preprocess.encode(self._texts(items))
-        self._check_count(len(items), "images")
 
         def one(index: int) -> np.ndarray:
             try:
@@ -245,7 +244,8 @@ class InferenceService:
         name = self.input_name
         unknown = sorted(set(request.inputs) - {name, "input"})
         if unknown:
-            raise ProtocolError(f"unknown input(s) {', '.join(unknown)} (this model takes '{name}' or 'input')")
+            takes = f"'{name}'" if self.text else f"'{name}' or 'input'"
+            raise ProtocolError(f"unknown input(s) {', '.join(unknown)} (this model takes {takes})")
         if len(request.inputs) != 1:
             raise ProtocolError(f"give either '{name}' or 'input' (preprocessed), not both")
         if name in request.inputs:
@@ -330,9 +330,11 @@ class InferenceService:
                                 f"{'UTF-8 texts' if self.text else 'encoded images'}) and 'label' (BYTES, class names)")
         if images.datatype != BYTES or labels.datatype != BYTES:
             raise ProtocolError(f"'{name}' and 'label' must both be BYTES")
-        self._check_count(len(images.data), "images")
+        noun = "texts" if self.text else "images"
+        self._check_count(len(images.data), noun)
         if len(images.data) != len(labels.data) or not images.data:
-            raise ProtocolError(f"{len(images.data)} images and {len(labels.data)} labels; give one label per image")
+            raise ProtocolError(f"{len(images.data)} {noun} and {len(labels.data)} labels; give one label per "
+                                f"{noun[:-1]}")
         try:
             names = [label.decode("utf-8").strip() for label in labels.data]
         except UnicodeDecodeError:

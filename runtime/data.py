@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
+from .labelled_rows import parse_split, records_by_split
 from .text import TextPreprocess, TextRecord, check_text
 from .text_data import names_texts, read_texts
 
@@ -204,7 +205,7 @@ def _open_folder(root: Path, skip_bad: bool) -> LabeledData:
 
 
 def _open_csv(path: Path, skip_bad: bool) -> LabeledData:
-    rows: list[tuple[int, str, str, str]] = []
+    rows: list[tuple[str, str, tuple[int, str]]] = []
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
@@ -214,28 +215,25 @@ def _open_csv(path: Path, skip_bad: bool) -> LabeledData:
                     continue
                 if len(row) < 2 or not row[1].strip():
                     raise DataError(f"{path}:{line_no}: expected 'path,label[,split]', got {row!r}")
-                split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else "all"
-                if split not in ("train", "val", "all"):
-                    raise DataError(f"{path}:{line_no}: unknown split '{row[2]}' (use train or val)")
-                rows.append((line_no, row[0].strip(), row[1].strip(), split))
+                split = parse_split(row[2] if len(row) > 2 else "", f"{path}:{line_no}")
+                rows.append((row[1].strip(), split, (line_no, row[0].strip())))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not a UTF-8 CSV file") from exc
     if not rows:
         raise DataError(f"{path} lists no images")
-    class_names = sorted({label for _, _, label, _ in rows})
-    index = {name: i for i, name in enumerate(class_names)}
-    splits: dict[str, list[ImageRecord]] = {}
     skipped: list[str] = []
-    for line_no, rel, label, split in rows:
+
+    def image(payload: tuple[int, str], label: int) -> ImageRecord | None:
+        line_no, rel = payload
         image_path = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
         if not image_path.is_file():
             if skip_bad:
                 skipped.append(str(image_path))
-                continue
+                return None
             raise DataError(f"{path}:{line_no}: image file {image_path} does not exist")
-        splits.setdefault(split, []).append(ImageRecord(str(image_path), index[label]))
-    if "all" in splits and len(splits) > 1:
-        raise DataError(f"{path}: either give every row a split column or none")
+        return ImageRecord(str(image_path), label)
+
+    class_names, splits = records_by_split(path, rows, image)
     return LabeledData(str(path), class_names, splits, skipped=skipped)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DataError
+from .labelled_rows import parse_split, records_by_split
 from .text import MAX_TEXT_CHARS, TextRecord, check_text
 
 LABEL_KEYS = ("label", "category", "intent")
@@ -61,7 +62,7 @@ def read_texts(path: Path, skip_bad: bool, labelled: bool = True
                ) -> tuple[list[str], dict[str, list[TextRecord]], list[str]]:
     """The texts of a CSV or JSONL file: (class names, records by split, skipped rows).  ``labelled=False`` (texts
     to cluster) accepts rows without a label; they all get the class ``unlabelled``."""
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, tuple[str, str]]] = []
     skipped: list[str] = []
     try:      # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of the header
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -80,21 +81,12 @@ def read_texts(path: Path, skip_bad: bool, labelled: bool = True
                         raise DataError(f"{exc}; fix the row, or skip bad rows", remedy="skip_bad") from None
                     skipped.append(str(exc))
                     continue
-                split = str(row.get("split") or "").strip().lower() or "all"
-                if split not in ("train", "val", "all"):
-                    raise DataError(f"{where}: unknown split {split!r} (use train or val)")
-                rows.append((where, text, str(label).strip(), split))
+                rows.append((str(label).strip(), parse_split(row.get("split"), where), (where, text)))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except csv.Error as exc:       # a cell over the csv module's limit (131,072 characters)
         raise DataError(f"{path}: {exc} (a text may have at most {MAX_TEXT_CHARS} characters)") from exc
     if not rows:
         raise DataError(f"{path} lists no texts")
-    class_names = sorted({label for _, _, label, _ in rows})
-    index = {name: i for i, name in enumerate(class_names)}
-    splits: dict[str, list[TextRecord]] = {}
-    for where, text, label, split in rows:
-        splits.setdefault(split, []).append(TextRecord(where, index[label], text))
-    if "all" in splits and len(splits) > 1:
-        raise DataError(f"{path}: either give every row a split or none")
+    class_names, splits = records_by_split(path, rows, lambda row, label: TextRecord(row[0], label, row[1]))
     return class_names, splits, skipped

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import textwrap
 import threading
 from pathlib import Path
 
@@ -40,6 +41,34 @@ def _isolated_cache(tmp_path_factory):
 def relative_error(a, b) -> float:
     """max |a - b| / max |b|: how the exactness claims of streaming ridge are stated."""
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def gaussian_blobs(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded features in ``classes`` Gaussian clusters (float32) and their labels: the heads' and learners' data."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, d))
+    labels = rng.integers(0, classes, n)
+    return (centres[labels] + rng.normal(0, 1.0, (n, d))).astype(np.float32), labels
+
+
+def import_blocker(*modules: str) -> str:
+    """Python source that makes importing ``modules`` (top-level names) fail in the interpreter that runs it, and
+    names them ``BLOCKED``: the prelude of the child processes that prove the runtime never needs them."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+
+        BLOCKED = {set(modules)!r}
+
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        """
+    )
 
 
 def unbounded_updates():

@@ -5,11 +5,11 @@ from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
 
 
+from conftest import gaussian_blobs
+
+
 def _blobs(n=300, d=16, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (k, d))
-    labels = rng.integers(0, k, n)
-    return (centres[labels] + rng.normal(0, 1, (n, d))).astype(np.float32), labels
+    return gaussian_blobs(n, d, k, seed)
 
 
 def test_ridge_matches_the_batch_closed_form():

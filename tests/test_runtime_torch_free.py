@@ -5,19 +5,11 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+from conftest import import_blocker
+
+SCRIPT = import_blocker("torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn") + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    BLOCKED = {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn"}
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
+    import json
     from edgetl.runtime import EdgeModel
     from edgetl.runtime.evaluate import evaluate_bundle
 

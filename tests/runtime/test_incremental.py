@@ -7,15 +7,11 @@ from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.heads import NCMHead, RidgeHead, load_head
 from edgetl.runtime.learning import NCMLearner, RidgeLearner, SGDLearner
 
-from conftest import relative_error
+from conftest import gaussian_blobs, relative_error
 
 
 def _blobs(n=600, d=32, classes=6, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (classes, d))
-    y = rng.integers(0, classes, n)
-    return (centres[y] + rng.normal(0, 1.0, (n, d))).astype(np.float32), y
-
+    return gaussian_blobs(n, d, classes, seed)
 
 
 def test_streaming_ridge_equals_batch_ridge_whatever_the_order():

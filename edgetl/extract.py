@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.reader import ReadReport
 
 from .cache import CacheWriter
-from .pipeline import decoded_batches
+from .pipeline import decoded_batches, engine_lanes, lane_count
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -162,34 +162,54 @@ def run_frozen(
     :func:`~edgetl.pipeline.decoded_batches` (``workers`` processes; None: one per core for a large job).
 
     ``runner`` (an open runtime backend on the exported frozen part, see :mod:`edgetl.engines`) replaces eager
-    torch for the pass.  Skipped images are listed in ``writer.skipped``.  ``records`` are the entry's rows from
-    ``first`` on (a rank's block of a sharded pass).
+    torch for the pass; where decoding would run in threads, the pass runs in lanes of single-threaded copies of
+    it instead (:func:`~edgetl.pipeline.engine_lanes`; engines that allow it, ONNX Runtime).  Skipped images are listed in ``writer.skipped``.
+    ``records`` are the entry's rows from ``first`` on (a rank's block of a sharded pass).
     """
     batch_size = batch_size or compute.batch_size
     report = ReadReport()
-    cuda = _CudaRunner(module, preprocess, compute) if runner is None and compute.device.type == "cuda" else None
+    lanes = lane_count(len(records), workers) if runner is not None and runner.runs_in_lanes else 0
+    if lanes:
+        steps = engine_lanes(records, preprocess, batch_size, runner, lanes, max_pixels=max_pixels, skip_bad=skip_bad,
+                             report=report)
+    else:
+        steps = _decoded_steps(module, records, preprocess, compute, batch_size, workers, skip_bad, max_pixels, report,
+                               runner)
     bar = progress("backbone pass", len(records))
     try:
-        batches = decoded_batches(records, preprocess, batch_size, workers=workers, max_pixels=max_pixels,
-                                  skip_bad=skip_bad, report=report, pin_memory=cuda is not None)
-        with torch.inference_mode(), contextlib.closing(batches):     # on an error the decoders stop at once
-            for batch in batches:
-                if batch.indices and cuda is not None:
-                    for indices, rows in cuda.run([first + i for i in batch.indices], batch.pixels):
-                        writer.write(indices, rows)
-                elif batch.indices:
-                    images = normalize_batch(batch.pixels.numpy(), preprocess)
-                    if runner is not None:
-                        rows = runner.infer(images)
-                    else:
-                        rows = module(torch.from_numpy(images).contiguous(memory_format=torch.channels_last)).numpy()
-                    writer.write([first + i for i in batch.indices], rows)
-                bar.update(batch.consumed)
-            for indices, rows in cuda.flush() if cuda is not None else []:
-                writer.write(indices, rows)
+        with torch.inference_mode(), contextlib.closing(steps):     # on an error the decoders stop at once
+            for indices, rows, consumed in steps:
+                if indices:
+                    writer.write([first + i for i in indices], rows)
+                bar.update(consumed)
     finally:
         bar.close()
     writer.skipped = [f"{e.source}: {e.reason}" for e in report.skipped]
+
+
+def _decoded_steps(module, records, preprocess, compute, batch_size, workers, skip_bad, max_pixels, report, runner
+                   ) -> Iterator[tuple[list[int], np.ndarray | None, int]]:
+    """The pass over :func:`~edgetl.pipeline.decoded_batches`, as (positions, rows, records covered): on CUDA
+    through :class:`_CudaRunner` (whose rows come one batch late), else eager torch or ``runner`` here."""
+    cuda = _CudaRunner(module, preprocess, compute) if runner is None and compute.device.type == "cuda" else None
+    batches = decoded_batches(records, preprocess, batch_size, workers=workers, max_pixels=max_pixels,
+                              skip_bad=skip_bad, report=report, pin_memory=cuda is not None)
+    with contextlib.closing(batches):
+        for batch in batches:
+            if batch.indices and cuda is not None:
+                finished = cuda.run(batch.indices, batch.pixels)      # the batch before this one, if any
+                yield (*finished[0], batch.consumed) if finished else ([], None, batch.consumed)
+            elif batch.indices:
+                images = normalize_batch(batch.pixels.numpy(), preprocess)
+                if runner is not None:
+                    rows = runner.infer(images)
+                else:
+                    rows = module(torch.from_numpy(images).contiguous(memory_format=torch.channels_last)).numpy()
+                yield batch.indices, rows, batch.consumed
+            else:
+                yield [], None, batch.consumed
+        for indices, rows in cuda.flush() if cuda is not None else []:
+            yield indices, rows, 0
 
 
 def extract_features(module: nn.Module, records: Sequence[ImageRecord], preprocess: PreprocessConfig,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgetl import engines
+from edgetl import engines, pipeline
 from edgetl.backbones import create_backbone
 from edgetl.extract import extract_features, resolve_device
 from edgetl.finetune import FinetuneConfig, finetune
@@ -32,11 +32,20 @@ def test_engine_features_match_torch_and_the_export_is_reused(tiny, tmp_path, en
     choice = engines.choose_engine(engine, frozen, records, preprocess, compute, tmp_path, backbone.weights_sha256(),
                                    len(frozen))
     assert choice.name == engine and choice.max_abs_diff <= engines.PARITY_TOLERANCE
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    replicas = []
+    monkeypatch.setattr(type(choice.runner), "replica",
+                        lambda self, threads, original=type(choice.runner).replica: replicas.append(threads) or
+                        original(self, threads))
     features, valid, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner)
+    beside, _, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner, workers=0)
     if engine == "onnxruntime":        # decoding shares the cores: the pass's engine never spin-waits
         assert choice.runner.settings["session.intra_op.allow_spinning"] == "0"
+    # ONNX Runtime runs the pass in 2 lanes of single-threaded copies; OpenVINO beside decoding threads
+    assert replicas == ([1, 1] if engine == "onnxruntime" else [])
     choice.runner.close()
     assert valid.all() and np.abs(features - reference).max() <= engines.PARITY_TOLERANCE
+    assert np.abs(beside - features).max() <= 1e-5
 
     def no_export(*args, **kwargs):
         raise AssertionError("the frozen part was exported again")

@@ -10,7 +10,7 @@ import torch
 from edgetl import pipeline
 from edgetl.cache import FeatureCache
 from edgetl.extract import extract_features, prepare, resolve_device, run_frozen
-from edgetl.pipeline import decode_workers, decoded_batches
+from edgetl.pipeline import decode_workers, decoded_batches, engine_lanes, lane_count
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
 from edgetl.runtime.preprocess import PreprocessConfig, normalize_batch, preprocess
@@ -59,6 +59,67 @@ def test_worker_count_follows_the_job_and_the_host_and_refuses_negatives(monkeyp
     assert decode_workers(10_000, None) == 0
     with pytest.raises(ConfigError):
         decode_workers(10, -1)
+
+
+class _Recording:
+    """A stand-in engine whose rows are each image's channel means, and which records its copies' lives."""
+
+    name = "recording"
+    runs_in_lanes = True
+
+    def __init__(self, log, threads=2):
+        self.log, self.threads = log, threads
+
+    def replica(self, threads):
+        self.log.append(("replica", threads))
+        return _Recording(self.log, threads)
+
+    def open(self):
+        self.log.append("open")
+        return self
+
+    def infer(self, batch):
+        assert batch.dtype == np.float32 and batch.shape[1] == 3
+        return batch.mean(axis=(2, 3))
+
+    def close(self):
+        self.log.append("close")
+
+
+def test_lanes_give_each_image_its_rows_in_record_order_on_single_threaded_copies(photos):
+    log = []
+    steps = list(engine_lanes(photos, CONFIG, 4, _Recording(log), 2))
+    assert [s[2] for s in steps] == [4, 4, 4, 4, 4, 1]
+    assert [i for s in steps for i in s[0]] == list(range(len(photos)))
+    expected = np.stack([preprocess(r.source, CONFIG) for r in photos]).mean(axis=(2, 3))
+    np.testing.assert_array_equal(np.concatenate([s[1] for s in steps]), expected)
+    assert log == [("replica", 1), "open", ("replica", 1), "open", "close", "close"]
+
+
+def test_lanes_name_the_first_bad_image_in_record_order_or_skip_it_and_close_their_copies(photos, tmp_path):
+    broken = [tmp_path / f"broken{i}.jpg" for i in range(2)]
+    for path in broken:
+        path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    records = photos[:5] + [ImageRecord(str(broken[0]), 0)] + photos[5:12] + [ImageRecord(str(broken[1]), 0)]
+    log = []
+    with pytest.raises(ImageDecodeError, match="broken0.jpg"):
+        list(engine_lanes(records, CONFIG, 2, _Recording(log), 2))
+    assert log.count("open") == log.count("close") == 2
+    report = ReadReport()
+    steps = list(engine_lanes(records, CONFIG, 2, _Recording([]), 2, skip_bad=True, report=report))
+    assert [i for s in steps for i in s[0]] == [0, 1, 2, 3, 4, *range(6, 13)]
+    assert [e.source for e in report.skipped] == [str(b) for b in broken]
+
+
+def test_a_cpu_engine_pass_runs_in_lanes_where_decoding_would_run_in_threads(monkeypatch):
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    assert lane_count(10_000, None) == 2 and lane_count(10, None) == 2
+    assert lane_count(10, 2) == lane_count(10, 0) == 0                  # the decoding --workers names
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                         # torchrun ranks share the two cores
+    assert lane_count(10, None) == 0
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
+    assert lane_count(100, None) == 16 and lane_count(10_000, None) == 0   # a large job: worker processes
 
 
 def test_rows_stream_to_the_entry_and_skipped_rows_read_as_zeros(tmp_path):

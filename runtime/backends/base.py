@@ -27,6 +27,10 @@ class Backend:
     """Base class of runtime backends (onnxruntime, OpenVINO, TensorRT)."""
 
     name: str = "base"
+    #: Whether single-threaded copies (:meth:`replica`) may run side by side in threads of one process, as the
+    #: host pass's lanes run them.  Off unless shown: OpenVINO copies compiled and run in pool threads left the
+    #: process to crash at a later fork (its way to run several batches at once is its own streams).
+    runs_in_lanes: bool = False
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
                  precision: str = "fp32", cache_dir: str | Path | None = None, shared_cores: bool = False):
@@ -47,6 +51,12 @@ class Backend:
         self.input_shape: tuple = ()
         self.input_dtype = np.float32       # int64 for a text model's token ids (set by the backend on open)
         self._open = False
+
+    def replica(self, threads: int) -> "Backend":
+        """A closed backend of this kind on the same file and settings but ``threads`` threads: lanes of a pass
+        each run their own copy (an engine's session or request is not shared between threads)."""
+        return type(self)(self.path, threads=threads, device=self.requested_device, precision=self.precision,
+                          cache_dir=self.cache_dir, shared_cores=self.shared_cores)
 
     def open(self) -> "Backend":
         if self._open:

@@ -48,6 +48,7 @@ def import_onnxruntime():
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     optimization = "ORT_ENABLE_ALL"
+    runs_in_lanes = True
 
     def session_options(self, ort):
         options = ort.SessionOptions()

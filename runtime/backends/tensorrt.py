@@ -3,8 +3,16 @@
 Before deserializing, the sidecar JSON is checked against the TensorRT
 release and the GPU here; an engine built elsewhere is refused with the
 command that rebuilds it.  I/O uses the TensorRT 10/11 tensor API
-(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on one
-CUDA stream, with device buffers sized for the engine's maximum batch.
+(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``, in
+TensorRT since 8.5) on one CUDA stream, with device buffers sized for the
+engine's maximum batch.
+
+Engines are *built* through Polygraphy (:mod:`..tools.engine_build`) but run
+by these few calls, not Polygraphy's ``TrtRunner``: its ``infer`` imports
+torch wherever torch is installed (to check whether an input is a torch
+tensor, polygraphy 0.53), which the torch-free device runtime must not do,
+and Polygraphy says its runners are not meant for deployment.  Checked
+against a stand-in of TensorRT 8.5, 10 and 11 (tests/runtime/test_tensorrt_backend.py).
 """
 
 from __future__ import annotations

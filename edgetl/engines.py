@@ -46,6 +46,7 @@ class EngineChoice:
     runner: Backend | None    # None for torch
     reason: str
     max_abs_diff: float | None = None
+    export_s: float = 0.0     # spent exporting the frozen part for it (0 when the cached export was reused)
 
 
 def engine_file(cache_root: Path, weights_sha256: str, freeze_stage: int, input_size: int) -> Path:
@@ -109,9 +110,12 @@ def choose_engine(
         saved = _torch_seconds_per_image(frozen, probe) * len(records) * (1 - 1 / ASSUMED_SPEEDUP)
         if saved < ASSUMED_CONVERSION_S:
             return EngineChoice("torch", None, f"the pass is short (an engine would save ~{saved:.0f} s)")
+    export_s = 0.0
     if not path.is_file():
         log(f"exporting the frozen backbone for {candidates[0]} (once; kept in {path.parent})")
+        started = time.perf_counter()
         _export_frozen(frozen, path, preprocess.input_size)
+        export_s = time.perf_counter() - started
     runner = create_backend(candidates[0], path, shared_cores=True).open()     # decoding runs beside it
     with torch.inference_mode():
         expected = frozen(torch.from_numpy(probe).contiguous(memory_format=torch.channels_last)).numpy()
@@ -119,5 +123,5 @@ def choose_engine(
     if not diff <= PARITY_TOLERANCE:
         runner.close()
         log(f"warning: {candidates[0]} features differ from torch by {diff:.2g}; using torch")
-        return EngineChoice("torch", None, f"{candidates[0]} failed the parity check ({diff:.2g})", diff)
-    return EngineChoice(candidates[0], runner, "faster than eager torch on this CPU", diff)
+        return EngineChoice("torch", None, f"{candidates[0]} failed the parity check ({diff:.2g})", diff, export_s)
+    return EngineChoice(candidates[0], runner, "faster than eager torch on this CPU", diff, export_s)

@@ -83,6 +83,7 @@ class FeaturePass:
     cached: CachedFeatures
     backbone_s: float         # 0 on a cache hit
     engine: str               # what ran the pass, or "none (cache hit)"
+    export_s: float = 0.0     # of backbone_s: exporting the frozen part for the engine (once per machine)
 
     def rows(self, n_train: int) -> tuple[np.ndarray, np.ndarray]:
         """Valid train rows and valid val rows (images skipped as bad are left out)."""
@@ -158,7 +159,7 @@ def backbone_pass(
         if choice.runner is not None:
             choice.runner.close()
     backbone_s = time.perf_counter() - t0
-    return FeaturePass(cache.loaded(key), backbone_s, choice.name)
+    return FeaturePass(cache.loaded(key), backbone_s, choice.name, choice.export_s)
 
 
 def _text_pass(frozen, key, records, preprocess, compute, cache, batch_size, progress, log, ranks, t0) -> FeaturePass:

@@ -174,6 +174,7 @@ def select_backbones(
         rows.append({
             "backbone": name, "input_size": preprocess.input_size, "weights_sha256": weights, "feature_key": key,
             "cache_hit": feature_pass.cached.hit, "backbone_pass_s": round(feature_pass.backbone_s, 3),
+            "export_s": round(feature_pass.export_s, 3),
             "engine": feature_pass.engine, "n_train": int(len(y)),
             "logme": round(evidence, 5), "probe_accuracy": round(probe.accuracy, 5), "probe_std": round(probe.std, 5),
             "probe_folds": probe.folds, "probe_alpha": probe.alpha, "score_s": round(score_s, 3),
@@ -198,6 +199,7 @@ def select_backbones(
     if config.train_last:
         result["freeze"] = _freeze(result, config, prepared, compute, cache, progress, log)
     result["timings"] = {"total_s": round(time.perf_counter() - started, 3), "backbone_passes_s": round(passes_s, 3),
+                         "exports_s": round(sum(r["export_s"] for r in rows), 3),
                          "scoring_s": round(sum(r["score_s"] for r in rows), 3),
                          "latency_s": round(sum(r["latency_s"] for r in rows), 3)}
     record_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ For each data set (builtin:digits, ../shared/data/flowers3, ../shared/data/cloth
     cold (nothing cached on this machine) and with this machine's latency figures already measured (the
     usual case: they depend on backbone, input size, artifact and machine, not on the data); cold, the ONNX
     export of each candidate (torch.export, seconds each, once per backbone and machine) is shown apart, with
-    the floor it sets: (passes + exports) / passes;
+    the floor it sets: exports / passes (a cold select exports every candidate once);
 (d) ``finetune --backbone auto`` right after ``select``: the selection is reused and there is no backbone pass;
 (e) with --train-last: the freeze-depth comparison of the recommended backbone against the fine-tuned
     validation accuracy at each depth.
@@ -102,11 +102,19 @@ def main() -> None:
             t0 = time.perf_counter()     # the freeze comparison on top: reuses the selection, adds its own pass
             result = select_backbones(address, SelectConfig(cache_dir=str(cold), train_last=depths), reuse=True)
             freeze_s = time.perf_counter() - t0
-            (warm / "latency").parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(cold / "latency", warm / "latency")
-            t0 = time.perf_counter()
-            select_backbones(address, SelectConfig(cache_dir=str(warm)), reuse=False)
-            select_warm_s = time.perf_counter() - t0
+            # warm: this machine's latency and cost figures copied into a fresh cache, timed against plain passes
+            # measured right beside it (this VM drifts by tens of percent within minutes); short sets three pairs
+            warm_pairs = []
+            for pair in range(3 if sum(passes.values()) < 20 else 1):
+                warm = tmp / name / f"warm{pair}"
+                for measured in ("latency", "cost"):      # what this machine measured before, whatever the data
+                    shutil.copytree(cold / measured, warm / measured)
+                t0 = time.perf_counter()
+                select_backbones(address, SelectConfig(cache_dir=str(warm)), reuse=False)
+                warm_s = time.perf_counter() - t0
+                beside = sum(plain_passes(address, tmp / name / f"plain-beside{pair}").values())
+                warm_pairs.append((warm_s, beside))
+            select_warm_s, warm_plain_s = sorted(warm_pairs, key=lambda p: p[0] / p[1])[len(warm_pairs) // 2]
 
             rows = result["candidates"]
             by_head: dict[str, dict[str, float]] = {}
@@ -157,9 +165,11 @@ def main() -> None:
                 "best_val": max(val, key=val.get),
                 "select_cold_s": round(select_cold_s, 2), "select_warm_latency_s": round(select_warm_s, 2),
                 "sum_plain_passes_s": round(pass_sum, 2),
-                "ratio_cold": round(select_cold_s / pass_sum, 3), "ratio_warm_latency": round(select_warm_s / pass_sum, 3),
+                "ratio_cold": round(select_cold_s / pass_sum, 3),
+                "ratio_warm_latency": round(select_warm_s / warm_plain_s, 3),
+                "warm_pairs_s": [[round(w, 2), round(b, 2)] for w, b in warm_pairs],
                 "cold_exports_s": cold_record["timings"]["exports_s"],
-                "ratio_cold_floor": round((pass_sum + cold_record["timings"]["exports_s"]) / pass_sum, 3),
+                "ratio_cold_floor": round(cold_record["timings"]["exports_s"] / pass_sum, 3),
                 "select_cold_timings": cold_record["timings"],
                 "select_timings": result["timings"],
                 "auto_finetune_s": round(auto_s, 2), "auto_reused_selection": bool(again.get("reused")),
@@ -188,8 +198,10 @@ def main() -> None:
             print(f"select cold {select_cold_s:.1f} s / plain passes {pass_sum:.1f} s = {entry['ratio_cold']:.2f} "
                   f"{verdict(entry['ratio_cold'], 1.2)} (of it ONNX exports, once per backbone and machine: "
                   f"{entry['cold_exports_s']:.1f} s, so no cold select can go below "
-                  f"{entry['ratio_cold_floor']:.2f}); latency measured before: {select_warm_s:.1f} s = "
-                  f"{entry['ratio_warm_latency']:.2f} {verdict(entry['ratio_warm_latency'], 1.2)}")
+                  f"{entry['ratio_cold_floor']:.2f}); latency and cost measured before: {select_warm_s:.1f} s / "
+                  f"plain passes beside it {warm_plain_s:.1f} s = {entry['ratio_warm_latency']:.2f} "
+                  f"{verdict(entry['ratio_warm_latency'], 1.2)}"
+                  + (f" (median of {len(warm_pairs)} pairs)" if len(warm_pairs) > 1 else ""))
             print(f"finetune --backbone auto after select: {auto_s:.1f} s, selection reused: "
                   f"{entry['auto_reused_selection']}, cache hit: {auto.cache_hit} (backbone pass "
                   f"{entry['auto_backbone_pass_s']:.1f} s)")

@@ -31,7 +31,7 @@ from edgetl.runtime.progress import ProgressFactory, silent_progress
 from ..cache import FeatureCache
 from ..extract import resolve_device
 from ..features import backbone_pass, feature_key, open_training_data, preprocess_for
-from .cost import model_cost
+from .cost import recorded_cost
 from .latency import latency_plan, latency_record, measure_candidate
 from .transferability import Spectrum, logme, ridge_probe
 
@@ -167,7 +167,7 @@ def select_backbones(
         probe = ridge_probe(spectrum, y, config.folds, config.seed)
         score_s = time.perf_counter() - t0
         backbone.cpu()       # the pass may have run it on CUDA; counting and exporting run on the CPU
-        cost = model_cost(backbone, preprocess.input_size)
+        cost = recorded_cost(backbone, weights, preprocess.input_size, cache.root)
         calibration = [records[i] for i in train_rows[:64]]
         latency = measure_candidate(backbone, weights, preprocess, plan, calibration,
                                     lambda: _probe_head(x, y, len(prepared.data.class_names)), cache.root, threads, log)

@@ -93,7 +93,7 @@ def main() -> None:
                 print(f"skipped {address}: not found")
                 continue
             name = Path(address).name if not address.startswith("builtin:") else address
-            cold, warm, plain = tmp / name / "cold", tmp / name / "warm", tmp / name / "plain"
+            cold, plain = tmp / name / "cold", tmp / name / "plain"
             passes = plain_passes(address, plain)
 
             t0 = time.perf_counter()

@@ -162,13 +162,14 @@ def run_frozen(
     :func:`~edgetl.pipeline.decoded_batches` (``workers`` processes; None: one per core for a large job).
 
     ``runner`` (an open runtime backend on the exported frozen part, see :mod:`edgetl.engines`) replaces eager
-    torch for the pass; where decoding would run in threads, the pass runs in lanes of single-threaded copies of
-    it instead (:func:`~edgetl.pipeline.engine_lanes`; engines that allow it, ONNX Runtime).  Skipped images are listed in ``writer.skipped``.
+    torch for the pass; where decoding would run in threads (:func:`~edgetl.pipeline.lane_count`), an engine that
+    allows it (ONNX Runtime) runs in lanes of single-threaded copies instead (:func:`~edgetl.pipeline.engine_lanes`).
+    Skipped images are listed in ``writer.skipped``.
     ``records`` are the entry's rows from ``first`` on (a rank's block of a sharded pass).
     """
     batch_size = batch_size or compute.batch_size
     report = ReadReport()
-    lanes = lane_count(len(records), workers) if runner is not None and runner.runs_in_lanes else 0
+    lanes = lane_count(len(records), workers, batch_size) if runner is not None and runner.runs_in_lanes else 0
     if lanes:
         steps = engine_lanes(records, preprocess, batch_size, runner, lanes, max_pixels=max_pixels, skip_bad=skip_bad,
                              report=report)

@@ -24,7 +24,9 @@ images/s that way, 143-150 in lanes over two runs of ``benchmarks/extraction_pip
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -109,8 +111,13 @@ def decode_workers(records: int, workers: int | None) -> int:
         if workers < 0:
             raise ConfigError(f"must be at least 0, got {workers}", option="workers")
         return workers
-    cores = usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))    # torchrun ranks share the host
+    cores = _rank_cores()
     return cores if records >= PROCESS_MIN_RECORDS and cores >= PROCESS_MIN_CORES else 0
+
+
+def _rank_cores() -> int:
+    """Usable cores of this process: torchrun's ranks on one host share its cores."""
+    return usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def decoded_batches(
@@ -153,12 +160,13 @@ def _account(errors: list[tuple[str, str]], skip_bad: bool, report: ReadReport |
         report.skipped.extend(ImageDecodeError(*error) for error in errors)
 
 
-def lane_count(records: int, workers: int | None) -> int:
-    """Lanes of a CPU engine pass over ``records`` images: one per usable core where decoding would run in threads
-    of this process (:func:`decode_workers` gives none) and there are two cores or more; else 0.  ``workers``
-    given (``--workers``, 0 included) keeps the decoding it names beside one engine."""
-    cores = usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return cores if workers is None and cores >= 2 and decode_workers(records, None) == 0 else 0
+def lane_count(records: int, workers: int | None, batch_size: int) -> int:
+    """Lanes of a CPU engine pass over ``records`` images in batches of ``batch_size``: one per usable core (no
+    more than there are batches: each lane opens its own copy of the engine) where decoding would run in threads
+    of this process (:func:`decode_workers` gives none), when that makes two or more; else 0.  ``workers`` given
+    (``--workers``, 0 included) keeps the decoding it names beside one engine."""
+    lanes = min(_rank_cores(), -(-records // batch_size))
+    return lanes if workers is None and lanes >= 2 and decode_workers(records, None) == 0 else 0
 
 
 def engine_lanes(
@@ -195,18 +203,15 @@ def engine_lanes(
             opened.append(engine.replica(threads=1).open())
             copies.put(opened[-1])
         with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="edgetl-lane") as pool:
-            pending = []
+            pending: collections.deque = collections.deque()
             starts = iter(range(0, len(records), batch_size))
             try:
-                for start in starts:
-                    pending.append(pool.submit(run, start))
-                    if len(pending) < 2 * lanes:
-                        continue
-                    kept, rows, errors, consumed = pending.pop(0).result()
-                    _account(errors, skip_bad, report)
-                    yield kept, rows, consumed
-                while pending:
-                    kept, rows, errors, consumed = pending.pop(0).result()
+                while True:
+                    for start in itertools.islice(starts, 2 * lanes - len(pending)):
+                        pending.append(pool.submit(run, start))
+                    if not pending:
+                        break
+                    kept, rows, errors, consumed = pending.popleft().result()
                     _account(errors, skip_bad, report)
                     yield kept, rows, consumed
             finally:            # on an error (or a consumer that stops) the batches not started are dropped

@@ -3,6 +3,9 @@ or skipped in any worker, and features stream to the cache entry."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -62,17 +65,18 @@ def test_worker_count_follows_the_job_and_the_host_and_refuses_negatives(monkeyp
 
 
 class _Recording:
-    """A stand-in engine whose rows are each image's channel means, and which records its copies' lives."""
+    """A stand-in engine whose rows are each image's channel means, and which records its copies' lives; a copy
+    can be slowed (``delay``: seconds to wait for a batch) or made to fail."""
 
     name = "recording"
     runs_in_lanes = True
 
-    def __init__(self, log, threads=2):
-        self.log, self.threads = log, threads
+    def __init__(self, log, threads=2, delay=None, fail=False):
+        self.log, self.threads, self.delay, self.fail = log, threads, delay or (lambda batch: 0.0), fail
 
     def replica(self, threads):
         self.log.append(("replica", threads))
-        return _Recording(self.log, threads)
+        return _Recording(self.log, threads, self.delay, self.fail)
 
     def open(self):
         self.log.append("open")
@@ -80,15 +84,22 @@ class _Recording:
 
     def infer(self, batch):
         assert batch.dtype == np.float32 and batch.shape[1] == 3
+        if self.fail:
+            raise RuntimeError("the engine failed")
+        time.sleep(self.delay(batch))
         return batch.mean(axis=(2, 3))
 
     def close(self):
         self.log.append("close")
 
 
+def _lane_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("edgetl-lane")]
+
+
 def test_lanes_give_each_image_its_rows_in_record_order_on_single_threaded_copies(photos):
     log = []
-    steps = list(engine_lanes(photos, CONFIG, 4, _Recording(log), 2))
+    steps = list(engine_lanes(photos, CONFIG, 4, _Recording(log, delay=lambda batch: 0.05 * (len(batch) == 4)), 2))
     assert [s[2] for s in steps] == [4, 4, 4, 4, 4, 1]
     assert [i for s in steps for i in s[0]] == list(range(len(photos)))
     expected = np.stack([preprocess(r.source, CONFIG) for r in photos]).mean(axis=(2, 3))
@@ -97,29 +108,48 @@ def test_lanes_give_each_image_its_rows_in_record_order_on_single_threaded_copie
 
 
 def test_lanes_name_the_first_bad_image_in_record_order_or_skip_it_and_close_their_copies(photos, tmp_path):
+    """Both bad images sit in the first window of batches, and the earlier one's batch finishes last (its good
+    image, the first photo, is slowed): the error is still the earlier image's."""
     broken = [tmp_path / f"broken{i}.jpg" for i in range(2)]
     for path in broken:
         path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    records = photos[:5] + [ImageRecord(str(broken[0]), 0)] + photos[5:12] + [ImageRecord(str(broken[1]), 0)]
+    records = [photos[0], ImageRecord(str(broken[0]), 0), *photos[1:3], photos[3], ImageRecord(str(broken[1]), 0),
+               *photos[4:8]]
     log = []
+    first = preprocess(photos[0].source, CONFIG)
+    slow = lambda batch: 0.5 if np.array_equal(batch[0], first) else 0.0  # noqa: E731
     with pytest.raises(ImageDecodeError, match="broken0.jpg"):
-        list(engine_lanes(records, CONFIG, 2, _Recording(log), 2))
-    assert log.count("open") == log.count("close") == 2
+        list(engine_lanes(records, CONFIG, 2, _Recording(log, delay=slow), 2))
+    assert log.count("open") == log.count("close") == 2 and not _lane_threads()
     report = ReadReport()
     steps = list(engine_lanes(records, CONFIG, 2, _Recording([]), 2, skip_bad=True, report=report))
-    assert [i for s in steps for i in s[0]] == [0, 1, 2, 3, 4, *range(6, 13)]
+    assert [i for s in steps for i in s[0]] == [0, 2, 3, 4, 6, 7, 8, 9]
     assert [e.source for e in report.skipped] == [str(b) for b in broken]
+
+
+def test_lanes_close_their_copies_when_the_engine_fails_or_the_consumer_stops(photos):
+    log = []
+    with pytest.raises(RuntimeError, match="the engine failed"):
+        list(engine_lanes(photos, CONFIG, 4, _Recording(log, fail=True), 2))
+    assert log.count("open") == log.count("close") == 2 and not _lane_threads()
+    log.clear()
+    steps = engine_lanes(photos, CONFIG, 4, _Recording(log), 2)
+    assert next(steps)[0] == [0, 1, 2, 3]
+    steps.close()
+    assert log.count("open") == log.count("close") == 2 and not _lane_threads()
 
 
 def test_a_cpu_engine_pass_runs_in_lanes_where_decoding_would_run_in_threads(monkeypatch):
     monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
-    assert lane_count(10_000, None) == 2 and lane_count(10, None) == 2
-    assert lane_count(10, 2) == lane_count(10, 0) == 0                  # the decoding --workers names
+    assert lane_count(10_000, None, 8) == 2 and lane_count(10, None, 8) == 2
+    assert lane_count(8, None, 8) == 0                                 # one batch: nothing to run beside it
+    assert lane_count(10, 2, 8) == lane_count(10, 0, 8) == 0            # the decoding --workers names
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                         # torchrun ranks share the two cores
-    assert lane_count(10, None) == 0
+    assert lane_count(10, None, 8) == 0
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
-    assert lane_count(100, None) == 16 and lane_count(10_000, None) == 0   # a large job: worker processes
+    assert lane_count(100, None, 8) == 13                               # no more copies than batches
+    assert lane_count(200, None, 8) == 16 and lane_count(10_000, None, 8) == 0   # a large job: worker processes
 
 
 def test_rows_stream_to_the_entry_and_skipped_rows_read_as_zeros(tmp_path):

@@ -127,6 +127,7 @@ class LatencyResult:
     threads: int
     cached: bool
     seconds: float       # what this call cost (0 when cached)
+    export_s: float = 0.0    # of it, exporting to ONNX (0 when the backbone pass's export was reused)
 
 
 def latency_record(cache_root: Path, weights_sha256: str, input_size: int, plan: LatencyPlan, threads: int) -> Path:
@@ -154,13 +155,13 @@ def measure_candidate(
     record = latency_record(cache_root, weights_sha256, preprocess.input_size, plan, threads)
     if record.is_file():
         try:
-            return LatencyResult(**{**json.loads(record.read_text()), "cached": True, "seconds": 0.0})
+            return LatencyResult(**{**json.loads(record.read_text()), "cached": True, "seconds": 0.0, "export_s": 0.0})
         except (ValueError, TypeError):
             pass   # a damaged record is measured again
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as scratch:
-        files = _build(backbone, weights_sha256, preprocess, plan, calibration, head_factory, cache_root,
-                       Path(scratch), log)
+        files, export_s = _build(backbone, weights_sha256, preprocess, plan, calibration, head_factory,
+                                 cache_root, Path(scratch), log)
         image = np.random.default_rng(0).standard_normal((1, 3, preprocess.input_size, preprocess.input_size))
         image = image.astype(np.float32)
         with create_backend(plan.backend, files[0], threads=threads, device=plan.device,
@@ -168,17 +169,18 @@ def measure_candidate(
             stats = latency_stats(measure(lambda: runner.infer(image), SETTINGS), 1)
         size = sum(f.stat().st_size for f in files) / 1e6
     result = LatencyResult(stats["p50_ms"], stats["p90_ms"], stats["runs"], round(size, 2), threads, False,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, export_s)
     record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps({k: v for k, v in asdict(result).items() if k not in ("cached", "seconds")}))
+    atomic_write_text(record, json.dumps({k: v for k, v in asdict(result).items()
+                                          if k not in ("cached", "seconds", "export_s")}))
     return result
 
 
 def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfig, plan: LatencyPlan,
            calibration: list[ImageRecord], head_factory: Callable, cache_root: Path, scratch: Path,
-           log: Callable[[str], None]) -> list[Path]:
-    """The artifact's files (main one first) in ``scratch``; the fp32 ONNX is the engine's export when the
-    backbone pass already made one (same exporter, same graph)."""
+           log: Callable[[str], None]) -> tuple[list[Path], float]:
+    """The artifact's files (main one first) in ``scratch``, and the seconds spent exporting to ONNX: none when
+    the backbone pass already made the export (same exporter, same graph)."""
     from edgetl.engines import engine_file
     from edgetl.exporters import EXPORT_FORMATS
     from edgetl.exporters.calibration import ExportData
@@ -188,14 +190,16 @@ def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfi
     size = preprocess.input_size
     onnx_path = scratch / "backbone.onnx"
     shared = engine_file(cache_root, weights_sha256, len(getattr(backbone, "stages", ())) or -1, size)
+    started = time.perf_counter()
     if shared.is_file():
         shutil.copyfile(shared, onnx_path)
     else:
         log(f"exporting {getattr(backbone, 'name', 'the backbone')} at {size} px to ONNX to time it")
         export_onnx(nn.Sequential(*backbone.stages) if hasattr(backbone, "stages") else backbone, onnx_path,
                     preprocess.example(2), "features")
+    export_s = 0.0 if shared.is_file() else time.perf_counter() - started
     if plan.format == "onnx":
-        return [onnx_path]
+        return [onnx_path], export_s
     fmt = EXPORT_FORMATS[plan.format]
     data = ExportData(preprocess, calibration, [], calibration_size=CALIBRATION_IMAGES)
     try:
@@ -204,4 +208,4 @@ def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfi
         result = fmt.build(ctx, scratch / fmt.filename(), 0)
     finally:
         data.close()
-    return [scratch / name for name in result.files]
+    return [scratch / name for name in result.files], export_s

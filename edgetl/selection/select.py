@@ -174,7 +174,7 @@ def select_backbones(
         rows.append({
             "backbone": name, "input_size": preprocess.input_size, "weights_sha256": weights, "feature_key": key,
             "cache_hit": feature_pass.cached.hit, "backbone_pass_s": round(feature_pass.backbone_s, 3),
-            "export_s": round(feature_pass.export_s, 3),
+            "export_s": round(feature_pass.export_s + latency.export_s, 3),
             "engine": feature_pass.engine, "n_train": int(len(y)),
             "logme": round(evidence, 5), "probe_accuracy": round(probe.accuracy, 5), "probe_std": round(probe.std, 5),
             "probe_folds": probe.folds, "probe_alpha": probe.alpha, "score_s": round(score_s, 3),

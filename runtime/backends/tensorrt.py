@@ -12,7 +12,8 @@ by these few calls, not Polygraphy's ``TrtRunner``: its ``infer`` imports
 torch wherever torch is installed (to check whether an input is a torch
 tensor, polygraphy 0.53), which the torch-free device runtime must not do,
 and Polygraphy says its runners are not meant for deployment.  Checked
-against a stand-in of TensorRT 8.5, 10 and 11 (tests/runtime/test_tensorrt_backend.py).
+against a stand-in of that tensor API and of the CUDA runtime
+(tests/runtime/test_tensorrt_backend.py); never run on a GPU here.
 """
 
 from __future__ import annotations

@@ -211,7 +211,8 @@ def select(data, backbones, target, budget_ms, train_last, folds, image_size, ca
     t = result["timings"]
     click.echo(("reused the selection measured " + result["created"]) if result.get("reused") else
                f"select took {t['total_s']:.1f} s: backbone passes {t['backbone_passes_s']:.1f} s, scores "
-               f"{t['scoring_s']:.1f} s, latency {t['latency_s']:.1f} s")
+               f"{t['scoring_s']:.1f} s, latency {t['latency_s']:.1f} s"
+               + (f" (of these, one-off ONNX exports {t['exports_s']:.1f} s)" if t.get("exports_s") else ""))
     for name, path in files.items():
         click.echo(f"wrote {path}")
 

@@ -56,11 +56,11 @@ def engine_file(cache_root: Path, weights_sha256: str, freeze_stage: int, input_
     return cache_root / "engines" / key / "frozen.onnx"
 
 
-def _export_frozen(frozen: nn.Module, path: Path, input_size: int) -> None:
+def _export_frozen(frozen: nn.Module, path: Path, preprocess: PreprocessConfig) -> None:
     from edgetl.exporters.onnx import export_onnx
 
     with atomic_directory(path.parent, overwrite=True) as staging:
-        export_onnx(frozen, staging / path.name, np.zeros((2, 3, input_size, input_size), np.float32), "features")
+        export_onnx(frozen, staging / path.name, preprocess.example(2), "features")
 
 
 def _torch_seconds_per_image(frozen: nn.Module, images: np.ndarray) -> float:
@@ -114,7 +114,7 @@ def choose_engine(
     if not path.is_file():
         log(f"exporting the frozen backbone for {candidates[0]} (once; kept in {path.parent})")
         started = time.perf_counter()
-        _export_frozen(frozen, path, preprocess.input_size)
+        _export_frozen(frozen, path, preprocess)
         export_s = time.perf_counter() - started
     runner = create_backend(candidates[0], path, shared_cores=True).open()     # decoding runs beside it
     with torch.inference_mode():

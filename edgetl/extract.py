@@ -122,7 +122,7 @@ class _CudaRunner:
         self.inv_std = 1.0 / torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self.pending: tuple[list[int], torch.Tensor, torch.Tensor, torch.cuda.Event] | None = None
 
-    def run(self, indices: list[int], pixels: torch.Tensor) -> list[tuple[list[int], np.ndarray]]:
+    def run(self, indices: list[int], pixels: torch.Tensor) -> tuple[list[int], np.ndarray] | None:
         x = pixels.to(self.compute.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x * (1.0 / 255.0) - self.mean) * self.inv_std).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.compute.amp):
@@ -134,13 +134,14 @@ class _CudaRunner:
         finished, self.pending = self.flush(), (indices, pixels, out, done)
         return finished
 
-    def flush(self) -> list[tuple[list[int], np.ndarray]]:
+    def flush(self) -> tuple[list[int], np.ndarray] | None:
+        """The pending batch's (positions, rows), once its copy back is done; None when nothing is pending."""
         if self.pending is None:
-            return []
+            return None
         indices, _, out, done = self.pending
         self.pending = None
         done.synchronize()
-        return [(indices, out.numpy())]
+        return indices, out.numpy()
 
 
 def run_frozen(
@@ -199,7 +200,7 @@ def _decoded_steps(module, records, preprocess, compute, batch_size, workers, sk
         for batch in batches:
             if batch.indices and cuda is not None:
                 finished = cuda.run(batch.indices, batch.pixels)      # the batch before this one, if any
-                yield (*finished[0], batch.consumed) if finished else ([], None, batch.consumed)
+                yield (*finished, batch.consumed) if finished else ([], None, batch.consumed)
             elif batch.indices:
                 images = normalize_batch(batch.pixels.numpy(), preprocess)
                 if runner is not None:
@@ -209,8 +210,9 @@ def _decoded_steps(module, records, preprocess, compute, batch_size, workers, sk
                 yield batch.indices, rows, batch.consumed
             else:
                 yield [], None, batch.consumed
-        for indices, rows in cuda.flush() if cuda is not None else []:
-            yield indices, rows, 0
+        last = cuda.flush() if cuda is not None else None
+        if last is not None:
+            yield (*last, 0)
 
 
 def extract_features(module: nn.Module, records: Sequence[ImageRecord], preprocess: PreprocessConfig,

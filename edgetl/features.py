@@ -170,8 +170,8 @@ def _text_pass(frozen, key, records, preprocess, compute, cache, batch_size, pro
     tokens = preprocess.tokens([r.text for r in records])      # all of them: every rank pads to one length
     shape = text_output_shape(frozen, preprocess, compute.device, max(len(t) for t in tokens))
     with cache.shared_writer(key, len(records), shape, ranks) as w:
-        run_text(frozen, records[block.start:block.stop], preprocess, w, device=compute.device, amp=compute.amp,
-                 batch_size=batch_size, progress=progress, first=block.start, tokens=tokens[block.start:block.stop])
+        run_text(frozen, tokens[block.start:block.stop], preprocess, w, device=compute.device, amp=compute.amp,
+                 batch_size=batch_size, progress=progress, first=block.start)
     return FeaturePass(cache.loaded(key), time.perf_counter() - t0, "torch")
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.text import TextPreprocess, TextRecord, length_sorted
+from edgetl.runtime.text import TextPreprocess, length_sorted
 
 from .cache import CacheWriter
 
@@ -22,16 +22,14 @@ from .cache import CacheWriter
 TEXT_BATCH = 64
 
 
-def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextPreprocess, writer: CacheWriter, *,
+def run_text(module: nn.Module, tokens: Sequence[Sequence[int]], preprocess: TextPreprocess, writer: CacheWriter, *,
              device: torch.device = torch.device("cpu"), amp: bool = False, batch_size: int | None = None,
-             progress: ProgressFactory = silent_progress, first: int = 0,
-             tokens: Sequence[Sequence[int]] | None = None) -> None:
-    """``module``'s outputs over ``records`` (rows ``first`` on of the entry) into ``writer``; states at a freeze
-    point inside the encoder (N, L, hidden + 1) are padded with zeros to the entry's length.  ``amp``: fp16
-    autocast on CUDA, as the image pass runs (the cache key records the precision)."""
-    tokens = preprocess.tokens([r.text for r in records]) if tokens is None else tokens
+             progress: ProgressFactory = silent_progress, first: int = 0) -> None:
+    """``module``'s outputs over the texts' ``tokens`` (rows ``first`` on of the entry) into ``writer``; states
+    at a freeze point inside the encoder (N, L, hidden + 1) are padded with zeros to the entry's length.
+    ``amp``: fp16 autocast on CUDA, as the image pass runs (the cache key records the precision)."""
     module = module.eval().to(device)
-    bar = progress("encoder pass", len(records))
+    bar = progress("encoder pass", len(tokens))
     try:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             for rows in length_sorted(tokens, batch_size or TEXT_BATCH):
@@ -43,7 +41,6 @@ def run_text(module: nn.Module, records: Sequence[TextRecord], preprocess: TextP
                 bar.update(len(rows))
     finally:
         bar.close()
-    writer.skipped = []
 
 
 def text_output_shape(module: nn.Module, preprocess: TextPreprocess, device: torch.device, length: int

@@ -230,14 +230,13 @@ def export_run(
                                   output, options, "onnxruntime")
                 artifact.max_abs_diff = diff
                 artifacts.append(artifact)
-            pad_id = preprocess.pad_id if isinstance(preprocess, TextPreprocess) else None
             reference, _ = artifact_accuracy("onnxruntime", staging / base.filename(), head, data.val_images, labels,
-                                             pad_id=pad_id)
+                                             pad_id=preprocess.pad_id)
             for artifact in artifacts:
                 artifact.accuracy, artifact.accuracy_drop = reference, 0.0
                 artifact.accuracy_by_arch = {cpu_facts()["arch"]: reference}
             artifacts[1].accuracy, _ = artifact_accuracy("onnxruntime", staging / base.filename("model"), None,
-                                                         data.val_images, labels, pad_id=pad_id)
+                                                         data.val_images, labels, pad_id=preprocess.pad_id)
             artifacts[1].accuracy_drop = round((reference - artifacts[1].accuracy) * 100.0, 4)
             artifacts[1].accuracy_by_arch = {cpu_facts()["arch"]: artifacts[1].accuracy}
             ctx = BuildContext(staging, staging / base.filename(), data, head, options, max_accuracy_drop, log)
@@ -301,9 +300,9 @@ def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module,
         if plan.backend is None:
             ctx.log(f"  {fmt.name}: not measured here ({plan.note})")
             break
-        pad_id = ctx.data.preprocess.pad_id if isinstance(ctx.data.preprocess, TextPreprocess) else None
         accuracy, ran = artifact_accuracy(plan.backend, ctx.staging / result.files[0], ctx.head,
-                                          ctx.data.val_images, labels, precision=precision, pad_id=pad_id)
+                                          ctx.data.val_images, labels, precision=precision,
+                                          pad_id=ctx.data.preprocess.pad_id)
         if ran != precision:   # the engine fell back (bf16 on a CPU that cannot even emulate it)
             plan = Measurement(None, "not-measured", f"this CPU cannot compute {precision}: {plan.backend} ran it "
                                                      f"in {ran}")

@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 
 from edgetl.runtime.backends import available_backends, create_backend
-from edgetl.runtime.bundle import Bundle
 from edgetl.runtime.data import ImageRecord
 from edgetl.runtime.errors import BundleError
 from edgetl.runtime.heads import load_head
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.manifest import read_bundle_manifest
+from edgetl.runtime.preprocess import preprocess_from_dict
 from edgetl.runtime.reader import read_batches
 from edgetl.runtime.text import TextPreprocess, padded_batches
 
@@ -60,9 +60,8 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
     bundle = Path(bundle)
     manifest = read_bundle_manifest(bundle)
     head = load_head(bundle / manifest.head["file"])
-    preprocess = Bundle(bundle).preprocess
-    text = isinstance(preprocess, TextPreprocess)
-    if text:      # one matrix padded to the longest text, run in batches by length as the device runs it
+    preprocess = preprocess_from_dict(manifest.preprocess, bundle)     # its tokenizer checked with the manifest
+    if isinstance(preprocess, TextPreprocess):    # one matrix padded to the longest text, run by length as on the device
         images = preprocess.encode([r.text for r in records])
     else:
         images = np.concatenate([b.images for b in read_batches(records, preprocess, batch_size)])
@@ -70,7 +69,7 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
 
     def logits(artifact, backend: str) -> tuple[np.ndarray, dict]:
         with create_backend(backend, bundle / artifact.file, precision=artifact.precision) as runner:
-            out = run_in_batches(runner, images, batch_size, preprocess.pad_id if text else None)
+            out = run_in_batches(runner, images, batch_size, preprocess.pad_id)
             return (head.logits(out) if artifact.role == "backbone" else out), {"effective_precision": runner.effective_precision,
                                              "note": runner.settings.get("precision_note", "")}
 

@@ -52,6 +52,7 @@ class PreprocessConfig:
     interpolation: str = "bilinear"
 
     kind = "image"
+    pad_id = None          # a text model's pad token (TextPreprocess); images have none
 
     def __post_init__(self) -> None:
         if self.input_size < 8:

@@ -107,10 +107,6 @@ class TextPreprocess:
         return cls(str(data["tokenizer"]), str(data["tokenizer_sha256"]), int(data["max_length"]),
                    int(data["pad_id"]), str(folder))
 
-    def at(self, folder: str | Path) -> "TextPreprocess":
-        """The same preprocessing with its tokenizer read from ``folder``."""
-        return TextPreprocess(self.tokenizer, self.tokenizer_sha256, self.max_length, self.pad_id, str(folder))
-
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (special tokens added, truncated at ``max_length``), unpadded."""
         if not self.folder:
@@ -163,9 +159,11 @@ def padded_batches(ids: np.ndarray, pad_id: int, batch_size: int) -> Iterator[tu
     """(rows, their ids cut to the batch's longest) of a matrix padded to its longest text, in batches of
     similar length: how the device runs them, which matters where the padding would not be ignored (a
     dynamically quantized encoder takes its activation scales over the whole batch)."""
-    for rows in _by_length((np.asarray(ids) != pad_id).sum(axis=1), batch_size):
-        chunk = np.asarray(ids[np.sort(rows)])
-        yield np.sort(rows), np.ascontiguousarray(chunk[:, :max(int((chunk != pad_id).sum(axis=1).max()), 1)])
+    ids = np.asarray(ids)
+    lengths = (ids != pad_id).sum(axis=1)
+    for rows in _by_length(lengths, batch_size):
+        rows = np.sort(rows)
+        yield rows, np.ascontiguousarray(ids[rows, :max(int(lengths[rows].max()), 1)])
 
 
 def tokenizer_sha256(path: str | Path) -> str:

@@ -17,7 +17,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import zlib
@@ -29,7 +28,7 @@ from PIL import Image
 
 from edgetl.runtime.serving.protocol import Tensor, encode_infer_response
 
-from conftest import infer_json, request, serving
+from conftest import import_blocker, infer_json, request, serving
 
 
 def test_responses_decode_with_the_reference_client():
@@ -257,22 +256,8 @@ def test_requests_report_their_batches_and_max_batch_one_turns_batching_off(bund
 
 # --- the command ---------------------------------------------------------------------------------------------------
 
-
-
-
-SERVE_WITHOUT_TORCH = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn"}:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    from edgetl.runtime.cli import main
-    main()
-""")
+SERVE_WITHOUT_TORCH = import_blocker("torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn") + \
+    "from edgetl.runtime.cli import main\nmain()\n"
 
 
 def test_sigterm_answers_the_request_in_flight_then_exits_zero(bundle_copy, digits_folder):

@@ -155,7 +155,7 @@ def measure_candidate(
     record = latency_record(cache_root, weights_sha256, preprocess.input_size, plan, threads)
     if record.is_file():
         try:
-            return LatencyResult(**{**json.loads(record.read_text()), "cached": True, "seconds": 0.0, "export_s": 0.0})
+            return LatencyResult(**{**json.loads(record.read_text()), "cached": True, "seconds": 0.0})
         except (ValueError, TypeError):
             pass   # a damaged record is measured again
     started = time.perf_counter()
@@ -190,14 +190,15 @@ def _build(backbone: nn.Module, weights_sha256: str, preprocess: PreprocessConfi
     size = preprocess.input_size
     onnx_path = scratch / "backbone.onnx"
     shared = engine_file(cache_root, weights_sha256, len(getattr(backbone, "stages", ())) or -1, size)
-    started = time.perf_counter()
+    export_s = 0.0
     if shared.is_file():
         shutil.copyfile(shared, onnx_path)
     else:
         log(f"exporting {getattr(backbone, 'name', 'the backbone')} at {size} px to ONNX to time it")
+        started = time.perf_counter()
         export_onnx(nn.Sequential(*backbone.stages) if hasattr(backbone, "stages") else backbone, onnx_path,
                     preprocess.example(2), "features")
-    export_s = 0.0 if shared.is_file() else time.perf_counter() - started
+        export_s = time.perf_counter() - started
     if plan.format == "onnx":
         return [onnx_path], export_s
     fmt = EXPORT_FORMATS[plan.format]

@@ -72,16 +72,17 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
         raise ConfigError(f"only {len(kept)} readable images for {k} groups", option="k")
     assign, centres, inertia = kmeans(normalise_rows(features.astype(np.float64)), k, seed)
     groups = []
+    text = source.modality == "text"
     with atomic_directory(out, overwrite=overwrite) as staging:
         rows = []
         for j in range(k):
             members = [i for i, a in zip(kept, assign) if a == j]
             folder = staging / f"group-{j:02d}"
-            if source.modality == "image":
+            if not text:
                 folder.mkdir()
             for n, i in enumerate(members):
                 record = records[i]
-                if record.modality == "text":       # texts go to the group's texts.csv (below), not to copies
+                if text:       # texts go to the group's texts.csv (below), not to copies
                     rows.append((record.source, f"group-{j:02d}", record.text))
                     continue
                 if record.pixels is not None:
@@ -95,7 +96,6 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
             groups.append({"group": f"group-{j:02d}", "size": len(members),
                            "head_suggests": labels[int(votes.argmax())] if len(members) else None,
                            "agreement": float(votes.max() / max(len(members), 1))})
-        text = source.modality == "text"
         with open(staging / "groups.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["source", "group", "text" if text else "copy"])

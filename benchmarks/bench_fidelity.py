@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from _common import save_result
 
-from edgetl.runtime.backends.openvino import benchmark_app_command
-from edgetl.runtime.latency import BenchSettings
+from edgetl.runtime.engines.backends.openvino import benchmark_app_command
+from edgetl.runtime.engines.latency import BenchSettings
 from edgetl.runtime.machine import default_threads
 from edgetl.runtime.tools.bench import Cell, measure_cell_isolated
-from edgetl.runtime.manifest import read_bundle_manifest
+from edgetl.runtime.bundle.manifest import read_bundle_manifest
 
 
 def demo_bundle(folder: Path) -> Path:

@@ -49,7 +49,7 @@ def demo_bundle(folder: Path) -> Path:
 
 
 def one_image(bundle: Path, folder: Path) -> Path:
-    from edgetl.runtime.checkset import CHECK_FILE
+    from edgetl.runtime.bundle.checkset import CHECK_FILE
 
     with np.load(bundle / CHECK_FILE, allow_pickle=False) as data:
         pixels = data["images"][0]

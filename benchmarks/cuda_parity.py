@@ -23,8 +23,8 @@ from edgetl.exporters.bundle import export_run
 from edgetl.extract import resolve_device, run_frozen
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.data import open_data
-from edgetl.runtime.evaluate import evaluate_bundle
+from edgetl.runtime.data.sources import open_data
+from edgetl.runtime.inference.evaluate import evaluate_bundle
 
 
 def main() -> None:

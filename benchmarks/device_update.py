@@ -31,8 +31,8 @@ from edgetl.heads import HeadConfig
 RUNTIME_PROCESS = textwrap.dedent("""
     import json, sys
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.latency import peak_rss_mb
-    from edgetl.runtime.update import update_bundle
+    from edgetl.runtime.engines.latency import peak_rss_mb
+    from edgetl.runtime.learning import update_bundle
     bundle, data, image = sys.argv[1:4]
     report = update_bundle(bundle, data)
     with EdgeModel(bundle) as model:
@@ -44,7 +44,7 @@ RUNTIME_PROCESS = textwrap.dedent("""
 BARE_ORT = textwrap.dedent("""
     import json, sys
     import numpy as np, onnxruntime as ort
-    from edgetl.runtime.latency import peak_rss_mb
+    from edgetl.runtime.engines.latency import peak_rss_mb
     model, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32)
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--n", type=int, default=100, help="Images per device update.")
     args = parser.parse_args()
-    from edgetl.runtime.update import update_bundle
+    from edgetl.runtime.learning import update_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

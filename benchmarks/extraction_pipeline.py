@@ -33,9 +33,9 @@ from edgetl.backbones import create_backbone
 from edgetl.cache import FeatureCache
 from edgetl.engines import choose_engine
 from edgetl.extract import output_shape, prepare, resolve_device, run_frozen
-from edgetl.runtime.data import open_data
+from edgetl.runtime.data.sources import open_data
 from edgetl.pipeline import usable_cores
-from edgetl.runtime.preprocess import crop, preprocess
+from edgetl.runtime.data.preprocess import crop, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOTHING = ROOT.parent / "shared" / "data" / "clothing10"
@@ -46,7 +46,7 @@ PASS = textwrap.dedent("""
     from edgetl.cache import FeatureCache
     from edgetl.features import backbone_pass, feature_key, preprocess_for
     from edgetl.extract import resolve_device
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
     def peak_rss_mb():
         # VmHWM starts afresh at exec; ru_maxrss keeps the parent's peak across fork and exec on Linux

@@ -23,7 +23,7 @@ from edgetl.extract import extract_features, resolve_device
 from edgetl.features import resolve_splits
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
-from edgetl.runtime.data import open_data
+from edgetl.runtime.data.sources import open_data
 
 
 def main() -> None:

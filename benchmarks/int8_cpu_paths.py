@@ -45,7 +45,7 @@ def run(backend, path, images):
     VNNI, which the runtime does not state (it costs 2.4x on a VNNI Xeon): shown as the alternative to 7-bit."""
     import numpy as np
 
-    from edgetl.runtime.backends import create_backend
+    from edgetl.runtime.engines.backends import create_backend
 
     if backend == "onnxruntime-exact-products":
         import onnxruntime as ort
@@ -67,10 +67,10 @@ def main() -> None:
         sys.exit("run this on a CPU with VNNI or AMX: the 8-bit variants are the reference there")
     from edgetl.exporters.bundle import export_run
     from edgetl.finetune import FinetuneConfig, finetune
-    from edgetl.runtime.data import open_data
-    from edgetl.runtime.heads import load_head
-    from edgetl.runtime.manifest import read_bundle_manifest
-    from edgetl.runtime.reader import read_batches
+    from edgetl.runtime.data.sources import open_data
+    from edgetl.runtime.bundle.heads import load_head
+    from edgetl.runtime.bundle.manifest import read_bundle_manifest
+    from edgetl.runtime.data.reader import read_batches
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -27,8 +27,8 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.latency import BenchSettings, latency_stats, measure
-from edgetl.runtime.heads import load_head
+from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
+from edgetl.runtime.bundle.heads import load_head
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
 
 FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers3"

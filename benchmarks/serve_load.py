@@ -43,7 +43,7 @@ from edgetl.heads import HeadConfig
 KILLED_IN_COMMIT = textwrap.dedent("""
     import sys
     from edgetl.runtime import store as store_module
-    from edgetl.runtime.update import update_bundle
+    from edgetl.runtime.learning import update_bundle
     original = store_module.FeatureStore.commit
     def announced(self, *args, **kwargs):
         print("committing", flush=True)
@@ -195,7 +195,7 @@ def _in_process_batch1_ms(bundle: Path, image: Path, runs: int = 300) -> dict:
     """Median ms of one image in this process: the ``predict`` API (from the file), and the bare path the service
     runs (decode and preprocess the bytes, backbone, head)."""
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.preprocess import preprocess
+    from edgetl.runtime.data.preprocess import preprocess
 
     data = image.read_bytes()
     with EdgeModel(bundle, artifact="onnx") as model:

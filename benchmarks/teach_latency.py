@@ -5,7 +5,7 @@ exported; its store is filled to at least 1,000 samples with mirrored copies of 
 ``update_bundle``, as a device would learn them).  Then, for new images (the photos turned upside down and
 cropped, so their bytes and features are new), one image per update:
 
-* in-process: a :class:`~edgetl.runtime.update.Learner` kept open (its first update factorises the ridge system
+* in-process: a :class:`~edgetl.runtime.learning.update.Learner` kept open (its first update factorises the ridge system
   once; reported apart) against an open :class:`~edgetl.runtime.EdgeModel`'s ``predict`` of the same image;
 * as a command: ``edgetl-rt update BUNDLE FOLDER --json`` against ``edgetl-rt predict BUNDLE IMAGE --json``.
 
@@ -48,8 +48,8 @@ def _write(image: Image.Image, path: Path) -> Path:
 
 def _fill(bundle: Path, data: Path, tmp: Path, rows: int) -> int:
     """Mirrored training photos learned in one update until the store holds ``rows`` samples."""
-    from edgetl.runtime.store import FeatureStore
-    from edgetl.runtime.update import UpdateSettings, update_bundle
+    from edgetl.runtime.bundle.store import FeatureStore
+    from edgetl.runtime.learning import UpdateSettings, update_bundle
 
     store = FeatureStore(bundle)
     held = json.loads((bundle / "manifest.json").read_text())["learning"]
@@ -85,7 +85,7 @@ def _store_bytes(bundle: Path) -> int:
 
 def _in_process(bundle: Path, images: list[tuple[Path, str]]) -> dict:
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.update import Learner, UpdateSettings
+    from edgetl.runtime.learning import Learner, UpdateSettings
 
     settings = UpdateSettings(max_accuracy_drop=100.0)
     rows = []
@@ -152,7 +152,7 @@ def main() -> None:
     from edgetl.exporters.bundle import export_run
     from edgetl.finetune import FinetuneConfig, finetune
     from edgetl.heads import HeadConfig
-    from edgetl.runtime.store import DEFAULT_KEEP_VERSIONS, FeatureStore
+    from edgetl.runtime.bundle.store import DEFAULT_KEEP_VERSIONS, FeatureStore
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -64,9 +64,9 @@ def _finetune(data: Path, out: Path, val_fraction: float, head: str) -> dict:
 
 def _evaluate(bundle: Path, test: Path, artifact: str) -> dict:
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
-    with EdgeModel(bundle, artifact=artifact, tune=False) as model:
+    with EdgeModel(bundle, artifact=artifact, measure=False) as model:
         data = open_data(test).remap_to(model.labels)
         t0 = time.perf_counter()
         report = model.evaluate(data.split("all"), batch_size=64)
@@ -77,7 +77,7 @@ def _evaluate(bundle: Path, test: Path, artifact: str) -> dict:
 def _token_parity(bundle: Path, folder: Path, texts: list[str]) -> dict:
     from transformers import AutoTokenizer
 
-    from edgetl.runtime.bundle import Bundle
+    from edgetl.runtime.bundle.folder import Bundle
 
     device = Bundle(bundle).preprocess
     ours = device.tokens(texts)
@@ -103,7 +103,7 @@ def _encoder(run_dir: Path):
     from edgetl.exporters.bundle import rebuild_feature_model
     from edgetl.heads import torch_head
     from edgetl.run import RunManifest
-    from edgetl.runtime.heads import load_head
+    from edgetl.runtime.bundle.heads import load_head
 
     manifest = RunManifest.read(run_dir)
     model, preprocess = rebuild_feature_model(manifest, run_dir)
@@ -115,7 +115,7 @@ def _embeddings(model, preprocess, texts: list[str], runner=None, batch: int = 6
     """Embeddings of ``texts`` in length-sorted batches (eager torch, or an open runtime backend) and the seconds."""
     import torch
 
-    from edgetl.runtime.text import length_sorted
+    from edgetl.runtime.data.text import length_sorted
 
     tokens = preprocess.tokens(texts)
     out = np.zeros((len(texts), 384), np.float32)
@@ -128,7 +128,7 @@ def _embeddings(model, preprocess, texts: list[str], runner=None, batch: int = 6
 
 
 def _latency(run, seconds: float) -> float:
-    from edgetl.runtime.latency import BenchSettings, latency_stats, measure
+    from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
 
     settings = BenchSettings(warmup_runs=20, min_runs=200, min_seconds=seconds)
     return latency_stats(measure(run, settings), 1)["p50_ms"]
@@ -150,8 +150,8 @@ def main() -> None:
     import torch
 
     from edgetl.backbones import create_backbone
-    from edgetl.runtime.backends import create_backend
-    from edgetl.runtime.bundle import Bundle
+    from edgetl.runtime.engines.backends import create_backend
+    from edgetl.runtime.bundle.folder import Bundle
     from edgetl.runtime.machine import cpu_facts
 
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-text-"))
@@ -222,7 +222,7 @@ def main() -> None:
                                 ["texts_per_s"]}
 
     print("other heads on the same cached features (torch embeddings of the test texts)")
-    from edgetl.runtime.heads import load_head
+    from edgetl.runtime.bundle.heads import load_head
 
     labels = {name: i for i, name in enumerate(json.loads((work / "run" / "manifest.json").read_text())["class_names"])}
     truth = np.array([labels[r["category"]] for r in test])

@@ -22,7 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.data.preprocess import CROP_ARITHMETIC
+from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.errors import EdgetlError
 from edgetl.runtime.fsutil import atomic_directory
 
@@ -60,6 +61,7 @@ def cache_key(
     digest = hashlib.sha256()
     header = {
         "format": CACHE_FORMAT,
+        "crop_arithmetic": CROP_ARITHMETIC,
         "backbone": backbone,
         "weights_sha256": weights_sha256,
         "freeze_stage": freeze_stage,

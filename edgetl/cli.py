@@ -13,12 +13,20 @@ import os
 
 import click
 
-from edgetl.runtime.cli import (ErrorReportingGroup, evaluate, predict, print_json, print_table, run_bench,
-                                with_bench_options, with_verbosity)
+from edgetl.runtime.cli import (
+    ErrorReportingGroup,
+    evaluate,
+    predict,
+    print_json,
+    print_table,
+    run_bench,
+    with_bench_options,
+    with_verbosity,
+)
 from edgetl.runtime.cli.options import THREADS_HELP, json_option, option_group, optional_data_argument
 from edgetl.runtime.cli.output import note, progress
-from edgetl.runtime.data import SPLITS
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.runtime.data.sources import SPLITS
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 
 
 #: Where the backbone pass runs and where its features are kept: finetune and select share the cache.
@@ -292,7 +300,7 @@ def data_export(source, out, classes, overwrite, as_json) -> None:
 @json_option
 def data_list(as_json) -> None:
     """List the built-in data sets."""
-    from edgetl.runtime.builtin import BUILTIN_DATASETS
+    from edgetl.runtime.data.builtin import BUILTIN_DATASETS
 
     if as_json:
         print_json({f"builtin:{name}": spec.description for name, spec in BUILTIN_DATASETS.items()})
@@ -381,9 +389,9 @@ def compare(bundle, data, split, limit, as_json) -> None:
     DATA defaults to the data the bundle was exported from, when it is reachable.
     """
     from edgetl.exporters.compare import compare_bundle, rows_to_dicts
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.machine import cpu_facts
-    from edgetl.runtime.manifest import read_bundle_manifest
+    from edgetl.runtime.bundle.manifest import read_bundle_manifest
 
     manifest = read_bundle_manifest(bundle)
     address = data or manifest.source_run.get("data")

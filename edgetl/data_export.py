@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from edgetl.runtime.data import ImageRecord, open_data, stratified_split
+from edgetl.runtime.data.sources import ImageRecord, open_data, stratified_split
 from edgetl.runtime.errors import DataError
 from edgetl.runtime.fsutil import atomic_directory
 

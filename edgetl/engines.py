@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.backends import Backend, create_backend, installed
-from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.engines.backends import Backend, create_backend, installed
+from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_directory
-from edgetl.runtime.preprocess import PreprocessConfig
-from edgetl.runtime.reader import read_batches
+from edgetl.runtime.data.preprocess import PreprocessConfig
+from edgetl.runtime.data.reader import read_batches
 
 from .extract import ComputeDevice
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.backends import Backend
-from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.engines.backends import Backend
+from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, normalize_batch
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, normalize_batch
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.reader import ReadReport
+from edgetl.runtime.data.reader import ReadReport
 
 from .cache import CacheWriter
 from .pipeline import decoded_batches, engine_lanes, lane_count

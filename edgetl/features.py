@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from edgetl.runtime.data import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
-from edgetl.runtime.backends import create_backend
+from edgetl.runtime.data.sources import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
+from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import ConfigError, DataError, EdgetlError
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
+from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .backbones import Backbone

@@ -22,7 +22,7 @@ from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError, DataError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.metrics import classification_report
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .cache import FeatureCache

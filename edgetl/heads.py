@@ -1,12 +1,12 @@
 """Head training on cached features: linear, MLP (gradient) and ridge (closed form).
 
 Gradient heads train in float32 (mixed precision pays off in the backbone
-pass, not on cached features) with AdamW (the runtime's :class:`~edgetl.runtime.learning.Adam`,
+pass, not on cached features) with AdamW (the runtime's :class:`~edgetl.runtime.learning.learners.Adam`,
 which the device's ``sgd`` learner uses too), label smoothing, a cosine schedule
 and early stopping on validation accuracy; with ``--train-last N`` the unfrozen tail of
 the backbone trains together with the head, on the cached activations at the
 freeze boundary.  Whatever is trained, the result is a numpy head from
-:mod:`edgetl.runtime.heads`, which is what ships; ridge is the very same
+:mod:`edgetl.runtime.bundle.heads`, which is what ships; ridge is the very same
 implementation the device uses.
 """
 
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.heads import Head, LinearHead, MLPHead, RidgeHead
-from edgetl.runtime.learning import Adam
+from edgetl.runtime.bundle.heads import Head, LinearHead, MLPHead, RidgeHead
+from edgetl.runtime.learning.learners import Adam
 from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 

@@ -8,7 +8,7 @@ batches ahead, and hand over the uint8 crops (a quarter of the float32 bytes).  
 by the runtime's decoding, so host and device still turn an image into the same pixels.  The consumer normalizes:
 on a GPU after a non-blocking copy of the pinned batch, together with the layout (channels_last) and precision
 (fp16 autocast); on the CPU with the runtime's own arithmetic
-(:func:`~edgetl.runtime.preprocess.normalize_batch`), so features equal the single-image path bit for bit.
+(:func:`~edgetl.runtime.data.preprocess.normalize_batch`), so features equal the single-image path bit for bit.
 Outputs go to the cache entry as they come (:class:`~edgetl.cache.CacheWriter`), so memory stays flat however
 many records there are.
 
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from edgetl.runtime.backends import Backend
-from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.engines.backends import Backend
+from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, crop, normalize_batch
-from edgetl.runtime.reader import ReadReport, decode_or_error, prefetched
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, crop, normalize_batch
+from edgetl.runtime.data.reader import ReadReport, decode_or_error, prefetched
 
 #: Below this many records, decoding runs in threads of this process (no worker start-up).
 PROCESS_MIN_RECORDS = 256
@@ -181,7 +181,7 @@ def engine_lanes(
     report: ReadReport | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray | None, int]]:
     """The pass in ``lanes`` threads, each decoding a batch and running it on its own single-threaded copy of
-    ``engine`` (:meth:`~edgetl.runtime.backends.Backend.replica`); yields (positions kept, their rows or None,
+    ``engine`` (:meth:`~edgetl.runtime.engines.backends.Backend.replica`); yields (positions kept, their rows or None,
     records covered) in record order, at most two batches per lane ahead of the consumer.  Bad images as in
     :func:`decoded_batches`, the first in record order."""
     copies: queue.SimpleQueue = queue.SimpleQueue()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgetl.runtime.documents import Origin, Table, build, read_document, table_of, to_json
 from edgetl.runtime.errors import EdgetlError
-from edgetl.runtime.manifest import PREPROCESS_TABLE
+from edgetl.runtime.bundle.manifest import PREPROCESS_TABLE
 
 RUN_SCHEMA = "edgetl.run/1"
 

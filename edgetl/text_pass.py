@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.text import TextPreprocess, length_sorted
+from edgetl.runtime.data.text import TextPreprocess, length_sorted
 
 from .cache import CacheWriter
 

@@ -184,7 +184,7 @@ def main() -> None:
               f"{'same' if r['same_history'] else 'DIFFERS':>9}")
     print(f"({len(images)} val images; head diff: the weights the update learned, max |x86 - arm64| / max |x86|; "
           f"history: update then rollback, the same versions on both; whole check {result['seconds']:.0f} s)")
-    from edgetl.runtime.manifest import record_accuracy
+    from edgetl.runtime.bundle.manifest import record_accuracy
 
     record_accuracy(args.bundle, "aarch64", {a: r["accuracy_arm64"] for a, r in result["artifacts"].items()})
     print(f"recorded the aarch64 accuracies in {args.bundle / 'manifest.json'} (accuracy_by_arch)")

@@ -23,19 +23,24 @@ from edgetl.backbones import create_backbone
 from edgetl.devices import get_profile
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
-from edgetl.runtime.backends import create_backend, installed
-from edgetl.runtime.data import ImageRecord, LabeledData, open_data
+from edgetl.runtime.engines.backends import create_backend, installed
+from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import (
-    AccuracyGateError, ConfigError, DataError, EdgetlError, ExportValidationError, MissingDependencyError,
+    AccuracyGateError,
+    ConfigError,
+    DataError,
+    EdgetlError,
+    ExportValidationError,
+    MissingDependencyError,
 )
 from edgetl.runtime.fsutil import atomic_directory
-from edgetl.runtime.heads import Head, load_head
+from edgetl.runtime.bundle.heads import Head, load_head
 from edgetl.runtime.machine import cpu_facts
-from edgetl.runtime.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.metrics import top1_accuracy
-from edgetl.runtime.preprocess import PreprocessConfig, preprocess_from_dict
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
+from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats

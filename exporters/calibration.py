@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.preprocess import PreprocessConfig
+from edgetl.runtime.data.preprocess import PreprocessConfig
 from edgetl.runtime.progress import ProgressFactory, silent_progress
-from edgetl.runtime.reader import read_batches
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.data.reader import read_batches
+from edgetl.runtime.data.text import TextPreprocess
 
 DEFAULT_CALIBRATION_SIZE = 300
 

@@ -1,7 +1,7 @@
 """Write the bundle's check set (``check.npz``): the export's check images and the fp32 reference's logits.
 
 The device uses it to check, before choosing them, the artifacts the export could not measure as the
-device runs them (see :mod:`edgetl.runtime.checkset`); for those the export could compute (exactly on the
+device runs them (see :mod:`edgetl.runtime.bundle.checkset`); for those the export could compute (exactly on the
 float reference, or in emulation) their own logits are stored too, so the device compares like with like.
 The images are the uint8 crops of the same validation images the torch parity check uses, so the file is
 small (16 x 64 x 64 x 3 bytes for digits).
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.backends import create_backend
-from edgetl.runtime.checkset import CHECK_FILE
-from edgetl.runtime.heads import Head
-from edgetl.runtime.manifest import Artifact, FileEntry
-from edgetl.runtime.preprocess import PreprocessConfig, crop, normalize
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.engines.backends import create_backend
+from edgetl.runtime.bundle.checkset import CHECK_FILE
+from edgetl.runtime.bundle.heads import Head
+from edgetl.runtime.bundle.manifest import Artifact, FileEntry
+from edgetl.runtime.data.preprocess import PreprocessConfig, crop, normalize
+from edgetl.runtime.data.text import TextPreprocess
 
 
 def _logits(backend: str, path: Path, head: Head, images: np.ndarray, precision: str = "fp32") -> np.ndarray:

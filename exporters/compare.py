@@ -16,15 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
-from edgetl.runtime.backends import available_backends, create_backend
-from edgetl.runtime.data import ImageRecord
+from edgetl.runtime.engines.backends import available_backends, create_backend
+from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.errors import BundleError
-from edgetl.runtime.heads import load_head
+from edgetl.runtime.bundle.heads import load_head
 from edgetl.runtime.machine import cpu_facts
-from edgetl.runtime.manifest import read_bundle_manifest
-from edgetl.runtime.preprocess import preprocess_from_dict
-from edgetl.runtime.reader import read_batches
-from edgetl.runtime.text import TextPreprocess, padded_batches
+from edgetl.runtime.bundle.manifest import read_bundle_manifest
+from edgetl.runtime.data.preprocess import preprocess_from_dict
+from edgetl.runtime.data.reader import read_batches
+from edgetl.runtime.data.text import TextPreprocess, padded_batches
 
 REFERENCE = "onnx"
 
@@ -44,7 +44,7 @@ class ComparisonRow:
 
 def run_in_batches(runner, inputs: np.ndarray, batch_size: int, pad_id: int | None = None) -> np.ndarray:
     """An open backend's outputs over ``inputs`` in record order: batches in order, or a text model's padded ids
-    (``pad_id``) in batches of similar length cut to their longest (:func:`~edgetl.runtime.text.padded_batches`)."""
+    (``pad_id``) in batches of similar length cut to their longest (:func:`~edgetl.runtime.data.text.padded_batches`)."""
     if pad_id is None:
         return np.concatenate([runner.infer(np.ascontiguousarray(inputs[start:start + batch_size]))
                                for start in range(0, len(inputs), batch_size)])

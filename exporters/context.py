@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgetl.runtime.heads import Head
+from edgetl.runtime.bundle.heads import Head
 
 from .calibration import ExportData
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.backends import create_backend
+from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import EdgetlError, ExportValidationError, MissingDependencyError
 
 from .quiet import quiet

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetl.runtime.deps import require
 from edgetl.runtime.metrics import top1_accuracy
-from edgetl.runtime.text import TextPreprocess
+from edgetl.runtime.data.text import TextPreprocess
 
 from .calibration import calibration_items
 from .context import BuildContext, BuildResult

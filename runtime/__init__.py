@@ -1,39 +1,36 @@
 """edgetl device runtime: torch-free loading, prediction, evaluation and on-device learning of bundles.
 
-Imports numpy, Pillow and, when a model is opened, its backend (onnxruntime,
-openvino or tensorrt); never torch or onnx.  The names below are loaded on
-first use (PEP 562), so ``edgetl-rt predict`` pays only for what it runs.
+Imports numpy, Pillow and, when a model is opened, its backend (onnxruntime, openvino or tensorrt); never torch or
+onnx.  The names below are loaded on first use (PEP 562), so ``edgetl-rt predict`` pays only for what it runs.
+
+The folder is grouped by job, each group importing only the ones listed before it: the foundation modules here
+(errors, deps, progress, fsutil, documents, machine, metrics, exports, compat), then :mod:`.data`, :mod:`.bundle`,
+:mod:`.engines`, :mod:`.inference`, :mod:`.learning` and :mod:`.serving`, with :mod:`.tools` and :mod:`.cli` on top
+(``tests/test_layout.py`` holds the rule).
 """
 
 from __future__ import annotations
 
-import importlib
+from .compat import install_module_aliases, moved_name
+from .exports import lazy_names
 
-_EXPORTS = {
-    "Bundle": "bundle", "EdgeModel": "model", "Prediction": "model", "Backbone": "backbone",
-    "backbone_features": "features", "evaluate_bundle": "evaluate",
-    "BundleManifest": "manifest", "read_bundle_manifest": "manifest",
-    "PreprocessConfig": "preprocess", "preprocess": "preprocess", "load_image": "preprocess",
-    "ImageRecord": "data", "LabeledData": "data", "open_data": "data",
-    "Head": "heads", "LinearHead": "heads", "MLPHead": "heads", "RidgeHead": "heads", "NCMHead": "heads",
-    "HEAD_KINDS": "heads", "load_head": "heads",
-    "RidgeLearner": "learning", "SGDLearner": "learning", "NCMLearner": "learning",
-    "FeatureStore": "store", "UpdateSettings": "update", "update_bundle": "update", "learn_features": "update",
-    "adapt_bundle": "update", "rollback_bundle": "update",
-    "EdgetlError": "errors", "BundleError": "errors", "ConfigError": "errors", "DataError": "errors",
-    "ImageDecodeError": "errors",
+_NAMES = {
+    "Bundle": ".bundle.folder", "BundleManifest": ".bundle.manifest", "read_bundle_manifest": ".bundle.manifest",
+    **dict.fromkeys(("Head", "LinearHead", "MLPHead", "RidgeHead", "NCMHead", "HEAD_KINDS", "load_head"),
+                    ".bundle.heads"),
+    "FeatureStore": ".bundle.store",
+    "EdgeModel": ".inference.model", "Prediction": ".inference.model", "evaluate_bundle": ".inference.evaluate",
+    "backbone_features": ".inference.features", "BackboneRunner": ".engines.runner",
+    "PreprocessConfig": ".data.preprocess", "preprocess": ".data.preprocess", "load_image": ".data.preprocess",
+    "ImageRecord": ".data.sources", "LabeledData": ".data.sources", "open_data": ".data.sources",
+    **dict.fromkeys(("RidgeLearner", "SGDLearner", "NCMLearner"), ".learning.learners"),
+    "UpdateSettings": ".learning.settings", "LearningSession": ".learning.session",
+    **dict.fromkeys(("update_bundle", "learn_features", "Learner"), ".learning.update"),
+    "adapt_bundle": ".learning.adapt", "rollback_bundle": ".learning.rollback", "tune_alpha": ".learning.alpha",
+    **dict.fromkeys(("UpdateReport", "AdaptReport", "AlphaReport"), ".learning.reports"),
+    **dict.fromkeys(("EdgetlError", "BundleError", "ConfigError", "DataError", "ImageDecodeError"), ".errors"),
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'edgetl.runtime' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = list(_NAMES)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, fallback=moved_name)
+install_module_aliases()

@@ -73,7 +73,7 @@ def import_blocker(*modules: str) -> str:
 
 def unbounded_updates():
     """Update settings that keep every row and commit whatever the guard says (store and learning tests)."""
-    from edgetl.runtime.update import UpdateSettings
+    from edgetl.runtime.learning import UpdateSettings
 
     return UpdateSettings(max_accuracy_drop=100.0, max_per_class=10 ** 6, max_holdout_per_class=10 ** 6)
 

@@ -4,7 +4,7 @@ import torch
 
 from edgetl.backbones import create_backbone, list_backbones
 from edgetl.runtime.errors import ConfigError, MissingDependencyError
-from edgetl.runtime.preprocess import preprocess
+from edgetl.runtime.data.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_lite2_runs_the_whole_path(flowers_dir, tmp_path):
     from edgetl.finetune import FinetuneConfig, finetune
     from edgetl.heads import HeadConfig
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.update import UpdateSettings, update_bundle
+    from edgetl.runtime.learning import UpdateSettings, update_bundle
 
     run = finetune(str(flowers_dir), tmp_path / "run", FinetuneConfig(backbone="efficientnet_lite2",
                                                                        head=HeadConfig(kind="ridge")))

@@ -126,11 +126,11 @@ def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundl
 
     from edgetl.runtime import EdgeModel
     from edgetl.runtime.errors import BundleError
-    from edgetl.runtime.timings import TIMINGS_FOLDER, machine_key
+    from edgetl.runtime.bundle.timings import TIMINGS_FOLDER, machine_key
 
     bundle = tmp_path / "bundle"
     shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))
-    with EdgeModel(bundle, tune=False) as model:
+    with EdgeModel(bundle, measure=False) as model:
         assert "CPU order" in model.choice_reason
     recorded = CliRunner().invoke(rt, ["bench", str(bundle), "--record", "--in-process", "--json", *FAST])
     assert recorded.exit_code == 0, recorded.output
@@ -140,7 +140,7 @@ def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundl
         chosen = next(r for r in rows if (r["artifact"], r["backend"]) == (model.artifact.name, model.backend.name))
         assert chosen["p50_ms"] <= 1.05 * best             # the fastest, or a near tie won by accuracy
         assert "measured on this machine" in model.choice_reason and "bench" in model.choice_reason
-        assert model.tuning is None                  # the benchmark's record counts: nothing measured again
+        assert model.measured is None                  # the benchmark's record counts: nothing measured again
     key, _ = machine_key()
     path = bundle / TIMINGS_FOLDER / f"{key}.json"
     data = json.loads(path.read_text())
@@ -152,7 +152,7 @@ def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundl
     with EdgeModel(bundle, backend="openvino") as model:          # a backend filter still applies
         assert model.backend.name == "openvino"
     path.rename(bundle / TIMINGS_FOLDER / "another-machine.json")  # another device's figures are ignored
-    with EdgeModel(bundle, tune=False) as model:
+    with EdgeModel(bundle, measure=False) as model:
         assert "CPU order" in model.choice_reason
     path.write_text("{not json")
     with pytest.raises(BundleError, match="record again"):

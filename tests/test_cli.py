@@ -21,7 +21,7 @@ from edgetl.runtime.cli.group import error_line
 from edgetl.runtime.cli.measure import SINGLE_CELL_KEYS, single_cell_figures
 from edgetl.runtime.cli.options import THREADS_HELP, THREADS_LIST_HELP, optional_data_argument
 from edgetl.runtime.errors import ConfigError, DataError, ExitCode
-from edgetl.runtime.latency import latency_stats
+from edgetl.runtime.engines.latency import latency_stats
 
 from conftest import make_folder_dataset
 
@@ -189,7 +189,7 @@ def test_quiet_and_verbose_on_both_groups():
 
 
 def test_quiet_silences_progress_and_notes_not_errors(digits_bundle, digits_folder):
-    args = ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--no-tune", "--json"]
+    args = ["evaluate", str(digits_bundle.bundle), str(digits_folder), "--no-measure", "--json"]
     loud = CliRunner().invoke(rt, args)
     quiet = CliRunner().invoke(rt, ["-q", *args])
     assert loud.exit_code == quiet.exit_code == 0, loud.output + quiet.output
@@ -201,8 +201,8 @@ def test_quiet_silences_progress_and_notes_not_errors(digits_bundle, digits_fold
 
 def test_verbose_says_why_the_artifact_was_chosen(digits_bundle, digits_folder):
     image = str(sorted((digits_folder / "val" / "3").glob("*.png"))[0])
-    plain = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--no-tune"])
-    verbose = CliRunner().invoke(rt, ["-v", "predict", str(digits_bundle.bundle), image, "--no-tune"])
+    plain = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--no-measure"])
+    verbose = CliRunner().invoke(rt, ["-v", "predict", str(digits_bundle.bundle), image, "--no-measure"])
     assert plain.exit_code == verbose.exit_code == 0, plain.output + verbose.output
     assert "artifact " not in plain.stderr and verbose.stderr.startswith("artifact ")
 
@@ -227,7 +227,7 @@ def test_an_error_about_an_option_names_its_flag(digits_bundle, digits_folder):
     assert error_line(ConfigError("out exists; choose another path, or overwrite it", remedy="overwrite")) == \
         "out exists; choose another path, or overwrite it (--overwrite)"
     image = str(sorted((digits_folder / "val" / "3").glob("*.png"))[0])
-    out = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--top-k", "0", "--no-tune"])
+    out = CliRunner().invoke(rt, ["predict", str(digits_bundle.bundle), image, "--top-k", "0", "--no-measure"])
     assert out.exit_code == ConfigError.exit_code and out.stderr.startswith("error: --top-k")
     assert "Traceback" not in out.output
 
@@ -273,8 +273,8 @@ def test_exit_codes_are_unique_per_meaning():
         roots = [c for c in owners if not any(c is not o and issubclass(c, o) for o in owners)]
         assert len(roots) == 1, (code, owners)
     assert set(by_code) == set(ExitCode) - {ExitCode.OK, ExitCode.USAGE}   # every code has its class
-    from edgetl.runtime.cuda import CudaError
-    from edgetl.runtime.store import StoreBusyError
+    from edgetl.runtime.engines.cuda import CudaError
+    from edgetl.runtime.bundle.store import StoreBusyError
 
     assert (StoreBusyError.exit_code, CudaError.exit_code) == (ExitCode.STORE_BUSY, ExitCode.CUDA)
 
@@ -338,7 +338,7 @@ def test_cluster_threads_reach_the_model(digits_bundle, digits_folder, tmp_path,
             (pool / "x").mkdir(parents=True, exist_ok=True)
             shutil.copy(image, pool / "x" / f"{digit}-{image.name}")
     out = CliRunner().invoke(rt, ["cluster", str(digits_bundle.bundle), str(pool), "--k", "2", "--out",
-                                  str(tmp_path / "groups"), "--threads", "1", "--no-tune", "--json"])
+                                  str(tmp_path / "groups"), "--threads", "1", "--no-measure", "--json"])
     assert out.exit_code == 0, out.output
     assert seen == [1] and json.loads(out.stdout)["n"] == 8
 
@@ -349,7 +349,7 @@ def test_pack_and_unpack_print_json(digits_bundle, tmp_path):
     assert packed.exit_code == 0, packed.output
     archive = json.loads(packed.stdout)["archive"]
     assert Path(archive).is_file()
-    unpacked = CliRunner().invoke(rt, ["unpack", archive, str(tmp_path / "device"), "--no-tune", "--json"])
+    unpacked = CliRunner().invoke(rt, ["unpack", archive, str(tmp_path / "device"), "--no-measure", "--json"])
     assert unpacked.exit_code == 0, unpacked.output
     assert json.loads(unpacked.stdout) == {"bundle": str(tmp_path / "device"), "measured": [], "timings": None}
 

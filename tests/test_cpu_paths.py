@@ -19,13 +19,13 @@ import pytest
 
 from edgetl.exporters import EXPORT_FORMATS
 from edgetl.exporters.bundle import measurement_plan
-from edgetl.runtime.backends import create_backend
-from edgetl.runtime.backends.openvino import benchmark_app_command, compile_config
-from edgetl.runtime.choice import Choice, check_named, choose, cpu_order
+from edgetl.runtime.engines.backends import create_backend
+from edgetl.runtime.engines.backends.openvino import benchmark_app_command, compile_config
+from edgetl.runtime.engines.choice import Choice, check_named, choose, cpu_order
 from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.machine import cpu_class, cpu_facts, default_threads
-from edgetl.runtime.manifest import Artifact, read_bundle_manifest
-from edgetl.runtime.timings import Timing, TimingRecord
+from edgetl.runtime.bundle.manifest import Artifact, read_bundle_manifest
+from edgetl.runtime.bundle.timings import Timing, TimingRecord
 
 AVX2 = {"sse4_2", "avx", "avx2", "fma", "f16c"}                      # Haswell .. Zen 3
 VNNI = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}                  # Cascade Lake, Ice Lake
@@ -35,8 +35,8 @@ MACHINES = {"avx2": AVX2, "vnni": VNNI, "bf16": BF16, "amx": AMX}
 
 
 def _check_images(bundle) -> np.ndarray:
-    from edgetl.runtime.bundle import Bundle
-    from edgetl.runtime.checkset import load_check_set
+    from edgetl.runtime.bundle.folder import Bundle
+    from edgetl.runtime.bundle.checkset import load_check_set
 
     return load_check_set(Bundle(bundle)).images
 
@@ -131,7 +131,7 @@ def _artifact(name: str, precision: str = "fp32", backend: str = "onnxruntime", 
 
 
 def _manifest(*artifacts: Artifact):
-    from edgetl.runtime.manifest import BundleManifest
+    from edgetl.runtime.bundle.manifest import BundleManifest
 
     return BundleManifest(schema_version=1, edgetl_version="test", created="now", backbone={}, preprocess={},
                           labels=["a", "b"], feature_dim=4, head={}, artifacts=list(artifacts))
@@ -205,7 +205,7 @@ def test_one_shot_commands_weigh_time_to_the_result():
 
 
 def test_the_device_check_compares_like_with_like():
-    from edgetl.runtime.checkset import CheckSet, check_logits
+    from edgetl.runtime.bundle.checkset import CheckSet, check_logits
 
     rng = np.random.default_rng(0)
     fp32 = rng.normal(size=(16, 3)).astype(np.float32)
@@ -296,8 +296,8 @@ def test_unsigned_activations_is_an_exact_rewrite():
 AVX2_EVAL = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from edgetl.runtime.backends import create_backend
-    from edgetl.runtime.manifest import read_bundle_manifest
+    from edgetl.runtime.engines.backends import create_backend
+    from edgetl.runtime.bundle.manifest import read_bundle_manifest
     bundle, names = sys.argv[1], sys.argv[2:]
     manifest = read_bundle_manifest(bundle)
     images = np.load(sys.argv[1] + "/avx2-inputs.npy")
@@ -324,8 +324,8 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
     if not set(cpu_facts()["flags"]) & set(INT8_DOT):
         pytest.skip("this CPU has no VNNI: the 8-bit artifact cannot be run natively to compare with")
     from edgetl.exporters.bundle import export_run
-    from edgetl.runtime.data import open_data
-    from edgetl.runtime.reader import read_batches
+    from edgetl.runtime.data.sources import open_data
+    from edgetl.runtime.data.reader import read_batches
 
     bundle = tmp_path / "bundle"
     export_run(digits_run.run_dir, bundle, formats="onnx-int8,onnx-int8-vnni", calibration_size=100,
@@ -354,18 +354,18 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
 def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path, monkeypatch):
     """On a (described) CPU with native bf16, an openvino-bf16 the export could not measure as deployed is
     run on the check set first; it is eligible only if it agrees with fp32 and really computed in bf16."""
-    import edgetl.runtime.backbone as backbone_module
-    import edgetl.runtime.tune as tune_module
+    import edgetl.runtime.engines.runner as runner_module
+    import edgetl.runtime.engines.measure as measure_module
     from edgetl.exporters.bundle import export_run
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.timings import read_timings
+    from edgetl.runtime.bundle.timings import read_timings
 
     bundle = export_run(digits_run.run_dir, tmp_path / "b", formats="openvino,openvino-bf16").bundle
     bf16 = read_bundle_manifest(bundle).artifact("openvino-bf16")
     if not bf16.needs_device_check:
         pytest.skip("this CPU has native bf16: the export measured openvino-bf16 as deployed")
     described = dict(cpu_facts(), flags=sorted(set(cpu_facts()["flags"]) | {"avx512_bf16"}))
-    for module in (backbone_module, tune_module):
+    for module in (runner_module, measure_module):
         monkeypatch.setattr(module, "cpu_facts", lambda: described)
     with EdgeModel(bundle) as model:
         row = read_timings(bundle).get("openvino-bf16", "openvino")
@@ -377,7 +377,7 @@ def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path,
         if not row.eligible:
             assert model.artifact.name != "openvino-bf16"
     with EdgeModel(bundle) as again:                              # measured once: the check is not repeated
-        assert again.tuning is None
+        assert again.measured is None
 
 
 def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_path):
@@ -387,7 +387,7 @@ def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_p
 
     from edgetl.exporters.pack import pack_bundle
     from edgetl.runtime.cli import main as rt
-    from edgetl.runtime.timings import read_timings
+    from edgetl.runtime.bundle.timings import read_timings
 
     (digits_bundle.bundle / "timings").mkdir(exist_ok=True)        # this machine's state, if not there yet
     archive = pack_bundle(digits_bundle.bundle, tmp_path / "b.tar.gz")
@@ -398,14 +398,14 @@ def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_p
     assert measured.exit_code == 0, measured.output
     assert "measuring 3 artifact(s)" in measured.output
     assert {r.artifact for r in read_timings(tmp_path / "device").rows} == {"onnx", "onnx-int8", "openvino"}
-    skipped = CliRunner().invoke(rt, ["unpack", str(archive), str(tmp_path / "later"), "--no-tune"])
+    skipped = CliRunner().invoke(rt, ["unpack", str(archive), str(tmp_path / "later"), "--no-measure"])
     assert skipped.exit_code == 0 and read_timings(tmp_path / "later") is None
 
 
 def test_a_candidate_that_cannot_load_is_skipped_not_fatal(digits_bundle, tmp_path, monkeypatch):
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.backends.openvino import OpenVINOBackend
-    from edgetl.runtime.timings import read_timings
+    from edgetl.runtime.engines.backends.openvino import OpenVINOBackend
+    from edgetl.runtime.bundle.timings import read_timings
 
     def broken(self):
         raise RuntimeError("Exception from src/inference/src/core.cpp: plugin CPU failed to load")

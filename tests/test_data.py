@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.runtime.data import check_trainable, open_data, stratified_split
+from edgetl.runtime.data.sources import check_trainable, open_data, stratified_split
 from edgetl.runtime.errors import DataError
 
 from conftest import make_folder_dataset, write_image

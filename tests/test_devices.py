@@ -19,13 +19,13 @@ from edgetl.exporters.targets import formats_for_target
 from edgetl.runtime import EdgeModel, read_bundle_manifest
 from edgetl.exporters.pack import pack_bundle
 from edgetl.runtime.tools.unpack import unpack_bundle
-from edgetl.runtime.backends import BACKENDS, create_backend, installed
+from edgetl.runtime.engines.backends import BACKENDS, create_backend, installed
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
-from edgetl.runtime.choice import choose, runnable_backends
+from edgetl.runtime.engines.choice import choose, runnable_backends
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
-from edgetl.runtime.manifest import Artifact, BundleManifest
-from edgetl.runtime.engines import check_engine_compatible, read_sidecar, sidecar_path
+from edgetl.runtime.bundle.manifest import Artifact, BundleManifest
+from edgetl.runtime.engines.sidecar import check_engine_compatible, read_sidecar, sidecar_path
 from edgetl.runtime.tools.engine_plan import engine_metadata, plan_build, trtexec_command
 
 
@@ -270,7 +270,7 @@ def test_target_preference_picks_what_runs_on_its_intended_backend():
 @pytest.fixture
 def small_bundle(tmp_path):
     """A real (tiny) bundle: manifest + files with their sha256, built without a model."""
-    from edgetl.runtime.manifest import FileEntry
+    from edgetl.runtime.bundle.manifest import FileEntry
 
     folder = tmp_path / "bundle"
     (folder / "engines").mkdir(parents=True)

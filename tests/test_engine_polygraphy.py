@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgetl.runtime.engines import parse_version
+from edgetl.runtime.engines.sidecar import parse_version
 from edgetl.runtime.tools import engine_build
 from edgetl.runtime.tools.engine_plan import TIMING_CACHE, plan_build
 

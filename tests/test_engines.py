@@ -8,7 +8,7 @@ from edgetl.backbones import create_backbone
 from edgetl.extract import extract_features, resolve_device
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
-from edgetl.runtime.data import open_data
+from edgetl.runtime.data.sources import open_data
 from edgetl.runtime.errors import ConfigError
 
 from conftest import make_folder_dataset

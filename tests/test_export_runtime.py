@@ -8,11 +8,11 @@ from edgetl.exporters import resolve_formats
 from edgetl.exporters.bundle import export_run
 from edgetl.runtime import EdgeModel, read_bundle_manifest
 from edgetl.runtime.errors import BundleError, ConfigError, ExportValidationError
-from edgetl.runtime.evaluate import evaluate_bundle
+from edgetl.runtime.inference.evaluate import evaluate_bundle
 
 
 def test_bundle_layout_and_manifest(digits_bundle):
-    from edgetl.runtime.timings import LOCAL_STATE
+    from edgetl.runtime.bundle.timings import LOCAL_STATE
 
     folder = digits_bundle.bundle
     assert {p.name for p in folder.iterdir()} - set(LOCAL_STATE) == {
@@ -44,7 +44,7 @@ def test_runtime_accuracy_on_the_device_copy_of_the_data(digits_bundle, digits_f
 
 
 def test_dynamic_batch_and_fused_model_agree(digits_bundle):
-    from edgetl.runtime.backends import create_backend
+    from edgetl.runtime.engines.backends import create_backend
 
     with EdgeModel(digits_bundle.bundle, artifact="onnx") as model:
         x = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)

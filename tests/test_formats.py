@@ -12,7 +12,7 @@ from edgetl.cli import main as host
 from edgetl.heads import HeadConfig
 from edgetl.runtime import EdgeModel, read_bundle_manifest
 from edgetl.runtime.errors import AccuracyGateError, ConfigError, MissingDependencyError
-from edgetl.runtime.evaluate import evaluate_bundle
+from edgetl.runtime.inference.evaluate import evaluate_bundle
 from edgetl.runtime.machine import cpu_facts
 
 from conftest import make_folder_dataset
@@ -114,12 +114,12 @@ def test_real_weights_int8_within_one_point(digits_bundle):
 def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
     import shutil
 
-    from edgetl.runtime.timings import read_timings
+    from edgetl.runtime.bundle.timings import read_timings
 
     bundle = tmp_path / "bundle"
     shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))
-    with EdgeModel(bundle, tune=False) as model:            # nothing measured: this CPU class's order
-        assert "CPU order (nothing measured here)" in model.choice_reason and model.tuning is None
+    with EdgeModel(bundle, measure=False) as model:            # nothing measured: this CPU class's order
+        assert "CPU order (nothing measured here)" in model.choice_reason and model.measured is None
     lines = []
     with EdgeModel(bundle, log=lines.append) as model:      # the first choice measures every candidate
         rows = read_timings(bundle).rows
@@ -130,7 +130,7 @@ def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
         assert "measuring 3 artifact(s)" in lines[0] and "recorded in" in lines[-1]
         assert all(r.load_s > 0 and r.first_s > 0 and r.p50_ms > 0 and r.eligible for r in rows)
     with EdgeModel(bundle) as model:                        # and never again on this machine
-        assert model.tuning is None and "measured on this machine" in model.choice_reason
+        assert model.measured is None and "measured on this machine" in model.choice_reason
     with EdgeModel(bundle, backend="openvino") as model:
         assert model.artifact.name == "openvino" and model.backend.name == "openvino"
 
@@ -147,7 +147,7 @@ def test_compare_reports_every_artifact(digits_bundle, digits_folder):
 def test_missing_openvino_gives_the_install_line(monkeypatch, digits_bundle):
     import sys
 
-    from edgetl.runtime.backends.openvino import OpenVINOBackend
+    from edgetl.runtime.engines.backends.openvino import OpenVINOBackend
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes "import openvino" fail as if absent
     with pytest.raises(MissingDependencyError, match=r'pip install "edgetl\[openvino\]"'):

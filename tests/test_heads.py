@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgetl.runtime.errors import BundleError, ConfigError
-from edgetl.runtime.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
+from edgetl.runtime.bundle.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
 
 
 from conftest import gaussian_blobs
@@ -96,7 +96,7 @@ def test_the_torch_form_of_a_head_computes_its_logits_and_converts_back(head):
 
 def test_heads_without_a_torch_form_are_refused():
     from edgetl.heads import torch_head
-    from edgetl.runtime.heads import NCMHead
+    from edgetl.runtime.bundle.heads import NCMHead
 
     with pytest.raises(ConfigError, match="no torch form for head kind 'ncm'"):
         torch_head(NCMHead(np.ones((3, 4)), np.ones(3)))

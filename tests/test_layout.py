@@ -1,6 +1,8 @@
-"""The house rules of the runtime, read from the source: the device core never imports its tools or its CLI,
-tools never import the CLI, nothing in the runtime imports the host side or a host library, and no module
-takes part in an import circle.  A predict in a fresh interpreter loads no tools module."""
+"""The house rules of the runtime, read from the source: its folder is grouped by job into floors, and a module
+imports only from its own floor or the floors below it (data and bundle below engines, engines below inference,
+inference below learning, learning below serving, tools and CLI on top), so the device core never imports its tools
+or its CLI; nothing in the runtime imports the host side or a host library, and no module takes part in an import
+circle.  A predict in a fresh interpreter loads no tools module."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "runtime"
 #: Packages only the host installs: the runtime must run without every one of them.
 HOST_LIBRARIES = {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn", "nncf", "transformers"}
+#: The runtime's floors, lowest first.  The foundation is the runtime folder's own modules; each other floor is a
+#: sub-package (the CLI includes ``python -m edgetl.runtime``).
+FLOORS = ("foundation", "data", "bundle", "engines", "inference", "learning", "serving", "tools", "cli")
+#: What the runtime folder itself holds: the foundation every floor may use, and the package's entry points.
+FOUNDATION = {"errors", "deps", "progress", "fsutil", "documents", "machine", "metrics", "exports", "compat"}
 
 
 def module_name(path: Path) -> str:
@@ -52,48 +59,85 @@ def imports_of(name: str, path: Path) -> list[tuple[str, bool]]:
 
 
 def layer(module: str) -> str:
-    if module.startswith("edgetl.runtime.cli") or module == "edgetl.runtime.__main__":
+    """The floor of a module of ours: one of :data:`FLOORS`, ``devices`` (the device profiles: torch-free, over the
+    foundation, read by tools), ``host``, or ``library`` for anything not ours."""
+    if module == "edgetl.runtime.__main__":
         return "cli"
-    if module.startswith("edgetl.runtime.tools"):
-        return "tools"
-    if module.startswith("edgetl.runtime"):
-        return "core"
+    if module == "edgetl.runtime" or module.startswith("edgetl.runtime."):
+        parts = module.split(".")
+        if len(parts) == 2 or parts[2] in FOUNDATION:
+            return "foundation"
+        return parts[2] if parts[2] in FLOORS else "unknown"
     if module.startswith("edgetl.devices") or module == "edgetl":
         return "devices"          # torch-free and tiny: the package's own __init__ and the device profiles
-    if module == "edgetl" or module.startswith("edgetl."):
+    if module.startswith("edgetl."):
         return "host"
     return "library"
 
 
-ALLOWED = {"core": {"core", "devices"}, "tools": {"core", "tools", "devices"},
-           "cli": {"core", "tools", "cli", "devices"}, "devices": {"core", "devices"}}
+def allowed(importer: str, target: str) -> bool:
+    """Whether a module on floor ``importer`` may import one on floor ``target``."""
+    if importer == "devices":
+        return target in ("foundation", "devices")
+    if target == "devices":
+        return importer in ("tools", "cli")
+    if importer not in FLOORS or target not in FLOORS:
+        return False
+    return FLOORS.index(target) <= FLOORS.index(importer)
+
+
 DEVICES = ROOT / "devices" / "__init__.py"
 
 
-def test_layers_import_only_downwards():
+def test_floors_import_only_downwards():
     problems = []
     for name, path in {**runtime_modules(), "edgetl.devices": DEVICES}.items():
         for target, _ in imports_of(name, path):
             if layer(target) == "library":
                 if target.split(".")[0] in HOST_LIBRARIES:
                     problems.append(f"{name} imports the host library {target}")
-            elif layer(target) not in ALLOWED[layer(name)]:
+            elif not allowed(layer(name), layer(target)):
                 problems.append(f"{name} ({layer(name)}) imports {target} ({layer(target)})")
     assert problems == []
 
 
+def test_every_runtime_module_has_a_floor():
+    """A module added at the top of the runtime folder, or in a new sub-package, must be given its floor here."""
+    assert {name: layer(name) for name in runtime_modules() if layer(name) not in FLOORS} == {}
+    assert {p.stem for p in RUNTIME.glob("*.py")} - {"__init__", "__main__"} == FOUNDATION
+
+
+def test_each_folder_says_what_lives_in_it():
+    """Every runtime package opens with a docstring whose first line says what it holds."""
+    for init in RUNTIME.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc.splitlines()[0]) > 20, init
+
+
+def test_the_floors_hold_in_both_directions():
+    """The rule is not vacuous: a lower floor importing a higher one is refused, the other way allowed."""
+    assert not allowed("data", "bundle") and not allowed("engines", "learning") and not allowed("learning", "serving")
+    assert not allowed("serving", "tools") and not allowed("bundle", "engines") and not allowed("inference", "cli")
+    assert allowed("learning", "inference") and allowed("engines", "bundle") and allowed("cli", "tools")
+    assert allowed("tools", "devices") and not allowed("engines", "devices") and not allowed("devices", "data")
+
+
 def test_the_rule_checker_sees_a_violation(tmp_path):
-    """The checker is not vacuous: a core module importing a tool, the CLI or the host is caught."""
+    """The checker is not vacuous: a learning module importing a tool, the CLI, serving or the host is caught, with
+    relative imports resolved from its own package."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from .tools.bench import run_matrix\nfrom edgetl.finetune import finetune\n"
-                   "from edgetl import exporters\nfrom edgetl.runtime import tools\n"
-                   "def f():\n    from .cli import main\n")
-    found = {target for target, _ in imports_of("edgetl.runtime.bad", bad)}
+    bad.write_text("from ..tools.bench import run_matrix\nfrom edgetl.finetune import finetune\n"
+                   "from edgetl import exporters\nfrom edgetl.runtime import tools\nfrom ..serving import http\n"
+                   "from ..inference.model import EdgeModel\n"
+                   "def f():\n    from ..cli import main\n")
+    found = {target for target, _ in imports_of("edgetl.runtime.learning.bad", bad)}
     assert {"edgetl.runtime.tools.bench", "edgetl.finetune", "edgetl.exporters", "edgetl.runtime.tools",
-            "edgetl.runtime.cli"} <= found
-    assert {layer(t) for t in found} >= {"tools", "host", "cli"}
-    assert {layer(t) for t in found if t.startswith(("edgetl.exporters", "edgetl.runtime.tools"))} == \
-        {"host", "tools"}
+            "edgetl.runtime.cli", "edgetl.runtime.serving.http", "edgetl.runtime.inference.model"} <= found
+    assert {layer(t) for t in found} >= {"tools", "host", "cli", "serving", "inference"}
+    refused = {t for t in found if not allowed("learning", layer(t)) and layer(t) != "library"}
+    assert refused >= {"edgetl.runtime.tools.bench", "edgetl.finetune", "edgetl.exporters",
+                       "edgetl.runtime.serving.http", "edgetl.runtime.cli"}
+    assert "edgetl.runtime.inference.model" not in refused
 
 
 def test_no_import_circles():
@@ -125,12 +169,6 @@ def test_no_import_circles():
     assert circles == []
 
 
-def test_core_folder_holds_no_tool_or_host_module():
-    names = {path.stem for path in RUNTIME.glob("*.py")}
-    assert not names & {"bench", "benchmark", "bench_report", "doctor", "compare", "archive", "cluster",
-                        "tensorrt_build", "tensorrt_plan", "cli"}
-
-
 PREDICT = textwrap.dedent("""
     import json, sys
     from edgetl.runtime.cli import main
@@ -148,7 +186,7 @@ def test_predict_loads_no_tools_module(digits_bundle, digits_folder):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stderr.strip().splitlines()[-1])
-    assert "edgetl.runtime.model" in loaded
+    assert "edgetl.runtime.inference.model" in loaded
     assert [m for m in loaded if layer(m) in ("tools", "host")] == []
 
 

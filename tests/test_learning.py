@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgetl.runtime.heads import RidgeHead
+from edgetl.runtime.bundle.heads import RidgeHead
 from edgetl.runtime.learning import RidgeLearner
 
 from conftest import relative_error
@@ -34,7 +34,7 @@ def _quadratic_problem(seed=0):
 def test_adam_takes_the_steps_of_torch_adam_on_numpy_arrays():
     """The device's ``sgd`` learner steps numpy arrays; its Adam is torch's, step for step."""
     torch = pytest.importorskip("torch")
-    from edgetl.runtime.learning import Adam
+    from edgetl.runtime.learning.learners import Adam
 
     start, gradient = _quadratic_problem()
     ours = start.copy()
@@ -52,7 +52,7 @@ def test_adam_takes_the_steps_of_torch_adam_on_numpy_arrays():
 def test_adamw_on_torch_tensors_with_a_schedule_is_torch_adamw():
     """The host's gradient heads step torch parameters with the same class (decoupled weight decay)."""
     torch = pytest.importorskip("torch")
-    from edgetl.runtime.learning import Adam
+    from edgetl.runtime.learning.learners import Adam
 
     start, gradient = _quadratic_problem(1)
     ours = torch.nn.Parameter(torch.tensor(start))

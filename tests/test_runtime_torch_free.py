@@ -11,7 +11,7 @@ SCRIPT = import_blocker("torch", "onnx", "onnxscript", "torchvision", "timm", "s
     """
     import json
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.evaluate import evaluate_bundle
+    from edgetl.runtime.inference.evaluate import evaluate_bundle
 
     bundle, folder, image = sys.argv[1:4]
     with EdgeModel(bundle) as model:
@@ -64,7 +64,7 @@ def test_update_and_predict_without_torch_or_onnx(digits_bundle, digits_folder, 
     code = SCRIPT.split("from edgetl.runtime import EdgeModel")[0] + textwrap.dedent(
         """
         from edgetl.runtime import EdgeModel
-        from edgetl.runtime.update import update_bundle
+        from edgetl.runtime.learning import update_bundle
 
         bundle, data, image = sys.argv[1:4]
         report = update_bundle(bundle, data)
@@ -89,7 +89,7 @@ def test_builtin_digits_open_without_scikit_learn():
     """The digits ship with the package: a device with only ``pip install edgetl`` reads them."""
     code = SCRIPT.split("from edgetl.runtime import EdgeModel")[0] + textwrap.dedent(
         """
-        from edgetl.runtime.data import open_data
+        from edgetl.runtime.data.sources import open_data
 
         data = open_data("builtin:digits")
         train, val = data.split("train"), data.split("val")
@@ -103,7 +103,7 @@ def test_builtin_digits_open_without_scikit_learn():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["leaked"] == [] and result["classes"] == [str(i) for i in range(10)]
     assert (result["train"], result["val"]) == (1258, 539)
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
     record = open_data("builtin:digits").split("val")[0]          # the same record as in this interpreter
     assert result["first"] == [record.source, record.label, record.pixels.tolist()]

@@ -59,7 +59,7 @@ def test_tritonclient_runs_the_digits_val_set_as_evaluate_does(bundle_copy, digi
     import tritonclient.http as triton
 
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.evaluate import evaluate_bundle
+    from edgetl.runtime.inference.evaluate import evaluate_bundle
 
     files = sorted((digits_folder / "val").glob("*/*.png"))
     with serving(bundle_copy) as (_, address, _events):
@@ -91,13 +91,13 @@ def test_tritonclient_runs_the_digits_val_set_as_evaluate_does(bundle_copy, digi
 
 
 def _preprocessed(model, files):
-    from edgetl.runtime.preprocess import preprocess
+    from edgetl.runtime.data.preprocess import preprocess
 
     return [preprocess(str(f), model.preprocess) for f in files]
 
 
 def test_the_service_learns_and_picks_up_versions_from_other_processes(bundle_copy, digits_folder, tmp_path):
-    from edgetl.runtime.update import rollback_bundle, update_bundle
+    from edgetl.runtime.learning import rollback_bundle, update_bundle
 
     threes = sorted((digits_folder / "val" / "3").glob("*.png"))[:20]
     eights = tmp_path / "eights"
@@ -185,8 +185,6 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
         ("empty classify", "POST", "/v2/models/digits/classify", b"", {}, 400),
         ("too many images", "POST", infer, infer_json([good] * 9), {}, 413),
         ("deeply nested JSON", "POST", infer, b"[" * 100_000 + b"]" * 100_000, {}, 400),
-        ("a strip 16 x 65536 px (a bomb by aspect ratio)", "POST", infer, infer_json([_png_sized(16, 65536)]), {},
-         400),
         ("HEAD", "HEAD", "/v2", None, {}, 501),
         ("update without labels", "POST", "/v2/models/digits/update", infer_json([good]), {}, 400),
         ("update parameter of the wrong type", "POST", "/v2/models/digits/update",
@@ -212,6 +210,8 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
         connection.close()
         status, answer, _ = request(address, "POST", "/v2/models/digits/classify?top_k=3", good)
         assert status == 200 and json.loads(answer)["label"] == "5" and len(json.loads(answer)["top_k"]) == 3
+        status, answer, _ = request(address, "POST", infer, infer_json([_png_sized(16, 65536)]))
+        assert status == 200, answer           # a long strip is an image: its centre crop is classified
         for header, value, expected in [("Content-Length", str(64 * 1024 * 1024), 413),   # refused unread
                                         ("Transfer-Encoding", "chunked", 411)]:
             host, port = address.split(":")

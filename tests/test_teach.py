@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgetl.runtime.errors import UpdateRejectedError
-from edgetl.runtime.heads import RidgeHead
-from edgetl.runtime.store import SEGMENT_FANOUT, FeatureStore
-from edgetl.runtime.update import LearningSession, UpdateSettings, learn_features
+from edgetl.runtime.bundle.heads import RidgeHead
+from edgetl.runtime.bundle.store import SEGMENT_FANOUT, FeatureStore
+from edgetl.runtime.learning import LearningSession, UpdateSettings, learn_features
 
 from conftest import make_folder_dataset, relative_error, unbounded_updates
 

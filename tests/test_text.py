@@ -91,7 +91,7 @@ def encoder():
 
 
 def test_text_csv_and_jsonl_give_the_same_records(tmp_path):
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
     rows = [("top up failed", "top_up", "train"), ("where is my card", "card", "train"),
             ("card not here yet", "card", "val"), ("my top-up did not work", "top_up", "val")]
@@ -114,7 +114,7 @@ def test_text_csv_and_jsonl_give_the_same_records(tmp_path):
     ("text,name\nhello,a\n", "the header names no label column"),
 ])
 def test_bad_text_rows_are_one_line_errors(tmp_path, content, message):
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.errors import DataError
 
     path = tmp_path / "t.csv"
@@ -127,7 +127,7 @@ def test_bad_text_rows_are_one_line_errors(tmp_path, content, message):
 def test_spreadsheet_csv_numeric_labels_and_oversized_cells(tmp_path):
     """A byte-order mark (spreadsheets write one) is not part of the header, 0 is a label, and a cell over the csv
     module's limit is a one-line error."""
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.errors import DataError
 
     bom = tmp_path / "bom.csv"
@@ -144,7 +144,7 @@ def test_spreadsheet_csv_numeric_labels_and_oversized_cells(tmp_path):
 
 
 def test_jsonl_rows_without_a_text_are_refused(tmp_path):
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.errors import DataError
 
     path = tmp_path / "t.jsonl"
@@ -156,7 +156,7 @@ def test_jsonl_rows_without_a_text_are_refused(tmp_path):
 
 
 def test_text_file_in_another_encoding_is_refused_and_bad_rows_can_be_skipped(tmp_path):
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.errors import DataError
 
     latin = tmp_path / "latin.csv"
@@ -192,7 +192,7 @@ def test_encoder_equals_transformers_bert_with_mean_pooling(encoder, banking):
 
 def test_device_tokenizer_equals_the_hosts_on_every_test_text(text_bundle, banking, encoder):
     transformers = pytest.importorskip("transformers")
-    from edgetl.runtime.bundle import Bundle
+    from edgetl.runtime.bundle.folder import Bundle
 
     texts = [text for text, _ in _csv_texts(banking["test"])]
     device = Bundle(text_bundle).preprocess
@@ -253,7 +253,7 @@ def test_train_last_trains_the_last_encoder_layer_on_cached_states_and_exports_i
     from edgetl.heads import HeadConfig
     from edgetl.run import RunManifest
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
     run = finetune(str(banking["train"]), tmp_path / "run",
                    FinetuneConfig(backbone="minilm-l6", train_last=1, head=HeadConfig(epochs=4)))
@@ -264,7 +264,7 @@ def test_train_last_trains_the_last_encoder_layer_on_cached_states_and_exports_i
     bundle = export_run(run.run_dir, tmp_path / "bundle", formats="onnx").bundle
     model, preprocess = rebuild_feature_model(RunManifest.read(run.run_dir), run.run_dir)
     texts = [t for t, _ in _csv_texts(banking["test"])[:8]]
-    with torch.inference_mode(), EdgeModel(bundle, tune=False) as device:
+    with torch.inference_mode(), EdgeModel(bundle, measure=False) as device:
         expected = model(torch.from_numpy(preprocess.encode(texts))).numpy()
         assert np.abs(device.features(device.preprocess.encode(texts)) - expected).max() < 1e-4
         report = device.evaluate(open_data(banking["test"]).remap_to(device.labels).split("all"))
@@ -288,7 +288,7 @@ def test_static_int8_is_refused_for_a_text_model(text_run, tmp_path):
 
 def test_text_bundle_ships_its_tokenizer_and_gates_every_artifact(text_bundle):
     from edgetl.runtime.fsutil import sha256_file
-    from edgetl.runtime.manifest import read_bundle_manifest
+    from edgetl.runtime.bundle.manifest import read_bundle_manifest
 
     manifest = read_bundle_manifest(text_bundle)
     assert manifest.modality == "text" and (text_bundle / "tokenizer.json").is_file()
@@ -313,9 +313,9 @@ def test_text_bundle_ships_its_tokenizer_and_gates_every_artifact(text_bundle):
 @pytest.mark.parametrize("artifact", ["onnx", "onnx-int8-dynamic", "onnx-fp16"])
 def test_every_artifact_classifies_the_test_queries(text_bundle, banking, artifact):
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
-    with EdgeModel(text_bundle, artifact=artifact, tune=False) as model:
+    with EdgeModel(text_bundle, artifact=artifact, measure=False) as model:
         data = open_data(banking["test"]).remap_to(model.labels)
         report = model.evaluate(data.split("all"))
     assert report["n"] == INTENTS * 40 and report["accuracy"] >= 0.9
@@ -373,7 +373,7 @@ def test_device_text_path_runs_with_torch_and_transformers_blocked(text_bundle, 
 @pytest.mark.parametrize("text, message", [("   ", "text 1: the text is empty"),
                                            ("x" * 100_001, "text 1: the text has 100001 characters (at most 100000)")])
 def test_bad_texts_to_predict_are_one_line_errors(text_bundle, text, message):
-    out = _runtime("predict", str(text_bundle), text, "--no-tune")
+    out = _runtime("predict", str(text_bundle), text, "--no-measure")
     assert out.returncode == 8 and out.stderr.strip().splitlines() == [f"error: {message}"]
 
 
@@ -424,13 +424,13 @@ def test_texts_cluster_export_and_compare(text_bundle, banking, tmp_path):
     texts.csv with its split, and compare runs every artifact of a text bundle against fp32."""
     from edgetl.data_export import export_image_folder
     from edgetl.exporters.compare import compare_bundle
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.tools.cluster import cluster_images
 
     unlabelled = tmp_path / "queries.csv"
     texts = [t for t, _ in _csv_texts(banking["test"])[::10]]
     write_texts(unlabelled, [(t,) for t in texts], header=("text",))
-    summary = cluster_images(text_bundle, str(unlabelled), k=4, out=tmp_path / "groups", tune=False)
+    summary = cluster_images(text_bundle, str(unlabelled), k=4, out=tmp_path / "groups", measure=False)
     assert summary["n"] == len(texts) and sum(g["size"] for g in summary["groups"]) == len(texts)
     grouped = open_data(tmp_path / "groups" / "texts.csv")
     assert sorted(r.text for r in grouped.split("all")) == sorted(texts)
@@ -463,7 +463,7 @@ def test_data_of_the_other_kind_and_broken_text_manifests_are_one_line_errors(te
     from conftest import make_folder_dataset
 
     images = make_folder_dataset(tmp_path / "images", classes=("atm_support", "age_limit"), per_class=2)
-    out = _runtime("evaluate", str(text_bundle), str(images), "--split", "all", "--no-tune")
+    out = _runtime("evaluate", str(text_bundle), str(images), "--split", "all", "--no-measure")
     assert out.returncode == 8 and "is an image, but the model reads texts" in out.stderr
     broken = tmp_path / "broken"
     shutil.copytree(text_bundle, broken)
@@ -479,10 +479,10 @@ def test_openvino_formats_of_a_text_model(text_run, banking, tmp_path):
     pytest.importorskip("openvino")
     from edgetl.exporters.bundle import export_run
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.data import open_data
+    from edgetl.runtime.data.sources import open_data
 
     bundle = export_run(text_run.run_dir, tmp_path / "bundle", formats="onnx,openvino").bundle
-    with EdgeModel(bundle, artifact="openvino", tune=False) as model:
+    with EdgeModel(bundle, artifact="openvino", measure=False) as model:
         report = model.evaluate(open_data(banking["test"]).remap_to(model.labels).split("all"))
     assert report["accuracy"] >= 0.9 and report["backend"] == "openvino"
 
@@ -490,7 +490,7 @@ def test_openvino_formats_of_a_text_model(text_run, banking, tmp_path):
 @pytest.mark.slow
 def test_openvino_int8_of_a_text_model_passes_its_gate(text_run, tmp_path):
     from edgetl.exporters.bundle import export_run
-    from edgetl.runtime.manifest import read_bundle_manifest
+    from edgetl.runtime.bundle.manifest import read_bundle_manifest
 
     bundle = export_run(text_run.run_dir, tmp_path / "bundle", formats="onnx,openvino-int8").bundle
     artifact = read_bundle_manifest(bundle).artifact("openvino-int8")

@@ -14,7 +14,7 @@ from PIL import Image
 from edgetl.runtime import EdgeModel
 from edgetl.runtime.errors import DataError
 from edgetl.runtime.cli import main as rt
-from edgetl.runtime.evaluate import evaluate_bundle
+from edgetl.runtime.inference.evaluate import evaluate_bundle
 
 
 def _json(result) -> dict:

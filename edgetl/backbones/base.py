@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.preprocess import PreprocessConfig
+from edgetl.runtime.data.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from torch import nn
 
 from edgetl.runtime.deps import require
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.text import TOKENIZER_FILE, TextPreprocess, tokenizer_sha256
+from edgetl.runtime.data.text import TOKENIZER_FILE, TextPreprocess, tokenizer_sha256
 
 from .base import Backbone, load_state_dict_file
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgetl.backbones import create_backbone
-from edgetl.runtime.data import stratified_split
+from edgetl.runtime.data.sources import stratified_split
 from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import silent_progress
 

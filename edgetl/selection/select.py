@@ -25,7 +25,7 @@ from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_write_text
 from edgetl.runtime.machine import cpu_facts, default_threads
-from edgetl.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from ..cache import FeatureCache
@@ -260,7 +260,7 @@ def recommend(rows: list[dict], budget_ms: float | None) -> dict:
 
 def _probe_head(x: np.ndarray, y: np.ndarray, classes: int):
     """A ridge head on the candidate's training features, for quantizers that check accuracy while they work."""
-    from edgetl.runtime.heads import RidgeHead
+    from edgetl.runtime.bundle.heads import RidgeHead
 
     return RidgeHead.fit(x, y, classes)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .options import json_option
+from .options import json_option, no_measure_options, option_group
 from .output import note, print_json, print_table
 
 
@@ -60,8 +60,8 @@ def doctor(as_json) -> None:
 def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trtexec, as_json) -> None:
     """Build the backbone's TensorRT engine on this device, into BUNDLE (needs TensorRT and a GPU)."""
     if print_trtexec:
-        from ..engines import parse_version
-        from ..manifest import read_bundle_manifest
+        from ..engines.sidecar import parse_version
+        from ..bundle.manifest import read_bundle_manifest
         from ..tools.engine_plan import image_size, trtexec_command
 
         manifest = read_bundle_manifest(bundle)
@@ -94,21 +94,21 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new bundle is verified).")
-@click.option("--no-tune", is_flag=True, help="Do not measure the artifacts on this machine now (the first run will).")
+@option_group(no_measure_options("Do not measure the artifacts on this machine now (the first run will)."))
 @json_option
-def unpack(archive, dest, overwrite, no_tune, as_json) -> None:
+def unpack(archive, dest, overwrite, no_measure, as_json) -> None:
     """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links), verify it, and measure which
     of its artifacts runs fastest on this machine."""
     from ..tools.unpack import unpack_bundle
 
     folder = unpack_bundle(archive, dest, overwrite=overwrite)
     measured = None
-    if not no_tune:
-        from ..bundle import Bundle
-        from ..tune import tune_bundle
+    if not no_measure:
+        from ..bundle.folder import Bundle
+        from ..engines.measure import measure_bundle
 
         opened = Bundle(folder, verify=False)   # verified by unpacking
-        measured = tune_bundle(opened, device=opened.manifest.openvino_device, timings=opened.timings(), log=note)
+        measured = measure_bundle(opened, device=opened.manifest.openvino_device, timings=opened.timings(), log=note)
     if as_json:
         rows = measured.rows if measured else []
         print_json({"bundle": str(folder), "measured": [{"artifact": r.artifact, "backend": r.backend} for r in rows],

@@ -1,6 +1,6 @@
-"""Learning on the device: ``update``, ``history``, ``rollback``, ``adapt`` and ``cluster``.
+"""Learning on the device: ``update``, ``tune``, ``history``, ``rollback``, ``adapt`` and ``cluster``.
 
-The library does the work (:mod:`edgetl.runtime.update`, :mod:`edgetl.runtime.store`,
+The library does the work (:mod:`edgetl.runtime.learning`, :mod:`edgetl.runtime.bundle.store`,
 :mod:`edgetl.runtime.tools.cluster`), imported inside each command so that
 ``edgetl-rt predict`` does not pay for them.
 """
@@ -11,7 +11,8 @@ from dataclasses import asdict
 
 import click
 
-from .options import json_option, lock_timeout_option, with_model_options
+from ..learning.settings import METHODS, UpdateSettings
+from .options import json_option, with_model_options
 from .output import fmt, print_json, print_table, progress
 
 
@@ -20,18 +21,25 @@ def _version_dict(version) -> dict:
     return {k: v for k, v in asdict(version).items() if k != "files"}
 
 
+def lock_timeout_option(func):
+    """``--lock-timeout``: how long a writer of the feature store waits for another."""
+    return click.option("--lock-timeout", type=float, default=UpdateSettings.lock_timeout, show_default=True,
+                        help="Seconds to wait for another update of the bundle to finish.")(func)
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.argument("data")
-@click.option("--method", type=click.Choice(["ridge", "sgd", "ncm"]), default="ridge", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=UpdateSettings.method, show_default=True,
               help="ridge: exact streaming ridge; sgd: logistic head with replay; ncm: nearest class mean.")
-@click.option("--holdout", "holdout_fraction", type=float, default=0.2, show_default=True,
+@click.option("--holdout", "holdout_fraction", type=float, default=UpdateSettings.holdout_fraction, show_default=True,
               help="Share of the new images kept out of training to measure accuracy.")
-@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
+@click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the earlier held-out samples falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @click.option("--reselect-alpha", is_flag=True, help="ridge: search the regularisation again now.")
-@click.option("--alpha-search-min", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--alpha-search-min", type=click.IntRange(min=1), default=UpdateSettings.alpha_search_min,
+              show_default=True,
               help="A due regularisation search (the samples grew by a quarter) runs only on an update with at least "
                    "this many new training images; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
@@ -39,15 +47,15 @@ def _version_dict(version) -> dict:
 @json_option
 @with_model_options
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, alpha_search_min,
-           lock_timeout, skip_bad, as_json, artifact, backend, threads, no_tune) -> None:
+           lock_timeout, skip_bad, as_json, artifact, backend, threads, no_measure) -> None:
     """Learn labelled DATA (image folder or CSV; new class names extend the head) into BUNDLE's head."""
-    from ..update import UpdateSettings, update_bundle
+    from ..learning.update import update_bundle
 
     settings = UpdateSettings(method=method, holdout_fraction=holdout_fraction, max_accuracy_drop=max_accuracy_drop,
                               force=force, lock_timeout=lock_timeout, skip_bad=skip_bad,
                               reselect_alpha=reselect_alpha, alpha_search_min=alpha_search_min)
     report = update_bundle(bundle, data, settings, artifact=artifact, backend=backend, threads=threads,
-                           progress=progress, tune=not no_tune)
+                           progress=progress, measure=not no_measure)
     if as_json:
         print_json(report)
         return
@@ -79,7 +87,7 @@ def _alpha_line(report: dict) -> str:
 @json_option
 def tune(bundle, lock_timeout, as_json) -> None:
     """Search BUNDLE's ridge regularisation on the store's held-out samples now (recorded as a tune version)."""
-    from ..update import tune_alpha
+    from ..learning.alpha import tune_alpha
 
     report = tune_alpha(bundle, lock_timeout=lock_timeout)
     if as_json:
@@ -96,7 +104,7 @@ def tune(bundle, lock_timeout, as_json) -> None:
 @json_option
 def history(bundle, as_json) -> None:
     """The head versions kept in BUNDLE's feature store (newest last)."""
-    from ..store import FeatureStore
+    from ..bundle.store import FeatureStore
 
     store = FeatureStore(bundle)
     versions = store.history() if store.exists else []
@@ -123,7 +131,7 @@ def history(bundle, as_json) -> None:
 @json_option
 def rollback(bundle, to_version, lock_timeout, as_json) -> None:
     """Make an earlier head version current again (recorded as a new version)."""
-    from ..update import rollback_bundle
+    from ..learning.rollback import rollback_bundle
 
     version = rollback_bundle(bundle, to_version, lock_timeout)
     if as_json:
@@ -136,20 +144,20 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.argument("data")
 @click.option("--check", default=None, help="Labelled images of the target domain to measure the change on.")
-@click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
+@click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the --check images falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @lock_timeout_option
 @json_option
 @with_model_options
 def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, artifact, backend, threads,
-          no_tune) -> None:
+          no_measure) -> None:
     """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
-    from ..update import adapt_bundle
+    from ..learning.adapt import adapt_bundle
 
     report = adapt_bundle(bundle, data, check=check, max_accuracy_drop=max_accuracy_drop, force=force,
                           lock_timeout=lock_timeout, artifact=artifact, backend=backend, threads=threads,
-                          progress=progress, tune=not no_tune)
+                          progress=progress, measure=not no_measure)
     if as_json:
         print_json(report)
         return
@@ -170,12 +178,12 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @json_option
 @with_model_options
-def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:
+def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_measure) -> None:
     """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
     from ..tools.cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
-                             backend=backend, threads=threads, progress=progress, tune=not no_tune)
+                             backend=backend, threads=threads, progress=progress, measure=not no_measure)
     if as_json:
         print_json(summary)
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..text import DEFAULT_SEQ_LEN
+from ..data.text import DEFAULT_SEQ_LEN
 from .options import THREADS_LIST_HELP, json_option, optional_data_argument
 from .output import note, print_json
 
@@ -76,7 +76,7 @@ def single_cell_figures(result: dict) -> dict:
 def run_bench(bundle, artifacts, backends, precisions, batches, seq_lens, threads, target, data, out, min_runs,
               min_seconds, warmup_runs, noise_threshold, in_process, record, as_json, write=None) -> dict:
     """The matrix, recorded, written (``write(result, out)``) and printed as the options say."""
-    from ..latency import BenchSettings
+    from ..engines.latency import BenchSettings
     from ..tools.bench import MatrixSettings, run_matrix, table_lines, write_results
 
     if bundle is None:
@@ -92,7 +92,7 @@ def run_bench(bundle, artifacts, backends, precisions, batches, seq_lens, thread
     result.update(single_cell_figures(result))
     result["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     if record:
-        from ..timings import record_timings
+        from ..bundle.timings import record_timings
 
         note(f"recorded {record_timings(bundle, result)}: the runtime now runs the fastest artifact here")
     if out:

@@ -21,19 +21,34 @@ def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(func)
 
 
-def lock_timeout_option(func):
-    """``--lock-timeout``: how long a writer of the feature store waits for another."""
-    return click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-                        help="Seconds to wait for another update of the bundle to finish.")(func)
+_NO_TUNE_KEY = "edgetl.no_tune"
+
+
+def _old_no_tune(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from .output import note
+
+        note("note: --no-tune is now --no-measure (the old spelling goes in edgetl 0.8)")
+        ctx.meta[_NO_TUNE_KEY] = True
+
+
+def no_measure_options(help_text: str) -> list:
+    """``--no-measure``, and its 0.6 spelling ``--no-tune`` (hidden, for one release): measuring the artifacts on
+    the device was called tuning, a word that now means the ridge regularisation search only."""
+    return [
+        click.option("--no-measure", is_flag=True, help=help_text,
+                     callback=lambda ctx, param, value: value or ctx.meta.get(_NO_TUNE_KEY, False)),
+        click.option("--no-tune", is_flag=True, hidden=True, expose_value=False, is_eager=True, callback=_old_no_tune,
+                     help="Same as --no-measure (0.6 spelling)."),
+    ]
 
 
 model_options = [
     click.option("--artifact", default=None, help="Backbone artifact of the bundle to run, by name (e.g. onnx)."),
     click.option("--backend", default=None, help="Runtime backend (default: the artifact's own)."),
     click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP),
-    click.option("--no-tune", is_flag=True,
-                 help="Never measure the artifacts on this machine: with no timings here, the device profile or "
-                      "the CPU class's order decides."),
+    *no_measure_options("Never measure the artifacts on this machine: with no timings here, the device profile or "
+                        "the CPU class's order decides."),
 ]
 
 
@@ -46,7 +61,7 @@ def option_group(options: list):
     return decorate
 
 
-#: ``--artifact``, ``--backend``, ``--threads`` and ``--no-tune``: how a command opens the bundle's model.
+#: ``--artifact``, ``--backend``, ``--threads`` and ``--no-measure``: how a command opens the bundle's model.
 with_model_options = option_group(model_options)
 
 

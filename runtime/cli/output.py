@@ -26,8 +26,13 @@ def verbosity(ctx: click.Context | None = None) -> int:
     return ctx.meta.get(VERBOSITY_KEY, NORMAL) if ctx else NORMAL
 
 
-def print_json(data: dict) -> None:
-    click.echo(json.dumps(data, indent=2, default=float))
+def print_json(data) -> None:
+    """One JSON object on stdout: a dict, or a typed report (its ``to_json()``); numpy scalars as numbers."""
+    click.echo(json.dumps(data, indent=2, default=_plain))
+
+
+def _plain(value):
+    return value.to_json() if hasattr(value, "to_json") else float(value)
 
 
 def print_table(rows: list[tuple[str, object]]) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from ..data import SPLITS
-from ..preprocess import DEFAULT_MAX_PIXELS
+from ..data.sources import SPLITS
+from ..data.preprocess import DEFAULT_MAX_PIXELS
 from .options import json_option, with_model_options
 from .output import detail, note, print_json, print_table, progress, warn
 
@@ -26,16 +26,16 @@ def _explain_choice(model) -> None:
               help="Refuse images larger than this many pixels.")
 @json_option
 @with_model_options
-def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_tune) -> None:
+def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_measure) -> None:
     """Classify INPUTS with BUNDLE: image files, or a text model's texts (each argument one text; '-' reads one
     text per line from stdin)."""
-    from ..model import EdgeModel
+    from ..inference.model import EdgeModel
 
     if images == ("-",):
         images = tuple(line.rstrip("\n") for line in click.get_text_stream("stdin") if line.strip())
 
     with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, images=len(images),
-                   tune=not no_tune, log=note) as model:
+                   measure=not no_measure, log=note) as model:
         _explain_choice(model)
         predictions = model.predict(images, top_k=top_k, max_pixels=max_pixels)
         if as_json:
@@ -59,12 +59,12 @@ def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threa
                    "printed first.")
 @json_option
 @with_model_options
-def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads, no_tune) -> None:
+def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads, no_measure) -> None:
     """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME)."""
-    from ..evaluate import evaluate_bundle, require_accuracy
-    from ..model import EdgeModel
+    from ..inference.evaluate import evaluate_bundle, require_accuracy
+    from ..inference.model import EdgeModel
 
-    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=not no_tune,
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, measure=not no_measure,
                    log=note) as model:
         _explain_choice(model)
         report = evaluate_bundle(model, data, split=split, skip_bad=skip_bad, progress=progress)

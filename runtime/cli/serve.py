@@ -84,7 +84,7 @@ def read_token(path: str, log) -> str:
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_images,
           max_connections,
-          request_timeout, poll_ms, access_log, as_json, artifact, backend, threads, no_tune) -> None:
+          request_timeout, poll_ms, access_log, as_json, artifact, backend, threads, no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -97,7 +97,7 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     log = _logger(verbosity() == QUIET, access_log)
     token = read_token(token_file, log) if token_file else None
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
-                             artifact=artifact, backend=backend, tune=not no_tune, max_pixels=max_pixels,
+                             artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
                              max_images=max_images, poll_ms=poll_ms)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:

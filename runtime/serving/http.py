@@ -334,7 +334,7 @@ class ServeHandler(BaseHTTPRequestHandler):
 
     def _route_update(self, body: bytes) -> tuple[int, dict]:
         report = self.server.service.update(parse_infer_request(body, self._header_length()))
-        return self._json(200, report), {"head_version": report["head_version"], "images": report["n_new"]}
+        return self._json(200, report.to_json()), {"head_version": report.head_version, "images": report.n_new}
 
     def _route_classify(self, body: bytes) -> tuple[int, dict]:
         query = parse_qs(urlsplit(self.path).query)

@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Callable
 
-from ..bundle import Bundle, HeadState
+from ..bundle.folder import Bundle, HeadState
 from ..errors import EdgetlError
 
 

@@ -3,16 +3,15 @@
 Requests are decoded and preprocessed in the caller's thread (a small pool for many images, Pillow releasing the
 GIL) by the runtime's own preprocessing, so the service sees an image exactly as ``predict`` does; the backbone
 runs behind the :class:`~.batcher.DynamicBatcher`; the head is the :class:`~.live_head.LiveHead`'s reference,
-read once per request.  An update goes through :func:`~edgetl.runtime.update.learn_records`, the transaction of
+read once per request.  An update goes through :func:`~edgetl.runtime.learning.learn_records`, the transaction of
 ``edgetl-rt update``, with its images' backbone pass queued beside inference, and answers after the new head
-version serves.  The service keeps one :class:`~edgetl.runtime.update.LearningSession` (the ridge system
+version serves.  The service keeps one :class:`~edgetl.runtime.learning.LearningSession` (the ridge system
 factorised in the background at start), so a one-image update costs its backbone pass plus milliseconds; when an
 update leaves the regularisation search due, the search runs in the background and commits a ``tune`` version.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,26 +22,33 @@ from typing import Callable
 
 import numpy as np
 
-from ..backbone import Backbone
-from ..bundle import Bundle, HeadState
-from ..data import input_records
+from ..engines.runner import BackboneRunner
+from ..bundle.folder import Bundle, HeadState
+from ..data.sources import input_records
+from ..compat import renamed_keyword
 from ..errors import ConfigError, DataError, EdgetlError, ImageDecodeError, StoreBusyError, UpdateRejectedError
-from ..features import apply_adapter
-from ..heads import softmax
+from ..inference.features import apply_adapter
+from ..bundle.heads import softmax
 from ..machine import default_threads
-from ..preprocess import preprocess
-from ..text import TextPreprocess, check_text
-from ..update import LearningSession, UpdateSettings, learn_records, tune_alpha
+from ..data.preprocess import preprocess
+from ..data.text import TextPreprocess
+from ..learning.alpha import tune_alpha
+from ..learning.reports import UpdateReport
+from ..learning.session import LearningSession
+from ..learning.settings import UpdateSettings
+from ..learning.update import learn_records
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
 from .protocol import BYTES, InferRequest, ProtocolError, Tensor, encode_infer_response
+from .requests import (
+    Signature, infer_input, requested_outputs, update_inputs, update_parameters, utf8_texts,
+)
 
 #: Pixel limit of one received image: 16 MP (4096 x 4096) bounds what concurrent decodes can take (3 bytes a pixel).
 SERVE_MAX_PIXELS = 4096 * 4096
 #: Images one request may carry: a body of tiny PNGs must not decode into gigabytes.
 SERVE_MAX_IMAGES = 256
-OUTPUTS = ("label", "logits", "scores", "head_version")
 MODEL_VERSION = "1"
 
 
@@ -56,7 +62,7 @@ class ServeSettings:
     threads: int | None = None
     artifact: str | None = None
     backend: str | None = None
-    tune: bool = True
+    measure: bool = True
     max_pixels: int = SERVE_MAX_PIXELS
     max_images: int = SERVE_MAX_IMAGES
     poll_ms: float = 50.0
@@ -72,6 +78,9 @@ class ServeSettings:
             raise ConfigError(f"must be at least 1, got {self.max_images}", option="max_images")
         if self.poll_ms <= 0:
             raise ConfigError(f"must be positive, got {self.poll_ms:g}", option="poll_ms")
+
+
+ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
 
 
 def _edgetl_version() -> str:
@@ -93,8 +102,8 @@ def error_status(exc: EdgetlError) -> int:
     return 500
 
 
-class _BatchedBackbone:
-    """The backbone as :func:`~edgetl.runtime.features.backbone_features` wants it, through the batcher."""
+class _BatchedRunner:
+    """The backbone as :func:`~edgetl.runtime.inference.features.backbone_features` wants it, through the batcher."""
 
     def __init__(self, service: "InferenceService"):
         self.preprocess, self.feature_dim, self._service = service.preprocess, service.feature_dim, service
@@ -118,8 +127,9 @@ class InferenceService:
         self.metrics = ServiceMetrics()
         self.bundle = Bundle.open(bundle)
         self.name = settings.name or self.bundle.path.resolve().name
-        self.backbone = Backbone(self.bundle, settings.artifact, settings.backend, settings.threads,
-                                 tune=settings.tune, log=lambda line: log({"event": "tune", "message": line}))
+        self.backbone = BackboneRunner(self.bundle, settings.artifact, settings.backend, settings.threads,
+                                 measure=settings.measure,
+                                       log=lambda line: log({"event": "measure", "message": line}))
         try:
             self.preprocess, self.feature_dim = self.backbone.preprocess, self.backbone.feature_dim
             self.live = LiveHead(self.bundle, settings.poll_ms / 1000, self._head_changed,
@@ -128,6 +138,7 @@ class InferenceService:
             self.backbone.close()
             raise
         self.text = isinstance(self.preprocess, TextPreprocess)
+        self.signature = Signature(self.text, None if self.text else self.preprocess.input_size, settings.max_images)
         self.batcher = DynamicBatcher(self.backbone.features, settings.max_batch, settings.max_wait_ms / 1000,
                                       self._observe_batch, self.preprocess.join if self.text else np.concatenate)
         self.decoder = ThreadPoolExecutor(max_workers=max(1, default_threads()), thread_name_prefix="edgetl-decode")
@@ -175,16 +186,6 @@ class InferenceService:
 
     # --- metadata -----------------------------------------------------------------------------------------------
 
-    @property
-    def input_shape(self) -> list[int]:
-        size = self.preprocess.input_size
-        return [3, size, size]
-
-    @property
-    def input_name(self) -> str:
-        """The OIP input of what a user sends: ``image`` (encoded files) or ``text`` (UTF-8), BYTES either way."""
-        return "text" if self.text else "image"
-
     def server_metadata(self) -> dict:
         return {"name": "edgetl", "version": _edgetl_version(), "extensions": ["binary_tensor_data", "edgetl_update"]}
 
@@ -193,8 +194,9 @@ class InferenceService:
         classes = len(state.labels)
         return {
             "name": self.name, "versions": [MODEL_VERSION], "platform": f"edgetl_{self.backbone.backend.name}",
-            "inputs": [{"name": self.input_name, "datatype": BYTES, "shape": [-1]}] +
-                      ([] if self.text else [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]),
+            "inputs": [{"name": self.signature.input_name, "datatype": BYTES, "shape": [-1]}] +
+                      ([] if self.text else [{"name": "input", "datatype": "FP32",
+                                              "shape": [-1, *self.signature.input_shape]}]),
             "outputs": [{"name": "label", "datatype": BYTES, "shape": [-1]},
                         {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
                         {"name": "scores", "datatype": "FP32", "shape": [-1, classes]},
@@ -208,27 +210,11 @@ class InferenceService:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
-    def _check_count(self, count: int, what: str) -> None:
-        if count > self.settings.max_images:
-            raise ProtocolError(f"{count} {what} in one request; at most {self.settings.max_images} (--max-images)",
-                                413)
-
-    def _texts(self, items: list[bytes]) -> list[str]:
-        """UTF-8 texts of a request (counted by the caller), each checked (not empty, not oversized)."""
-        texts = []
-        for index, data in enumerate(items):
-            try:
-                texts.append(check_text(data.decode("utf-8"), f"text[{index}]"))
-            except UnicodeDecodeError:
-                raise ProtocolError(f"text[{index}] is not UTF-8") from None
-            except DataError as exc:
-                raise ProtocolError(str(exc)) from None
-        return texts
-
     def _decode(self, items: list[bytes]) -> np.ndarray:
-        self._check_count(len(items), "texts" if self.text else "images")
+        """The backbone's input for encoded items (counted by the caller): texts tokenized, images decoded and
+        preprocessed as ``predict`` does (in the decode pool when there are several)."""
         if self.text:
-            return self.preprocess.encode(self._texts(items))
+            return self.preprocess.encode(utf8_texts(items))
 
         def one(index: int) -> np.ndarray:
             try:
@@ -240,34 +226,9 @@ class InferenceService:
             return one(0)[None]
         return np.stack(list(self.decoder.map(one, range(len(items)))))
 
-    def _images(self, request: InferRequest) -> np.ndarray:
-        name = self.input_name
-        unknown = sorted(set(request.inputs) - {name, "input"})
-        if unknown:
-            takes = f"'{name}'" if self.text else f"'{name}' or 'input'"
-            raise ProtocolError(f"unknown input(s) {', '.join(unknown)} (this model takes {takes})")
-        if len(request.inputs) != 1:
-            raise ProtocolError(f"give either '{name}' or 'input' (preprocessed), not both")
-        if name in request.inputs:
-            tensor = request.inputs[name]
-            what = "UTF-8 texts" if self.text else "encoded JPEG/PNG"
-            if tensor.datatype != BYTES:
-                raise ProtocolError(f"input '{name}' must be BYTES ({what}), got {tensor.datatype}")
-            if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) or not tensor.data:
-                raise ProtocolError(f"input '{name}' must have shape [N] or [N, 1] with N >= 1, got {tensor.shape}")
-            return self._decode(tensor.data)
-        if self.text:
-            raise ProtocolError("a text model takes its texts as 'text' (BYTES); token ids are not accepted")
-        tensor = request.inputs["input"]
-        expected = [-1, *self.input_shape]
-        if tensor.datatype != "FP32":
-            raise ProtocolError(f"input 'input' must be FP32, got {tensor.datatype}")
-        if len(tensor.shape) != 4 or tensor.shape[1:] != self.input_shape or tensor.shape[0] < 1:
-            raise ProtocolError(f"input 'input' must have shape {expected}, got {tensor.shape}")
-        self._check_count(tensor.shape[0], "inputs")
-        if not np.isfinite(tensor.data).all():
-            raise ProtocolError("input 'input' holds NaN or infinite values")
-        return np.ascontiguousarray(tensor.data, dtype=np.float32)
+    def _inputs(self, request: InferRequest) -> np.ndarray:
+        given = infer_input(request, self.signature)
+        return given.tensor if given.encoded is None else self._decode(given.encoded)
 
     def classify(self, images: np.ndarray) -> tuple[np.ndarray, HeadState, Ran]:
         """Logits of preprocessed images and the one head state that produced them."""
@@ -277,13 +238,9 @@ class InferenceService:
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""
-        wanted = request.outputs
-        if wanted is not None:
-            unknown = sorted({o.name for o in wanted} - set(OUTPUTS))
-            if unknown:
-                raise ProtocolError(f"unknown output(s) {', '.join(unknown)} (valid: {', '.join(OUTPUTS)})")
+        wanted = requested_outputs(request)
         with self.batcher.arriving():
-            images = self._images(request)
+            images = self._inputs(request)
         logits, state, ran = self.classify(images)
         n = len(logits)
         version = head_version(state)
@@ -293,8 +250,7 @@ class InferenceService:
             "scores": lambda: Tensor("scores", "FP32", list(logits.shape), softmax(logits).astype(np.float32)),
             "head_version": lambda: Tensor("head_version", "INT64", [n], np.full(n, version, np.int64)),
         }
-        chosen = [(tensors[o.name](), o.binary) for o in wanted] if wanted is not None else \
-            [(tensors[name](), request.binary_default) for name in OUTPUTS]
+        chosen = [(tensors[name](), binary) for name, binary in wanted]
         # OIP parameter values are scalars: the batches as comma-separated strings
         batches = {"head_version": version, "batch_sizes": ",".join(str(b.size) for b in ran.batches),
                    "batch_ids": ",".join(str(b.id) for b in ran.batches), "queue_ms": round(ran.queue_s * 1000, 3),
@@ -319,35 +275,19 @@ class InferenceService:
 
     # --- learning -----------------------------------------------------------------------------------------------
 
-    def update(self, request: InferRequest) -> dict:
-        """Learn labelled images (inputs ``image`` and ``label``, BYTES [N]) with ``edgetl-rt update``'s rules;
+    def update(self, request: InferRequest) -> UpdateReport:
+        """Learn labelled inputs (``image`` or ``text``, and ``label``, BYTES [N]) with ``edgetl-rt update``'s rules;
         answers after the committed version serves."""
-        settings = _update_settings(request.parameters, self.settings.max_pixels)
-        name = self.input_name
-        images, labels = request.inputs.get(name), request.inputs.get("label")
-        if images is None or labels is None or set(request.inputs) != {name, "label"}:
-            raise ProtocolError(f"an update takes exactly two inputs: '{name}' (BYTES, "
-                                f"{'UTF-8 texts' if self.text else 'encoded images'}) and 'label' (BYTES, class names)")
-        if images.datatype != BYTES or labels.datatype != BYTES:
-            raise ProtocolError(f"'{name}' and 'label' must both be BYTES")
-        noun = "texts" if self.text else "images"
-        self._check_count(len(images.data), noun)
-        if len(images.data) != len(labels.data) or not images.data:
-            raise ProtocolError(f"{len(images.data)} {noun} and {len(labels.data)} labels; give one label per "
-                                f"{noun[:-1]}")
-        try:
-            names = [label.decode("utf-8").strip() for label in labels.data]
-        except UnicodeDecodeError:
-            raise ProtocolError("labels must be UTF-8 text") from None
-        if any(not name or len(name) > 200 for name in names):
-            raise ProtocolError("every label must be a non-empty class name of at most 200 characters")
-        records = input_records(self._texts(images.data) if self.text else images.data, self.preprocess)
+        settings = UpdateSettings.for_service(**update_parameters(request.parameters),
+                                              max_pixels=self.settings.max_pixels)
+        items, names = update_inputs(request, self.signature)
+        records = input_records(utf8_texts(items) if self.text else items, self.preprocess)
         try:
             if not self._learning.acquire(timeout=settings.lock_timeout):
                 raise StoreBusyError(f"the service is busy learning (another update, or its background alpha "
                                      f"search); waited {settings.lock_timeout:g} s: retry, or raise lock_timeout")
             try:
-                report = learn_records(self.bundle, _BatchedBackbone(self), records, names, settings,
+                report = learn_records(self.bundle, _BatchedRunner(self), records, names, settings,
                                        artifact_name=self.backbone.artifact.name, source_name="the request",
                                        session=self.session)
             finally:
@@ -362,18 +302,18 @@ class InferenceService:
         try:
             self.live.refresh(force=True)
         except Exception as exc:     # noqa: BLE001 - committed all the same; the watcher retries the load
-            self.log({"event": "warning", "message": f"version {report['version']} committed but not loaded yet: "
+            self.log({"event": "warning", "message": f"version {report.version} committed but not loaded yet: "
                                                      f"{exc}"})
-        report["head_version"] = head_version(self.live.state)
-        if report["alpha_due"] and not report["alpha_searched"] and settings.method != "ncm":
+        report.head_version = head_version(self.live.state)
+        if report.alpha_due and not report.alpha_searched and settings.method != "ncm":
             self._in_background("tune", self._tune)
         return report
 
     def _tune(self) -> None:
         report = tune_alpha(self.bundle, self.session, lock_timeout=5.0)
         self.live.refresh(force=True)
-        self.log({"event": "tuned", "head_version": report["version"], "alpha": report["alpha"],
-                  "alpha_before": report["alpha_before"], "seconds": round(report["timings"]["alpha_s"], 3)})
+        self.log({"event": "tuned", "head_version": report.version, "alpha": report.alpha,
+                  "alpha_before": report.alpha_before, "seconds": round(report.timings.alpha_s, 3)})
 
     def _in_background(self, name: str, work: Callable[[], None]) -> None:
         """Run ``work`` in one background thread at a time (skipped while another runs or the service closes),
@@ -390,30 +330,3 @@ class InferenceService:
                 return
             self._background = threading.Thread(target=run, name=f"edgetl-{name}", daemon=True)
             self._background.start()
-
-
-def _update_settings(parameters: dict, max_pixels: int) -> UpdateSettings:
-    """The update's parameters (``method``, ``holdout``, ``max_accuracy_drop``, ``force``, ``reselect_alpha``,
-    ``lock_timeout``, ``skip_bad``), type-checked: a wrong type is a 400, never a guess."""
-    known = {"method": str, "holdout": float, "max_accuracy_drop": float, "force": bool, "reselect_alpha": bool,
-             "lock_timeout": float, "skip_bad": bool}
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
-        raise ProtocolError(f"unknown update parameter(s) {', '.join(unknown)} (valid: {', '.join(known)})")
-    values = {}
-    for key, kind in known.items():
-        if key not in parameters:
-            continue
-        value = parameters[key]
-        ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok:
-            raise ProtocolError(f"update parameter '{key}' must be {kind.__name__}, got {value!r}")
-        values[key] = value
-    if not 0 <= values.get("lock_timeout", 10.0) <= 300:
-        raise ProtocolError("lock_timeout must lie in [0, 300] seconds")
-    return UpdateSettings(method=values.get("method", "ridge"), holdout_fraction=float(values.get("holdout", 0.2)),
-                          max_accuracy_drop=float(values.get("max_accuracy_drop", 2.0)),
-                          force=values.get("force", False), reselect_alpha=values.get("reselect_alpha", False),
-                          lock_timeout=float(values.get("lock_timeout", 10.0)), skip_bad=values.get("skip_bad", False),
-                          max_pixels=max_pixels)

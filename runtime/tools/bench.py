@@ -3,7 +3,7 @@
 Each (artifact, backend, threads) cell runs in a fresh interpreter by
 default, so that its cold start (load to first result) and peak RSS are its
 own and not the sum of the cells before it.  Latency follows MLPerf
-SingleStream / benchmark_app practice (:mod:`edgetl.runtime.latency`): warm-up, a minimum
+SingleStream / benchmark_app practice (:mod:`edgetl.runtime.engines.latency`): warm-up, a minimum
 count and duration, percentiles; larger batches give throughput.  Accuracy
 comes from the manifest (measured at export on the run's validation split,
 with the backend named) or, with ``data``, is measured again here.  Rows
@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import installed
+from ..engines.backends import installed
 from ..documents import utc_now
 from ..errors import ConfigError, EdgetlError
 from ..fsutil import atomic_directory
-from ..latency import BenchSettings, latency_stats, measure, peak_rss_mb
+from ..engines.latency import BenchSettings, latency_stats, measure, peak_rss_mb
 from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
-from ..bundle import Bundle
-from ..manifest import Artifact, BundleManifest
-from ..text import DEFAULT_SEQ_LEN, TextPreprocess
+from ..bundle.folder import Bundle
+from ..bundle.manifest import Artifact, BundleManifest
+from ..data.text import DEFAULT_SEQ_LEN, TextPreprocess
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
@@ -121,9 +121,9 @@ def _inputs(preprocess, batches: tuple[int, ...], seq_lens: tuple[int, ...], see
 def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], bench: BenchSettings,
                  seq_lens: tuple[int, ...] = (DEFAULT_SEQ_LEN,)) -> dict:
     """Cold start, latency per batch (and sequence length) and peak RSS of one cell, in this process."""
-    from ..backends import BACKEND_MODULES
-    from ..model import EdgeModel
-    from ..tune import import_seconds
+    from ..engines.backends import BACKEND_MODULES
+    from ..inference.model import EdgeModel
+    from ..engines.measure import import_seconds
 
     import_s = import_seconds(BACKEND_MODULES.get(cell.backend, cell.backend))
     t0 = time.perf_counter()
@@ -170,8 +170,8 @@ def _accuracy(bundle: Bundle, artifact: Artifact, backend: str, data: str | None
         return artifact.accuracy, f"manifest ({artifact.evaluated_with or artifact.backend}, export validation split)"
     key = (artifact.name, backend)
     if key not in cache:
-        from ..evaluate import evaluate_bundle
-        from ..model import EdgeModel
+        from ..inference.evaluate import evaluate_bundle
+        from ..inference.model import EdgeModel
 
         with EdgeModel(bundle, artifact=artifact.name, backend=backend) as model:
             cache[key] = evaluate_bundle(model, data)["accuracy"]
@@ -225,7 +225,7 @@ def run_matrix(bundle: str | Path, settings: MatrixSettings | None = None, data:
                    "accuracy_source": source, "p99_over_p50": spread, "noisy": spread > settings.noise_threshold,
                    "backend_info": measured["backend_info"]}
             if cell.backend == "openvino" and not text:   # the same settings for OpenVINO's own tool
-                from ..backends.openvino import benchmark_app_command
+                from ..engines.backends.openvino import benchmark_app_command
 
                 row["benchmark_app"] = " ".join(benchmark_app_command(
                     str(Path(bundle) / artifact.file), preprocess.input_size, stats["batch"],
@@ -249,7 +249,7 @@ def row_key(row: dict) -> tuple:
 
 def machine_info() -> dict:
     """CPU model, cores and flags of note, memory, GPU, OS and library versions: context for every figure."""
-    from ..cuda import cuda_info
+    from ..engines.cuda import cuda_info
 
     cpu, memory, cuda = cpu_facts(), memory_facts(), cuda_info()
     info = {

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data import open_data
+from ..data.sources import open_data
+from ..compat import renamed_keyword
 from ..errors import ConfigError
 from ..fsutil import atomic_directory
-from ..features import backbone_features
-from ..heads import normalise_rows
-from ..model import EdgeModel
+from ..inference.features import backbone_features
+from ..bundle.heads import normalise_rows
+from ..inference.model import EdgeModel
 from ..progress import ProgressFactory, silent_progress
 
 
@@ -58,12 +59,13 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts
     return best
 
 
+@renamed_keyword("tune", "measure")
 def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overwrite: bool = False, seed: int = 0,
                    artifact: str | None = None, backend: str | None = None, threads: int | None = None,
-                   progress: ProgressFactory = silent_progress, tune: bool = True) -> dict:
+                   progress: ProgressFactory = silent_progress, measure: bool = True) -> dict:
     source = open_data(data, labelled=False)
     records = source.split("all")
-    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, tune=tune) as model:
+    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, measure=measure) as model:
         found = backbone_features(model, records, model.adapter, skip_bad=True, progress=progress)
         features, kept = found.values, found.kept
         predicted = np.argmax(model.head.logits(features), axis=1) if len(kept) else np.zeros(0, int)

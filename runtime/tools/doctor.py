@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from edgetl.devices import DeviceProfile, load_profiles
 
-from ..backends import available_backends
-from ..cuda import cuda_info
+from ..engines.backends import available_backends
+from ..engines.cuda import cuda_info
 from ..machine import cpu_class, cpu_facts, jetson_facts, memory_facts
-from ..engines import parse_version
+from ..engines.sidecar import parse_version
 
 def backend_facts() -> dict:
     found = {}

@@ -18,12 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cuda import CudaRuntime
+from ..engines.cuda import CudaRuntime
 from ..deps import require
 from ..errors import EdgetlError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from ..manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
-from ..engines import EngineMetadata, sidecar_path
+from ..bundle.manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
+from ..engines.sidecar import EngineMetadata, sidecar_path
 from .engine_plan import TIMING_CACHE, BuildPlan, engine_metadata, plan_build
 
 

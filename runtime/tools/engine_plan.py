@@ -11,16 +11,16 @@ decision that does not need the library, so that it can be tested anywhere:
   TensorRT 11, which removed the precision flags and the INT8 calibrator
   (the types then come from the ONNX file itself);
 * the equivalent ``trtexec`` command line;
-* the engine's sidecar metadata (read and checked by :mod:`edgetl.runtime.engines`).
+* the engine's sidecar metadata (read and checked by :mod:`edgetl.runtime.engines.sidecar`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engines import ENGINE_FOLDER, EngineMetadata, parse_version
+from ..engines.sidecar import ENGINE_FOLDER, EngineMetadata, parse_version
 from ..errors import BundleError, ConfigError
-from ..manifest import BundleManifest
+from ..bundle.manifest import BundleManifest
 
 TIMING_CACHE = f"{ENGINE_FOLDER}/timing.cache"
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import BundleError
 from ..fsutil import atomic_directory
-from ..manifest import MANIFEST_NAME, read_bundle_manifest
-from ..timings import LOCAL_STATE
+from ..bundle.manifest import MANIFEST_NAME, read_bundle_manifest
+from ..bundle.timings import LOCAL_STATE
 
 #: Refuse archives that would expand beyond this (a "tar bomb"); bundles are tens of MB.
 MAX_UNPACKED_BYTES = 8 << 30

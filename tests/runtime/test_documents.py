@@ -177,7 +177,7 @@ def test_to_json_round_trips_through_build():
 # --- the readers that use it ----------------------------------------------------------------------------------
 
 def test_timings_rows_are_typed_and_version_1_rows_came_from_bench(tmp_path):
-    from edgetl.runtime.timings import TIMINGS_FOLDER, machine_key, read_timings
+    from edgetl.runtime.bundle.timings import TIMINGS_FOLDER, machine_key, read_timings
 
     (tmp_path / TIMINGS_FOLDER).mkdir()
     path = tmp_path / TIMINGS_FOLDER / f"{machine_key()[0]}.json"

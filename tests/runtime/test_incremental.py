@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.heads import NCMHead, RidgeHead, load_head
+from edgetl.runtime.bundle.heads import NCMHead, RidgeHead, load_head
 from edgetl.runtime.learning import NCMLearner, RidgeLearner, SGDLearner
 
 from conftest import gaussian_blobs, relative_error

@@ -1,11 +1,13 @@
 import io
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
-from edgetl.runtime.preprocess import PreprocessConfig, load_image, preprocess, resize_and_crop
+from edgetl.runtime.data.preprocess import PreprocessConfig, load_image, preprocess, resize_and_crop
 
 from conftest import write_image
 
@@ -36,10 +38,70 @@ def test_output_is_normalized_chw_float32(tmp_path):
     np.testing.assert_allclose(x[1], (0.0 - 0.5) / 0.25, rtol=1e-6)
 
 
-def test_resize_keeps_aspect_then_crops_centre():
-    image = Image.new("RGB", (200, 100))
+def _resize_whole_then_crop(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """The 0.6 arithmetic, as a reference: the whole image resized (shorter side to resize_size), then the centre
+    crop at whole-pixel offsets."""
+    scale = config.resize_size / min(image.size)
+    width, height = max(config.input_size, round(image.width * scale)), max(config.input_size, round(image.height * scale))
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = (width - config.input_size) // 2, (height - config.input_size) // 2
+    return np.asarray(resized.crop((left, top, left + config.input_size, top + config.input_size)), np.int16)
+
+
+@pytest.mark.parametrize("size", [(200, 100), (100, 200), (333, 211), (600, 20), (20, 600), (32, 32)])
+def test_the_crop_is_the_centre_of_the_resized_image(size):
+    """Resampling only the crop's box gives the pixels of resizing the whole image and cropping its centre (within
+    the rounding of Pillow's intermediate pass): the same geometry as before, without the whole resize."""
+    rng = np.random.default_rng(sum(size))
+    smooth = rng.integers(0, 255, (size[1] // 4 + 1, size[0] // 4 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(smooth).resize(size, Image.Resampling.BILINEAR)   # photo-like: no pixel-level noise
     out = resize_and_crop(image, CONFIG)
     assert out.size == (32, 32)
+    assert np.abs(np.asarray(out, np.int16) - _resize_whole_then_crop(image, CONFIG)).max() <= 2
+
+
+def test_the_crop_of_a_strip_is_its_centre():
+    """A 2000 x 3 gradient strip (refused before 0.7) is accepted; its crop is the middle three pixels of the
+    gradient, not an end of it, and a 3 x 2000 strip's the middle three rows."""
+    ramp = np.linspace(0, 255, 2000)
+    across = np.repeat(ramp[None, :, None], 3, axis=0).repeat(3, axis=2).astype(np.uint8)
+    down = np.ascontiguousarray(across.transpose(1, 0, 2))
+    for strip in (across, down):
+        out = np.asarray(resize_and_crop(Image.fromarray(strip), CONFIG), np.float64)
+        assert out.shape == (32, 32, 3) and abs(out.mean() - 127.5) < 2 and out.std() < 1
+
+
+STRIP_MEMORY = """
+import io, sys
+import numpy as np
+from PIL import Image
+from edgetl.runtime.data.preprocess import PreprocessConfig, crop
+
+def peak_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+
+buffer = io.BytesIO()
+Image.new("L", (int(sys.argv[1]), int(sys.argv[2])), 128).save(buffer, "PNG")
+config = PreprocessConfig.for_size(224, 0.875, (0.5,) * 3, (0.5,) * 3)
+small = io.BytesIO()
+Image.new("L", (16, 64), 128).save(small, "PNG")
+crop(small.getvalue(), config)                       # warm: the PNG plugin and resampling loaded on a small image
+before = peak_mb()
+pixels = crop(buffer.getvalue(), config)
+print(pixels.shape, round(peak_mb() - before, 1))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux)")
+def test_a_long_strip_costs_the_crop_not_its_length(child_python):
+    """A 16 x 65536 PNG (1 MP, within any pixel limit) once had to be refused: resizing its short side to 256 would
+    have made 256 x 1,048,576 pixels (768 MB).  Resampling the crop's box alone, it costs little more than the
+    decoded strip."""
+    out = subprocess.run([child_python, "-c", STRIP_MEMORY, "16", "65536"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    shape, grown_mb = out.stdout.rsplit(" ", 1)
+    assert shape == "(224, 224, 3)" and float(grown_mb) < 64
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "CMYK", "P", "I;16", "1"])

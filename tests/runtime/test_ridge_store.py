@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from edgetl.runtime.errors import BundleError
-from edgetl.runtime.heads import RidgeHead, RidgeStatistics
+from edgetl.runtime.bundle.heads import RidgeHead, RidgeStatistics
 from edgetl.runtime.learning import RidgeLearner
-from edgetl.runtime.ridge_system import RidgeSystem
-from edgetl.runtime.store import FeatureStore
-from edgetl.runtime.update import UpdateSettings, learn_features, rollback_bundle, tune_alpha
+from edgetl.runtime.learning.ridge_system import RidgeSystem
+from edgetl.runtime.bundle.store import FeatureStore
+from edgetl.runtime.learning import UpdateSettings, learn_features, rollback_bundle, tune_alpha
 
 from conftest import make_folder_dataset, relative_error, unbounded_updates
 

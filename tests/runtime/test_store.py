@@ -15,8 +15,8 @@ import pytest
 
 from edgetl.runtime import EdgeModel
 from edgetl.runtime.errors import BundleError, UpdateRejectedError
-from edgetl.runtime.store import FeatureStore, StoreBusyError
-from edgetl.runtime.update import UpdateSettings, learn_features, rollback_bundle
+from edgetl.runtime.bundle.store import FeatureStore, StoreBusyError
+from edgetl.runtime.learning import UpdateSettings, learn_features, rollback_bundle
 
 DIM = 16   # the tiny test backbone's feature size
 
@@ -65,7 +65,7 @@ def test_versions_history_and_rollback(bundle):
 
 
 def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundle):
-    from edgetl.runtime.heads import RidgeHead, RidgeStatistics
+    from edgetl.runtime.bundle.heads import RidgeHead, RidgeStatistics
 
     _, store = _learned(bundle, seed=1, rounds=5, n=12)
     version = store.version()
@@ -85,7 +85,7 @@ def test_ridge_state_after_updates_equals_a_batch_fit_on_everything_stored(bundl
 KILLED_UPDATER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from edgetl.runtime.update import UpdateSettings, learn_features
+    from edgetl.runtime.learning import UpdateSettings, learn_features
 
     bundle, seed = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(seed)
@@ -134,7 +134,7 @@ def test_sigkill_at_random_moments_never_loses_a_returned_update(bundle, child_p
 KILL_POINT_UPDATER = textwrap.dedent("""
     import json, os, pathlib, shutil, signal, sys
     import numpy as np
-    from edgetl.runtime.update import UpdateSettings, learn_features
+    from edgetl.runtime.learning import UpdateSettings, learn_features
 
     bundle, kind, when, nth, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     seen = [0]
@@ -205,7 +205,7 @@ def test_sigkill_at_every_step_of_the_commit_path_loses_nothing_and_counts_nothi
 def test_second_writer_waits_or_fails_clearly(bundle, child_python):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from edgetl.runtime.store import FeatureStore
+        from edgetl.runtime.bundle.store import FeatureStore
         with FeatureStore({str(bundle)!r}).locked():
             print("locked", flush=True)
             time.sleep(2.0)
@@ -252,7 +252,7 @@ def test_bad_labels_are_not_committed_unless_forced(bundle):
 
 
 def test_eviction_keeps_the_newest_rows_per_class_and_the_statistics_of_all(bundle):
-    from edgetl.runtime.update import _holdout_flags
+    from edgetl.runtime.learning.update import _holdout_flags
 
     settings = UpdateSettings(max_accuracy_drop=100.0, max_per_class=10, max_holdout_per_class=3, holdout_fraction=0.2)
     rng = np.random.default_rng(6)

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgetl.runtime.backends import tensorrt as backend_module
-from edgetl.runtime.backends.tensorrt import TensorRTBackend
-from edgetl.runtime.engines import EngineMetadata
+from edgetl.runtime.engines.backends import tensorrt as backend_module
+from edgetl.runtime.engines.backends.tensorrt import TensorRTBackend
+from edgetl.runtime.engines.sidecar import EngineMetadata
 from edgetl.runtime.errors import BundleError, ConfigError
 
 MAX_SHAPE = [4, 3, 8, 8]

@@ -1,0 +1,108 @@
+"""A bundle folder opened once: manifest read, the files this process uses verified once each, its feature store
+and this machine's timings beside it.
+
+Every device-side job (run, evaluate, update, adapt, bench, serve) takes a :class:`Bundle` (or a path, opened
+into one), so a process reads the manifest once and checks each file's sha256 once however many steps use it.
+``edgetl-rt unpack`` verifies every file when a bundle arrives; here only what is loaded is checked.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError
+from .heads import Head, load_head
+from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_file
+from ..data.preprocess import PreprocessConfig, preprocess_from_dict
+from .store import FeatureStore
+from ..data.text import TextPreprocess
+from .timings import TimingRecord, read_timings
+
+
+@dataclass
+class HeadState:
+    """The head that answers now: its classes, the feature adapter (``edgetl-rt adapt``) and its store version
+    (None: the head the bundle was exported with)."""
+
+    head: Head
+    labels: list[str]
+    adapter: dict[str, np.ndarray] | None
+    version: int | None
+
+
+class Bundle:
+    """An opened bundle.  ``verify=False`` skips the sha256 checks (the caller has just verified everything)."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        if self.path.is_file() and self.path.name.endswith((".tar.gz", ".tgz")):
+            raise BundleError(f"{path} is a packed bundle; unpack it first: edgetl-rt unpack {path} DEST")
+        self.manifest: BundleManifest = read_bundle_manifest(self.path, verify=False)
+        self.verify = verify
+        self.store = FeatureStore(self.path)
+        self._verified: set[str] = set()
+
+    @classmethod
+    def open(cls, bundle: "str | Path | Bundle", verify: bool = True) -> "Bundle":
+        """``bundle`` itself when it is open already, else the folder opened."""
+        return bundle if isinstance(bundle, Bundle) else cls(bundle, verify=verify)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r})"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.manifest.feature_dim
+
+    @functools.cached_property
+    def preprocess(self) -> PreprocessConfig | TextPreprocess:
+        """How an input becomes the backbone's tensor; a text model's tokenizer is read from the bundle, its sha256
+        checked against the manifest's."""
+        config = preprocess_from_dict(self.manifest.preprocess, self.path)
+        if isinstance(config, TextPreprocess):
+            self.file({"file": config.tokenizer, "sha256": config.tokenizer_sha256})
+        return config
+
+    def verify_artifact(self, artifact: Artifact) -> None:
+        """sha256 of the artifact's file and companions (OpenVINO's .bin), each once per process."""
+        for entry in ({"file": artifact.file, "sha256": artifact.sha256}, *artifact.companions):
+            self.file(entry)
+
+    def file(self, entry: dict) -> Path:
+        """The path of a manifest file entry (the head, the learning data, the check set), its sha256 checked
+        once per process; a tampered file raises :class:`BundleError`."""
+        if self.verify and entry["file"] not in self._verified:
+            verify_file(self.path, entry["file"], entry["sha256"])
+            self._verified.add(entry["file"])
+        return self.path / entry["file"]
+
+    @functools.cached_property
+    def exported_head(self) -> Head:
+        """The head the bundle was exported with, verified and checked against the manifest's classes and size
+        (read once: measuring and the store's first version both use it)."""
+        head_file = self.manifest.head
+        head = load_head(self.file(head_file))
+        if head.num_classes != len(self.manifest.labels) or head.feature_dim != self.feature_dim:
+            raise BundleError(
+                f"head {head_file['file']} has shape ({head.num_classes} classes, {head.feature_dim} features) "
+                f"but the manifest says ({len(self.manifest.labels)}, {self.feature_dim})"
+            )
+        return head
+
+    def current_head(self, use_store: bool = True) -> HeadState:
+        """The store's current version when the device has learned (checked by the store), else the exported one."""
+        if use_store and self.store.exists:
+            version = self.store.version()
+            head = self.store.head(version)
+            if head.num_classes != len(version.classes) or head.feature_dim != self.feature_dim:
+                raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
+            return HeadState(head, list(version.classes), self.store.adapter(version), version.version)
+        return HeadState(self.exported_head, list(self.manifest.labels), None, None)
+
+    def timings(self) -> TimingRecord | None:
+        """What this machine measured of the bundle's artifacts (read afresh: measuring writes it)."""
+        return read_timings(self.path)

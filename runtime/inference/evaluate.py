@@ -1,0 +1,35 @@
+"""Device-side evaluation of a bundle on labelled data."""
+
+from __future__ import annotations
+
+from ..data.sources import SPLITS, open_data
+from ..errors import BelowMinAccuracyError, ConfigError
+from .model import EdgeModel
+from ..progress import ProgressFactory, silent_progress
+
+
+def evaluate_bundle(
+    model: EdgeModel,
+    data_address: str,
+    split: str | None = None,
+    skip_bad: bool = False,
+    progress: ProgressFactory = silent_progress,
+) -> dict:
+    """Evaluate on ``split`` of the data (default: its val split when it has one, else all)."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}", option="split")
+    data = open_data(data_address, skip_bad=skip_bad).remap_to(model.labels)
+    chosen = split or ("val" if data.has_val else "all")
+    report = model.evaluate(data.split(chosen), skip_bad=skip_bad, progress=progress)
+    report["skipped"] = list(data.skipped) + report["skipped"]
+    report.update(data=data_address, split=chosen)
+    return report
+
+
+def require_accuracy(report: dict, minimum: float) -> None:
+    """Raise :class:`BelowMinAccuracyError` when ``report``'s accuracy is below ``minimum``: a deployment gate
+    a script can test by exit code, after the report itself has been shown."""
+    if report["accuracy"] < minimum:
+        raise BelowMinAccuracyError(
+            f"accuracy {report['accuracy']:.4f} on {report['data']} [{report['split']}] is below the required "
+            f"{minimum:g}", option="min_accuracy")

@@ -14,11 +14,11 @@ export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
 RUNTIME_VENV := .venv-runtime
 ARM64_ROOT ?= $(HOME)/.cache/edgetl/arm64
 
-.PHONY: install demo test test-runtime check-arm64 bench lint clean
+.PHONY: install demo test test-runtime check-arm64 bench lint dist clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
@@ -71,7 +71,12 @@ bench: install
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install
-	$(BIN)/ruff check edgetl exporters runtime devices tests benchmarks
+	$(BIN)/ruff check edgetl exporters runtime devices tests benchmarks setup.py
+
+# The sdist and the wheel, into dist/ (setup.py finds the packages and their data files; tests/test_wheel.py
+# installs such a wheel on its own and runs the host and device paths from it).
+dist: install
+	$(BIN)/python -m build --outdir dist
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache build dist

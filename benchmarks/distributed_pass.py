@@ -2,7 +2,7 @@
 
 On this project's 2-core machines the ranks share the cores one process already uses (each rank gets one
 thread), so the figure says what sharding costs, not what it gains; on N GPUs or N machines each rank has its
-own device.  Default: ``../shared/data/clothing10`` (713 photos) at 224 px, Lite0, ridge head, eager torch.
+own device.  Default: ``data/clothing10`` (713 photos) at 224 px, Lite0, ridge head, eager torch.
 Results: ``benchmarks/results/distributed_pass.json``.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from _common import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
-CLOTHING = ROOT.parent / "shared" / "data" / "clothing10"
+CLOTHING = ROOT / "data" / "clothing10"
 
 
 def run(prefix: list[str], data: str, tmp: Path, name: str, engine: str) -> float:

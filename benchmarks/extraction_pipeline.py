@@ -1,6 +1,6 @@
 """The host extraction pipeline against its engine alone, and its memory as the record count grows.
 
-1. Throughput (``--records``, default 1,500 rows of ``../shared/data/clothing10`` photos repeated through a CSV,
+1. Throughput (``--records``, default 1,500 rows of ``data/clothing10`` photos repeated through a CSV,
    Lite0 at 224 px): the engine alone on batches already decoded and preprocessed, against the whole pass
    (decode and resize, normalize, engine, cache writes); target: the whole pass at least 0.9 of the engine alone.
    On a CPU the engine alone is the faster of one engine on every core and one single-threaded copy per core
@@ -38,7 +38,7 @@ from edgetl.pipeline import usable_cores
 from edgetl.runtime.data.preprocess import crop, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-CLOTHING = ROOT.parent / "shared" / "data" / "clothing10"
+CLOTHING = ROOT / "data" / "clothing10"
 
 PASS = textwrap.dedent("""
     import json, resource, sys, time
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--memory", default="10000,100000", help="Record counts of the memory runs ('' skips).")
     args = parser.parse_args()
     if not CLOTHING.is_dir():
-        raise SystemExit(f"{CLOTHING} not found (../shared/data beside the repository)")
+        raise SystemExit(f"{CLOTHING} not found (the repository's data/ folder, data/README.md)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print(f"throughput over {args.records} clothing10 photos at 224 px", flush=True)

@@ -1,15 +1,12 @@
 """Batch-1 latency of every artifact and precision against eager torch for the same model, in one run.
 
-Fine-tunes EfficientNet-Lite0 on real photos (../shared/data/flowers3, or
-builtin:digits at 224 px when absent), exports every CPU format, then times
-the full model (backbone + head) on the same 224x224 input with the same
-warm-up and measurement rules: eager torch (NCHW and channels-last, the
-faster counts) and each artifact on its backend at the precision it declares
-(stated to the engine, never its default).  An artifact this CPU cannot run
-as stated (8-bit int8 without VNNI, bf16 without native bf16) is listed as
-not run, with the reason.  Accuracy and drop against fp32 come from the
-export's gate measurement.  Results go to results/runtime_vs_eager_<cpu class>.json
-so each class of CPU keeps its own figures.
+Fine-tunes EfficientNet-Lite0 on real photos (data/flowers3) at 224 px, exports every CPU format, then times the
+full model (backbone + head) on the same 224x224 input with the same warm-up and measurement rules: eager torch
+(NCHW and channels-last, the faster counts) and each artifact on its backend at the precision it declares
+(stated to the engine, never its default). An artifact this CPU cannot run as stated (8-bit int8 without VNNI,
+bf16 without native bf16) is listed as not run, with the reason. Accuracy and drop against fp32 come from the
+export's gate measurement. Results go to results/runtime_vs_eager_<cpu class>.json so each class of CPU keeps
+its own figures.
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
 from edgetl.runtime.bundle.heads import load_head
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
 
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers3"
+FLOWERS = Path(__file__).resolve().parents[1] / "data" / "flowers3"
 FORMATS = ("onnx,onnx-fp16,onnx-int8,onnx-int8-vnni,onnx-int8-trt,openvino,openvino-bf16,openvino-int8,"
            "openvino-int8-vnni")
 #: Targets from the issue, for the CPU class that has the instructions (AVX2-only CPUs report figures only).
@@ -62,7 +59,7 @@ def main() -> None:
     parser.add_argument("--min-runs", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None, help="Same thread count for torch and the runtimes.")
     args = parser.parse_args()
-    data = str(FLOWERS) if FLOWERS.is_dir() else "builtin:digits"
+    data = str(FLOWERS)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     settings = BenchSettings(batch=1, min_runs=args.min_runs, min_seconds=args.min_seconds)

@@ -1,6 +1,6 @@
 """Backbone selection, measured in one run on real data sets.
 
-For each data set (builtin:digits, ../shared/data/flowers3, ../shared/data/clothing10 where present):
+For each data set (builtin:digits, data/flowers3, data/clothing10, or those named by --data):
 
 (a) the ranking by transferability score (k-fold probe accuracy and LogME, on the training split) against the
     ranking by fine-tuned validation accuracy of every candidate: Kendall tau, for each head finetune offers
@@ -36,9 +36,9 @@ from edgetl.plot import pareto_front
 from edgetl.selection import SelectConfig, select_backbones, selection_summary
 from edgetl.selection.transferability import kendall_tau
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 HEADS = ("linear", "mlp", "ridge")
-DATASETS = ("builtin:digits", str(SHARED / "flowers3"), str(SHARED / "clothing10"))
+DATASETS = ("builtin:digits", str(DATA / "flowers3"), str(DATA / "clothing10"))
 
 
 def plain_passes(address: str, cache_dir: Path) -> dict[str, float]:
@@ -85,13 +85,13 @@ def main() -> None:
                         help="Seeded splits averaged for data without a val split of its own.")
     args = parser.parse_args()
     depths = tuple(int(d) for d in args.train_last.split(",")) if args.train_last else ()
+    missing = [a for a in args.data if not a.startswith("builtin:") and not Path(a).exists()]
+    if missing:
+        raise SystemExit(f"data not found: {', '.join(missing)}")
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for address in args.data:
-            if not address.startswith("builtin:") and not Path(address).exists():
-                print(f"skipped {address}: not found")
-                continue
             name = Path(address).name if not address.startswith("builtin:") else address
             cold, plain = tmp / name / "cold", tmp / name / "plain"
             passes = plain_passes(address, plain)

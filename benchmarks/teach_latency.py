@@ -1,6 +1,6 @@
 """Teaching one image, measured in one run: a one-image update against one predict of the same image.
 
-A ridge head on EfficientNet-Lite0 at 224 px is trained on real photos (``../shared/data/clothing10``) and
+A ridge head on EfficientNet-Lite0 at 224 px is trained on real photos (``data/clothing10``) and
 exported; its store is filled to at least 1,000 samples with mirrored copies of the training photos (through
 ``update_bundle``, as a device would learn them).  Then, for new images (the photos turned upside down and
 cropped, so their bytes and features are new), one image per update:
@@ -14,7 +14,7 @@ commit (fsync included).  Targets (issue 15): head maths + commit at most 20 ms 
 update at most its predict + 25 ms.  Store size after the in-process updates: against the size of the stored
 features themselves (target at most 2x), and against the 0.4 format, which kept the full float64 statistics
 in every version (two d×d matrices: state.npz and the ridge head's own copy) for the ``keep_versions`` kept.
-Run: python benchmarks/teach_latency.py [--updates 100] [--commands 5] [--data ../shared/data/clothing10]
+Run: python benchmarks/teach_latency.py [--updates 100] [--commands 5] [--data data/clothing10]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from _common import save_result, verdict
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clothing10"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "clothing10"
 
 
 def _photos(data: Path, split: str) -> list[tuple[Path, str]]:
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=5, help="One-image updates as commands.")
     args = parser.parse_args()
     if not args.data.is_dir():
-        sys.exit(f"{args.data} is missing (real photos, ../shared/data/clothing10 beside the repository)")
+        sys.exit(f"{args.data} is missing (real photos; data/clothing10 is part of the repository)")
     from edgetl.exporters.bundle import export_run
     from edgetl.finetune import FinetuneConfig, finetune
     from edgetl.heads import HeadConfig

@@ -14,7 +14,7 @@ judged on ``test.csv`` (3,080 queries) through the device runtime:
 * on-device learning: a head trained on the host with 60 of the 77 intents, the other 17 learned with
   ``edgetl-rt update`` from their training texts, against the host's 77-intent head (target: within 1 point).
 
-Run: python benchmarks/text_transfer.py [--data ../shared/data/banking77] [--formats ...]
+Run: python benchmarks/text_transfer.py [--data data/banking77] [--formats ...]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 
 from _common import save_result, verdict
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "banking77"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77"
 FORMATS = "onnx,onnx-fp16,onnx-int8-dynamic,openvino,openvino-bf16,openvino-int8"
 BIN = Path(sys.executable).parent
 

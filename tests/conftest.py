@@ -20,8 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The committed bundle of the torch-free tests (tests/data/make_tiny_bundle.py): tiny CNN, 16 features, ridge head,
 #: classes red / green / blue, artifacts onnx and onnx-int8, learning data.
 TINY_BUNDLE = REPO_ROOT / "tests" / "data" / "tiny-bundle"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-FLOWERS = SHARED_DATA / "flowers3"
+#: The real photo and text sets (data/README.md): part of the repository, so a test never skips for want of them.
+DATA = REPO_ROOT / "data"
+FLOWERS = DATA / "flowers3"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -100,11 +101,18 @@ def child_python() -> str:
     return sys.executable
 
 
+def repository_data(path: Path) -> Path:
+    """``path`` inside data/, failing the test by its name where it is missing: a clone holds every set, so a missing
+    one is a broken checkout, not a reason to skip."""
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the data sets are part of the repository (data/README.md)", pytrace=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def flowers_dir() -> Path:
-    if not FLOWERS.is_dir():
-        pytest.skip(f"real test photos not found at {FLOWERS} (../shared/data beside the repository)")
-    return FLOWERS
+    """The 30 real flower photos (daisy, rose, sunflower)."""
+    return repository_data(FLOWERS)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, import_blocker, request, serving
+from conftest import DATA, import_blocker, repository_data, request, serving
 
-BANKING = SHARED_DATA / "banking77"
+BANKING = DATA / "banking77"
 INTENTS = 8
 PER_INTENT = 40
 
@@ -41,8 +41,7 @@ def write_texts(path: Path, rows: list[tuple[str, str]], header=("text", "label"
 def banking(tmp_path_factory):
     """Train (40 per intent) and test (all 40 per intent) CSVs of the first 8 intents, and the next 2 intents'
     training texts (for learning new intents on the device)."""
-    if not (BANKING / "train.csv").is_file():
-        pytest.skip(f"banking77 not found at {BANKING} (../shared/data beside the repository)")
+    repository_data(BANKING / "train.csv")
     train, test = _rows("train.csv"), _rows("test.csv")
     intents = sorted({r["category"] for r in train})
     chosen, new = intents[:INTENTS], intents[INTENTS:INTENTS + 2]

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from .options import json_option, lock_timeout_option, with_model_options
+from .options import json_option, lock_timeout_option, overwrite_option, skip_bad_option, with_model_options
 from .output import fmt, print_json, print_table, progress
 
 
@@ -35,7 +35,7 @@ def _version_dict(version) -> dict:
               help="A due regularisation search (the samples grew by a quarter) runs only on an update with at least "
                    "this many new training images; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@skip_bad_option
 @json_option
 @with_model_options
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, alpha_search_min,
@@ -167,7 +167,7 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @click.option("--k", type=int, required=True, help="Number of groups.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means restarts.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@overwrite_option("OUT")
 @json_option
 @with_model_options
 def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:

@@ -145,7 +145,7 @@ def select(data, candidates, target, budget_ms, train_last, folds, image_size, c
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Points of top-1 an artifact may lose against fp32 before its fallbacks, then failure.")
 @click.option("--calib", type=int, default=300, show_default=True,
-              help="Calibration images (a seeded sample of the training split) for int8 formats.")
+              help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
 @overwrite_option("the bundle")
 @json_option
@@ -192,15 +192,17 @@ def data() -> None:
 @overwrite_option("OUT")
 @json_option
 def data_export(source, out, classes, overwrite, as_json) -> None:
-    """Write SOURCE (e.g. builtin:digits) as an image folder OUT with train/ and val/."""
-    from edgetl.data_export import export_image_folder
+    """Write SOURCE (e.g. builtin:digits) as an image folder OUT with train/ and val/ (labelled texts: as
+    OUT/texts.csv with a split column)."""
+    from edgetl.data_export import export_data
 
     subset = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    counts = export_image_folder(source, out, classes=subset, overwrite=overwrite)
+    written = export_data(source, out, classes=subset, overwrite=overwrite)
     if as_json:
-        print_json({"source": source, "out": str(out), "images": dict(counts)})
+        print_json({"source": source, "out": str(out), "images": dict(written.counts)})
         return
-    click.echo(f"wrote {out}: " + ", ".join(f"{split} {n} images" for split, n in counts.items()))
+    noun = "texts" if written.modality == "text" else "images"
+    click.echo(f"wrote {out}: " + ", ".join(f"{split} {n} {noun}" for split, n in written.counts.items()))
 
 
 @data.command("list")
@@ -273,10 +275,11 @@ def bench(compare, **options) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("data", required=False)
 @split_option
-@click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
+@click.option("--limit", type=int, default=64, show_default=True,
+              help="Compare on at most this many inputs (images or texts).")
 @json_option
 def compare(bundle, data, split, limit, as_json) -> None:
-    """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
+    """Logit parity of every artifact of BUNDLE against fp32 on the same inputs of DATA (images or texts).
 
     DATA defaults to the data the bundle was exported from, when it is reachable.
     """

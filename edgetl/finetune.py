@@ -138,7 +138,8 @@ def finetune(
     train_y = np.array([records[i].label for i in train_rows], dtype=np.int64)
     val_y = np.array([records[i].label for i in val_rows], dtype=np.int64)
     if len(set(train_y.tolist())) < 2 or len(val_y) == 0:
-        raise DataError("after skipping bad images there are too few images left to train")
+        noun = "texts" if data.modality == "text" else "images"
+        raise DataError(f"after skipping bad {noun} there are too few {noun} left to train")
     features = cached.features
     trainer = HEAD_TRAINERS[config.head.kind]
     t1 = time.perf_counter()

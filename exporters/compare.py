@@ -109,6 +109,7 @@ class BundleComparison:
     data: str
     rows: list[ComparisonRow]
     not_run: list[dict] = field(default_factory=list)    # {"artifact", "backend", "needs": CPU flags}
+    modality: str = "image"
 
     def to_json(self) -> dict:
         return {"bundle": self.bundle, "data": self.data, "reference": "onnx (onnxruntime, fp32)",
@@ -116,7 +117,8 @@ class BundleComparison:
 
     def lines(self) -> list[str]:
         """The comparison as a table: one line per artifact and backend."""
-        lines = [f"reference: onnx fp32 on onnxruntime; {self.rows[0].images if self.rows else 0} images of "
+        inputs = "texts" if self.modality == "text" else "images"
+        lines = [f"reference: onnx fp32 on onnxruntime; {self.rows[0].images if self.rows else 0} {inputs} of "
                  f"{self.data}",
                  f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
                  f"{'top-1 agree':>11s}"]
@@ -145,4 +147,4 @@ def compare_on_data(bundle: str | Path, data: str, split: str | None = None, lim
     flags = cpu_facts()["flags"]
     not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
                if not a.runs_on(flags) for b in a.backends if (a.name, b) not in compared]
-    return BundleComparison(str(bundle), data, rows, not_run)
+    return BundleComparison(str(bundle), data, rows, not_run, manifest.modality)

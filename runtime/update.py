@@ -116,7 +116,7 @@ def _records(address: str, skip_bad: bool) -> tuple[list[ImageRecord], list[str]
     data = open_data(address, skip_bad=skip_bad)
     records = data.split("all")
     if not records:
-        raise DataError(f"{address} holds no images")
+        raise DataError(f"{address} holds no {'texts' if data.modality == 'text' else 'images'}")
     return records, [data.class_names[r.label] for r in records]
 
 
@@ -274,7 +274,8 @@ class Learner:
         """Learn ``images`` (paths or encoded bytes; a text model's texts) with their class names; returns the
         update's report."""
         if len(images) != len(labels):
-            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+            noun = "texts" if self.backbone.preprocess.kind == "text" else "images"
+            raise ConfigError(f"{len(images)} {noun} but {len(labels)} labels")
         records = input_records(images, self.backbone.preprocess)
         return learn_records(self.bundle, self.backbone, records, [str(n) for n in labels],
                              settings or UpdateSettings(), artifact_name=self.backbone.artifact.name,
@@ -312,7 +313,8 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
                 fresh.append(i)
                 seen.add(key)
         if not fresh:
-            raise DataError(f"every image of {source_name} is already in the store ({len(records)} duplicates); "
+            what = "text" if records and records[0].modality == "text" else "image"
+            raise DataError(f"every {what} of {source_name} is already in the store ({len(records)} duplicates); "
                             "nothing to learn")
         t1 = time.perf_counter()
         adapter = store.adapter(parent)
@@ -584,7 +586,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
         version = Version(**{**asdict(parent), "version": -1, "parent": parent.version, "action": "adapt",
                              "files": {}, "n_new": 0, "new_classes": [],
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
-                             "note": f"feature normalisation from {len(raw)} unlabelled images of {data}",
+                             "note": f"feature normalisation from {len(raw)} unlabelled "
+                                     f"{'texts' if records[0].modality == 'text' else 'images'} of {data}",
                              "created": utc_now()})
         _write_rows(store, version, parent, store.segment_parts(parent), Samples.empty(bundle.feature_dim),
                     bundle.feature_dim)

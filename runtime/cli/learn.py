@@ -12,7 +12,7 @@ from dataclasses import asdict
 import click
 
 from .options import json_option, lock_timeout_option, overwrite_option, skip_bad_option, with_model_options
-from .output import fmt, print_json, print_table, progress
+from .output import fmt, inputs_of, print_json, print_table, progress
 
 
 def _version_dict(version) -> dict:
@@ -26,14 +26,14 @@ def _version_dict(version) -> dict:
 @click.option("--method", type=click.Choice(["ridge", "sgd", "ncm"]), default="ridge", show_default=True,
               help="ridge: exact streaming ridge; sgd: logistic head with replay; ncm: nearest class mean.")
 @click.option("--holdout", "holdout_fraction", type=float, default=0.2, show_default=True,
-              help="Share of the new images kept out of training to measure accuracy.")
+              help="Share of the new samples (images or texts) kept out of training to measure accuracy.")
 @click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the earlier held-out samples falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @click.option("--reselect-alpha", is_flag=True, help="ridge: search the regularisation again now.")
 @click.option("--alpha-search-min", type=click.IntRange(min=1), default=32, show_default=True,
               help="A due regularisation search (the samples grew by a quarter) runs only on an update with at least "
-                   "this many new training images; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
+                   "this many new training samples; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
 @skip_bad_option
 @json_option
@@ -53,8 +53,8 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
         return
     print_table([
         ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
-        ("new samples", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
-                       f"{report['n_duplicate']} already stored)"),
+        (f"new {inputs_of(bundle)}", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} "
+                                     f"held out; {report['n_duplicate']} already stored)"),
         ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
                                                     if report["new_classes"] else "")),
         ("held-out accuracy", f"{fmt(report['accuracy'])} on {report['holdout_n']} samples"),
@@ -135,9 +135,10 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.argument("data")
-@click.option("--check", default=None, help="Labelled images of the target domain to measure the change on.")
+@click.option("--check", default=None,
+              help="Labelled data (images or texts) of the target domain to measure the change on.")
 @click.option("--max-accuracy-drop", type=float, default=2.0, show_default=True,
-              help="Refuse to commit (exit 6) when accuracy on the --check images falls by more points.")
+              help="Refuse to commit (exit 6) when accuracy on the --check data falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @lock_timeout_option
 @json_option
@@ -153,11 +154,12 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
     if as_json:
         print_json(report)
         return
-    rows = [("version", report["version"]), ("unlabelled images", report["n_unlabeled"]),
+    noun = inputs_of(bundle)
+    rows = [("version", report["version"]), (f"unlabelled {noun}", report["n_unlabeled"]),
             ("feature mean shift", report["mean_shift"])]
     if "accuracy_before" in report:
         rows.append(("check accuracy", f"{report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f} "
-                                       f"({report['check_n']} images)"))
+                                       f"({report['check_n']} {noun})"))
     print_table(rows)
 
 
@@ -171,7 +173,7 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @json_option
 @with_model_options
 def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_tune) -> None:
-    """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
+    """Group unlabelled images (or texts) of DATA by feature similarity and write the groups out for labelling."""
     from ..tools.cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
@@ -179,7 +181,8 @@ def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, t
     if as_json:
         print_json(summary)
         return
-    click.echo(f"wrote {k} groups of {summary['n']} images to {out} (groups.csv, summary.json)")
+    noun = inputs_of(bundle)
+    click.echo(f"wrote {k} groups of {summary['n']} {noun} to {out} (groups.csv, summary.json)")
     for g in summary["groups"]:
-        click.echo(f"  {g['group']}: {g['size']:4d} images; head suggests {g['head_suggests']} "
+        click.echo(f"  {g['group']}: {g['size']:4d} {noun}; head suggests {g['head_suggests']} "
                    f"({g['agreement']:.0%} agree)")

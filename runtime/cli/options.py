@@ -33,9 +33,10 @@ def lock_timeout_option(func):
 #: ``--threads``: one thread count for the one model (or pass) a command runs.
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 
-#: ``--skip-bad``: a bad input is skipped and named, not fatal.
+#: ``--skip-bad``: a bad input (an unreadable image, a text file's bad row) is skipped and named, not fatal.
 skip_bad_option = click.option("--skip-bad", is_flag=True,
-                               help="Skip unreadable images with a warning instead of failing.")
+                               help="Skip unreadable images (or a text file's bad rows) with a warning instead of "
+                                    "failing.")
 
 #: ``--split``: which split of DATA a command reads.
 split_option = click.option("--split", type=click.Choice(SPLITS), default=None,

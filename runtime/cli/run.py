@@ -70,7 +70,8 @@ def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, bac
         print_json(report)
     else:
         rows = [("artifact", f"{report['artifact']} ({report['backend']})"), ("data", f"{data} [{report['split']}]"),
-                ("images", report["n"]), ("accuracy", report["accuracy"])]
+                ("texts" if model.preprocess.kind == "text" else "images", report["n"]),
+                ("accuracy", report["accuracy"])]
         rows += [(f"  {name}", f"{v['accuracy']:.4f} (n={v['n']})") for name, v in report["per_class"].items()]
         print_table(rows)
     if min_accuracy is not None:

@@ -8,9 +8,11 @@ joined and its points filled (:mod:`edgetl.plot`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.plot import Point, draw_front, pareto_front
+from edgetl.runtime.documents import Origin, read_document
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.tools.bench import COLUMNS, RESULT_SCHEMA, cell_text, notes, row_key, write_result_files
@@ -38,6 +40,46 @@ def compare_results(a: dict, b: dict) -> list[dict]:
     if not shared:
         raise ConfigError("the two results share no (artifact, backend, threads, batch) row")
     return shared
+
+
+def read_result(path: str | Path) -> dict:
+    """A result ``edgetl bench --out`` wrote (results.json); anything else is refused (ConfigError)."""
+    return read_document(path, Origin(path, ConfigError), (RESULT_SCHEMA,),
+                         what="an edgetl bench result (written by 'edgetl bench --out')")
+
+
+@dataclass
+class Comparison:
+    """``edgetl bench --compare A B``: the shared rows of two result files with their B/A ratios."""
+
+    a: str
+    b: str
+    rows: list[dict]
+    machines: tuple[str | None, str | None]    # the CPU model each result was measured on
+
+    def to_json(self) -> dict:
+        return {"a": self.a, "b": self.b, "rows": self.rows}
+
+    def lines(self) -> list[str]:
+        """The comparison as a table, with a note when the two machines differ."""
+        lines = [f"B/A for each shared row (below 1: B is faster); A={self.a} B={self.b}",
+                 f"{'artifact':16s} {'backend':22s} {'thr':>4s} {'batch':>5s} {'A p50 ms':>9s} {'B p50 ms':>9s} "
+                 f"{'p50':>6s} {'p90':>6s} {'thrpt':>6s} {'RSS':>6s} {'acc +/-':>8s}"]
+        for r in self.rows:
+            change = "-" if r["accuracy_change"] is None else f"{r['accuracy_change']:+.4f}"
+            lines.append(f"{r['artifact']:16s} {r['backend']:22s} {str(r['threads'] or '-'):>4s} {r['batch']:>5d} "
+                         f"{r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {r['p50_ratio']:6.2f} {r['p90_ratio']:6.2f} "
+                         f"{r['throughput_ratio']:6.2f} {r['rss_ratio']:6.2f} {change:>8s}")
+        if self.machines[0] != self.machines[1]:
+            lines.append(f"note: different machines: A {self.machines[0]}, B {self.machines[1]}")
+        return lines
+
+
+def compare_files(path_a: str, path_b: str) -> Comparison:
+    """Read two result files and compare them (:func:`compare_results`)."""
+    a, b = read_result(path_a), read_result(path_b)
+    return Comparison(path_a, path_b, compare_results(a, b), (a["machine"].get("cpu_model"),
+                                                              b["machine"].get("cpu_model")))
 
 
 def markdown(result: dict) -> str:

@@ -3,13 +3,12 @@
 
 It speaks the runtime's grammar: the same group (``-q``/``-v``, one-line errors, exit codes), the same shared
 options (``--json`` on every command, ``--threads``, DATA positional) and output helpers, from
-:mod:`edgetl.runtime.cli`.
+:mod:`edgetl.runtime.cli`; the options its own commands share are declared once in :mod:`edgetl.cli_options`.
+Each command parses, calls the library and prints: the work (choosing a backbone for ``--backbone auto``
+included) lives in the library, so the Python API does what the command does.
 """
 
 from __future__ import annotations
-
-import os
-
 
 import click
 
@@ -23,32 +22,19 @@ from edgetl.runtime.cli import (
     with_bench_options,
     with_verbosity,
 )
-from edgetl.runtime.cli.options import THREADS_HELP, json_option, option_group, optional_data_argument
+from edgetl.runtime.cli.options import (
+    json_option,
+    max_pixels_option,
+    optional_data_argument,
+    overwrite_option,
+    skip_bad_option,
+    split_option,
+    threads_option,
+)
 from edgetl.runtime.cli.output import note, progress
-from edgetl.runtime.data.sources import SPLITS
-from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 
-
-#: Where the backbone pass runs and where its features are kept: finetune and select share the cache.
-pass_options = [
-    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                 help="Feature cache folder, shared by finetune and select (default: $EDGETL_CACHE_DIR or "
-                      "~/.cache/edgetl/features)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--engine", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
-                 show_default=True,
-                 help="What runs the frozen backbone on a CPU: auto picks OpenVINO/ONNX Runtime when the pass is "
-                      "long enough to repay a one-off export (features checked against torch within 1e-4)."),
-    click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="Processes decoding images during the backbone pass (default: one per usable core for 256 "
-                      "images or more on hosts of 4+ cores; 0: threads of this process)."),
-    click.option("--compile", "compile_pass", is_flag=True,
-                 help="torch.compile the frozen backbone for the pass (pays on a GPU for long passes; eager torch "
-                      "only)."),
-]
-
-
-with_pass_options = option_group(pass_options)
+from .cli_options import (budget_option, candidates_option, image_size_option, latency_target_option, seed_option,
+                          target_option, val_fraction_option, with_pass_options)
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -64,87 +50,55 @@ def main() -> None:
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="efficientnet_lite0/1/2, timm:<name>, torchvision:<name>, or auto: what 'edgetl select' "
                    "recommends (measured now, or reused when fresh).")
-@click.option("--budget-ms", type=float, default=None, help="With --backbone auto: batch-1 p50 latency budget.")
-@click.option("--target", default=None, help="With --backbone auto: device profile whose latency counts.")
-@click.option("--backbones", "candidates", default=None,
-              help="With --backbone auto: the candidates (as for 'edgetl select'; default: the offline ones).")
+@budget_option(auto=True)
+@latency_target_option(auto=True)
+@candidates_option(auto=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the backbone.")
 @click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Head learning rate.")
-@click.option("--image-size", type=int, default=None,
-              help="Input size (default: the data set's recommendation, else the backbone's).")
+@image_size_option
 @click.option("--train-last", type=click.IntRange(min=0), default=None,
               help="Also train the last N stages of the backbone (default 0: head only; with --backbone auto, the "
                    "freeze point the selection recommended when it compared some).")
 @with_pass_options
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Held-out fraction when DATA has no val split.")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
-@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Refuse images larger than this many pixels (decompression bombs).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@seed_option
+@val_fraction_option
+@skip_bad_option
+@max_pixels_option
+@overwrite_option("the run directory")
 @json_option
 def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, image_size,
-             train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad, max_pixels, overwrite,
-             as_json) -> None:
+             train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad, max_pixels,
+             overwrite, as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
     from edgetl.heads import HeadConfig
-    from edgetl.runtime.errors import ConfigError
+    from edgetl.selection import parse_backbones
+    from edgetl.selection.auto import AutoBackbone
 
-    from pathlib import Path
-
-    selection = None
-    if backbone == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("--backbone auto does not run under torchrun; run edgetl select first (one process), "
-                          "then finetune --backbone NAME under torchrun", option="backbone")
-    if backbone == "auto":
-        from edgetl.selection import SelectConfig, parse_backbones, select_backbones, selection_summary
-
-        if weights:
-            raise ConfigError("names one backbone's weights; --backbone auto chooses among several", option="weights")
-        if Path(out).exists() and not overwrite:     # before minutes of measuring, not after
-            raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
-        chosen = select_backbones(data, SelectConfig(backbones=parse_backbones(candidates), target=target,
-                                                     budget_ms=budget_ms, cache_dir=cache_dir, image_size=image_size,
-                                                     device=device, engine=engine, workers=workers,
-                                                     compile=compile_pass, seed=seed,
-                                                     val_fraction=val_fraction, skip_bad=skip_bad,
-                                                     max_pixels=max_pixels),
-                                  progress=progress, log=note)
-        backbone, selection = chosen["recommendation"]["backbone"], selection_summary(chosen)
-        note(f"--backbone auto: {backbone} ({chosen['recommendation']['reason']})")
-        freeze = chosen.get("freeze")
-        if train_last is None and freeze and freeze["backbone"] == backbone:
-            train_last = freeze["recommended"]
-            note(f"--backbone auto: --train-last {train_last} ({freeze['reason']})")
-    else:
-        unused = [o for o, v in (("budget-ms", budget_ms), ("target", target), ("backbones", candidates)) if v]
-        if unused:
-            raise ConfigError("applies to --backbone auto only", option=unused[0])
-    train_last = train_last or 0
+    auto = AutoBackbone(backbones=parse_backbones(candidates) if candidates else None, target=target,
+                        budget_ms=budget_ms)
     config = FinetuneConfig(
-        selection=selection, backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
+        backbone=backbone, auto=auto, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine,
-        workers=workers, compile=compile_pass, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels,
-        overwrite=overwrite,
+        workers=workers, compile=compile_pass, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad,
+        max_pixels=max_pixels, overwrite=overwrite,
     )
     result = run_finetune(data, out, config, progress=progress, log=note)
     if result is None:             # a torchrun rank other than 0: its share of the pass is done
         return
-    timings = result.manifest.timings
+    used, timings = result.config, result.manifest.timings
     if as_json:
-        print_json({"run": str(result.run_dir), "backbone": backbone, "cache_hit": result.cache_hit,
+        print_json({"run": str(result.run_dir), "backbone": used.backbone, "cache_hit": result.cache_hit,
                     "timings": timings, **{k: v for k, v in result.metrics.items() if k != "history"},
-                    **({"selection": selection} if selection else {})})
+                    **({"selection": used.selection} if used.selection else {})})
         return
     noun = "texts" if result.manifest.preprocess.get("kind") == "text" else "images"
     print_table([
         ("run", str(result.run_dir)),
-        ("backbone", f"{backbone} (train last {train_last})"),
-        ("head", head_kind),
+        ("backbone", f"{used.backbone} (train last {used.train_last})"),
+        ("head", used.head.kind),
         ("feature cache", "hit (no backbone pass)" if result.cache_hit
          else f"miss (one backbone pass on {result.manifest.compute['engine']})"),
         ("backbone pass s", timings["backbone_pass_s"]),
@@ -157,72 +111,41 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
 
 @main.command()
 @click.argument("data")
-@click.option("--backbones", default=None,
-              help="Comma-separated candidates (default: every offline backbone; 'offline' stands for them "
-                   "beside timm:<name> / torchvision:<name>).")
-@click.option("--target", default=None, help="Device profile whose artifact is timed (see 'edgetl devices').")
-@click.option("--budget-ms", type=float, default=None, help="Batch-1 p50 latency budget, milliseconds.")
-@click.option("--train-last", "train_last", default=None,
+@candidates_option()
+@latency_target_option()
+@budget_option()
+@click.option("--train-last", default=None,
               help="Freeze depths to compare for the recommended backbone, e.g. 0,1,2.")
 @click.option("--folds", type=int, default=5, show_default=True, help="Folds of the probe on the training split.")
-@click.option("--image-size", type=int, default=None,
-              help="Input size (default: the data set's recommendation, else each backbone's own).")
+@image_size_option
 @with_pass_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for selection.json, selection.md and selection.png.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Held-out fraction when DATA has no val split (the same split finetune makes).")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@threads_option
+@seed_option
+@val_fraction_option
+@skip_bad_option
 @click.option("--fresh", is_flag=True, help="Measure again even when a fresh selection is cached.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@overwrite_option("--out")
 @json_option
-def select(data, backbones, target, budget_ms, train_last, folds, image_size, cache_dir, out, device, engine,
-           workers, compile_pass, threads, seed, val_fraction, skip_bad, fresh, overwrite, as_json) -> None:
+def select(data, candidates, target, budget_ms, train_last, folds, image_size, cache_dir, device, engine, workers,
+           compile_pass, out, threads, seed, val_fraction, skip_bad, fresh, overwrite, as_json) -> None:
     """Rank backbones for DATA by transferability (LogME, k-fold probe on the training split) and by batch-1
     latency on the target, and recommend one; --train-last 0,1,2 also compares freeze points."""
-    from pathlib import Path
-
-    from edgetl.runtime.errors import ConfigError
     from edgetl.selection import SelectConfig, parse_backbones, parse_depths, select_backbones
-    from edgetl.selection.report import (COLUMNS, FREEZE_COLUMNS, freeze_rows, latency_note, table_rows, text_table,
-                                         write_reports)
+    from edgetl.selection.report import text_lines
 
-    if out and Path(out).exists() and not overwrite:     # before minutes of measuring, not after
-        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", option="out",
-                          remedy="overwrite")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("select does not run under torchrun: run it as one process")
-
-    config = SelectConfig(backbones=parse_backbones(backbones), target=target, budget_ms=budget_ms,
+    config = SelectConfig(backbones=parse_backbones(candidates), target=target, budget_ms=budget_ms,
                           cache_dir=cache_dir, image_size=image_size, folds=folds, train_last=parse_depths(train_last),
                           device=device, engine=engine, workers=workers, compile=compile_pass, seed=seed,
-                          val_fraction=val_fraction,
-                          skip_bad=skip_bad, threads=threads)
-    result = select_backbones(data, config, progress=progress, log=note, reuse=not fresh)
-    files = write_reports(result, out, overwrite=overwrite) if out else {}
+                          val_fraction=val_fraction, skip_bad=skip_bad, threads=threads)
+    result = select_backbones(data, config, progress=progress, log=note, reuse=not fresh, out=out,
+                              overwrite=overwrite)
     if as_json:
-        print_json({**result, **({"files": {k: str(v) for k, v in files.items()}} if files else {})})
+        print_json(result)
         return
-    for line in text_table(COLUMNS, table_rows(result)):
+    for line in text_lines(result):
         click.echo(line)
-    click.echo(latency_note(result))
-    click.echo(f"scored on the {result['scored_on']}")
-    click.echo(f"recommended: {result['recommendation']['backbone']} - {result['recommendation']['reason']}")
-    if result.get("freeze"):
-        freeze = result["freeze"]
-        click.echo(f"freeze depth of {freeze['backbone']} ({freeze['evaluated_on']}):")
-        for line in text_table(FREEZE_COLUMNS, freeze_rows(freeze)):
-            click.echo("  " + line)
-        click.echo(f"recommended: {freeze['reason']}")
-    t = result["timings"]
-    click.echo(("reused the selection measured " + result["created"]) if result.get("reused") else
-               f"select took {t['total_s']:.1f} s: backbone passes {t['backbone_passes_s']:.1f} s, scores "
-               f"{t['scoring_s']:.1f} s, latency {t['latency_s']:.1f} s"
-               + (f" (of these, one-off ONNX exports {t['exports_s']:.1f} s)" if t.get("exports_s") else ""))
-    for name, path in files.items():
-        click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -232,15 +155,14 @@ def select(data, backbones, target, budget_ms, train_last, folds, image_size, ca
 @click.option("--format", "formats", default=None,
               help="Comma-separated formats: onnx, onnx-fp16, onnx-int8, onnx-int8-trt, onnx-int8-dynamic, "
                    "openvino, openvino-int8 (default: onnx, or what --target asks for).")
-@click.option("--target", default=None,
-              help="Device profile to build for (see 'edgetl devices'), or a profile .toml file.")
+@target_option("Device profile to build for (see 'edgetl devices'), or a profile .toml file.")
 @click.option("--pack", "pack_archive", is_flag=True, help="Also write BUNDLE.tar.gz beside the bundle.")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Points of top-1 an artifact may lose against fp32 before its fallbacks, then failure.")
 @click.option("--calib", type=int, default=300, show_default=True,
-              help="Calibration images (a seeded sample of the training split) for int8 formats.")
+              help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@overwrite_option("the bundle")
 @json_option
 def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, overwrite,
            as_json) -> None:
@@ -282,18 +204,20 @@ def data() -> None:
 @click.argument("source")
 @click.argument("out", type=click.Path())
 @click.option("--classes", default=None, help="Comma-separated subset of class names to write.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@overwrite_option("OUT")
 @json_option
 def data_export(source, out, classes, overwrite, as_json) -> None:
-    """Write SOURCE (e.g. builtin:digits) as an image folder OUT with train/ and val/."""
-    from edgetl.data_export import export_image_folder
+    """Write SOURCE (e.g. builtin:digits) as an image folder OUT with train/ and val/ (labelled texts: as
+    OUT/texts.csv with a split column)."""
+    from edgetl.data_export import export_data
 
     subset = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    counts = export_image_folder(source, out, classes=subset, overwrite=overwrite)
+    written = export_data(source, out, classes=subset, overwrite=overwrite)
     if as_json:
-        print_json({"source": source, "out": str(out), "images": dict(counts)})
+        print_json({"source": source, "out": str(out), "images": dict(written.counts)})
         return
-    click.echo(f"wrote {out}: " + ", ".join(f"{split} {n} images" for split, n in counts.items()))
+    noun = "texts" if written.modality == "text" else "images"
+    click.echo(f"wrote {out}: " + ", ".join(f"{split} {n} {noun}" for split, n in written.counts.items()))
 
 
 @data.command("list")
@@ -347,29 +271,15 @@ def backbones(as_json) -> None:
 def bench(compare, **options) -> None:
     """Latency (p50/p90/p99), throughput, cold start, memory, size and accuracy of every artifact of BUNDLE
     this machine can run, per backend, thread count and batch size; --out adds report.md and pareto.png."""
-    from edgetl.bench_report import compare_results, write_reports
-    from edgetl.runtime.documents import Origin, read_document
-    from edgetl.runtime.errors import ConfigError
-    from edgetl.runtime.tools.bench import RESULT_SCHEMA
+    from edgetl.bench_report import compare_files, write_reports
 
     if compare:
-        a, b = (read_document(path, Origin(path, ConfigError), (RESULT_SCHEMA,),
-                              what="an edgetl bench result (written by 'edgetl bench --out')") for path in compare)
-        rows = compare_results(a, b)
+        comparison = compare_files(*compare)
         if options["as_json"]:
-            print_json({"a": compare[0], "b": compare[1], "rows": rows})
+            print_json(comparison.to_json())
             return
-        click.echo(f"B/A for each shared row (below 1: B is faster); A={compare[0]} B={compare[1]}")
-        click.echo(f"{'artifact':16s} {'backend':22s} {'thr':>4s} {'batch':>5s} {'A p50 ms':>9s} {'B p50 ms':>9s} "
-                   f"{'p50':>6s} {'p90':>6s} {'thrpt':>6s} {'RSS':>6s} {'acc +/-':>8s}")
-        for r in rows:
-            change = "-" if r["accuracy_change"] is None else f"{r['accuracy_change']:+.4f}"
-            click.echo(f"{r['artifact']:16s} {r['backend']:22s} {str(r['threads'] or '-'):>4s} {r['batch']:>5d} "
-                       f"{r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {r['p50_ratio']:6.2f} {r['p90_ratio']:6.2f} "
-                       f"{r['throughput_ratio']:6.2f} {r['rss_ratio']:6.2f} {change:>8s}")
-        machines = [x["machine"].get("cpu_model") for x in (a, b)]
-        if machines[0] != machines[1]:
-            click.echo(f"note: different machines: A {machines[0]}, B {machines[1]}")
+        for line in comparison.lines():
+            click.echo(line)
         return
     if options["bundle"] is None:
         raise click.UsageError("give BUNDLE, or --compare A.json B.json")
@@ -379,51 +289,32 @@ def bench(compare, **options) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("data", required=False)
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Which split of DATA (default: val when DATA has one, else all).")
-@click.option("--limit", type=int, default=64, show_default=True, help="Compare on at most this many images.")
+@split_option
+@click.option("--limit", type=int, default=64, show_default=True,
+              help="Compare on at most this many inputs (images or texts).")
 @json_option
 def compare(bundle, data, split, limit, as_json) -> None:
-    """Logit parity of every artifact of BUNDLE against fp32 on the same images of DATA.
+    """Logit parity of every artifact of BUNDLE against fp32 on the same inputs of DATA (images or texts).
 
     DATA defaults to the data the bundle was exported from, when it is reachable.
     """
-    from edgetl.exporters.compare import compare_bundle, rows_to_dicts
-    from edgetl.runtime.data.sources import open_data
-    from edgetl.runtime.machine import cpu_facts
-    from edgetl.runtime.bundle.manifest import read_bundle_manifest
+    from edgetl.exporters.compare import compare_on_data, source_data
 
-    manifest = read_bundle_manifest(bundle)
-    address = data or manifest.source_run.get("data")
+    address = data or source_data(bundle)
     if not address:
         raise click.UsageError("give DATA: the bundle does not name the data it came from")
-    source = open_data(address).remap_to(manifest.labels)
-    records = source.split(split or ("val" if source.has_val else "all"))
-    step = max(1, len(records) // limit)
-    rows = compare_bundle(bundle, records[::step][:limit])
-    compared = {(r.artifact, r.backend) for r in rows}
-    not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
-               if not a.runs_on(cpu_facts()["flags"]) for b in a.backends if (a.name, b) not in compared]
+    comparison = compare_on_data(bundle, address, split=split, limit=limit)
     if as_json:
-        print_json({"bundle": str(bundle), "data": address, "reference": "onnx (onnxruntime, fp32)",
-                    "rows": rows_to_dicts(rows), "not_run": not_run})
+        print_json(comparison.to_json())
         return
-    click.echo(f"reference: onnx fp32 on onnxruntime; {rows[0].images if rows else 0} images of {address}")
-    click.echo(f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
-               f"{'top-1 agree':>11s}")
-    for r in rows:
-        click.echo(f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
-                   f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
-                   + (f"  ({r.note})" if r.note else ""))
-    for skipped in not_run:
-        click.echo(f"{skipped['artifact']:22s} {skipped['backend']:21s} not run: its kernels need one of "
-                   f"{', '.join(skipped['needs'])}")
+    for line in comparison.lines():
+        click.echo(line)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Archive path (default: BUNDLE.tar.gz).")
-@click.option("--overwrite", is_flag=True, help="Replace the archive if it exists.")
+@overwrite_option("the archive")
 @json_option
 def pack(bundle, out, overwrite, as_json) -> None:
     """Verify BUNDLE and pack it as one .tar.gz file to copy to devices."""

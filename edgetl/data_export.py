@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -17,6 +18,14 @@ from PIL import Image
 from edgetl.runtime.data.sources import ImageRecord, open_data, stratified_split
 from edgetl.runtime.errors import DataError
 from edgetl.runtime.fsutil import atomic_directory
+
+
+@dataclass(frozen=True)
+class ExportedData:
+    """What :func:`export_data` wrote: inputs per split, and whether they are images or texts."""
+
+    counts: dict[str, int]
+    modality: str
 
 
 def export_image_folder(
@@ -27,7 +36,20 @@ def export_image_folder(
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Write ``address`` (optionally a subset of classes) to ``out``; returns images per split."""
+    """Write ``address`` (optionally a subset of classes) to ``out``; returns images (or texts) per split."""
+    return export_data(address, out, classes, overwrite, val_fraction, seed).counts
+
+
+def export_data(
+    address: str,
+    out: str | Path,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> ExportedData:
+    """Write ``address`` (optionally a subset of classes) to ``out``: an image folder, or labelled texts as
+    ``texts.csv``."""
     data = open_data(address)
     if classes is not None:
         unknown = [c for c in classes if c not in data.class_names]
@@ -42,7 +64,7 @@ def export_image_folder(
         train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
         splits = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx]}
     if data.modality == "text":
-        return _export_texts(data, splits, keep, out, overwrite)
+        return ExportedData(_export_texts(data, splits, keep, out, overwrite), "text")
     counts: dict[str, int] = {}
     with atomic_directory(out, overwrite=overwrite) as staging:
         for split, records in splits.items():
@@ -52,7 +74,7 @@ def export_image_folder(
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_record(record, folder, position)
             counts[split] = len(chosen)
-    return counts
+    return ExportedData(counts, "image")
 
 
 def _export_texts(data, splits: dict, keep: set[int], out: str | Path, overwrite: bool) -> dict[str, int]:

@@ -22,7 +22,6 @@ import torch.distributed as dist
 class Ranks:
     rank: int
     world: int
-    local_rank: int
 
     @property
     def main(self) -> bool:
@@ -65,4 +64,4 @@ def current_ranks() -> Ranks | None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Ranks(dist.get_rank(), dist.get_world_size())

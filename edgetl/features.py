@@ -48,11 +48,12 @@ def resolve_splits(data: LabeledData, val_fraction: float, seed: int) -> tuple[l
     if "train" in data.splits and "val" in data.splits:
         return data.splits["train"], data.splits["val"], {"source": "data"}
     pool = data.splits.get("train") or data.splits.get("all")
+    noun = "texts" if data.modality == "text" else "images"
     if not pool:
-        raise DataError(f"{data.address} has no training images (only a val/ split)")
+        raise DataError(f"{data.address} has no training {noun} (only a val split)")
     train_idx, val_idx = stratified_split([r.label for r in pool], val_fraction, seed)
     if not val_idx:
-        raise DataError(f"{data.address} is too small to hold out a validation split; add images or a val/ folder")
+        raise DataError(f"{data.address} is too small to hold out a validation split; add {noun} or a val split")
     split = {"source": "seeded", "val_fraction": val_fraction, "seed": seed}
     return [pool[i] for i in train_idx], [pool[i] for i in val_idx], split
 

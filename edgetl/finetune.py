@@ -31,19 +31,25 @@ from .distributed import current_ranks
 from .features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .heads import HEAD_TRAINERS, HeadConfig
 from .run import RunManifest
+from .selection.auto import AUTO, AutoBackbone, resolve_auto_backbone
 
 DEFAULT_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Options of ``edgetl finetune`` (the head's own settings live in :class:`HeadConfig`)."""
+    """Options of ``edgetl finetune`` (the head's own settings live in :class:`HeadConfig`).
+
+    ``backbone="auto"`` fine-tunes what ``edgetl select`` recommends (:mod:`edgetl.selection.auto`), chosen
+    among ``auto``'s candidates; ``train_last`` None is 0, or with ``"auto"`` the freeze point the selection
+    recommended when it compared some.
+    """
 
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     head: HeadConfig = field(default_factory=HeadConfig)
     image_size: int | None = None
-    train_last: int = 0
+    train_last: int | None = None
     cache_dir: str | None = None
     device: str = "auto"
     engine: str = "auto"
@@ -56,6 +62,19 @@ class FinetuneConfig:
     batch_size: int | None = None
     overwrite: bool = False
     selection: dict | None = None    # what 'edgetl select' measured when the backbone was chosen by it
+    auto: AutoBackbone | None = None  # with backbone "auto": the candidates, target and budget
+
+    def __post_init__(self) -> None:
+        if self.backbone == AUTO:
+            if self.weights:
+                raise ConfigError("names one backbone's weights; --backbone auto chooses among several",
+                                  option="weights")
+            return
+        unused = self.auto.given() if self.auto else []
+        if unused:
+            raise ConfigError("applies to --backbone auto only", option=unused[0])
+        if self.train_last is None:
+            object.__setattr__(self, "train_last", 0)
 
 
 @dataclass
@@ -65,6 +84,7 @@ class FinetuneResult:
     metrics: dict
     cache_hit: bool
     skipped: list[str]
+    config: FinetuneConfig | None = None    # what the run was made with (backbone "auto" resolved)
 
 
 def finetune(
@@ -77,14 +97,18 @@ def finetune(
     """Fine-tune a head on ``data_address`` and write the run directory ``out``.
 
     Under ``torchrun`` the backbone pass is sharded over the ranks (:mod:`edgetl.distributed`); rank 0 trains and
-    writes the run and returns its result, the other ranks return None."""
+    writes the run and returns its result, the other ranks return None.  ``config.backbone`` "auto" first
+    resolves to the backbone ``edgetl select`` recommends (:func:`~edgetl.selection.auto.resolve_auto_backbone`),
+    which the result's ``config`` names."""
     started = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not config.overwrite:      # before minutes of measuring or a backbone pass, not after
+        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
+    if config.backbone == AUTO:
+        config = resolve_auto_backbone(data_address, config, progress=progress, log=log)
     ranks = current_ranks()
     if ranks is not None and not ranks.main:       # one voice: rank 0 reports for the group
         progress, log = silent_progress, (lambda message: None)
-    out = Path(out)
-    if out.exists() and not config.overwrite:
-        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", remedy="overwrite")
     compute = resolve_device(config.device, config.compile)
     prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
     data, train, split = prepared.data, prepared.train, prepared.split
@@ -114,7 +138,8 @@ def finetune(
     train_y = np.array([records[i].label for i in train_rows], dtype=np.int64)
     val_y = np.array([records[i].label for i in val_rows], dtype=np.int64)
     if len(set(train_y.tolist())) < 2 or len(val_y) == 0:
-        raise DataError("after skipping bad images there are too few images left to train")
+        noun = "texts" if data.modality == "text" else "images"
+        raise DataError(f"after skipping bad {noun} there are too few {noun} left to train")
     features = cached.features
     trainer = HEAD_TRAINERS[config.head.kind]
     t1 = time.perf_counter()
@@ -164,7 +189,7 @@ def finetune(
         manifest.timings["total_s"] = time.perf_counter() - started
         manifest.write(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return FinetuneResult(out, manifest, metrics, cached.hit, skipped)
+    return FinetuneResult(out, manifest, metrics, cached.hit, skipped, config)
 
 
 def _val_logits(tail: torch.nn.Module, result, val_x: np.ndarray) -> np.ndarray:

@@ -87,11 +87,12 @@ def rebuild_feature_model(run: RunManifest, run_dir: Path) -> tuple[nn.Module, P
 def run_records(run: RunManifest, data_address: str | None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """The run's (train, val) images, found again in its data (or in ``data_address``)."""
     address = data_address or run.data_address
+    noun = "texts" if run.preprocess.get("kind") == "text" else "images"
     try:
         data: LabeledData = open_data(address)
     except EdgetlError as exc:
         raise DataError(
-            f"cannot reach the run's data {address} to check the export on real images ({exc}); "
+            f"cannot reach the run's data {address} to check the export on real {noun} ({exc}); "
             "give DATA to point at a copy"
         ) from exc
     data = data.remap_to(run.class_names)
@@ -103,7 +104,7 @@ def run_records(run: RunManifest, data_address: str | None) -> tuple[list[ImageR
         found = [by_source.get(s) or by_source.get(_relative(s, run.data_address)) for s in sources]
         missing = sum(r is None for r in found)
         if missing:
-            raise DataError(f"{missing} of the run's {len(found)} images are no longer in {address}")
+            raise DataError(f"{missing} of the run's {len(found)} {noun} are no longer in {address}")
         return found
 
     return find(run.train_sources), find(run.val_sources)
@@ -272,7 +273,8 @@ def export_run(
                 reference_accuracy=reference,
                 validation={
                     "check_images": int(len(check)),
-                    "evaluated_on": f"{run.data_address} (run validation split, {len(labels)} images)",
+                    "evaluated_on": f"{run.data_address} (run validation split, {len(labels)} "
+                                    f"{'texts' if preprocess.kind == 'text' else 'images'})",
                     "max_accuracy_drop": max_accuracy_drop,
                     "calibration_images": min(calibration_size, len(train_records)),
                     "torch_val_accuracy": run.val_accuracy,

@@ -10,18 +10,18 @@ engine emulates or falls back from is named in the row.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from edgetl.runtime.engines.backends import available_backends, create_backend
-from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.data.sources import ImageRecord, open_data
 from edgetl.runtime.errors import BundleError
 from edgetl.runtime.bundle.heads import load_head
 from edgetl.runtime.machine import cpu_facts
-from edgetl.runtime.bundle.manifest import read_bundle_manifest
+from edgetl.runtime.bundle.manifest import BundleManifest, read_bundle_manifest
 from edgetl.runtime.data.preprocess import preprocess_from_dict
 from edgetl.runtime.data.reader import read_batches
 from edgetl.runtime.data.text import TextPreprocess, padded_batches
@@ -56,9 +56,12 @@ def run_in_batches(runner, inputs: np.ndarray, batch_size: int, pad_id: int | No
     return out
 
 
-def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_size: int = 16) -> list[ComparisonRow]:
+def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_size: int = 16,
+                   manifest: BundleManifest | None = None) -> list[ComparisonRow]:
+    """Every artifact of ``bundle`` against the fp32 reference on ``records`` (``manifest``: the bundle's, when the
+    caller has read and verified it already)."""
     bundle = Path(bundle)
-    manifest = read_bundle_manifest(bundle)
+    manifest = manifest or read_bundle_manifest(bundle)
     head = load_head(bundle / manifest.head["file"])
     preprocess = preprocess_from_dict(manifest.preprocess, bundle)     # its tokenizer checked with the manifest
     if isinstance(preprocess, TextPreprocess):    # one matrix padded to the longest text, run by length as on the device
@@ -96,3 +99,52 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
 
 def rows_to_dicts(rows: list[ComparisonRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+@dataclass
+class BundleComparison:
+    """``edgetl compare``: the rows of every artifact run here, and the artifacts this CPU cannot run."""
+
+    bundle: str
+    data: str
+    rows: list[ComparisonRow]
+    not_run: list[dict] = field(default_factory=list)    # {"artifact", "backend", "needs": CPU flags}
+    modality: str = "image"
+
+    def to_json(self) -> dict:
+        return {"bundle": self.bundle, "data": self.data, "reference": "onnx (onnxruntime, fp32)",
+                "rows": rows_to_dicts(self.rows), "not_run": self.not_run}
+
+    def lines(self) -> list[str]:
+        """The comparison as a table: one line per artifact and backend."""
+        inputs = "texts" if self.modality == "text" else "images"
+        lines = [f"reference: onnx fp32 on onnxruntime; {self.rows[0].images if self.rows else 0} {inputs} of "
+                 f"{self.data}",
+                 f"{'artifact':22s} {'backend':21s} {'prec':5s} {'ran':5s} {'max|diff|':>10s} {'mean|diff|':>10s} "
+                 f"{'top-1 agree':>11s}"]
+        lines += [f"{r.artifact:22s} {r.backend:21s} {r.precision:5s} {r.effective_precision:5s} "
+                  f"{r.max_abs_diff:10.3g} {r.mean_abs_diff:10.3g} {r.top1_agreement:11.3f}"
+                  + (f"  ({r.note})" if r.note else "") for r in self.rows]
+        lines += [f"{s['artifact']:22s} {s['backend']:21s} not run: its kernels need one of {', '.join(s['needs'])}"
+                  for s in self.not_run]
+        return lines
+
+
+def source_data(bundle: str | Path) -> str | None:
+    """The data the bundle was exported from, as its manifest names it (None when it names none)."""
+    return read_bundle_manifest(bundle, verify=False).source_run.get("data")
+
+
+def compare_on_data(bundle: str | Path, data: str, split: str | None = None, limit: int = 64) -> BundleComparison:
+    """Compare every artifact of ``bundle`` on at most ``limit`` inputs of ``data`` spread evenly over ``split``
+    (default: val when the data has one, else all), and list the artifacts whose kernels this CPU lacks."""
+    manifest = read_bundle_manifest(bundle)
+    source = open_data(data).remap_to(manifest.labels)
+    records = source.split(split or ("val" if source.has_val else "all"))
+    step = max(1, len(records) // limit)
+    rows = compare_bundle(bundle, records[::step][:limit], manifest=manifest)
+    compared = {(r.artifact, r.backend) for r in rows}
+    flags = cpu_facts()["flags"]
+    not_run = [{"artifact": a.name, "backend": b, "needs": a.requires_cpu} for a in manifest.artifacts
+               if not a.runs_on(flags) for b in a.backends if (a.name, b) not in compared]
+    return BundleComparison(str(bundle), data, rows, not_run, manifest.modality)

@@ -122,7 +122,7 @@ class AccuracyGateError(EdgetlError):
             f"{artifact} reaches {accuracy:.4f} top-1 against {reference:.4f} for fp32: a drop of "
             f"{(reference - accuracy) * 100:.2f} points, over the limit of {limit:g} "
             f"after {len(attempts)} attempt(s): {'; '.join(attempts)}. "
-            f"Nothing was written; {hint + '; or ' if hint else ''}raise the limit, use more calibration images, "
+            f"Nothing was written; {hint + '; or ' if hint else ''}raise the limit, use more calibration data, "
             "or choose another format.",
             option="max_accuracy_drop",
         )

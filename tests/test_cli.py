@@ -180,6 +180,22 @@ def test_threads_has_one_meaning_everywhere():
             assert isinstance(p.type, click.IntRange) and p.type.min == 1 and p.help == THREADS_HELP, where
 
 
+def test_finetune_and_select_declare_their_shared_options_once():
+    """The options both commands have mean the same: same flag, type and default; the help is select's, or for
+    the options --backbone auto passes on to select, select's prefixed by 'With --backbone auto:'."""
+    ctx = click.Context(host)
+    params = {name: {p.name: p for p in host.get_command(ctx, name).params if isinstance(p, click.Option)}
+              for name in ("finetune", "select")}
+    shared = params["finetune"].keys() & params["select"].keys() - {"out", "train_last"}   # different jobs there
+    assert {"candidates", "target", "budget_ms", "image_size", "seed", "val_fraction", "skip_bad", "overwrite",
+            "cache_dir", "device", "engine", "workers", "compile_pass", "as_json"} <= shared
+    for name in shared - {"overwrite"}:            # what is overwritten differs: the run, or the selection folder
+        f, s = params["finetune"][name], params["select"][name]
+        assert (f.opts, type(f.type), f.default, f.is_flag) == (s.opts, type(s.type), s.default, s.is_flag), name
+        if f.help != s.help:
+            assert f.help == f"With --backbone auto: {s.help[0].lower()}{s.help[1:]}", name
+
+
 def test_quiet_and_verbose_on_both_groups():
     for cli in (host, rt):
         names = {opt for p in cli.params for opt in p.opts}

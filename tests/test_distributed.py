@@ -16,7 +16,7 @@ from edgetl.distributed import Ranks
 
 def test_blocks_cover_the_records_once_on_batch_boundaries():
     for count, world, batch in [(30, 2, 8), (7, 3, 8), (1000, 4, 64), (64, 2, 64)]:
-        blocks = [Ranks(rank, world, rank).block(count, batch) for rank in range(world)]
+        blocks = [Ranks(rank, world).block(count, batch) for rank in range(world)]
         assert [i for block in blocks for i in block] == list(range(count))
         assert all(block.start % batch == 0 for block in blocks if len(block))
 

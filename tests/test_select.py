@@ -202,6 +202,50 @@ def test_existing_outputs_are_refused_before_measuring(tmp_path):
     assert (taken / "keep.txt").read_text() == "a user's file"
 
 
+def test_auto_backbone_is_resolved_by_the_library(monkeypatch):
+    """finetune(backbone="auto") runs select with the run's own split, cache and pass settings, takes the
+    recommended backbone and (unless one is named) the compared freeze point, and records the table; the CLI only
+    passes the options on (the real run: the test below)."""
+    from edgetl.finetune import FinetuneConfig
+    from edgetl.runtime.errors import ConfigError
+    from edgetl.selection import select as select_module
+    from edgetl.selection.auto import AutoBackbone, resolve_auto_backbone
+
+    seen = {}
+
+    def fake_select(data, config, progress=None, log=None, **kwargs):
+        seen.update(data=data, config=config)
+        return {"recommendation": {"backbone": "efficientnet_lite1", "reason": "best probe"}, "target": None,
+                "budget_ms": config.budget_ms, "latency": {}, "scored_on": "training split", "created": "now",
+                "candidates": [], "freeze": {"backbone": "efficientnet_lite1", "recommended": 2, "reason": "gain"}}
+
+    monkeypatch.setattr(select_module, "select_backbones", fake_select)
+    config = FinetuneConfig(backbone="auto", auto=AutoBackbone(("efficientnet_lite0", "efficientnet_lite1"),
+                                                               budget_ms=5.0), seed=3, val_fraction=0.3,
+                            cache_dir="c", engine="torch", skip_bad=True)
+    lines = []
+    resolved = resolve_auto_backbone("d/", config, log=lines.append)
+    chosen = seen["config"]
+    assert seen["data"] == "d/" and chosen.backbones == ("efficientnet_lite0", "efficientnet_lite1")
+    assert (chosen.budget_ms, chosen.seed, chosen.val_fraction, chosen.cache_dir, chosen.engine, chosen.skip_bad) == \
+        (5.0, 3, 0.3, "c", "torch", True)
+    assert (resolved.backbone, resolved.train_last, resolved.auto) == ("efficientnet_lite1", 2, None)
+    assert resolved.selection["recommendation"]["backbone"] == "efficientnet_lite1"
+    assert lines == ["--backbone auto: efficientnet_lite1 (best probe)", "--backbone auto: --train-last 2 (gain)"]
+    named = resolve_auto_backbone("d/", FinetuneConfig(backbone="auto", train_last=0))
+    assert named.train_last == 0 and seen["config"].backbones == select_module.OFFLINE_BACKBONES
+
+    with pytest.raises(ConfigError, match="applies to --backbone auto only") as info:
+        FinetuneConfig(auto=AutoBackbone(target="x86-avx2"))
+    assert info.value.option == "target"
+    with pytest.raises(ConfigError, match="chooses among several"):
+        FinetuneConfig(backbone="auto", weights="w.pt")
+    assert FinetuneConfig().train_last == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="does not run under torchrun"):
+        resolve_auto_backbone("d/", FinetuneConfig(backbone="auto"))
+
+
 def test_select_then_finetune_auto_on_real_photos(flowers_dir, tmp_path):
     """Real weights, real photos: select the offline backbones and two freeze depths, then --backbone auto
     reuses it all (the selection, the features) and records the table in the run."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -418,11 +419,37 @@ def test_serve_answers_text_requests_and_learns_new_intents(text_bundle, banking
     assert server.service.live.state.version is not None
 
 
+def test_tables_of_a_text_model_say_texts(text_bundle, banking, tmp_path):
+    """evaluate, update, adapt and cluster describe a text model's inputs as texts (their JSON keys stay)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgetl.runtime.cli import main as rt
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(text_bundle, bundle)
+    few = write_texts(tmp_path / "few.csv", _csv_texts(banking["test"])[::20])      # 16 texts, every intent
+    runner = CliRunner()
+    tables = {}
+    for args in (["evaluate", str(bundle), str(few)], ["update", str(bundle), str(few), "--force"],
+                 ["adapt", str(bundle), str(few)],
+                 ["cluster", str(bundle), str(few), "--k", "2", "--out", str(tmp_path / "groups")]):
+        out = runner.invoke(rt, [*args, "--no-measure"])
+        assert out.exit_code == 0, out.output
+        assert "image" not in out.stdout, out.stdout
+        tables[args[0]] = out.stdout
+    assert re.search(r"^texts +16$", tables["evaluate"], re.M)
+    assert re.search(r"^new texts +16 \(", tables["update"], re.M)
+    assert re.search(r"^unlabelled texts +16$", tables["adapt"], re.M)
+    assert tables["cluster"].startswith("wrote 2 groups of 16 texts") and " texts; head suggests" in tables["cluster"]
+
+
 def test_texts_cluster_export_and_compare(text_bundle, banking, tmp_path):
     """cluster groups unlabelled texts into texts.csv (labels to rename, then update), data export writes
     texts.csv with its split, and compare runs every artifact of a text bundle against fp32."""
-    from edgetl.data_export import export_image_folder
-    from edgetl.exporters.compare import compare_bundle
+    from edgetl.data_export import export_data
+    from edgetl.exporters.compare import compare_on_data
     from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.tools.cluster import cluster_images
 
@@ -436,13 +463,17 @@ def test_texts_cluster_export_and_compare(text_bundle, banking, tmp_path):
     assert set(grouped.class_names) <= {f"group-{j:02d}" for j in range(4)}
     assert not any(p.is_dir() for p in (tmp_path / "groups").iterdir())
 
-    counts = export_image_folder(str(banking["train"]), tmp_path / "exported", val_fraction=0.25)
+    written = export_data(str(banking["train"]), tmp_path / "exported", val_fraction=0.25)
+    counts = written.counts
     exported = open_data(tmp_path / "exported" / "texts.csv")
+    assert written.modality == "text"
     assert counts == {"train": len(exported.split("train")), "val": len(exported.split("val"))}
     assert counts["train"] + counts["val"] == INTENTS * PER_INTENT
 
-    rows = {r.artifact: r for r in compare_bundle(text_bundle, open_data(banking["test"]).split("all")[:48])}
+    comparison = compare_on_data(text_bundle, str(banking["test"]), limit=48)
+    rows = {r.artifact: r for r in comparison.rows}
     assert rows["onnx-int8-dynamic"].top1_agreement >= 0.9 and rows["onnx-fp16"].max_abs_diff < 1e-2
+    assert comparison.lines()[0].endswith(f"48 texts of {banking['test']}")
 
 
 def test_bench_measures_text_models_per_sequence_length(text_bundle):

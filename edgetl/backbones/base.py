@@ -92,9 +92,6 @@ class Backbone(nn.Module):
             )
         return len(self.stages) - 1 - train_last if train_last else len(self.stages)
 
-    def stage_names(self) -> list[str]:
-        return [type(s).__name__ for s in self.stages]
-
     def weights_sha256(self) -> str:
         """A digest of every parameter and buffer: identifies the weights for caching."""
         digest = hashlib.sha256()

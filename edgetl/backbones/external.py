@@ -35,11 +35,6 @@ class _Sequential(nn.Module):
         return x
 
 
-class _Flatten(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(x, 1)
-
-
 class WrappedBackbone(Backbone):
     """A third-party classifier with its classifier removed, split into stages."""
 

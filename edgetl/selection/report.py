@@ -47,6 +47,25 @@ def latency_note(result: dict) -> str:
             f"{'target' if lat['where'] == 'target' else 'host, not the target'}: {lat['note']}")
 
 
+def text_lines(result: dict) -> list[str]:
+    """What ``edgetl select`` prints: the table, how latency was measured, the recommendations, the cost, the
+    files written."""
+    lines = text_table(COLUMNS, table_rows(result))
+    lines += [latency_note(result), f"scored on the {result['scored_on']}",
+              f"recommended: {result['recommendation']['backbone']} - {result['recommendation']['reason']}"]
+    if result.get("freeze"):
+        freeze = result["freeze"]
+        lines.append(f"freeze depth of {freeze['backbone']} ({freeze['evaluated_on']}):")
+        lines += ["  " + line for line in text_table(FREEZE_COLUMNS, freeze_rows(freeze))]
+        lines.append(f"recommended: {freeze['reason']}")
+    t = result["timings"]
+    lines.append(("reused the selection measured " + result["created"]) if result.get("reused") else
+                 f"select took {t['total_s']:.1f} s: backbone passes {t['backbone_passes_s']:.1f} s, scores "
+                 f"{t['scoring_s']:.1f} s, latency {t['latency_s']:.1f} s"
+                 + (f" (of these, one-off ONNX exports {t['exports_s']:.1f} s)" if t.get("exports_s") else ""))
+    return lines + [f"wrote {path}" for path in result.get("files", {}).values()]
+
+
 def markdown(result: dict) -> str:
     md = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
     lines = [f"# Backbone selection for `{result['data']}`", "",

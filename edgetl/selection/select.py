@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,28 @@ def select_backbones(
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
     reuse: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Measure every candidate and recommend one; returns the selection record (schema ``edgetl.selection/1``)."""
+    """Measure every candidate and recommend one; returns the selection record (schema ``edgetl.selection/1``).
+
+    A fresh record of the same measurement is reused unless ``reuse`` is False.  With ``out``, selection.json,
+    selection.md and selection.png are written there too and listed under ``files`` (an existing ``out`` is
+    refused before any measuring, unless ``overwrite``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("select does not run under torchrun: run it as one process")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another path, or overwrite it", option="out",
+                          remedy="overwrite")
+    result = _select(data_address, config, progress, log, reuse)
+    if out is not None:
+        from .report import write_reports
+
+        result["files"] = {name: str(path) for name, path in write_reports(result, out, overwrite).items()}
+    return result
+
+
+def _select(data_address: str, config: SelectConfig, progress: ProgressFactory, log, reuse: bool) -> dict:
     started = time.perf_counter()
     prepared = open_training_data(data_address, config.val_fraction, config.seed, config.skip_bad)
     if prepared.data.modality == "text":

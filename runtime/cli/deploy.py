@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .options import json_option, no_measure_options, option_group
+from .options import json_option, no_measure_options, option_group, overwrite_option
 from .output import note, print_json, print_table
 
 
@@ -93,7 +93,7 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
 @click.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists (only once the new bundle is verified).")
+@overwrite_option("DEST", " (only once the new bundle is verified)")
 @option_group(no_measure_options("Do not measure the artifacts on this machine now (the first run will)."))
 @json_option
 def unpack(archive, dest, overwrite, no_measure, as_json) -> None:

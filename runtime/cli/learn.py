@@ -12,8 +12,8 @@ from dataclasses import asdict
 import click
 
 from ..learning.settings import METHODS, UpdateSettings
-from .options import json_option, with_model_options
-from .output import fmt, print_json, print_table, progress
+from .options import json_option, overwrite_option, skip_bad_option, with_model_options
+from .output import fmt, inputs_of, print_json, print_table, progress
 
 
 def _version_dict(version) -> dict:
@@ -33,7 +33,7 @@ def lock_timeout_option(func):
 @click.option("--method", type=click.Choice(METHODS), default=UpdateSettings.method, show_default=True,
               help="ridge: exact streaming ridge; sgd: logistic head with replay; ncm: nearest class mean.")
 @click.option("--holdout", "holdout_fraction", type=float, default=UpdateSettings.holdout_fraction, show_default=True,
-              help="Share of the new images kept out of training to measure accuracy.")
+              help="Share of the new samples (images or texts) kept out of training to measure accuracy.")
 @click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the earlier held-out samples falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
@@ -41,9 +41,9 @@ def lock_timeout_option(func):
 @click.option("--alpha-search-min", type=click.IntRange(min=1), default=UpdateSettings.alpha_search_min,
               show_default=True,
               help="A due regularisation search (the samples grew by a quarter) runs only on an update with at least "
-                   "this many new training images; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
+                   "this many new training samples; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@skip_bad_option
 @json_option
 @with_model_options
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, alpha_search_min,
@@ -61,8 +61,8 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
         return
     print_table([
         ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
-        ("new samples", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} held out; "
-                       f"{report['n_duplicate']} already stored)"),
+        (f"new {inputs_of(bundle)}", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} "
+                                     f"held out; {report['n_duplicate']} already stored)"),
         ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
                                                     if report["new_classes"] else "")),
         ("held-out accuracy", f"{fmt(report['accuracy'])} on {report['holdout_n']} samples"),
@@ -143,9 +143,10 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.argument("data")
-@click.option("--check", default=None, help="Labelled images of the target domain to measure the change on.")
+@click.option("--check", default=None,
+              help="Labelled data (images or texts) of the target domain to measure the change on.")
 @click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
-              help="Refuse to commit (exit 6) when accuracy on the --check images falls by more points.")
+              help="Refuse to commit (exit 6) when accuracy on the --check data falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @lock_timeout_option
 @json_option
@@ -161,11 +162,12 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
     if as_json:
         print_json(report)
         return
-    rows = [("version", report["version"]), ("unlabelled images", report["n_unlabeled"]),
+    noun = inputs_of(bundle)
+    rows = [("version", report["version"]), (f"unlabelled {noun}", report["n_unlabeled"]),
             ("feature mean shift", report["mean_shift"])]
     if "accuracy_before" in report:
         rows.append(("check accuracy", f"{report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f} "
-                                       f"({report['check_n']} images)"))
+                                       f"({report['check_n']} {noun})"))
     print_table(rows)
 
 
@@ -175,11 +177,11 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @click.option("--k", type=int, required=True, help="Number of groups.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means restarts.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@overwrite_option("OUT")
 @json_option
 @with_model_options
 def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_measure) -> None:
-    """Group unlabelled images of DATA by feature similarity and write the groups out for labelling."""
+    """Group unlabelled images (or texts) of DATA by feature similarity and write the groups out for labelling."""
     from ..tools.cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
@@ -187,7 +189,8 @@ def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, t
     if as_json:
         print_json(summary)
         return
-    click.echo(f"wrote {k} groups of {summary['n']} images to {out} (groups.csv, summary.json)")
+    noun = inputs_of(bundle)
+    click.echo(f"wrote {k} groups of {summary['n']} {noun} to {out} (groups.csv, summary.json)")
     for g in summary["groups"]:
-        click.echo(f"  {g['group']}: {g['size']:4d} images; head suggests {g['head_suggests']} "
+        click.echo(f"  {g['group']}: {g['size']:4d} {noun}; head suggests {g['head_suggests']} "
                    f"({g['agreement']:.0%} agree)")

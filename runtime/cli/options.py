@@ -10,6 +10,9 @@ import functools
 
 import click
 
+from ..data.preprocess import DEFAULT_MAX_PIXELS
+from ..data.sources import SPLITS
+
 THREADS_HELP = "Intra-op threads (default: one per usable physical core, stated to every engine)."
 #: bench measures a matrix: the same thread count, one cell per value.
 THREADS_LIST_HELP = ("Comma-separated thread counts, one matrix cell each (default: one per usable physical "
@@ -43,10 +46,32 @@ def no_measure_options(help_text: str) -> list:
     ]
 
 
+#: ``--threads``: one thread count for the one model (or pass) a command runs.
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+
+#: ``--skip-bad``: a bad input (an unreadable image, a text file's bad row) is skipped and named, not fatal.
+skip_bad_option = click.option("--skip-bad", is_flag=True,
+                               help="Skip unreadable images (or a text file's bad rows) with a warning instead of "
+                                    "failing.")
+
+#: ``--split``: which split of DATA a command reads.
+split_option = click.option("--split", type=click.Choice(SPLITS), default=None,
+                            help="Which split of DATA (default: val when DATA has one, else all).")
+
+#: ``--max-pixels``: the decoded-size limit that guards against decompression bombs.
+max_pixels_option = click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+                                 help="Refuse images larger than this many pixels (decompression bombs).")
+
+
+def overwrite_option(what: str, after: str = ""):
+    """``--overwrite``: replace ``what`` (the command's output) when it exists; ``after`` adds how, if it matters."""
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what} if it exists{after}.")
+
+
 model_options = [
     click.option("--artifact", default=None, help="Backbone artifact of the bundle to run, by name (e.g. onnx)."),
     click.option("--backend", default=None, help="Runtime backend (default: the artifact's own)."),
-    click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP),
+    threads_option,
     *no_measure_options("Never measure the artifacts on this machine: with no timings here, the device profile or "
                         "the CPU class's order decides."),
 ]

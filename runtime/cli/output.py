@@ -43,6 +43,13 @@ def print_table(rows: list[tuple[str, object]]) -> None:
         click.echo(f"{name.ljust(width)}  {value}")
 
 
+def inputs_of(bundle) -> str:
+    """What a bundle's model reads, in the plural, for tables: ``texts`` for a text model, else ``images``."""
+    from ..bundle.manifest import read_bundle_manifest
+
+    return "texts" if read_bundle_manifest(bundle, verify=False).modality == "text" else "images"
+
+
 def fmt(value: float | None) -> str:
     """A rate to four places, or ``-`` when there is none."""
     return "-" if value is None else f"{value:.4f}"

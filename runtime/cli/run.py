@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ..data.sources import SPLITS
-from ..data.preprocess import DEFAULT_MAX_PIXELS
-from .options import json_option, with_model_options
+from .options import json_option, max_pixels_option, skip_bad_option, split_option, with_model_options
 from .output import detail, note, print_json, print_table, progress, warn
 
 
@@ -22,8 +20,7 @@ def _explain_choice(model) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per input.")
-@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Refuse images larger than this many pixels.")
+@max_pixels_option
 @json_option
 @with_model_options
 def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_measure) -> None:
@@ -51,9 +48,8 @@ def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threa
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("data")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Which split of DATA (default: val when DATA has one, else all).")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of failing.")
+@split_option
+@skip_bad_option
 @click.option("--min-accuracy", type=float, default=None,
               help="Exit with status 11 when the accuracy is below this (a deployment gate); the report is "
                    "printed first.")
@@ -74,7 +70,8 @@ def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, bac
         print_json(report)
     else:
         rows = [("artifact", f"{report['artifact']} ({report['backend']})"), ("data", f"{data} [{report['split']}]"),
-                ("images", report["n"]), ("accuracy", report["accuracy"])]
+                ("texts" if model.preprocess.kind == "text" else "images", report["n"]),
+                ("accuracy", report["accuracy"])]
         rows += [(f"  {name}", f"{v['accuracy']:.4f} (n={v['n']})") for name, v in report["per_class"].items()]
         print_table(rows)
     if min_accuracy is not None:

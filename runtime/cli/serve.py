@@ -60,7 +60,7 @@ def read_token(path: str, log) -> str:
               help="TCP port (0: any free port, printed at start).")
 @click.option("--name", default=None, help="Model name in the routes (default: the bundle folder's name).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Most images per backbone batch (1 turns dynamic batching off).")
+              help="Most inputs (images or texts) per backbone batch (1 turns dynamic batching off).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
               help="How long a batch waits for requests being read after its first (a request alone runs "
                    "at once).")
@@ -71,7 +71,7 @@ def read_token(path: str, log) -> str:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Largest image accepted, in pixels (a likely decompression bomb beyond).")
 @click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Most images (or inputs) in one request (413 beyond).")
+              help="Most inputs (images or texts) in one request (413 beyond).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
               help="Open connections served at once (503 beyond).")
 @click.option("--request-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,

@@ -125,7 +125,7 @@ class EdgeModel:
     ) -> dict:
         """Accuracy, per-class accuracy and confusion matrix; labels index ``self.labels``."""
         if not records:
-            raise ConfigError("no images to evaluate")
+            raise ConfigError(f"no {'texts' if self.preprocess.kind == 'text' else 'images'} to evaluate")
         found = backbone_features(self, records, self.adapter, batch_size, skip_bad, max_pixels, progress,
                                   label="evaluating")
         predicted = np.argmax(self.head.logits(found.values), axis=1) if found.kept else np.zeros(0, np.int64)

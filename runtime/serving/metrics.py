@@ -123,10 +123,10 @@ class ServiceMetrics:
         self.requests = Counter("edgetl_requests_total", "HTTP requests by route and status code.", ("route", "code"))
         self.latency = Histogram("edgetl_request_duration_seconds", "Time from request read to response, by route.",
                                  LATENCY_BUCKETS, ("route",))
-        self.images = Counter("edgetl_inference_images_total", "Images (or preprocessed inputs) run by the backbone.")
-        self.batch_size = Histogram("edgetl_batch_size", "Images per backbone batch (dynamic batching).", BATCH_BUCKETS)
+        self.images = Counter("edgetl_inference_images_total", "Inputs (images or texts) run by the backbone.")
+        self.batch_size = Histogram("edgetl_batch_size", "Inputs per backbone batch (dynamic batching).", BATCH_BUCKETS)
         self.batch_seconds = Histogram("edgetl_batch_duration_seconds", "Backbone time per batch.", LATENCY_BUCKETS)
-        self.queue_seconds = Histogram("edgetl_queue_wait_seconds", "Time a request's images waited for their batch.",
+        self.queue_seconds = Histogram("edgetl_queue_wait_seconds", "Time a request's inputs waited for their batch.",
                                        LATENCY_BUCKETS)
         self.in_flight = Gauge("edgetl_requests_in_flight", "Requests being handled now.")
         self.head_version = Gauge("edgetl_head_version", "The head version that answers now (0: the bundle's own).")

@@ -41,9 +41,7 @@ from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
 from .protocol import BYTES, InferRequest, ProtocolError, Tensor, encode_infer_response
-from .requests import (
-    Signature, infer_input, requested_outputs, update_inputs, update_parameters, utf8_texts,
-)
+from .requests import Signature, infer_input, requested_outputs, update_inputs, update_parameters, utf8_texts
 
 #: Pixel limit of one received image: 16 MP (4096 x 4096) bounds what concurrent decodes can take (3 bytes a pixel).
 SERVE_MAX_PIXELS = 4096 * 4096

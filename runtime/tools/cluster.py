@@ -36,7 +36,7 @@ def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts: int = 4) -> tuple[np.ndarray, np.ndarray, float]:
     """(assignments, centres, inertia) of the best of ``restarts`` seeded k-means++ runs."""
     if not 1 <= k <= len(x):
-        raise ConfigError(f"must lie in 1..{len(x)} (the number of images), got {k}", option="k")
+        raise ConfigError(f"must lie in 1..{len(x)} (the number of inputs), got {k}", option="k")
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(restarts):
@@ -70,11 +70,11 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
         features, kept = found.values, found.kept
         predicted = np.argmax(model.head.logits(features), axis=1) if len(kept) else np.zeros(0, int)
         labels = model.labels
+    text = source.modality == "text"
     if len(kept) < k:
-        raise ConfigError(f"only {len(kept)} readable images for {k} groups", option="k")
+        raise ConfigError(f"only {len(kept)} readable {'texts' if text else 'images'} for {k} groups", option="k")
     assign, centres, inertia = kmeans(normalise_rows(features.astype(np.float64)), k, seed)
     groups = []
-    text = source.modality == "text"
     with atomic_directory(out, overwrite=overwrite) as staging:
         rows = []
         for j in range(k):

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= host,text,openvino,quantize,test
+EXTRAS ?= host,text,openvino,quantize,test,docs
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
@@ -14,7 +14,7 @@ export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
 RUNTIME_VENV := .venv-runtime
 ARM64_ROOT ?= $(HOME)/.cache/edgetl/arm64
 
-.PHONY: install demo test test-runtime check-arm64 bench lint dist clean
+.PHONY: install demo test test-runtime check-arm64 bench lint dist docs clean
 
 install: $(STAMP)
 
@@ -78,5 +78,10 @@ lint: install
 dist: install
 	$(BIN)/python -m build --outdir dist
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns every warning (a broken link, a page
+# missing from the nav, a CLI reference that cannot be generated) into a failure.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(DEMO) .pytest_cache build dist
+	rm -rf $(DEMO) .pytest_cache build dist site

@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/edgetl compare $(DEMO)/bundle $(DEMO)/digits
 	$(BIN)/edgetl bench $(DEMO)/bundle --batch 1,8 --out $(DEMO)/bench --record
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 
 # The torch-free tests in an environment holding the runtime alone (numpy, Pillow, onnxruntime, click): what a
@@ -70,8 +70,14 @@ bench: install
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 
+# ruff (pyproject.toml: line length, import order, pyflakes, bugbear, pyupgrade), and commit subjects of at most
+# 72 characters since 0.6.1 (the detail goes in the body); a clone without that history checks what it has.
+LINT_SINCE := 5b28bec
 lint: install
-	$(BIN)/ruff check edgetl exporters runtime devices tests benchmarks setup.py
+	$(BIN)/ruff check edgetl exporters runtime devices tests benchmarks emulation docs setup.py
+	@git rev-parse -q --verify $(LINT_SINCE) >/dev/null 2>&1 && range=$(LINT_SINCE)..HEAD || range=HEAD; \
+	long=$$(git log --no-merges --format='%h %s' $$range 2>/dev/null | awk 'length($$0) - index($$0, " ") > 72'); \
+	if [ -n "$$long" ]; then echo "commit subjects over 72 characters:"; echo "$$long"; exit 1; fi
 
 # The sdist and the wheel, into dist/ (setup.py finds the packages and their data files; tests/test_wheel.py
 # installs such a wheel on its own and runs the host and device paths from it).

@@ -7,8 +7,9 @@ cell is set against OpenVINO's benchmark_app (sync API); for
 the fp32 ONNX model against a plain onnxruntime loop (one session, same threads, same input, same
 duration).  Every measurement runs in its own fresh process; ours and theirs run back to back,
 in alternating order, over several rounds, and the median of the paired ratios is the figure
-(this machine's speed drifts by tens of percent within minutes, so unpaired medians mislead).  Target: both ratios within 10% (0.9..1.1).  Our figure
-includes what the device pays per call beyond the engine: the input check and the numpy head.
+(this machine's speed drifts by tens of percent within minutes, so unpaired medians mislead).  Target: both ratios
+within 10% (0.9..1.1).  Our figure includes what the device pays per call beyond the engine: the input check and the
+numpy head.
 Run: python benchmarks/bench_fidelity.py [--bundle BUNDLE] [--threads N] [--seconds 2] [--rounds 15]
 """
 
@@ -27,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from _common import save_result
 
+from edgetl.runtime.bundle.manifest import read_bundle_manifest
 from edgetl.runtime.engines.backends.openvino import benchmark_app_command
 from edgetl.runtime.engines.latency import BenchSettings
 from edgetl.runtime.machine import default_threads
 from edgetl.runtime.tools.bench import Cell, measure_cell_isolated
-from edgetl.runtime.bundle.manifest import read_bundle_manifest
 
 
 def demo_bundle(folder: Path) -> Path:
@@ -60,7 +61,8 @@ PLAIN_ORT_LOOP = textwrap.dedent("""
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)}
+    pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    feed = {session.get_inputs()[0].name: pixels}
     start = time.perf_counter()
     while time.perf_counter() - start < 1.0:
         session.run(None, feed)
@@ -117,15 +119,18 @@ def main() -> None:
     ok = lambda r: "PASS" if 0.9 <= r <= 1.1 else "MISS"  # noqa: E731
     label = f"{threads} threads"
     print(f"OpenVINO IR, {size} px, batch 1, {label}: edgetl bench p50 {median['edgetl_openvino']:.3f} ms, "
-          f"benchmark_app median {median['benchmark_app']:.3f} ms -> paired ratio {ov_ratio:.3f} {ok(ov_ratio)} (target 0.9..1.1; "
+          f"benchmark_app median {median['benchmark_app']:.3f} ms -> paired ratio {ov_ratio:.3f} {ok(ov_ratio)} "
+          f"(target 0.9..1.1; "
           f"quartiles {spread['edgetl_openvino'][0]:.2f}..{spread['edgetl_openvino'][1]:.2f})")
     print(f"ONNX fp32, {size} px, batch 1, {label}: edgetl bench p50 {median['edgetl_onnxruntime']:.3f} ms, "
-          f"plain onnxruntime loop median {median['plain_onnxruntime']:.3f} ms -> paired ratio {ort_ratio:.3f} {ok(ort_ratio)} "
-          f"(target 0.9..1.1; quartiles {spread['edgetl_onnxruntime'][0]:.2f}..{spread['edgetl_onnxruntime'][1]:.2f})")
+          f"plain onnxruntime loop median {median['plain_onnxruntime']:.3f} ms -> paired ratio {ort_ratio:.3f} "
+          f"{ok(ort_ratio)} (target 0.9..1.1; quartiles {spread['edgetl_onnxruntime'][0]:.2f}.."
+          f"{spread['edgetl_onnxruntime'][1]:.2f})")
     path = save_result("bench_fidelity", {
         "command": "python benchmarks/bench_fidelity.py " + " ".join(sys.argv[1:]),
         "input_size": size, "threads": threads, "rounds": rounds, "medians_ms": median,
-        "paired_ratios": ratios, "paired_ratio_quartiles": spread, "openvino_ratio": ov_ratio, "onnxruntime_ratio": ort_ratio,
+        "paired_ratios": ratios, "paired_ratio_quartiles": spread, "openvino_ratio": ov_ratio,
+        "onnxruntime_ratio": ort_ratio,
     })
     print(f"wrote {path}")
 

@@ -21,8 +21,8 @@ from edgetl.backbones import create_backbone
 from edgetl.engines import choose_engine
 from edgetl.extract import extract_features, resolve_device
 from edgetl.features import resolve_splits
-from edgetl.runtime.engines.backends import installed
 from edgetl.runtime.data.sources import open_data
+from edgetl.runtime.engines.backends import installed
 
 
 def main() -> None:

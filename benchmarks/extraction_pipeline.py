@@ -5,8 +5,9 @@
    (decode and resize, normalize, engine, cache writes); target: the whole pass at least 0.9 of the engine alone.
    On a CPU the engine alone is the faster of one engine on every core and one single-threaded copy per core
    (what the pass's lanes run); the default pass (lanes where decoding would run in threads) is shown beside
-   decoding threads next to one engine (``--workers 0``) and two worker processes.  On CUDA, the compute-only rate with the batch already on the
-   GPU and the end-to-end rate over the photos (target 0.8); without CUDA that figure is missing and said so.
+   decoding threads next to one engine (``--workers 0``) and two worker processes.  On CUDA, the compute-only rate with
+   the batch already on the GPU and the end-to-end rate over the photos (target 0.8); without CUDA that figure is
+   missing and said so.
 2. Flat memory: the pass over a CSV of 10,000 and of 100,000 records (repeated builtin digits PNGs, 32 px so the
    run stays short), each in a fresh process: peak RSS of the process and of its largest decoding worker.
 
@@ -33,9 +34,9 @@ from edgetl.backbones import create_backbone
 from edgetl.cache import FeatureCache
 from edgetl.engines import choose_engine
 from edgetl.extract import output_shape, prepare, resolve_device, run_frozen
-from edgetl.runtime.data.sources import open_data
 from edgetl.pipeline import usable_cores
 from edgetl.runtime.data.preprocess import crop, preprocess
+from edgetl.runtime.data.sources import open_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOTHING = ROOT / "data" / "clothing10"

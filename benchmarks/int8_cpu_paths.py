@@ -67,10 +67,10 @@ def main() -> None:
         sys.exit("run this on a CPU with VNNI or AMX: the 8-bit variants are the reference there")
     from edgetl.exporters.bundle import export_run
     from edgetl.finetune import FinetuneConfig, finetune
-    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.bundle.heads import load_head
     from edgetl.runtime.bundle.manifest import read_bundle_manifest
     from edgetl.runtime.data.reader import read_batches
+    from edgetl.runtime.data.sources import open_data
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +83,8 @@ def main() -> None:
         images = np.concatenate([b.images for b in read_batches(records, manifest.preprocess_config, 64)])
         labels = np.array([r.label for r in records])
         np.save(tmp / "images.npy", images)
-        specs = {name: f"{manifest.artifact(name).backend}={bundle / manifest.artifact(name).file}" for name in VARIANTS}
+        specs = {name: f"{manifest.artifact(name).backend}={bundle / manifest.artifact(name).file}"
+                 for name in VARIANTS}
         specs["onnx-int8-vnni, x64quantprecision=1"] = \
             f"onnxruntime-exact-products={bundle / manifest.artifact('onnx-int8-vnni').file}"
         native = {name: run(*spec.split("=", 1), images) for name, spec in specs.items()}

@@ -24,8 +24,8 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
 from edgetl.runtime.bundle.heads import load_head
+from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
 from edgetl.runtime.machine import cpu_facts, this_cpu_class
 
 FLOWERS = Path(__file__).resolve().parents[1] / "data" / "flowers3"
@@ -46,7 +46,7 @@ def eager_latency(manifest: RunManifest, run_dir: Path, x: torch.Tensor, setting
             model = model.to(memory_format=torch.channels_last)
             xin = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            results[layout] = latency_stats(measure(lambda: model(xin), settings), 1)
+            results[layout] = latency_stats(measure(lambda model=model, xin=xin: model(xin), settings), 1)
     return results
 
 

@@ -153,12 +153,14 @@ def main() -> None:
                 "candidates": [{**{k: r[k] for k in ("backbone", "input_size", "logme", "probe_accuracy", "probe_std",
                                                      "p50_ms", "params_m", "gflops", "artifact_mb", "engine",
                                                      "backbone_pass_s")},
-                                "plain_pass_s": round(passes[r["backbone"]], 3), "val_accuracy_mean": val[r["backbone"]],
+                                "plain_pass_s": round(passes[r["backbone"]], 3),
+                                "val_accuracy_mean": val[r["backbone"]],
                                 **{f"val_accuracy_{h}": by_head[h][r["backbone"]] for h in HEADS},
                                 "val_pareto": r["backbone"] in front} for r in rows],
                 "kendall_tau_probe": kendall_tau([r["probe_accuracy"] for r in rows], [val[n] for n in names]),
                 "kendall_tau_logme": kendall_tau([r["logme"] for r in rows], [val[n] for n in names]),
-                **{f"kendall_tau_probe_{h}": kendall_tau([r["probe_accuracy"] for r in rows], [by_head[h][n] for n in names])
+                **{f"kendall_tau_probe_{h}": kendall_tau([r["probe_accuracy"] for r in rows],
+                                                         [by_head[h][n] for n in names])
                    for h in HEADS},
                 "recommended": recommended, "reason": result["recommendation"]["reason"],
                 "recommended_on_val_pareto_front": recommended in front,
@@ -187,7 +189,8 @@ def main() -> None:
                       f"{c['probe_std']:6.3f} " + " ".join(f"{c['val_accuracy_' + h]:10.4f}" for h in HEADS)
                       + f" {c['val_accuracy_mean']:8.4f} {c['p50_ms']:7.2f} {c['backbone_pass_s']:7.1f} "
                       f"{c['plain_pass_s']:7.1f} {'yes' if c['val_pareto'] else '':>5s}")
-            print("Kendall tau, probe vs val: " + ", ".join(f"{h} {entry['kendall_tau_probe_' + h]:+.3f}" for h in HEADS)
+            print("Kendall tau, probe vs val: "
+                  + ", ".join(f"{h} {entry['kendall_tau_probe_' + h]:+.3f}" for h in HEADS)
                   + f", mean {entry['kendall_tau_probe']:+.3f}; LogME vs mean val {entry['kendall_tau_logme']:+.3f}; "
                   f"recommended {recommended} "
                   f"({'on' if entry['recommended_on_val_pareto_front'] else 'NOT on'} the val-accuracy/latency front)")

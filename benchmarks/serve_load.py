@@ -31,8 +31,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from _common import save_result
+from PIL import Image
 
 from edgetl.data_export import export_image_folder
 from edgetl.exporters.bundle import export_run
@@ -121,7 +121,8 @@ def _stop_server(process: subprocess.Popen) -> int:
     return process.wait(60)
 
 
-def _load(port: int, images: list[bytes], clients: int, seconds: float, max_requests: int) -> tuple[list[Client], float]:
+def _load(port: int, images: list[bytes], clients: int, seconds: float,
+          max_requests: int) -> tuple[list[Client], float]:
     deadline = time.perf_counter() + seconds
     budget, lock = [max_requests], threading.Lock()
     workers = [Client(port, images, deadline, budget, lock, seed) for seed in range(clients)]
@@ -325,7 +326,8 @@ def main() -> None:
         "committed_versions": sorted(committed), "last_commit_s": updates_done, "answered_versions": sorted(answered),
         "every_answered_version_committed": versions_ok, "killed_updater": killed, "bad_inputs": bad,
         "served_after": len(after.latencies) - len(after.failures), "sigterm_exit_code": stop_code,
-        "single_client": single, "batching": {"max_batch_8": ratios[8], "max_batch_1": ratios[1], "throughput_ratio": gain},
+        "single_client": single, "batching": {"max_batch_8": ratios[8], "max_batch_1": ratios[1],
+                                              "throughput_ratio": gain},
         "cpu_count": os.cpu_count(),
     })
     print(f"wrote {path}")

@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
-
 from _common import save_result, verdict
+from PIL import Image, ImageOps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "clothing10"
 
@@ -181,7 +180,8 @@ def main() -> None:
     print(f"{'  of which loading statistics (ms)':<34}{'-':>14}{command['head_state_p50_ms']:>16.1f}")
     print(f"{'commit, fsync included (ms)':<34}{inproc['commit_p50_ms']:>14.1f}{command['commit_p50_ms']:>16.1f}")
     print(f"{'whole update (ms)':<34}{inproc['update_p50_ms']:>14.1f}{1e3 * command['update_p50_s']:>16.0f}")
-    print(f"{'predict of the same image (ms)':<34}{inproc['predict_p50_ms']:>14.1f}{1e3 * command['predict_p50_s']:>16.0f}")
+    print(f"{'predict of the same image (ms)':<34}{inproc['predict_p50_ms']:>14.1f}"
+          f"{1e3 * command['predict_p50_s']:>16.0f}")
     print(f"in-process head maths + commit p50 {hc:.1f} ms (p90 {inproc['head_plus_commit_p90_ms']:.1f}, max "
           f"{inproc['head_plus_commit_max_ms']:.1f}): {verdict(hc, 20)}")
     gap = inproc["update_p50_ms"] - inproc["predict_p50_ms"]

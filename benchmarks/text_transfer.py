@@ -1,7 +1,7 @@
 """Text transfer on banking77, measured in one run (issue 17).
 
-A frozen all-MiniLM-L6-v2 (``minilm-l6``) with a head (``--head``, default mlp) is fine-tuned on ``train.csv`` (10,003 queries, 77
-intents; ``--val-fraction`` of it held out for the run's own validation), exported to every text format, and
+A frozen all-MiniLM-L6-v2 (``minilm-l6``) with a head (``--head``, default mlp) is fine-tuned on ``train.csv`` (10,003
+queries, 77 intents; ``--val-fraction`` of it held out for the run's own validation), exported to every text format, and
 judged on ``test.csv`` (3,080 queries) through the device runtime:
 
 * test accuracy per artifact (target: fp32 at least 0.93, every gated artifact within 1 point of it);
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import save_result, verdict
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77"
@@ -150,8 +149,8 @@ def main() -> None:
     import torch
 
     from edgetl.backbones import create_backbone
-    from edgetl.runtime.engines.backends import create_backend
     from edgetl.runtime.bundle.folder import Bundle
+    from edgetl.runtime.engines.backends import create_backend
     from edgetl.runtime.machine import cpu_facts
 
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-text-"))
@@ -167,7 +166,8 @@ def main() -> None:
         print(f"reusing the run and bundle in {work}")
         export = json.loads((bundle / "manifest.json").read_text())
         run = json.loads((work / "run" / "manifest.json").read_text())
-        result["finetune"] = {"accuracy": run["val_accuracy"], "timings": run["timings"], "cache_hit": run["cache"]["hit"]}
+        result["finetune"] = {"accuracy": run["val_accuracy"], "timings": run["timings"],
+                              "cache_hit": run["cache"]["hit"]}
     else:
         print(f"fine-tuning minilm-l6 on {len(train)} texts")
         run = _finetune(train_csv, work / "run", args.val_fraction, args.head)
@@ -193,7 +193,7 @@ def main() -> None:
                           "seconds": round(report["seconds"], 2)}
         print(f"  {name:20s} {report['accuracy']:.4f} ({report['precision']}, {report['seconds']:.1f} s)")
     fp32 = accuracy["onnx"]["accuracy"]
-    for name, row in accuracy.items():
+    for row in accuracy.values():
         row["drop_points"] = round((fp32 - row["accuracy"]) * 100, 3)
     result["test_accuracy"] = accuracy
 
@@ -244,8 +244,8 @@ def main() -> None:
     for artifact in runnable:
         with create_backend(artifact.evaluated_with, bundle / artifact.file, precision=artifact.precision) as runner:
             bundle_head = Bundle(bundle).exported_head
-            run_one = (lambda: runner.infer(ids)) if artifact.role != "backbone" else \
-                (lambda: bundle_head.logits(runner.infer(ids)))
+            run_one = (lambda runner=runner: runner.infer(ids)) if artifact.role != "backbone" else \
+                (lambda runner=runner, head=bundle_head: head.logits(runner.infer(ids)))
             latency[artifact.name] = _latency(run_one, args.seconds)
     eager = latency["torch (eager, fp32)"]
     result["latency_p50_ms"] = {"tokens": int(ids.shape[1]), "text": texts[median],

@@ -18,6 +18,11 @@ from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.tools.bench import COLUMNS, RESULT_SCHEMA, cell_text, notes, row_key, write_result_files
 
 
+def _ratio(new: dict, old: dict, key: str) -> float:
+    """``new[key] / old[key]``, NaN where the old figure is zero."""
+    return new[key] / old[key] if old[key] else float("nan")
+
+
 def compare_results(a: dict, b: dict) -> list[dict]:
     """Rows present in both results, with B/A ratios (below 1 means B is faster / smaller)."""
     for result, name in ((a, "A"), (b, "B")):
@@ -29,11 +34,11 @@ def compare_results(a: dict, b: dict) -> list[dict]:
         old = by_key.get(row_key(row))
         if old is None:
             continue
-        ratio = lambda k: row[k] / old[k] if old[k] else float("nan")  # noqa: E731
         shared.append({"artifact": row["artifact"], "backend": row["backend"], "threads": row["threads"],
                        "batch": row["batch"], **({"seq_len": row["seq_len"]} if "seq_len" in row else {}),
-                       "p50_ratio": ratio("p50_ms"), "p90_ratio": ratio("p90_ms"),
-                       "throughput_ratio": ratio("throughput_per_s"), "rss_ratio": ratio("peak_rss_mb"),
+                       "p50_ratio": _ratio(row, old, "p50_ms"), "p90_ratio": _ratio(row, old, "p90_ms"),
+                       "throughput_ratio": _ratio(row, old, "throughput_per_s"),
+                       "rss_ratio": _ratio(row, old, "peak_rss_mb"),
                        "accuracy_change": (row["accuracy"] - old["accuracy"])
                        if row["accuracy"] is not None and old["accuracy"] is not None else None,
                        "a_p50_ms": old["p50_ms"], "b_p50_ms": row["p50_ms"]})

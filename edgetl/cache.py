@@ -6,8 +6,8 @@ extraction precision and the content of every input image, in order.  A
 second fine-tune on the same data with other head settings therefore does no
 backbone pass at all.  Which engine computed an entry (eager torch, or OpenVINO /
 ONNX Runtime on the exported frozen part) is not part of the key: an engine is
-used only after matching torch within 1e-4 (see :mod:`edgetl.engines`).  Entries are written to a temporary folder and renamed
-into place, so a killed extraction never leaves a partial entry.
+used only after matching torch within 1e-4 (see :mod:`edgetl.engines`).  Entries are written to a temporary folder and
+renamed into place, so a killed extraction never leaves a partial entry.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -98,7 +98,7 @@ class FeatureCache:
         return CachedFeatures(key, features, valid, list(meta.get("skipped", [])), hit=True)
 
     @contextlib.contextmanager
-    def writer(self, key: str, count: int, shape: tuple[int, ...]) -> Iterator["CacheWriter"]:
+    def writer(self, key: str, count: int, shape: tuple[int, ...]) -> Iterator[CacheWriter]:
         """An entry of ``count`` rows of ``shape``, written as rows arrive; it appears (complete, synced) when
         the block ends, and not at all when it raises."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ class FeatureCache:
             writer.finish()
 
     @contextlib.contextmanager
-    def shared_writer(self, key: str, count: int, shape: tuple[int, ...], ranks) -> Iterator["CacheWriter"]:
+    def shared_writer(self, key: str, count: int, shape: tuple[int, ...], ranks) -> Iterator[CacheWriter]:
         """:meth:`writer` for every rank of a process group (:class:`edgetl.distributed.Ranks`; None: this process
         alone).  Rank 0 creates the entry and tells the others where; each writes its own rows; rank 0 gathers
         their valid rows and bad-image lists, completes the entry and renames it, and every rank leaves the block
@@ -154,7 +154,7 @@ class FeatureCache:
 
 
 @contextlib.contextmanager
-def _group_outcome(ranks, writer: "CacheWriter") -> Iterator[list]:
+def _group_outcome(ranks, writer: CacheWriter) -> Iterator[list]:
     """Around one rank's share of a pass: every rank learns every other's outcome (its rows and bad images, or its
     error), so a rank that fails makes all of them fail, and none waits for it forever."""
     parts: list = []
@@ -202,7 +202,7 @@ class CacheWriter:
             self._data_start = self._file.tell()
 
     @classmethod
-    def attach(cls, folder: Path, count: int, shape: tuple[int, ...]) -> "CacheWriter":
+    def attach(cls, folder: Path, count: int, shape: tuple[int, ...]) -> CacheWriter:
         """Another process's entry in the making, to write this process's rows into."""
         return cls(folder, count, shape, create=False)
 
@@ -222,7 +222,8 @@ class CacheWriter:
         start = 0
         for end in range(1, len(indices) + 1):
             if end == len(indices) or indices[end] != indices[end - 1] + 1:
-                self._write_at(memoryview(rows[start:end]).cast("B"), self._data_start + indices[start] * self.row_bytes)
+                self._write_at(memoryview(rows[start:end]).cast("B"),
+                               self._data_start + indices[start] * self.row_bytes)
                 start = end
         self.valid[indices] = True
 

@@ -33,8 +33,16 @@ from edgetl.runtime.cli.options import (
 )
 from edgetl.runtime.cli.output import note, progress
 
-from .cli_options import (budget_option, candidates_option, image_size_option, latency_target_option, seed_option,
-                          target_option, val_fraction_option, with_pass_options)
+from .cli_options import (
+    budget_option,
+    candidates_option,
+    image_size_option,
+    latency_target_option,
+    seed_option,
+    target_option,
+    val_fraction_option,
+    with_pass_options,
+)
 
 
 @click.group(cls=ErrorReportingGroup)

@@ -14,20 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.engines.backends import Backend, create_backend, installed
-from edgetl.runtime.data.sources import ImageRecord
-from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.data.preprocess import PreprocessConfig
 from edgetl.runtime.data.reader import read_batches
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.engines.backends import Backend, create_backend, installed
+from edgetl.runtime.errors import ConfigError
+from edgetl.runtime.fsutil import atomic_directory
 
 from .extract import ComputeDevice
 

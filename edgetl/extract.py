@@ -8,19 +8,19 @@ a runtime engine (:mod:`edgetl.engines`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.engines.backends import Backend
-from edgetl.runtime.data.sources import ImageRecord
-from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, normalize_batch
-from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.data.reader import ReadReport
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.engines.backends import Backend
+from edgetl.runtime.errors import ConfigError
+from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .cache import CacheWriter
 from .pipeline import decoded_batches, engine_lanes, lane_count

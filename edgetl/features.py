@@ -7,26 +7,26 @@ Both open the data and split it the same way and key the cache the same way, so 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from torch import nn
 
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, check_trainable, open_data, stratified_split
+from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import ConfigError, DataError, EdgetlError
-from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
-from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .backbones import Backbone
 from .cache import CachedFeatures, FeatureCache, cache_key
 from .distributed import Ranks
 from .engines import EngineChoice, choose_engine, engine_file
-from .text_pass import TEXT_BATCH, run_text, text_output_shape
 from .extract import ComputeDevice, compiled, output_shape, pass_batch_size, prepare, run_frozen
+from .text_pass import TEXT_BATCH, run_text, text_output_shape
 
 
 @dataclass(frozen=True)

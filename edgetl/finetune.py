@@ -18,16 +18,16 @@ import torch
 
 from edgetl import __version__
 from edgetl.backbones import DEFAULT_BACKBONE, create_backbone
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError, DataError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.metrics import classification_report
-from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from .cache import FeatureCache
-from .extract import resolve_device
 from .distributed import current_ranks
+from .extract import resolve_device
 from .features import backbone_pass, feature_key, open_training_data, preprocess_for
 from .heads import HEAD_TRAINERS, HeadConfig
 from .run import RunManifest

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.bundle.heads import Head, LinearHead, MLPHead, RidgeHead
+from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.learning.learners import Adam
 from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import ProgressFactory, silent_progress
@@ -102,7 +102,8 @@ def _numpy_head(kind: str, module: nn.Module) -> Head:
     return LinearHead(*arrays) if kind == "linear" else MLPHead(*arrays)
 
 
-def _predict(tail: nn.Module, head: nn.Module, x: np.ndarray, compute: ComputeDevice, batch_size: int = 512) -> np.ndarray:
+def _predict(tail: nn.Module, head: nn.Module, x: np.ndarray, compute: ComputeDevice,
+             batch_size: int = 512) -> np.ndarray:
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):

@@ -29,19 +29,19 @@ import functools
 import itertools
 import os
 import queue
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from edgetl.runtime.engines.backends import Backend
-from edgetl.runtime.data.sources import ImageRecord
-from edgetl.runtime.errors import ConfigError, ImageDecodeError
 from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, crop, normalize_batch
 from edgetl.runtime.data.reader import ReadReport, decode_or_error, prefetched
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.engines.backends import Backend
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
 
 #: Below this many records, decoding runs in threads of this process (no worker start-up).
 PROCESS_MIN_RECORDS = 256

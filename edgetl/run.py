@@ -11,9 +11,9 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl.runtime.bundle.manifest import PREPROCESS_TABLE
 from edgetl.runtime.documents import Origin, Table, build, read_document, table_of, to_json
 from edgetl.runtime.errors import EdgetlError
-from edgetl.runtime.bundle.manifest import PREPROCESS_TABLE
 
 RUN_SCHEMA = "edgetl.run/1"
 
@@ -44,7 +44,7 @@ class RunManifest:
         (folder / "manifest.json").write_text(to_json(self))
 
     @classmethod
-    def read(cls, folder: str | Path) -> "RunManifest":
+    def read(cls, folder: str | Path) -> RunManifest:
         """The run's description, every key checked: a damaged or hand-edited file is a one-line error."""
         path = Path(folder) / "manifest.json"
         origin = Origin(str(path), EdgetlError, "run 'edgetl finetune' again")

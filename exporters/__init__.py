@@ -20,10 +20,21 @@ from __future__ import annotations
 from edgetl.runtime.machine import BF16_FLAGS, INT8_DOT_FLAGS
 
 from .formats import ExportFormat, parse_formats
-from .onnx_variants import (INT8_ATTEMPTS, build_fp16, build_int8, build_int8_dynamic, build_int8_tensorrt,
-                            build_int8_vnni)
-from .openvino import (OPENVINO_INT8_ATTEMPTS, build_openvino, build_openvino_bf16, build_openvino_int8,
-                       build_openvino_int8_vnni)
+from .onnx_variants import (
+    INT8_ATTEMPTS,
+    build_fp16,
+    build_int8,
+    build_int8_dynamic,
+    build_int8_tensorrt,
+    build_int8_vnni,
+)
+from .openvino import (
+    OPENVINO_INT8_ATTEMPTS,
+    build_openvino,
+    build_openvino_bf16,
+    build_openvino_int8,
+    build_openvino_int8_vnni,
+)
 
 FP32_TOLERANCE = 1e-4
 #: Static Q/DQ int8 in ONNX is built for CNNs: on MiniLM (banking77, 8 intents) ONNX Runtime's MinMax calibration

@@ -23,9 +23,13 @@ from edgetl.backbones import create_backbone
 from edgetl.devices import get_profile
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
-from edgetl.runtime.engines.backends import create_backend, installed
+from edgetl.runtime.bundle.heads import Head, load_head
+from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
+from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.documents import utc_now
+from edgetl.runtime.engines.backends import create_backend, installed
 from edgetl.runtime.errors import (
     AccuracyGateError,
     ConfigError,
@@ -35,12 +39,8 @@ from edgetl.runtime.errors import (
     MissingDependencyError,
 )
 from edgetl.runtime.fsutil import atomic_directory
-from edgetl.runtime.bundle.heads import Head, load_head
 from edgetl.runtime.machine import cpu_facts
-from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.metrics import top1_accuracy
-from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
-from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
@@ -48,8 +48,8 @@ from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .check_data import write_check_data
 from .compare import run_in_batches
 from .context import BuildContext
-from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .learning_data import write_learning_data
+from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .targets import formats_for_target, target_block
 
 CHECK_IMAGES = 16

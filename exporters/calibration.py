@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.runtime.data.preprocess import PreprocessConfig
-from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.data.reader import read_batches
 from edgetl.runtime.data.text import TextPreprocess
+from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 DEFAULT_CALIBRATION_SIZE = 300
 
@@ -71,7 +71,8 @@ class ExportData:
     val_records: list
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     progress: ProgressFactory = silent_progress
-    _folder: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="edgetl-export-"))
+    _folder: tempfile.TemporaryDirectory = field(
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix="edgetl-export-"))
     _cache: dict = field(default_factory=dict)
 
     @property

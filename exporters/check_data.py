@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.bundle.checkset import CHECK_FILE
 from edgetl.runtime.bundle.heads import Head
 from edgetl.runtime.bundle.manifest import Artifact, FileEntry
 from edgetl.runtime.data.preprocess import PreprocessConfig, crop, normalize
 from edgetl.runtime.data.text import TextPreprocess
+from edgetl.runtime.engines.backends import create_backend
 
 
 def _logits(backend: str, path: Path, head: Head, images: np.ndarray, precision: str = "fp32") -> np.ndarray:

@@ -10,21 +10,21 @@ engine emulates or falls back from is named in the row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from edgetl.runtime.engines.backends import available_backends, create_backend
-from edgetl.runtime.data.sources import ImageRecord, open_data
-from edgetl.runtime.errors import BundleError
 from edgetl.runtime.bundle.heads import load_head
-from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.bundle.manifest import BundleManifest, read_bundle_manifest
 from edgetl.runtime.data.preprocess import preprocess_from_dict
 from edgetl.runtime.data.reader import read_batches
+from edgetl.runtime.data.sources import ImageRecord, open_data
 from edgetl.runtime.data.text import TextPreprocess, padded_batches
+from edgetl.runtime.engines.backends import available_backends, create_backend
+from edgetl.runtime.errors import BundleError
+from edgetl.runtime.machine import cpu_facts
 
 REFERENCE = "onnx"
 
@@ -44,7 +44,8 @@ class ComparisonRow:
 
 def run_in_batches(runner, inputs: np.ndarray, batch_size: int, pad_id: int | None = None) -> np.ndarray:
     """An open backend's outputs over ``inputs`` in record order: batches in order, or a text model's padded ids
-    (``pad_id``) in batches of similar length cut to their longest (:func:`~edgetl.runtime.data.text.padded_batches`)."""
+    (``pad_id``) in batches of similar length cut to their longest
+    (:func:`~edgetl.runtime.data.text.padded_batches`)."""
     if pad_id is None:
         return np.concatenate([runner.infer(np.ascontiguousarray(inputs[start:start + batch_size]))
                                for start in range(0, len(inputs), batch_size)])
@@ -64,7 +65,8 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
     manifest = manifest or read_bundle_manifest(bundle)
     head = load_head(bundle / manifest.head["file"])
     preprocess = preprocess_from_dict(manifest.preprocess, bundle)     # its tokenizer checked with the manifest
-    if isinstance(preprocess, TextPreprocess):    # one matrix padded to the longest text, run by length as on the device
+    # one matrix padded to the longest text, run by length as on the device
+    if isinstance(preprocess, TextPreprocess):
         images = preprocess.encode([r.text for r in records])
     else:
         images = np.concatenate([b.images for b in read_batches(records, preprocess, batch_size)])
@@ -73,8 +75,9 @@ def compare_bundle(bundle: str | Path, records: Sequence[ImageRecord], batch_siz
     def logits(artifact, backend: str) -> tuple[np.ndarray, dict]:
         with create_backend(backend, bundle / artifact.file, precision=artifact.precision) as runner:
             out = run_in_batches(runner, images, batch_size, preprocess.pad_id)
-            return (head.logits(out) if artifact.role == "backbone" else out), {"effective_precision": runner.effective_precision,
-                                             "note": runner.settings.get("precision_note", "")}
+            described = {"effective_precision": runner.effective_precision,
+                         "note": runner.settings.get("precision_note", "")}
+            return (head.logits(out) if artifact.role == "backbone" else out), described
 
     reference_artifact = manifest.artifact(REFERENCE)
     if "onnxruntime" not in here:

@@ -7,8 +7,8 @@ starts, listing the valid ones and the closest match.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from edgetl.runtime.errors import ConfigError
 

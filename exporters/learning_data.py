@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.engines.backends import create_backend
-from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.bundle.manifest import FileEntry
 from edgetl.runtime.bundle.store import DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.engines.backends import create_backend
 
 from .calibration import ExportData, decode_to_memmap
 

@@ -120,8 +120,11 @@ def _nncf_int8(ctx: BuildContext, out: Path, attempt: int, seven_bit: bool) -> B
     :func:`unsigned_activations` gets by an exact zero-point shift (ONNX Runtime fuses no int8 x int8
     convolution on x86)."""
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
-                                                       QuantizationParameters)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
 
     onnx = _onnx()
     source = ctx.fp32_onnx

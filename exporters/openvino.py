@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.runtime.data.text import TextPreprocess
 from edgetl.runtime.deps import require
 from edgetl.runtime.metrics import top1_accuracy
-from edgetl.runtime.data.text import TextPreprocess
 
 from .calibration import calibration_items
 from .context import BuildContext, BuildResult

@@ -11,9 +11,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.bundle.manifest import read_bundle_manifest
 from edgetl.runtime.bundle.timings import LOCAL_STATE
+from edgetl.runtime.errors import BundleError, ConfigError
 
 
 def pack_bundle(bundle: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:

@@ -8,8 +8,8 @@ Pillow, onnxruntime and click only, and this module needs none of them.
 
 A table is declared as key -> type, with the types ``str``, ``int``, ``float`` (an integer passes as a number),
 ``bool`` (never an integer, and no integer is a bool), ``list[T]`` or ``tuple[T, ...]`` (a string is not a
-list), ``T | None`` (null allowed), ``dict`` (any table), ``dict[str, T]`` (any keys, values T), a nested :class:`Table` or a dataclass (its fields,
-those with a default optional).
+list), ``T | None`` (null allowed), ``dict`` (any table), ``dict[str, T]`` (any keys, values T), a nested :class:`Table`
+or a dataclass (its fields, those with a default optional).
 """
 
 from __future__ import annotations

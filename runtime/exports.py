@@ -7,7 +7,7 @@ the first use of one of its names, so ``edgetl-rt predict`` loads only what it r
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 
 def lazy_names(package: str, table: dict[str, str], fallback: Callable[[str, str], object] | None = None):

@@ -7,7 +7,8 @@ nothing; the CLIs pass :func:`terminal_progress`, which draws a bar on stderr.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class ProgressBar(Protocol):

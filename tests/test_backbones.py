@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from edgetl.backbones import create_backbone, list_backbones
-from edgetl.runtime.errors import ConfigError, MissingDependencyError
 from edgetl.runtime.data.preprocess import preprocess
+from edgetl.runtime.errors import ConfigError, MissingDependencyError
 
 
 @pytest.fixture(scope="module")

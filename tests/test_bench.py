@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.cli import main as host
 from edgetl.bench_report import compare_results, markdown, write_reports
+from edgetl.cli import main as host
 from edgetl.plot import pareto_front
+from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.tools.bench import table_lines
-from edgetl.runtime.cli import main as rt
 
 FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]
 
@@ -70,7 +70,8 @@ def test_filters_target_and_errors(digits_bundle):
 def _row(artifact, p50, accuracy, batch=1, p99=None, backend="onnxruntime"):
     return {"artifact": artifact, "format": artifact, "precision": "fp32", "backend": backend, "threads": None,
             "batch": batch, "p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p99 or p50 * 1.2, "mean_ms": p50,
-            "std_ms": 0.1, "min_ms": p50 * 0.9, "max_ms": p50 * 1.5, "runs": 100, "throughput_per_s": batch * 1000 / p50,
+            "std_ms": 0.1, "min_ms": p50 * 0.9, "max_ms": p50 * 1.5, "runs": 100,
+            "throughput_per_s": batch * 1000 / p50,
             "cold_start_s": 0.2, "load_s": 0.1, "peak_rss_mb": 100.0, "size_mb": 5.0, "accuracy": accuracy,
             "accuracy_source": "manifest", "p99_over_p50": (p99 or p50 * 1.2) / p50,
             "noisy": (p99 or p50 * 1.2) / p50 > 1.5, "backend_info": {}}
@@ -125,8 +126,8 @@ def test_recorded_timings_make_the_runtime_run_the_fastest_artifact(digits_bundl
     import shutil
 
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.errors import BundleError
     from edgetl.runtime.bundle.timings import TIMINGS_FOLDER, machine_key
+    from edgetl.runtime.errors import BundleError
 
     bundle = tmp_path / "bundle"
     shutil.copytree(digits_bundle.bundle, bundle, ignore=shutil.ignore_patterns("timings"))

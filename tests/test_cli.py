@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import make_folder_dataset
 
 from edgetl.cli import main as host
 from edgetl.runtime import errors
@@ -20,10 +21,8 @@ from edgetl.runtime.cli import main as rt
 from edgetl.runtime.cli.group import error_line
 from edgetl.runtime.cli.measure import SINGLE_CELL_KEYS, single_cell_figures
 from edgetl.runtime.cli.options import THREADS_HELP, THREADS_LIST_HELP, optional_data_argument
-from edgetl.runtime.errors import ConfigError, DataError, ExitCode
 from edgetl.runtime.engines.latency import latency_stats
-
-from conftest import make_folder_dataset
+from edgetl.runtime.errors import ConfigError, DataError, ExitCode
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +159,8 @@ def test_every_command_of_both_clis_has_json():
     missing = [f"{name} {path}" for name, cli in CLIS.items() for path, command in commands(cli)
                if not any("--json" in p.opts for p in command.params)]
     assert missing == []
-    assert {"pack", "compare", "backbones", "data export", "data list", "devices", "bench"} <= dict(commands(host)).keys()
+    assert {"pack", "compare", "backbones", "data export", "data list", "devices",
+            "bench"} <= dict(commands(host)).keys()
     assert {"unpack", "rollback", "build-engine", "history", "doctor", "cluster"} <= dict(commands(rt)).keys()
 
 
@@ -289,8 +289,8 @@ def test_exit_codes_are_unique_per_meaning():
         roots = [c for c in owners if not any(c is not o and issubclass(c, o) for o in owners)]
         assert len(roots) == 1, (code, owners)
     assert set(by_code) == set(ExitCode) - {ExitCode.OK, ExitCode.USAGE}   # every code has its class
-    from edgetl.runtime.engines.cuda import CudaError
     from edgetl.runtime.bundle.store import StoreBusyError
+    from edgetl.runtime.engines.cuda import CudaError
 
     assert (StoreBusyError.exit_code, CudaError.exit_code) == (ExitCode.STORE_BUSY, ExitCode.CUDA)
 

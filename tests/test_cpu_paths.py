@@ -19,13 +19,13 @@ import pytest
 
 from edgetl.exporters import EXPORT_FORMATS
 from edgetl.exporters.bundle import measurement_plan
+from edgetl.runtime.bundle.manifest import Artifact, read_bundle_manifest
+from edgetl.runtime.bundle.timings import Timing, TimingRecord
 from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.engines.backends.openvino import benchmark_app_command, compile_config
 from edgetl.runtime.engines.choice import Choice, check_named, choose, cpu_order
 from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.machine import cpu_class, cpu_facts, default_threads
-from edgetl.runtime.bundle.manifest import Artifact, read_bundle_manifest
-from edgetl.runtime.bundle.timings import Timing, TimingRecord
 
 AVX2 = {"sse4_2", "avx", "avx2", "fma", "f16c"}                      # Haswell .. Zen 3
 VNNI = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}                  # Cascade Lake, Ice Lake
@@ -35,8 +35,8 @@ MACHINES = {"avx2": AVX2, "vnni": VNNI, "bf16": BF16, "amx": AMX}
 
 
 def _check_images(bundle) -> np.ndarray:
-    from edgetl.runtime.bundle.folder import Bundle
     from edgetl.runtime.bundle.checkset import load_check_set
+    from edgetl.runtime.bundle.folder import Bundle
 
     return load_check_set(Bundle(bundle)).images
 
@@ -324,8 +324,8 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
     if not set(cpu_facts()["flags"]) & set(INT8_DOT):
         pytest.skip("this CPU has no VNNI: the 8-bit artifact cannot be run natively to compare with")
     from edgetl.exporters.bundle import export_run
-    from edgetl.runtime.data.sources import open_data
     from edgetl.runtime.data.reader import read_batches
+    from edgetl.runtime.data.sources import open_data
 
     bundle = tmp_path / "bundle"
     export_run(digits_run.run_dir, bundle, formats="onnx-int8,onnx-int8-vnni", calibration_size=100,
@@ -354,8 +354,8 @@ def test_int8_variants_on_an_emulated_avx2_cpu(digits_run, digits_folder, tmp_pa
 def test_bf16_is_checked_on_the_device_before_it_is_chosen(digits_run, tmp_path, monkeypatch):
     """On a (described) CPU with native bf16, an openvino-bf16 the export could not measure as deployed is
     run on the check set first; it is eligible only if it agrees with fp32 and really computed in bf16."""
-    import edgetl.runtime.engines.runner as runner_module
     import edgetl.runtime.engines.measure as measure_module
+    import edgetl.runtime.engines.runner as runner_module
     from edgetl.exporters.bundle import export_run
     from edgetl.runtime import EdgeModel
     from edgetl.runtime.bundle.timings import read_timings
@@ -386,8 +386,8 @@ def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_p
     from click.testing import CliRunner
 
     from edgetl.exporters.pack import pack_bundle
-    from edgetl.runtime.cli import main as rt
     from edgetl.runtime.bundle.timings import read_timings
+    from edgetl.runtime.cli import main as rt
 
     (digits_bundle.bundle / "timings").mkdir(exist_ok=True)        # this machine's state, if not there yet
     archive = pack_bundle(digits_bundle.bundle, tmp_path / "b.tar.gz")
@@ -404,8 +404,8 @@ def test_unpack_measures_and_pack_leaves_local_state_behind(digits_bundle, tmp_p
 
 def test_a_candidate_that_cannot_load_is_skipped_not_fatal(digits_bundle, tmp_path, monkeypatch):
     from edgetl.runtime import EdgeModel
-    from edgetl.runtime.engines.backends.openvino import OpenVINOBackend
     from edgetl.runtime.bundle.timings import read_timings
+    from edgetl.runtime.engines.backends.openvino import OpenVINOBackend
 
     def broken(self):
         raise RuntimeError("Exception from src/inference/src/core.cpp: plugin CPU failed to load")

@@ -2,11 +2,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_folder_dataset, write_image
 
 from edgetl.runtime.data.sources import check_trainable, open_data, stratified_split
 from edgetl.runtime.errors import DataError
-
-from conftest import make_folder_dataset, write_image
 
 
 def test_class_folder_without_splits(tmp_path):

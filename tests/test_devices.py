@@ -15,18 +15,18 @@ from edgetl.cli import main as host
 from edgetl.devices import PROFILE_DIR, get_profile, load_profiles, parse_profile
 from edgetl.exporters import EXPORT_FORMATS
 from edgetl.exporters.bundle import export_run, run_records
+from edgetl.exporters.pack import pack_bundle
 from edgetl.exporters.targets import formats_for_target
 from edgetl.runtime import EdgeModel, read_bundle_manifest
-from edgetl.exporters.pack import pack_bundle
-from edgetl.runtime.tools.unpack import unpack_bundle
-from edgetl.runtime.engines.backends import BACKENDS, create_backend, installed
-from edgetl.runtime.cli import main as rt
-from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
-from edgetl.runtime.engines.choice import choose, runnable_backends
-from edgetl.runtime.machine import cpu_facts, this_cpu_class
 from edgetl.runtime.bundle.manifest import Artifact, BundleManifest
+from edgetl.runtime.cli import main as rt
+from edgetl.runtime.engines.backends import BACKENDS, create_backend, installed
+from edgetl.runtime.engines.choice import choose, runnable_backends
 from edgetl.runtime.engines.sidecar import check_engine_compatible, read_sidecar, sidecar_path
+from edgetl.runtime.errors import BundleError, ConfigError, MissingDependencyError
+from edgetl.runtime.machine import cpu_facts, this_cpu_class
 from edgetl.runtime.tools.engine_plan import engine_metadata, plan_build, trtexec_command
+from edgetl.runtime.tools.unpack import unpack_bundle
 
 
 def choose_artifact(manifest, artifact, backend):
@@ -142,7 +142,8 @@ def _manifest(artifacts, target=None):
     return BundleManifest(
         schema_version=1, edgetl_version="0", created="", labels=["a", "b"], feature_dim=4,
         backbone={"name": "tiny", "weights_sha256": "cd" * 32, "feature_dim": 4, "train_last": 0},
-        preprocess={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize_size": 64, "interpolation": "bilinear"},
+        preprocess={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "resize_size": 64,
+                    "interpolation": "bilinear"},
         head={}, artifacts=artifacts, target=target or {})
 
 
@@ -169,7 +170,8 @@ def test_tensorrt10_uses_builder_flags_and_tensorrt11_strong_typing():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(precision="fp16", tensorrt_version="11.4", dla_core=0), "does not support DLA"),
     (dict(precision="fp32", tensorrt_version="10.3", dla_core=0), "fp16 or int8 only"),
-    (dict(precision="int8", tensorrt_version="10.3", dla_core=2, dla_cores_available=2), "does not exist on this device"),
+    (dict(precision="int8", tensorrt_version="10.3", dla_core=2, dla_cores_available=2),
+     "does not exist on this device"),
     (dict(precision="int8", tensorrt_version="10.3", max_batch=0), "at least 1"),
     (dict(precision="int4", tensorrt_version="10.3"), "unknown engine precision"),
 ])

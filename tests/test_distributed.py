@@ -57,7 +57,8 @@ def test_backbone_auto_is_refused_under_torchrun(tmp_path, monkeypatch):
     from edgetl.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = CliRunner().invoke(main, ["finetune", "builtin:digits", "--backbone", "auto", "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(main,
+                                ["finetune", "builtin:digits", "--backbone", "auto", "--out", str(tmp_path / "r")])
     assert result.exit_code == 9 and "torchrun" in result.output
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_devices import TRT_BUNDLE
 
 from edgetl.runtime.engines.sidecar import parse_version
 from edgetl.runtime.tools import engine_build
 from edgetl.runtime.tools.engine_plan import TIMING_CACHE, plan_build
-
-from test_devices import TRT_BUNDLE
 
 EXPLICIT_BATCH = 1 << 0
 FAKE_TRT = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import make_folder_dataset
 
 from edgetl import engines, pipeline
 from edgetl.backbones import create_backbone
@@ -10,8 +11,6 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.runtime.data.sources import open_data
 from edgetl.runtime.errors import ConfigError
-
-from conftest import make_folder_dataset
 
 
 @pytest.fixture()
@@ -34,9 +33,9 @@ def test_engine_features_match_torch_and_the_export_is_reused(tiny, tmp_path, en
     assert choice.name == engine and choice.max_abs_diff <= engines.PARITY_TOLERANCE
     monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
     replicas = []
+    original = type(choice.runner).replica
     monkeypatch.setattr(type(choice.runner), "replica",
-                        lambda self, threads, original=type(choice.runner).replica: replicas.append(threads) or
-                        original(self, threads))
+                        lambda self, threads: replicas.append(threads) or original(self, threads))
     features, valid, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner)
     beside, _, _ = extract_features(frozen, records, preprocess, compute, runner=choice.runner, workers=0)
     if engine == "onnxruntime":        # decoding shares the cores: the pass's engine never spin-waits

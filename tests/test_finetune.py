@@ -2,14 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_folder_dataset
 
 from edgetl import extract
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.heads import HeadConfig
 from edgetl.run import RunManifest
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
-
-from conftest import make_folder_dataset
 
 
 def test_digits_run_directory_and_metrics(digits_run):
@@ -65,7 +64,8 @@ def test_corrupt_image_fails_cleanly_or_is_skipped(tmp_path):
         finetune(str(root), tmp_path / "run", FinetuneConfig(image_size=32, head=HeadConfig(epochs=2)))
     assert not (tmp_path / "run").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
-    result = finetune(str(root), tmp_path / "run", FinetuneConfig(image_size=32, skip_bad=True, head=HeadConfig(epochs=2)))
+    result = finetune(str(root), tmp_path / "run",
+                      FinetuneConfig(image_size=32, skip_bad=True, head=HeadConfig(epochs=2)))
     assert len(result.skipped) == 1 and "broken.jpg" in result.skipped[0]
     assert len(result.manifest.train_sources) + len(result.manifest.val_sources) == 10
 
@@ -102,7 +102,8 @@ def test_head_training_keeps_torch_dynamo_out_of_the_process():
         rng = np.random.default_rng(0)
         x = (np.repeat(np.eye(3, 8), 20, axis=0) * 4 + rng.normal(0, 1, (60, 8))).astype(np.float32)
         y = np.repeat(np.arange(3), 20)
-        result = train_gradient_head(nn.Sequential(), x, y, x, y, 3, 8, HeadConfig(kind="mlp", epochs=20, lr=0.05, hidden=16),
+        result = train_gradient_head(nn.Sequential(), x, y, x, y, 3, 8,
+                                     HeadConfig(kind="mlp", epochs=20, lr=0.05, hidden=16),
                                      resolve_device("cpu"))
         accuracy = float(np.mean(result.head.logits(x).argmax(1) == y))
         print(json.dumps({"dynamo": "torch._dynamo" in sys.modules, "accuracy": accuracy}))

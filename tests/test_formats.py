@@ -4,18 +4,17 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_folder_dataset
 
+from edgetl.cli import main as host
 from edgetl.exporters import EXPORT_FORMATS, resolve_formats
 from edgetl.exporters.bundle import export_run
 from edgetl.finetune import FinetuneConfig, finetune
-from edgetl.cli import main as host
 from edgetl.heads import HeadConfig
 from edgetl.runtime import EdgeModel, read_bundle_manifest
 from edgetl.runtime.errors import AccuracyGateError, ConfigError, MissingDependencyError
 from edgetl.runtime.inference.evaluate import evaluate_bundle
 from edgetl.runtime.machine import cpu_facts
-
-from conftest import make_folder_dataset
 
 ALL_FORMATS = ",".join(EXPORT_FORMATS)
 
@@ -71,7 +70,8 @@ def test_int8_graphs_are_qdq_with_the_promised_types(tiny_run, tmp_path):
         quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
         assert quantizers, name
         zero_points = {i.name: i for i in model.graph.initializer}
-        types = {zero_points[n.input[2]].data_type for n in quantizers if len(n.input) > 2 and n.input[2] in zero_points}
+        types = {zero_points[n.input[2]].data_type for n in quantizers
+                 if len(n.input) > 2 and n.input[2] in zero_points}
         assert types == {activation}, name
     fp16 = onnx.load(str(tmp_path / "b" / "backbone-onnx-fp16.onnx"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # io kept fp32
@@ -136,7 +136,8 @@ def test_default_artifact_is_the_fastest_measured_here(digits_bundle, tmp_path):
 
 
 def test_compare_reports_every_artifact(digits_bundle, digits_folder):
-    out = CliRunner().invoke(host, ["compare", str(digits_bundle.bundle), str(digits_folder), "--limit", "32", "--json"])
+    out = CliRunner().invoke(host,
+                             ["compare", str(digits_bundle.bundle), str(digits_folder), "--limit", "32", "--json"])
     assert out.exit_code == 0, out.output
     rows = {(r["artifact"], r["backend"]): r for r in json.loads(out.stdout)["rows"]}
     assert rows[("openvino", "openvino")]["max_abs_diff"] <= 1e-4

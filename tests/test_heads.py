@@ -1,11 +1,9 @@
 import numpy as np
 import pytest
-
-from edgetl.runtime.errors import BundleError, ConfigError
-from edgetl.runtime.bundle.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
-
-
 from conftest import gaussian_blobs
+
+from edgetl.runtime.bundle.heads import LinearHead, MLPHead, RidgeHead, RidgeStatistics, load_head
+from edgetl.runtime.errors import BundleError, ConfigError
 
 
 def _blobs(n=300, d=16, k=3, seed=0):

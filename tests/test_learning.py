@@ -2,14 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import relative_error
 
 from edgetl.runtime.bundle.heads import RidgeHead
 from edgetl.runtime.learning import RidgeLearner
-
-from conftest import relative_error
-
-
-
 
 
 def test_streaming_ridge_on_real_lite0_features(digits_bundle):
@@ -45,7 +41,8 @@ def test_adam_takes_the_steps_of_torch_adam_on_numpy_arrays():
         adam.step([gradient(ours)])
         theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
         reference.step()
-        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-9, atol=1e-12)   # same maths, operation order may differ
+        # same maths, operation order may differ
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-9, atol=1e-12)
     assert adam.steps == 40 and np.abs(ours - start).max() > 0.5          # it moved
 
 
@@ -67,5 +64,6 @@ def test_adamw_on_torch_tensors_with_a_schedule_is_torch_adamw():
         reference.param_groups[0]["lr"] = 0.05 * scale
         theirs.grad = torch.from_numpy(gradient(theirs.detach().numpy()))
         reference.step()
-        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-9, atol=1e-12)   # same maths, operation order may differ
+        # same maths, operation order may differ
+        np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(unused.detach(), torch.ones(3))            # no gradient: left alone

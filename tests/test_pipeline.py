@@ -14,11 +14,10 @@ from edgetl import pipeline
 from edgetl.cache import FeatureCache
 from edgetl.extract import extract_features, prepare, resolve_device, run_frozen
 from edgetl.pipeline import decode_workers, decoded_batches, engine_lanes, lane_count
-from edgetl.runtime.data.sources import ImageRecord
-from edgetl.runtime.errors import ConfigError, ImageDecodeError
 from edgetl.runtime.data.preprocess import PreprocessConfig, normalize_batch, preprocess
 from edgetl.runtime.data.reader import ReadReport
-
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
 
 CONFIG = PreprocessConfig.for_size(96, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -13,8 +13,14 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.selection.latency import latency_plan
 from edgetl.selection.select import pareto_flags, recommend
-from edgetl.selection.transferability import (_spectrum, class_evidence, kendall_tau, logme, ridge_probe,
-                                              stratified_folds)
+from edgetl.selection.transferability import (
+    _spectrum,
+    class_evidence,
+    kendall_tau,
+    logme,
+    ridge_probe,
+    stratified_folds,
+)
 
 
 def _separable(n=80, d=12, classes=3, noise=1.0, seed=0):

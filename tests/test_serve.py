@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_blocker, infer_json, request, serving
 from PIL import Image
 
 from edgetl.runtime.serving.protocol import Tensor, encode_infer_response
-
-from conftest import import_blocker, infer_json, request, serving
 
 
 def test_responses_decode_with_the_reference_client():

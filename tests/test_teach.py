@@ -7,13 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import make_folder_dataset, relative_error, unbounded_updates
 
-from edgetl.runtime.errors import UpdateRejectedError
 from edgetl.runtime.bundle.heads import RidgeHead
 from edgetl.runtime.bundle.store import SEGMENT_FANOUT, FeatureStore
+from edgetl.runtime.errors import UpdateRejectedError
 from edgetl.runtime.learning import LearningSession, UpdateSettings, learn_features
-
-from conftest import make_folder_dataset, relative_error, unbounded_updates
 
 UNBOUNDED = unbounded_updates()
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA, import_blocker, repository_data, request, serving
 
 BANKING = DATA / "banking77"
@@ -180,7 +179,8 @@ def test_encoder_equals_transformers_bert_with_mean_pooling(encoder, banking):
     reference = transformers.AutoModel.from_pretrained(str(encoder.pretrained.folder)).eval()
     with torch.inference_mode():
         ours = encoder(torch.from_numpy(ids)).numpy()
-        hidden = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+        hidden = reference(input_ids=torch.from_numpy(ids),
+                           attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
         mask = torch.from_numpy((ids != 0).astype(np.float32))[:, :, None]
         pooled = torch.nn.functional.normalize((hidden.last_hidden_state * mask).sum(1) / mask.sum(1), dim=1).numpy()
     assert np.abs(ours - pooled).max() < 1e-5
@@ -287,8 +287,8 @@ def test_static_int8_is_refused_for_a_text_model(text_run, tmp_path):
 
 
 def test_text_bundle_ships_its_tokenizer_and_gates_every_artifact(text_bundle):
-    from edgetl.runtime.fsutil import sha256_file
     from edgetl.runtime.bundle.manifest import read_bundle_manifest
+    from edgetl.runtime.fsutil import sha256_file
 
     manifest = read_bundle_manifest(text_bundle)
     assert manifest.modality == "text" and (text_bundle / "tokenizer.json").is_file()

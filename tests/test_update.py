@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.errors import DataError
 from edgetl.runtime.cli import main as rt
+from edgetl.runtime.errors import DataError
 from edgetl.runtime.inference.evaluate import evaluate_bundle
 
 

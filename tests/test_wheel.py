@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import REPO_ROOT, request
 
 #: top-level folder -> where its files lie in the wheel (setup.py maps the folders onto these import paths)

@@ -6,7 +6,7 @@ and ``torchvision:<name>`` are resolved by prefix through their adapters.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from edgetl.runtime.errors import ConfigError
 
@@ -82,4 +82,5 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
     raise ConfigError(f"unknown backbone '{name}'; available: {', '.join(list_backbones())}")
 
 
-__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "OFFLINE_BACKBONES", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "PretrainedConfig", "BACKBONES", "OFFLINE_BACKBONES", "create_backbone", "list_backbones",
+           "register_backbone"]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.data.preprocess import PreprocessConfig
+from edgetl.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgetl.runtime.data.text import TOKENIZER_FILE, TextPreprocess, tokenizer_sha256
 from edgetl.runtime.deps import require
 from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.data.text import TOKENIZER_FILE, TextPreprocess, tokenizer_sha256
 
 from .base import Backbone, load_state_dict_file
 
@@ -58,7 +58,7 @@ class EncoderConfig:
     normalize: bool
 
     @classmethod
-    def read(cls, folder: Path) -> "EncoderConfig":
+    def read(cls, folder: Path) -> EncoderConfig:
         config = _json(folder / "config.json")
         if config.get("model_type") != "bert":
             raise ConfigError(f"{folder} holds a '{config.get('model_type')}' model; text backbones read BERT-family "
@@ -137,7 +137,7 @@ class _Projection(nn.Module):
 class _Attention(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        setattr(self, "self", _SelfAttention(config))     # the state dict's name: attention.self.query...
+        self.self = _SelfAttention(config)     # the state dict's name: attention.self.query...
         self.output = _Projection(config.hidden_size, config.hidden_size, config.layer_norm_eps)
 
 
@@ -158,7 +158,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, keep = state
-        attention = getattr(self.attention, "self")
+        attention = self.attention.self
         n, length, width = hidden.shape
         heads = attention.heads
 

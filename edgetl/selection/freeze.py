@@ -74,7 +74,8 @@ def compare_freeze_depths(backbone_name: str, depths: tuple[int, ...], prepared:
     started = time.perf_counter()
     key = feature_key(backbone, weights, frozen, preprocess, compute, records, config.skip_bad)
     deep = backbone_pass(frozen, key, records, preprocess, compute, cache, weights, engine=config.engine,
-                         workers=config.workers, skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress, log=log)
+                         workers=config.workers, skip_bad=config.skip_bad, max_pixels=config.max_pixels,
+                         progress=progress, log=log)
     activations = {deepest: deep.cached}
     for depth in reversed(depths[:-1]):          # derive each shallower boundary from the one below it
         part, _ = backbone.split(depth)

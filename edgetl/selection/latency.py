@@ -16,20 +16,20 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from torch import nn
 
 from edgetl import __version__
-from edgetl.runtime.engines.backends import create_backend, installed
-from edgetl.runtime.data.sources import ImageRecord
-from edgetl.runtime.fsutil import atomic_write_text
-from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
-from edgetl.runtime.machine import cpu_facts, default_threads, library_versions
 from edgetl.runtime.data.preprocess import PreprocessConfig
+from edgetl.runtime.data.sources import ImageRecord
+from edgetl.runtime.engines.backends import create_backend, installed
+from edgetl.runtime.engines.latency import BenchSettings, latency_stats, measure
+from edgetl.runtime.fsutil import atomic_write_text
+from edgetl.runtime.machine import cpu_facts, default_threads, library_versions
 
 #: Short but stable: a p50 of at least 30 runs over at least one second, after warm-up.
 SETTINGS = BenchSettings(batch=1, warmup_runs=5, warmup_seconds=0.3, min_runs=30, min_seconds=1.0, max_seconds=10.0)

@@ -25,7 +25,8 @@ def table_rows(result: dict) -> list[tuple[str, ...]]:
 
 
 def freeze_rows(freeze: dict) -> list[tuple[str, ...]]:
-    return [(str(d["train_last"]), f"{d['inner_val_accuracy']:.3f}", f"{d['inner_val_std']:.3f}", f"{d['gain_points']:+.1f}",
+    return [(str(d["train_last"]), f"{d['inner_val_accuracy']:.3f}", f"{d['inner_val_std']:.3f}",
+             f"{d['gain_points']:+.1f}",
              f"{d['train_s']:.1f}", f"{d['extra_train_s']:+.1f}", "x".join(map(str, d["boundary_shape"])))
             for d in freeze["depths"]]
 

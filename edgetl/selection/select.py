@@ -22,11 +22,11 @@ import numpy as np
 from edgetl import __version__
 from edgetl.backbones import OFFLINE_BACKBONES, create_backbone
 from edgetl.plot import pareto_front
+from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.fsutil import atomic_write_text
 from edgetl.runtime.machine import cpu_facts, default_threads
-from edgetl.runtime.data.preprocess import DEFAULT_MAX_PIXELS
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 
 from ..cache import FeatureCache
@@ -99,7 +99,8 @@ def parse_depths(text: str | None) -> tuple[int, ...]:
     try:
         depths = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise ConfigError(f"expects comma-separated integers such as 0,1,2, got '{text}'", option="train-last")
+        raise ConfigError(f"expects comma-separated integers such as 0,1,2, got '{text}'",
+                          option="train-last") from None
     return tuple(depths)
 
 
@@ -176,8 +177,8 @@ def _select(data_address: str, config: SelectConfig, progress: ProgressFactory, 
         latency_cached = latency_record(cache.root, weights, preprocess.input_size, plan, threads).is_file()
         log(f"{name}: features at {preprocess.input_size} px")
         feature_pass = backbone_pass(frozen, key, records, preprocess, compute, cache, weights, engine=config.engine,
-                                     workers=config.workers, skip_bad=config.skip_bad, max_pixels=config.max_pixels, progress=progress,
-                                     log=log, export_paid=not latency_cached)
+                                     workers=config.workers, skip_bad=config.skip_bad, max_pixels=config.max_pixels,
+                                     progress=progress, log=log, export_paid=not latency_cached)
         passes_s += feature_pass.backbone_s
         train_rows, _ = feature_pass.rows(n_train)
         x = np.asarray(feature_pass.cached.features[train_rows], dtype=np.float64)
@@ -191,7 +192,8 @@ def _select(data_address: str, config: SelectConfig, progress: ProgressFactory, 
         cost = recorded_cost(backbone, weights, preprocess.input_size, cache.root)
         calibration = [records[i] for i in train_rows[:64]]
         latency = measure_candidate(backbone, weights, preprocess, plan, calibration,
-                                    lambda: _probe_head(x, y, len(prepared.data.class_names)), cache.root, threads, log)
+                                    lambda x=x, y=y: _probe_head(x, y, len(prepared.data.class_names)),
+                                    cache.root, threads, log)
         rows.append({
             "backbone": name, "input_size": preprocess.input_size, "weights_sha256": weights, "feature_key": key,
             "cache_hit": feature_pass.cached.hit, "backbone_pass_s": round(feature_pass.backbone_s, 3),

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .folder import Bundle
-from ..errors import BundleError
 from ..data.preprocess import normalize
+from ..errors import BundleError
+from .folder import Bundle
 
 CHECK_FILE = "check.npz"
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import PreprocessConfig, preprocess_from_dict
+from ..data.text import TextPreprocess
 from ..errors import BundleError
 from .heads import Head, load_head
 from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_file
-from ..data.preprocess import PreprocessConfig, preprocess_from_dict
 from .store import FeatureStore
-from ..data.text import TextPreprocess
 from .timings import TimingRecord, read_timings
 
 
@@ -47,7 +47,7 @@ class Bundle:
         self._verified: set[str] = set()
 
     @classmethod
-    def open(cls, bundle: "str | Path | Bundle", verify: bool = True) -> "Bundle":
+    def open(cls, bundle: str | Path | Bundle, verify: bool = True) -> Bundle:
         """``bundle`` itself when it is open already, else the folder opened."""
         return bundle if isinstance(bundle, Bundle) else cls(bundle, verify=verify)
 

@@ -38,7 +38,7 @@ class Head:
         raise NotImplementedError
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Head":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Head:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
@@ -77,7 +77,7 @@ class LinearHead(Head):
         return {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LinearHead":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LinearHead:
         return cls(arrays["weight"], arrays["bias"])
 
 
@@ -107,7 +107,7 @@ class MLPHead(Head):
         return {k: getattr(self, k).astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "MLPHead":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> MLPHead:
         return cls(arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"])
 
 
@@ -126,7 +126,7 @@ class RidgeStatistics:
     count: int
 
     @classmethod
-    def empty(cls, dim: int, num_classes: int) -> "RidgeStatistics":
+    def empty(cls, dim: int, num_classes: int) -> RidgeStatistics:
         return cls(
             np.zeros((dim, dim)), np.zeros((dim, num_classes)), np.zeros(dim), np.zeros(num_classes), 0
         )
@@ -155,13 +155,13 @@ class RidgeStatistics:
         cross_c = self.cross - self.count * np.outer(mean_x, mean_y)
         return gram_c, cross_c, mean_x, mean_y
 
-    def plus(self, other: "RidgeStatistics", sign: float = 1.0) -> "RidgeStatistics":
+    def plus(self, other: RidgeStatistics, sign: float = 1.0) -> RidgeStatistics:
         """The statistics of both sample sets (``sign=-1``: of this set without ``other``'s samples)."""
         return RidgeStatistics(self.gram + sign * other.gram, self.cross + sign * other.cross,
                                self.feature_sum + sign * other.feature_sum, self.target_sum + sign * other.target_sum,
                                self.count + int(sign) * other.count)
 
-    def grown(self, num_classes: int) -> "RidgeStatistics":
+    def grown(self, num_classes: int) -> RidgeStatistics:
         """The same statistics with zero columns for classes beyond the current ones."""
         extra = num_classes - self.cross.shape[1]
         if extra <= 0:
@@ -204,7 +204,7 @@ class RidgeHead(LinearHead):
     kind: ClassVar[str] = "ridge"
 
     @classmethod
-    def solve(cls, statistics: RidgeStatistics, alpha: float) -> "RidgeHead":
+    def solve(cls, statistics: RidgeStatistics, alpha: float) -> RidgeHead:
         gram_c, cross_c, mean_x, mean_y = statistics.centred()
         dim = gram_c.shape[0]
         weight = np.linalg.solve(gram_c + alpha * np.eye(dim), cross_c)  # (d, C)
@@ -220,7 +220,7 @@ class RidgeHead(LinearHead):
         val_features: np.ndarray | None = None,
         val_labels: np.ndarray | None = None,
         alpha: float | None = None,
-    ) -> "RidgeHead":
+    ) -> RidgeHead:
         """Fit on (features, labels); pick ``alpha`` on the validation set if not given (:func:`alpha_on_holdout`)."""
         statistics = RidgeStatistics.empty(features.shape[1], num_classes)
         statistics.add(features, labels)
@@ -250,7 +250,7 @@ class RidgeHead(LinearHead):
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "RidgeHead":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> RidgeHead:
         statistics = None
         if "gram" in arrays:
             statistics = RidgeStatistics(
@@ -289,7 +289,7 @@ class NCMHead(Head):
         return {"sums": self.sums, "counts": self.counts, "scale": np.array(self.scale)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "NCMHead":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> NCMHead:
         return cls(arrays["sums"], arrays["counts"], float(arrays["scale"]))
 
 

@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.preprocess import PreprocessConfig, preprocess_from_dict
+from ..data.text import TextPreprocess
 from ..documents import Origin, Table, build, read_document, table_of, to_json
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_text, sha256_file
 from ..machine import cpu_facts
-from ..data.preprocess import PreprocessConfig, preprocess_from_dict
-from ..data.text import TextPreprocess
 
 #: 2 added per-artifact ``requires_cpu`` / ``measured`` and the check set; version 1 bundles still load.
 BUNDLE_SCHEMA_VERSION = 2
@@ -36,7 +36,7 @@ class FileEntry:
     size: int
 
     @classmethod
-    def of(cls, folder: Path, name: str) -> "FileEntry":
+    def of(cls, folder: Path, name: str) -> FileEntry:
         path = folder / name
         return cls(name, sha256_file(path), path.stat().st_size)
 

@@ -49,9 +49,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -103,17 +103,17 @@ class Samples:
     keys: np.ndarray
 
     @classmethod
-    def empty(cls, dim: int) -> "Samples":
+    def empty(cls, dim: int) -> Samples:
         return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, "<U64"))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def select(self, mask: np.ndarray) -> "Samples":
+    def select(self, mask: np.ndarray) -> Samples:
         return Samples(self.features[mask], self.labels[mask], self.holdout[mask], self.keys[mask])
 
     @classmethod
-    def concat(cls, parts: list["Samples"], dim: int) -> "Samples":
+    def concat(cls, parts: list[Samples], dim: int) -> Samples:
         if not parts:
             return cls.empty(dim)
         return cls(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
@@ -132,14 +132,14 @@ class LearnerState:
     alpha_selected_at: int = 0
 
     @classmethod
-    def empty(cls, dim: int, num_classes: int) -> "LearnerState":
+    def empty(cls, dim: int, num_classes: int) -> LearnerState:
         return cls(RidgeStatistics.empty(dim, num_classes), np.zeros((num_classes, dim)), np.zeros(num_classes))
 
     @property
     def empty_set(self) -> bool:
         return self.ridge.count == 0 and not self.ncm_counts.any()
 
-    def grown(self, num_classes: int) -> "LearnerState":
+    def grown(self, num_classes: int) -> LearnerState:
         extra = num_classes - len(self.ncm_counts)
         if extra <= 0:
             return self
@@ -147,7 +147,7 @@ class LearnerState:
                             np.vstack([self.ncm_sums, np.zeros((extra, self.ncm_sums.shape[1]))]),
                             np.concatenate([self.ncm_counts, np.zeros(extra)]), self.alpha, self.alpha_selected_at)
 
-    def with_rows(self, samples: Samples, sign: float = 1.0) -> "LearnerState":
+    def with_rows(self, samples: Samples, sign: float = 1.0) -> LearnerState:
         """These statistics with ``samples``' training rows added (``sign=-1``: taken out)."""
         train = samples.select(~samples.holdout)
         num_classes = max(len(self.ncm_counts), int(train.labels.max()) + 1 if len(train) else 0)
@@ -168,7 +168,7 @@ class LearnerState:
                 "ncm_sums": self.ncm_sums, "ncm_counts": self.ncm_counts}
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> "LearnerState":
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> LearnerState:
         """From a residual file, or from a 0.4 version's ``state.npz`` (full Gram, alpha)."""
         if "gram_upper" in a:
             dim = a["feature_sum"].shape[0]
@@ -215,7 +215,7 @@ class FeatureStore:
         self.configure(keep_versions, max_per_class, max_holdout_per_class)
 
     def configure(self, keep_versions: int = DEFAULT_KEEP_VERSIONS, max_per_class: int = DEFAULT_MAX_PER_CLASS,
-                  max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS) -> "FeatureStore":
+                  max_holdout_per_class: int = DEFAULT_MAX_HOLDOUT_PER_CLASS) -> FeatureStore:
         """Set the bounds the next writes apply (how many versions are kept, stored rows per class)."""
         if keep_versions < 2:
             raise ConfigError("keep at least 2 versions (the current one and one to roll back to)",

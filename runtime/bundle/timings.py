@@ -23,10 +23,10 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..data.text import DEFAULT_SEQ_LEN
 from ..documents import Origin, Table, build, read_document, table_of, to_json, utc_now
 from ..errors import BundleError, ConfigError
 from ..fsutil import atomic_write_text
-from ..data.text import DEFAULT_SEQ_LEN
 from ..machine import cpu_facts, library_versions
 
 TIMINGS_FOLDER = "timings"

@@ -53,15 +53,16 @@ def doctor(as_json) -> None:
 @click.option("--precision", type=click.Choice(["fp16", "int8", "fp32"]), default=None,
               help="Engine precision (default: the target profile's, else fp16).")
 @click.option("--dla", "dla_core", type=int, default=None, help="Build for this DLA core, with GPU fallback.")
-@click.option("--max-batch", type=int, default=None, help="Largest batch the engine accepts (default: profile's, else 8).")
+@click.option("--max-batch", type=int, default=None,
+              help="Largest batch the engine accepts (default: profile's, else 8).")
 @click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit.")
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command line.")
 @json_option
 def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trtexec, as_json) -> None:
     """Build the backbone's TensorRT engine on this device, into BUNDLE (needs TensorRT and a GPU)."""
     if print_trtexec:
-        from ..engines.sidecar import parse_version
         from ..bundle.manifest import read_bundle_manifest
+        from ..engines.sidecar import parse_version
         from ..tools.engine_plan import image_size, trtexec_command
 
         manifest = read_bundle_manifest(bundle)
@@ -87,7 +88,8 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
         return
     print_table([("artifact", built["artifact"]), ("engine", built["engine"]), ("tensorrt", built["tensorrt"]),
                  ("compute capability", built["compute_capability"]),
-                 ("typing", "strong" if built["strongly_typed"] else "builder flags " + ",".join(built["builder_flags"]))])
+                 ("typing",
+                  "strong" if built["strongly_typed"] else "builder flags " + ",".join(built["builder_flags"]))])
 
 
 @click.command()

@@ -12,7 +12,6 @@ import io
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,7 +36,7 @@ _RESAMPLING = {
 CROP_ARITHMETIC = 2
 
 #: A file path, decoded pixels, or the encoded bytes of an image file (what a service receives).
-ImageSource = Union[str, Path, np.ndarray, Image.Image, bytes]
+ImageSource = str | Path | np.ndarray | Image.Image | bytes
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class PreprocessConfig:
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         interpolation: str = "bilinear",
-    ) -> "PreprocessConfig":
+    ) -> PreprocessConfig:
         """The timm convention: resize to ``input_size / crop_pct``, then crop."""
         if not 0.0 < crop_pct <= 1.0:
             raise ConfigError(f"crop fraction must be in (0, 1], got {crop_pct}")
@@ -100,7 +99,7 @@ class PreprocessConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessConfig":
+    def from_dict(cls, data: dict) -> PreprocessConfig:
         return cls(
             input_size=int(data["input_size"]),
             resize_size=int(data["resize_size"]),
@@ -114,7 +113,7 @@ class PreprocessConfig:
         return np.zeros((batch, 3, self.input_size, self.input_size), dtype=np.float32)
 
 
-def preprocess_from_dict(data: dict, folder: str | Path = "") -> "PreprocessConfig | TextPreprocess":
+def preprocess_from_dict(data: dict, folder: str | Path = "") -> PreprocessConfig | TextPreprocess:
     """A run's or bundle's recorded preprocessing: an image's, or a text model's (its tokenizer in ``folder``)."""
     if data.get("kind", "image") == "text":
         return TextPreprocess.from_dict(data, folder)

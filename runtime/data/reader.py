@@ -9,15 +9,15 @@ file, or, with ``skip_bad``, are left out and reported.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .sources import ImageRecord
 from ..errors import DataError, ImageDecodeError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreprocessConfig, preprocess
+from .sources import ImageRecord
 from .text import TextPreprocess, length_sorted
 
 

@@ -3,8 +3,9 @@ split, with one set of rules (splits ``train`` / ``val`` on every row or none; c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from ..errors import DataError
 

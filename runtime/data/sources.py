@@ -1,4 +1,5 @@
-"""Labelled image sources: image folders, CSV files and built-in data sets (:mod:`.builtin`); texts: :mod:`.text_sources`.
+"""Labelled image sources: image folders, CSV files and built-in data sets (:mod:`.builtin`); texts:
+:mod:`.text_sources`.
 
 Listing data is torch-free so that the device runtime (``evaluate``,
 ``update``) reads the same layouts as the host.  A source resolves to a
@@ -11,9 +12,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class LabeledData:
             raise DataError(f"{self.address} holds no {self.modality}s")
         return records, [self.class_names[r.label] for r in records]
 
-    def remap_to(self, class_names: Sequence[str]) -> "LabeledData":
+    def remap_to(self, class_names: Sequence[str]) -> LabeledData:
         """Re-index labels onto ``class_names`` (e.g. a bundle's), refusing unknown classes."""
         index = {name: i for i, name in enumerate(class_names)}
         unknown = [name for name in self.class_names if name not in index]
@@ -125,7 +126,7 @@ def input_records(inputs: Sequence, preprocess) -> list:
     """Unlabelled records of what a user gives to classify: image paths (or encoded bytes), or a text model's texts
     (each checked: a string, not empty, not oversized)."""
     if isinstance(preprocess, TextPreprocess):
-        for n, text in enumerate(inputs):
+        for text in inputs:
             if isinstance(text, str) and Path(text).suffix.lower() in IMAGE_EXTENSIONS and Path(text).is_file():
                 raise DataError(f"{text} is an image file, but the model reads texts")
         return [TextRecord(text, -1, check_text(text, f"text {n + 1}")) for n, text in enumerate(inputs)]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class TextPreprocess:
                 "max_length": self.max_length, "pad_id": self.pad_id}
 
     @classmethod
-    def from_dict(cls, data: dict, folder: str | Path = "") -> "TextPreprocess":
+    def from_dict(cls, data: dict, folder: str | Path = "") -> TextPreprocess:
         missing = [key for key in ("tokenizer", "tokenizer_sha256", "max_length", "pad_id") if key not in data]
         if missing:
             raise ConfigError(f"text preprocessing lacks {', '.join(missing)}")

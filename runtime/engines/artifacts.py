@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backends import Backend, create_backend
 from ..bundle.manifest import Artifact
 from ..bundle.timings import state_root
+from .backends import Backend, create_backend
 
 
 def model_cache_dir(artifact: Artifact) -> Path | None:

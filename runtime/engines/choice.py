@@ -20,11 +20,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .backends import BACKEND_MODULES, available_backends, installed
-from ..errors import BundleError, ConfigError
-from ..machine import CpuClass, cpu_facts
 from ..bundle.manifest import ENGINE_FORMAT, Artifact, BundleManifest
 from ..bundle.timings import Timing, TimingRecord
+from ..errors import BundleError, ConfigError
+from ..machine import CpuClass, cpu_facts
+from .backends import BACKEND_MODULES, available_backends, installed
 
 REFERENCE = "onnx"
 #: A one-shot command runs another artifact than the reference only when it is this much faster to its results.

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BACKEND_MODULES
 from ..bundle.checkset import CheckSet, check_logits, load_check_set
 from ..bundle.folder import Bundle
-from .artifacts import artifact_backend
-from .choice import Candidate, cpu_order, to_measure
-from ..errors import BundleError, EdgetlError, MissingDependencyError
 from ..bundle.heads import Head
-from .latency import BenchSettings, measure
-from ..machine import CpuClass, cpu_facts, this_cpu_class
-from ..data.text import TextPreprocess
 from ..bundle.timings import Timing, TimingRecord, write_timings
+from ..data.text import TextPreprocess
+from ..errors import BundleError, EdgetlError, MissingDependencyError
+from ..machine import CpuClass, cpu_facts, this_cpu_class
+from .artifacts import artifact_backend
+from .backends import BACKEND_MODULES
+from .choice import Candidate, cpu_order, to_measure
+from .latency import BenchSettings, measure
 
 DEFAULT_BUDGET_S = 1.0
 MIN_RUNS, WARMUP_RUNS = 5, 2
@@ -95,7 +95,8 @@ def _sample(bundle: Bundle, check: CheckSet | None) -> np.ndarray:
 
 
 def measure_candidates(bundle: Bundle, todo: list[Candidate], head: Head, cpu: CpuClass, check: CheckSet | None,
-                       threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S, device: str | None = None) -> MeasureReport:
+                       threads: int | None = None, budget_s: float = DEFAULT_BUDGET_S,
+                       device: str | None = None) -> MeasureReport:
     """Measure ``todo`` and record the rows (at the default thread count); returns them with the time taken."""
     start = time.perf_counter()
     manifest = bundle.manifest
@@ -145,7 +146,8 @@ def _measure(bundle, candidate: Candidate, head: Head, sample: np.ndarray, check
             verdict = check_logits(logits, check, artifact.name, max_drop).to_dict()
             verdict["effective_precision"] = backend.effective_precision
         samples = measure(lambda: head.logits(backend.infer(sample)), BenchSettings(
-            warmup_runs=WARMUP_RUNS, warmup_seconds=0.0, min_runs=MIN_RUNS, min_seconds=share_s, max_seconds=2 * share_s))
+            warmup_runs=WARMUP_RUNS, warmup_seconds=0.0, min_runs=MIN_RUNS, min_seconds=share_s,
+            max_seconds=2 * share_s))
         used = time.perf_counter() - begin
     finally:
         backend.close()

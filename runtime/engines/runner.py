@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.folder import Bundle
-from .artifacts import artifact_backend
-from .choice import choose, deployment_backends, imported_engines, to_measure
 from ..compat import renamed_keyword
 from ..errors import BundleError
 from ..machine import cpu_facts, this_cpu_class
+from .artifacts import artifact_backend
+from .choice import choose, deployment_backends, imported_engines, to_measure
 
 
 class BackboneRunner:
@@ -64,7 +64,7 @@ class BackboneRunner:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "BackboneRunner":
+    def __enter__(self) -> BackboneRunner:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..data.sources import SPLITS, open_data
 from ..errors import BelowMinAccuracyError, ConfigError
-from .model import EdgeModel
 from ..progress import ProgressFactory, silent_progress
+from .model import EdgeModel
 
 
 def evaluate_bundle(

@@ -3,19 +3,21 @@ adapting that evaluate, update, adapt and cluster share (and the feature adapter
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from ..data.sources import ImageRecord
 from ..data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
-from ..progress import ProgressFactory, silent_progress
 from ..data.reader import ReadReport, read_batches
+from ..data.sources import ImageRecord
+from ..progress import ProgressFactory, silent_progress
 
 
 class FeatureSource(Protocol):
-    """What computes backbone features: a :class:`~edgetl.runtime.engines.runner.BackboneRunner` (or an ``EdgeModel``)."""
+    """What computes backbone features: a :class:`~edgetl.runtime.engines.runner.BackboneRunner` (or an
+    ``EdgeModel``)."""
 
     preprocess: PreprocessConfig
     feature_dim: int

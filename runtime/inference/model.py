@@ -1,4 +1,5 @@
-"""A bundle ready to classify: its backbone on the chosen backend (:mod:`edgetl.runtime.engines.runner`) and the numpy head beside it.
+"""A bundle ready to classify: its backbone on the chosen backend (:mod:`edgetl.runtime.engines.runner`) and the numpy
+head beside it.
 
 :class:`EdgeModel` is the device-side API behind ``edgetl-rt predict`` and ``evaluate`` (and ``serve``).  The
 bundle is opened once (:class:`~edgetl.runtime.bundle.folder.Bundle`): the manifest read, and the sha256 of every file
@@ -7,23 +8,23 @@ it loads checked once (the chosen artifact and the head; the feature store check
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ..engines.runner import BackboneRunner
 from ..bundle.folder import Bundle
-from ..data.sources import ImageRecord, input_records
-from ..compat import renamed_keyword
-from ..errors import ConfigError
-from .features import apply_adapter, backbone_features
 from ..bundle.heads import softmax
-from ..metrics import classification_report
+from ..compat import renamed_keyword
 from ..data.preprocess import DEFAULT_MAX_PIXELS
-from ..progress import ProgressFactory, silent_progress
 from ..data.reader import read_batches
+from ..data.sources import ImageRecord, input_records
+from ..engines.runner import BackboneRunner
+from ..errors import ConfigError
+from ..metrics import classification_report
+from ..progress import ProgressFactory, silent_progress
+from .features import apply_adapter, backbone_features
 
 
 @dataclass
@@ -83,7 +84,7 @@ class EdgeModel:
     def close(self) -> None:
         self.backbone.close()
 
-    def __enter__(self) -> "EdgeModel":
+    def __enter__(self) -> EdgeModel:
         return self
 
     def __exit__(self, *exc) -> None:

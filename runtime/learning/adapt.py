@@ -65,7 +65,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
             truth = np.array([position[check_names[i]] for i in found.kept])
             before = top1_accuracy(head.logits(apply_adapter(found.values, current_adapter)), truth)
             after = top1_accuracy(head.logits(apply_adapter(found.values, adapter)), truth)
-            report.check, report.check_n, report.accuracy_before, report.accuracy_after = check, len(truth), before, after
+            report.check, report.check_n = check, len(truth)
+            report.accuracy_before, report.accuracy_after = before, after
             if (before - after) * 100 > max_accuracy_drop and not force:
                 raise UpdateRejectedError(
                     f"adaptation not committed: accuracy on {check} would fall from {before:.4f} to "

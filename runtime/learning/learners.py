@@ -22,12 +22,13 @@ exactly for a new one-hot target).
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..bundle.heads import Head, LinearHead, NCMHead, RidgeHead, RidgeStatistics, normalise_rows
+from ..errors import ConfigError
 from .ridge_system import RidgeSystem
 
 
@@ -119,7 +120,7 @@ class IncrementalLearner:
     def classes(self) -> list[str]:
         return self.index.classes
 
-    def partial_fit(self, features, labels, classes: Sequence[str] | None = None, **kwargs) -> "IncrementalLearner":
+    def partial_fit(self, features, labels, classes: Sequence[str] | None = None, **kwargs) -> IncrementalLearner:
         x = _check_features(features, self.feature_dim)
         y = self.index.encode(labels, classes)
         if len(x) != len(y):

@@ -14,8 +14,8 @@ spread about their own mean, plus the shift of the overall mean).  :class:`Ridge
   classes' columns, O(d·m·C) and the m×m solve (O(m³), m ≤ ``max_columns``) besides: a few milliseconds at
   d = 1280, where an open learner or ``serve`` needs them.  After ``max_columns`` columns, or when a solve's
   residual shows rounding building up, the columns are folded into the eigendecomposition (rebase, O(d³):
-  about 0.25 s at d = 1280, once per 256 one-image updates, on the update that crosses the limit).  The eigendecomposition also serves the
-  regularisation search, whose candidates then cost O(d²) each.
+  about 0.25 s at d = 1280, once per 256 one-image updates, on the update that crosses the limit).  The
+  eigendecomposition also serves the regularisation search, whose candidates then cost O(d²) each.
 
 The maths is exact whatever the mode (no approximation, only rounding): after any sequence of additions,
 the solution equals the batch ridge fit on all samples to ~1e-10 relative on real features (tested at
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..bundle.heads import RidgeHead, RidgeStatistics, alpha_on_holdout, alpha_scale
+from ..errors import ConfigError
 
 #: A factored solve whose relative residual exceeds this is redone on a fresh decomposition.  It is a check on
 #: rounding building up in the Woodbury terms (fresh solves sit at ~1e-15), not a bound on the weights' error,
@@ -54,7 +54,7 @@ class RidgeSystem:
         self.rebases = 0
 
     @classmethod
-    def from_statistics(cls, statistics: RidgeStatistics, max_columns: int = 256) -> "RidgeSystem":
+    def from_statistics(cls, statistics: RidgeStatistics, max_columns: int = 256) -> RidgeSystem:
         dim, num_classes = statistics.cross.shape
         if statistics.count == 0:
             return cls(0, np.zeros(dim), np.zeros(num_classes), np.zeros((dim, num_classes)), np.zeros((dim, dim)),

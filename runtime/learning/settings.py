@@ -37,7 +37,7 @@ class UpdateSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS                 # larger images are refused (likely decompression bombs)
 
     @classmethod
-    def for_service(cls, **values) -> "UpdateSettings":
+    def for_service(cls, **values) -> UpdateSettings:
         """A service request's settings: ``values`` over these defaults, the lock waited for at most
         :data:`SERVICE_LOCK_TIMEOUT` unless the request says otherwise."""
         return cls(**{"lock_timeout": SERVICE_LOCK_TIMEOUT, **values})

@@ -9,8 +9,8 @@ update route all run :func:`learn_records`, so they share rules, guard and error
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class Learner:
     def close(self) -> None:
         self.backbone.close()
 
-    def __enter__(self) -> "Learner":
+    def __enter__(self) -> Learner:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,8 +3,9 @@
 One thread owns the backbone (engines are then never entered from two threads) and takes work from a queue: the
 first waiting request opens a batch, which then collects more for at most ``max_wait`` seconds or until
 ``max_batch`` images, and only while another request is on its way (being decoded under :meth:`arriving`): a
-request alone runs at once, so batching costs no latency when there is nothing to batch with.  A request larger than ``max_batch`` is split into chunks that each join a batch.  Each
-request learns the batches it ran in (size, queue wait, compute time), so batching is measurable per request.
+request alone runs at once, so batching costs no latency when there is nothing to batch with.  A request larger than
+``max_batch`` is split into chunks that each join a batch.  Each request learns the batches it ran in (size, queue wait,
+compute time), so batching is measurable per request.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..bundle.folder import Bundle, HeadState
 from ..errors import EdgetlError
@@ -38,7 +38,7 @@ class LiveHead:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="edgetl-head-watch", daemon=True)
 
-    def start(self) -> "LiveHead":
+    def start(self) -> LiveHead:
         self._thread.start()
         return self
 

@@ -107,7 +107,7 @@ class Histogram(_Metric):
         with self._lock:
             for key, series in sorted(self._series.items()):
                 for bound, n in zip(self.buckets, series):
-                    bucket = _labels(self.label_names, key, 'le="%s"' % _number(bound))
+                    bucket = _labels(self.label_names, key, f'le="{_number(bound)}"')
                     lines.append(f"{self.name}_bucket{bucket} {n}")
                 bucket = _labels(self.label_names, key, 'le="+Inf"')
                 lines.append(f"{self.name}_bucket{bucket} {series[-1]}")

@@ -14,29 +14,29 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..engines.runner import BackboneRunner
 from ..bundle.folder import Bundle, HeadState
-from ..data.sources import input_records
+from ..bundle.heads import softmax
 from ..compat import renamed_keyword
+from ..data.preprocess import preprocess
+from ..data.sources import input_records
+from ..data.text import TextPreprocess
+from ..engines.runner import BackboneRunner
 from ..errors import ConfigError, DataError, EdgetlError, ImageDecodeError, StoreBusyError, UpdateRejectedError
 from ..inference.features import apply_adapter
-from ..bundle.heads import softmax
-from ..machine import default_threads
-from ..data.preprocess import preprocess
-from ..data.text import TextPreprocess
 from ..learning.alpha import tune_alpha
 from ..learning.reports import UpdateReport
 from ..learning.session import LearningSession
 from ..learning.settings import UpdateSettings
 from ..learning.update import learn_records
+from ..machine import default_threads
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
@@ -103,7 +103,7 @@ def error_status(exc: EdgetlError) -> int:
 class _BatchedRunner:
     """The backbone as :func:`~edgetl.runtime.inference.features.backbone_features` wants it, through the batcher."""
 
-    def __init__(self, service: "InferenceService"):
+    def __init__(self, service: InferenceService):
         self.preprocess, self.feature_dim, self._service = service.preprocess, service.feature_dim, service
 
     def features(self, batch: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The benchmark matrix behind ``edgetl-rt bench`` (and ``edgetl bench``): every artifact x backend x threads x batch this machine can run.
+"""The benchmark matrix behind ``edgetl-rt bench`` (and ``edgetl bench``): every artifact x backend x threads x batch
+this machine can run.
 
 Each (artifact, backend, threads) cell runs in a fresh interpreter by
 default, so that its cold start (load to first result) and peak RSS are its
@@ -23,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.backends import installed
-from ..documents import utc_now
-from ..errors import ConfigError, EdgetlError
-from ..fsutil import atomic_directory
-from ..engines.latency import BenchSettings, latency_stats, measure, peak_rss_mb
-from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
 from ..bundle.folder import Bundle
 from ..bundle.manifest import Artifact, BundleManifest
 from ..data.text import DEFAULT_SEQ_LEN, TextPreprocess
+from ..documents import utc_now
+from ..engines.backends import installed
+from ..engines.latency import BenchSettings, latency_stats, measure, peak_rss_mb
+from ..errors import ConfigError, EdgetlError
+from ..fsutil import atomic_directory
+from ..machine import cpu_facts, jetson_facts, library_versions, memory_facts
 
 RESULT_SCHEMA = "edgetl.bench/1"
 DEFAULT_NOISE_THRESHOLD = 1.5      # p99 / p50 above this marks a row as noisy
@@ -122,8 +123,8 @@ def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], ben
                  seq_lens: tuple[int, ...] = (DEFAULT_SEQ_LEN,)) -> dict:
     """Cold start, latency per batch (and sequence length) and peak RSS of one cell, in this process."""
     from ..engines.backends import BACKEND_MODULES
-    from ..inference.model import EdgeModel
     from ..engines.measure import import_seconds
+    from ..inference.model import EdgeModel
 
     import_s = import_seconds(BACKEND_MODULES.get(cell.backend, cell.backend))
     t0 = time.perf_counter()
@@ -137,7 +138,7 @@ def measure_cell(bundle: str | Bundle, cell: Cell, batches: tuple[int, ...], ben
             model.logits(x)
             if first_s is None:
                 first_s = time.perf_counter() - t1
-            samples = measure(lambda: model.logits(x), replace(bench, batch=fields["batch"]))
+            samples = measure(lambda x=x: model.logits(x), replace(bench, batch=fields["batch"]))
             rows.append({**fields, **latency_stats(samples, fields["batch"])})
         backend = model.backend.describe()
     return {"import_s": import_s, "load_s": load_s, "first_inference_s": first_s,

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.sources import open_data
+from ..bundle.heads import normalise_rows
 from ..compat import renamed_keyword
+from ..data.sources import open_data
 from ..errors import ConfigError
 from ..fsutil import atomic_directory
 from ..inference.features import backbone_features
-from ..bundle.heads import normalise_rows
 from ..inference.model import EdgeModel
 from ..progress import ProgressFactory, silent_progress
 
@@ -33,7 +33,8 @@ def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ centres.T + (centres * centres).sum(1)[None], 0.0)
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts: int = 4) -> tuple[np.ndarray, np.ndarray, float]:
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100,
+           restarts: int = 4) -> tuple[np.ndarray, np.ndarray, float]:
     """(assignments, centres, inertia) of the best of ``restarts`` seeded k-means++ runs."""
     if not 1 <= k <= len(x):
         raise ConfigError(f"must lie in 1..{len(x)} (the number of inputs), got {k}", option="k")

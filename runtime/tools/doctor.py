@@ -18,8 +18,9 @@ from edgetl.devices import DeviceProfile, load_profiles
 
 from ..engines.backends import available_backends
 from ..engines.cuda import cuda_info
-from ..machine import cpu_class, cpu_facts, jetson_facts, memory_facts
 from ..engines.sidecar import parse_version
+from ..machine import cpu_class, cpu_facts, jetson_facts, memory_facts
+
 
 def backend_facts() -> dict:
     found = {}

@@ -18,12 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engines.cuda import CudaRuntime
+from ..bundle.manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
 from ..deps import require
+from ..engines.cuda import CudaRuntime
+from ..engines.sidecar import EngineMetadata, sidecar_path
 from ..errors import EdgetlError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from ..bundle.manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
-from ..engines.sidecar import EngineMetadata, sidecar_path
 from .engine_plan import TIMING_CACHE, BuildPlan, engine_metadata, plan_build
 
 

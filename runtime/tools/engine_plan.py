@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..bundle.manifest import BundleManifest
 from ..engines.sidecar import ENGINE_FOLDER, EngineMetadata, parse_version
 from ..errors import BundleError, ConfigError
-from ..bundle.manifest import BundleManifest
 
 TIMING_CACHE = f"{ENGINE_FOLDER}/timing.cache"
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")

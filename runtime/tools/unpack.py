@@ -13,10 +13,10 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import BundleError
-from ..fsutil import atomic_directory
 from ..bundle.manifest import MANIFEST_NAME, read_bundle_manifest
 from ..bundle.timings import LOCAL_STATE
+from ..errors import BundleError
+from ..fsutil import atomic_directory
 
 #: Refuse archives that would expand beyond this (a "tar bomb"); bundles are tens of MB.
 MAX_UNPACKED_BYTES = 8 << 30

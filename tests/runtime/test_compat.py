@@ -10,11 +10,10 @@ import warnings
 
 import pytest
 from click.testing import CliRunner
+from conftest import TINY_BUNDLE, write_image
 
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.compat import MOVED_MODULES
-
-from conftest import TINY_BUNDLE, write_image
 
 OLD_PATHS = """
 import importlib, json, sys, warnings
@@ -43,8 +42,8 @@ def test_every_old_module_path_is_its_new_module(child_python):
 
 
 def test_the_old_names_of_0_6_still_import():
-    from edgetl.runtime.engines.runner import BackboneRunner
     from edgetl.runtime.engines.measure import MeasureReport, measure_bundle
+    from edgetl.runtime.engines.runner import BackboneRunner
     from edgetl.runtime.learning import UpdateSettings, update_bundle
 
     with pytest.warns(DeprecationWarning, match="BackboneRunner"):

@@ -8,12 +8,11 @@ import platform
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_folder_dataset
 
 from edgetl.devices import load_profiles
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.tools.doctor import profile_fit, rank_profiles
-
-from conftest import make_folder_dataset
 
 PROFILES = load_profiles()
 FAST = ["--min-runs", "10", "--min-seconds", "0.1", "--warmup-runs", "2"]

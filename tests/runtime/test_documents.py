@@ -45,8 +45,10 @@ def _error(value, spec, origin=ORIGIN) -> str:
     ({"n": True}, Table({"n": int}), "n must be an integer, got true"),               # bool is not an integer
     ({"n": 1.0}, Table({"n": int}), "n must be an integer, got the number 1.0"),
     ({"n": 1}, Table({"n": bool}), "n must be true or false, got the integer 1"),
-    ({"files": {"head.npz": 7}}, Table({"files": dict[str, str]}), "[files] head.npz must be a string, got the integer 7"),
-    ({"files": ["head.npz"]}, Table({"files": dict[str, str]}), "files must be a table, got a list"),      # nor an integer a bool
+    ({"files": {"head.npz": 7}}, Table({"files": dict[str, str]}),
+     "[files] head.npz must be a string, got the integer 7"),
+    # nor an integer a bool
+    ({"files": ["head.npz"]}, Table({"files": dict[str, str]}), "files must be a table, got a list"),
     ({"n": False}, Table({"n": float}), "n must be a number, got false"),
     ({"n": None}, Table({"n": str}), "n must be a string, got null"),
     ({"n": "x"}, Table({"n": int | None}), 'n must be an integer, got the string "x"'),

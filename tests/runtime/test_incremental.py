@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-
-from edgetl.runtime.errors import ConfigError
-from edgetl.runtime.bundle.heads import NCMHead, RidgeHead, load_head
-from edgetl.runtime.learning import NCMLearner, RidgeLearner, SGDLearner
-
 from conftest import gaussian_blobs, relative_error
+
+from edgetl.runtime.bundle.heads import NCMHead, RidgeHead, load_head
+from edgetl.runtime.errors import ConfigError
+from edgetl.runtime.learning import NCMLearner, RidgeLearner, SGDLearner
 
 
 def _blobs(n=600, d=32, classes=6, seed=0):

@@ -4,12 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_image
 from PIL import Image
 
-from edgetl.runtime.errors import ConfigError, ImageDecodeError
 from edgetl.runtime.data.preprocess import PreprocessConfig, load_image, preprocess, resize_and_crop
-
-from conftest import write_image
+from edgetl.runtime.errors import ConfigError, ImageDecodeError
 
 CONFIG = PreprocessConfig.for_size(32, 0.875, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -42,7 +41,8 @@ def _resize_whole_then_crop(image: Image.Image, config: PreprocessConfig) -> np.
     """The 0.6 arithmetic, as a reference: the whole image resized (shorter side to resize_size), then the centre
     crop at whole-pixel offsets."""
     scale = config.resize_size / min(image.size)
-    width, height = max(config.input_size, round(image.width * scale)), max(config.input_size, round(image.height * scale))
+    width = max(config.input_size, round(image.width * scale))
+    height = max(config.input_size, round(image.height * scale))
     resized = image.resize((width, height), Image.Resampling.BILINEAR)
     left, top = (width - config.input_size) // 2, (height - config.input_size) // 2
     return np.asarray(resized.crop((left, top, left + config.input_size, top + config.input_size)), np.int16)

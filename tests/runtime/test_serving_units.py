@@ -12,12 +12,11 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import request, serving
 
 from edgetl.runtime.serving.batcher import DynamicBatcher
 from edgetl.runtime.serving.metrics import ServiceMetrics
 from edgetl.runtime.serving.protocol import ProtocolError, parse_infer_request
-
-from conftest import request, serving
 
 # --- the protocol codec ------------------------------------------------------------------------------------------
 

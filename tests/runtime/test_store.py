@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edgetl.runtime import EdgeModel
-from edgetl.runtime.errors import BundleError, UpdateRejectedError
 from edgetl.runtime.bundle.store import FeatureStore, StoreBusyError
+from edgetl.runtime.errors import BundleError, UpdateRejectedError
 from edgetl.runtime.learning import UpdateSettings, learn_features, rollback_bundle
 
 DIM = 16   # the tiny test backbone's feature size

@@ -52,13 +52,13 @@ class Backend:
         self.input_dtype = np.float32       # int64 for a text model's token ids (set by the backend on open)
         self._open = False
 
-    def replica(self, threads: int) -> "Backend":
+    def replica(self, threads: int) -> Backend:
         """A closed backend of this kind on the same file and settings but ``threads`` threads: lanes of a pass
         each run their own copy (an engine's session or request is not shared between threads)."""
         return type(self)(self.path, threads=threads, device=self.requested_device, precision=self.precision,
                           cache_dir=self.cache_dir, shared_cores=self.shared_cores)
 
-    def open(self) -> "Backend":
+    def open(self) -> Backend:
         if self._open:
             return self
         self._open_impl()
@@ -85,7 +85,7 @@ class Backend:
             self._close_impl()
             self._open = False
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self.open()
 
     def __exit__(self, *exc) -> None:

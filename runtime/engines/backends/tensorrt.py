@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cuda import CudaRuntime
 from ...deps import require
 from ...errors import BundleError, ConfigError
+from ..cuda import CudaRuntime
 from ..sidecar import check_engine_compatible, read_sidecar
 from .base import Backend
 
@@ -40,7 +40,8 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise BundleError(f"TensorRT could not deserialize {self.path.name}; rebuild it with edgetl-rt build-engine")
+            raise BundleError(f"TensorRT could not deserialize {self.path.name}; rebuild it with "
+                              "edgetl-rt build-engine")
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

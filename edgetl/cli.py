@@ -61,9 +61,16 @@ def main() -> None:
 @click.option("--backbones", "candidates", default=None,
               help="With --backbone auto: the candidates (as for 'edgetl select'; default: the offline ones).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the backbone.")
-@click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True)
+@click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True,
+              help="linear: softmax regression (AdamW, label smoothing, cosine schedule, early stopping on val "
+                   "accuracy); mlp: one hidden layer, trained alike; ridge: closed form, alpha chosen on val.")
 @click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Head learning rate.")
+@click.option("--lr", type=float, default=3e-3, show_default=True,
+              help="Head learning rate (on the scaled inputs, see --scale-inputs).")
+@click.option("--scale-inputs/--no-scale-inputs", default=True, show_default=True,
+              help="Linear and mlp heads train on the features divided by their root mean square (folded into the "
+                   "exported weights), so --lr and --epochs fit unit-length text embeddings as well as image "
+                   "features; --no-scale-inputs trains on them as they are (edgetl 0.6).")
 @click.option("--image-size", type=int, default=None,
               help="Input size (default: the data set's recommendation, else the backbone's).")
 @click.option("--train-last", type=click.IntRange(min=0), default=None,
@@ -78,9 +85,9 @@ def main() -> None:
               help="Refuse images larger than this many pixels (decompression bombs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @json_option
-def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, image_size,
-             train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad, max_pixels, overwrite,
-             as_json) -> None:
+def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, scale_inputs,
+             image_size, train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad,
+             max_pixels, overwrite, as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
     from edgetl.heads import HeadConfig
@@ -118,7 +125,8 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
             raise ConfigError("applies to --backbone auto only", option=unused[0])
     train_last = train_last or 0
     config = FinetuneConfig(
-        selection=selection, backbone=backbone, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
+        selection=selection, backbone=backbone, weights=weights,
+        head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed, scale_inputs=scale_inputs),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine,
         workers=workers, compile=compile_pass, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad, max_pixels=max_pixels,
         overwrite=overwrite,

@@ -156,6 +156,7 @@ def test_the_default_head_converges_on_unit_length_embeddings():
     the input scaling (edgetl 0.6) it misses both, which keeps this problem a test of that failure."""
     from dataclasses import replace
 
+    import torch
     from sklearn.linear_model import LogisticRegression
     from torch import nn
 
@@ -172,8 +173,10 @@ def test_the_default_head_converges_on_unit_length_embeddings():
     reference = LogisticRegression(C=10.0, max_iter=5000).fit(train_x, train_y).score(val_x, val_y)
 
     def trained(scale_inputs: bool) -> tuple[float, float]:
+        threads = torch.get_num_threads()
         result = train_gradient_head(nn.Sequential(), train_x, train_y, val_x, val_y, classes, dim,
                                      replace(config, scale_inputs=scale_inputs), resolve_device("cpu"))
+        assert torch.get_num_threads() == threads      # one thread while it trained, as many as before after
         accuracy = float(np.mean(result.head.logits(val_x).argmax(axis=1) == val_y))
         return _objective(result.head.logits(train_x), targets) - minimum, accuracy
 

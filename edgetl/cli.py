@@ -62,9 +62,16 @@ def main() -> None:
 @latency_target_option(auto=True)
 @candidates_option(auto=True)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the backbone.")
-@click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True)
+@click.option("--head", "head_kind", type=click.Choice(["linear", "mlp", "ridge"]), default="linear", show_default=True,
+              help="linear: softmax regression (AdamW, label smoothing, cosine schedule, early stopping on val "
+                   "accuracy); mlp: one hidden layer, trained alike; ridge: closed form, alpha chosen on val.")
 @click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Head learning rate.")
+@click.option("--lr", type=float, default=3e-3, show_default=True,
+              help="Head learning rate (on the scaled inputs, see --scale-inputs).")
+@click.option("--scale-inputs/--no-scale-inputs", default=True, show_default=True,
+              help="Linear and mlp heads train on the features divided by their root mean square (folded into the "
+                   "exported weights), so --lr and --epochs fit unit-length text embeddings as well as image "
+                   "features; --no-scale-inputs trains on them as they are (edgetl 0.6).")
 @image_size_option
 @click.option("--train-last", type=click.IntRange(min=0), default=None,
               help="Also train the last N stages of the backbone (default 0: head only; with --backbone auto, the "
@@ -76,9 +83,9 @@ def main() -> None:
 @max_pixels_option
 @overwrite_option("the run directory")
 @json_option
-def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, image_size,
-             train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad, max_pixels,
-             overwrite, as_json) -> None:
+def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_kind, epochs, lr, scale_inputs,
+             image_size, train_last, cache_dir, device, engine, workers, compile_pass, seed, val_fraction, skip_bad,
+             max_pixels, overwrite, as_json) -> None:
     """Fine-tune a head on DATA (image folder, CSV or builtin:NAME) over a frozen backbone."""
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
     from edgetl.heads import HeadConfig
@@ -88,7 +95,8 @@ def finetune(data, out, backbone, budget_ms, target, candidates, weights, head_k
     auto = AutoBackbone(backbones=parse_backbones(candidates) if candidates else None, target=target,
                         budget_ms=budget_ms)
     config = FinetuneConfig(
-        backbone=backbone, auto=auto, weights=weights, head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed),
+        backbone=backbone, auto=auto, weights=weights,
+        head=HeadConfig(kind=head_kind, epochs=epochs, lr=lr, seed=seed, scale_inputs=scale_inputs),
         image_size=image_size, train_last=train_last, cache_dir=cache_dir, device=device, engine=engine,
         workers=workers, compile=compile_pass, seed=seed, val_fraction=val_fraction, skip_bad=skip_bad,
         max_pixels=max_pixels, overwrite=overwrite,

@@ -38,7 +38,9 @@ DEFAULT_VAL_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Options of ``edgetl finetune`` (the head's own settings live in :class:`HeadConfig`).
+    """Options of ``edgetl finetune`` (the head's own settings live in :class:`HeadConfig`; by default a linear
+    head trained on the features divided by their root mean square, which the run's metrics record as
+    ``input_scale``).
 
     ``backbone="auto"`` fine-tunes what ``edgetl select`` recommends (:mod:`edgetl.selection.auto`), chosen
     among ``auto``'s candidates; ``train_last`` None is 0, or with ``"auto"`` the freeze point the selection
@@ -153,7 +155,7 @@ def finetune(
     logits = _val_logits(tail, result, np.asarray(features[val_rows]))
     metrics = classification_report(val_y, np.argmax(logits, axis=1), data.class_names)
     metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, history=result.history,
-                   n_train=int(len(train_y)), skipped=skipped)
+                   input_scale=result.input_scale, n_train=int(len(train_y)), skipped=skipped)
 
     manifest = RunManifest(
         edgetl_version=__version__,

@@ -9,6 +9,7 @@ anyone editing a list; ``tests/test_wheel.py`` compares what the built wheel hol
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from setuptools import setup
@@ -21,15 +22,29 @@ CACHE_DIRS = {"__pycache__"}
 CACHE_SUFFIXES = {".pyc", ".pyo"}
 
 
-def _shipped(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name not in CACHE_DIRS
+def _ignored(root: Path) -> set[Path]:
+    """Files and folders git ignores under the mapped roots (a device's timings, editors' leftovers), when this is a
+    git checkout; an sdist has no such files, and no git."""
+    if not (root / ".git").exists():
+        return set()
+    try:
+        out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory", "-z",
+                              *ROOTS], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return set()
+    return {(root / name.rstrip("/")).resolve() for name in out.decode().split("\0") if name}
+
+
+def _shipped(path: Path, ignored: set[Path]) -> bool:
+    return not path.name.startswith(".") and path.name not in CACHE_DIRS and path.resolve() not in ignored
 
 
 def discover(root: Path = HERE) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
     """``packages``, ``package_dir`` and ``package_data`` for ``setup()``: every folder under a mapped root is a
-    package (with or without ``__init__.py``, so a data-only folder such as ``runtime/datasets/`` counts), and each
+    package (with or without ``__init__.py``, so a data-only folder such as ``runtime/data/datasets/`` counts), and each
     of its files other than ``.py`` and caches is its data, named exactly."""
     packages, package_dir, package_data = [], {}, {}
+    ignored = _ignored(root)
     for folder, name in ROOTS.items():
         package_dir[name] = folder
         pending = [root / folder]
@@ -37,7 +52,7 @@ def discover(root: Path = HERE) -> tuple[list[str], dict[str, str], dict[str, li
             directory = pending.pop()
             package = ".".join([name, *directory.relative_to(root / folder).parts])
             packages.append(package)
-            entries = sorted(p for p in directory.iterdir() if _shipped(p))
+            entries = sorted(p for p in directory.iterdir() if _shipped(p, ignored))
             pending.extend(p for p in entries if p.is_dir())
             data = [p.name for p in entries if p.is_file() and p.suffix not in {".py", *CACHE_SUFFIXES}]
             if data:

@@ -42,7 +42,7 @@ from edgetl.heads import HeadConfig
 #: An updater whose commit announces itself, so the SIGKILL lands inside it (a benchmark harness, not product code).
 KILLED_IN_COMMIT = textwrap.dedent("""
     import sys
-    from edgetl.runtime import store as store_module
+    from edgetl.runtime.bundle import store as store_module
     from edgetl.runtime.learning import update_bundle
     original = store_module.FeatureStore.commit
     def announced(self, *args, **kwargs):

@@ -19,8 +19,8 @@ from edgetl.devices import load_profiles
 from edgetl.exporters.bundle import export_run
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl.runtime import EdgeModel
+from edgetl.runtime.engines.choice import runnable_backends
 from edgetl.runtime.inference.evaluate import evaluate_bundle
-from edgetl.runtime.inference.model import runnable_backends
 
 
 def main() -> None:

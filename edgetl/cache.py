@@ -61,7 +61,7 @@ def cache_key(
     digest = hashlib.sha256()
     header = {
         "format": CACHE_FORMAT,
-        "crop_arithmetic": CROP_ARITHMETIC,
+        **({"crop_arithmetic": CROP_ARITHMETIC} if preprocess.get("kind", "image") == "image" else {}),
         "backbone": backbone,
         "weights_sha256": weights_sha256,
         "freeze_stage": freeze_stage,

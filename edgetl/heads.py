@@ -61,6 +61,9 @@ class HeadConfig:
             raise ConfigError(f"unknown head '{self.kind}'; choose one of {', '.join(HEAD_TRAINERS)}")
         if self.epochs < 1:
             raise ConfigError(f"must be at least 1, got {self.epochs}", option="epochs")
+        if self.kind == "ridge" and not self.scale_inputs:
+            raise ConfigError("applies to the linear and mlp heads (ridge is solved in closed form)",
+                              option="scale_inputs")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +158,7 @@ def _one_thread(wanted: bool):
     """torch on one intra-op thread inside the block (when ``wanted``), as many as before afterwards.
 
     A head on cached features multiplies matrices too small for threads to pay: on a shared 2-core VM the
-    default linear head on banking77 trained in 3.6 s on one thread and in 6.3 s to 168 s on two, depending on
+    default linear head on banking77 trained in 3.1-3.6 s on one thread and in 6.3 s to 279 s on two, depending on
     what else ran (each step waits for the slower thread)."""
     if not wanted:
         yield

@@ -47,6 +47,8 @@ MOVED_MODULES = {
     "edgetl.runtime.features": "edgetl.runtime.inference.features",
     "edgetl.runtime.ridge_system": "edgetl.runtime.learning.ridge_system",
     "edgetl.runtime.update": "edgetl.runtime.learning",
+    "edgetl.runtime.datasets": "edgetl.runtime.data.datasets",
+    "edgetl.runtime.cli.measure": "edgetl.runtime.cli.bench",
 }
 
 #: 0.6 names in a module that now live elsewhere or under another name: (module, old name) -> (module, new name).
@@ -55,6 +57,7 @@ MOVED_NAMES = {
     ("edgetl.runtime.engines.runner", "Backbone"): ("edgetl.runtime.engines.runner", "BackboneRunner"),
     ("edgetl.runtime.engines.measure", "tune_bundle"): ("edgetl.runtime.engines.measure", "measure_bundle"),
     ("edgetl.runtime.engines.measure", "TuneReport"): ("edgetl.runtime.engines.measure", "MeasureReport"),
+    ("edgetl.runtime.engines.measure", "tune"): ("edgetl.runtime.engines.measure", "measure_candidates"),
 }
 
 REMOVED_IN = "0.8"
@@ -79,7 +82,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self._own_specs: dict[str, importlib.machinery.ModuleSpec] = {}
 
     def create_module(self, spec):
-        deprecated_use(spec.name, MOVED_MODULES[spec.name], stacklevel=8)
+        deprecated_use(spec.name, MOVED_MODULES[spec.name], stacklevel=3)   # importlib's own frames are skipped
         module = importlib.import_module(MOVED_MODULES[spec.name])
         self._own_specs[module.__name__] = module.__spec__
         return module
@@ -102,7 +105,7 @@ def moved_name(module: str, name: str):
     if (module, name) not in MOVED_NAMES:
         raise AttributeError(f"module '{module}' has no attribute '{name}'")
     target_module, target = MOVED_NAMES[(module, name)]
-    deprecated_use(f"{module}.{name}", f"{target_module}.{target}")
+    deprecated_use(f"{module}.{name}", f"{target_module}.{target}", stacklevel=4)   # past the module's __getattr__
     return getattr(importlib.import_module(target_module), target)
 
 

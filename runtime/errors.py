@@ -9,7 +9,7 @@ because the API has none: an error about one option says which with
 would get past it, ``remedy="force"``, as ``(--force)`` after the message).
 
 Scripts branch on exit codes, so each code has exactly one meaning
-(:class:`ExitCode`, listed in the README under "Exit codes").
+(:class:`ExitCode`, listed in docs/exit-codes.md).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from conftest import make_folder_dataset
 from edgetl.cli import main as host
 from edgetl.runtime import errors
 from edgetl.runtime.cli import main as rt
+from edgetl.runtime.cli.bench import SINGLE_CELL_KEYS, single_cell_figures
 from edgetl.runtime.cli.group import error_line
-from edgetl.runtime.cli.measure import SINGLE_CELL_KEYS, single_cell_figures
 from edgetl.runtime.cli.options import THREADS_HELP, THREADS_LIST_HELP, optional_data_argument
 from edgetl.runtime.engines.latency import latency_stats
 from edgetl.runtime.errors import ConfigError, DataError, ExitCode
@@ -265,7 +265,7 @@ def test_data_is_positional_and_the_old_option_still_works():
     assert "RUN [DATA]" in CliRunner().invoke(host, ["export", "--help"]).stdout
 
 
-# Exit codes: one table, one meaning per code, all in the README.
+# Exit codes: one table, one meaning per code, all in docs/exit-codes.md.
 
 def error_classes() -> list[type]:
     found, todo = [], [errors.EdgetlError]

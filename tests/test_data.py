@@ -139,7 +139,7 @@ def test_builtin_digits_are_scikit_learns_digits_with_the_same_splits():
 
 
 def test_damaged_builtin_file_is_refused(tmp_path, monkeypatch):
-    from edgetl.runtime import builtin
+    from edgetl.runtime.data import builtin
 
     damaged = tmp_path / "digits.npz"
     content = bytearray(builtin.DIGITS_FILE.read_bytes())

@@ -174,7 +174,7 @@ def test_the_default_head_converges_on_unit_length_embeddings():
         threads = torch.get_num_threads()
         result = train_gradient_head(nn.Sequential(), train_x, train_y, val_x, val_y, classes, dim,
                                      replace(config, scale_inputs=scale_inputs), resolve_device("cpu"))
-        assert torch.get_num_threads() == threads      # one thread while it trained, as many as before after
+        assert torch.get_num_threads() == threads      # the thread count it trained with is given back
         accuracy = float(np.mean(result.head.logits(val_x).argmax(axis=1) == val_y))
         return _objective(result.head.logits(train_x), targets) - minimum, accuracy
 

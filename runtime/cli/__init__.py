@@ -1,7 +1,7 @@
 """``edgetl-rt``: the device-side command line.
 
 Run (predict, evaluate, serve), learn (update, tune, history, rollback, adapt, cluster),
-measure (bench) and deploy (doctor, build-engine, unpack); one module per
+benchmark (bench) and deploy (doctor, build-engine, unpack); one module per
 job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
 :mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and
 ``predict``, ``evaluate`` and :func:`run_bench`) from here, so both command
@@ -22,14 +22,14 @@ from .group import LazyGroup, with_verbosity
 
 #: command -> where it lives; a command's module is imported only when it runs (or help lists it).
 COMMANDS = {
-    "predict": ".run:predict", "evaluate": ".run:evaluate", "bench": ".measure:bench",
+    "predict": ".run:predict", "evaluate": ".run:evaluate", "bench": ".bench:bench",
     "update": ".learn:update", "tune": ".learn:tune", "history": ".learn:history", "rollback": ".learn:rollback",
     "adapt": ".learn:adapt", "cluster": ".learn:cluster", "doctor": ".deploy:doctor",
     "build-engine": ".deploy:build_engine", "unpack": ".deploy:unpack", "serve": ".serve:serve",
 }
 #: what the host's ``edgetl`` reuses from here, loaded on first use (PEP 562).
 _EXPORTS = {"ErrorReportingGroup": ".group", "print_json": ".output", "print_table": ".output",
-            "with_bench_options": ".measure", "run_bench": ".measure", "predict": ".run", "evaluate": ".run"}
+            "with_bench_options": ".bench", "run_bench": ".bench", "predict": ".run", "evaluate": ".run"}
 
 __all__ = ["main", "LazyGroup", "with_verbosity", *_EXPORTS]
 

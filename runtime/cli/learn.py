@@ -60,25 +60,26 @@ def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, res
         print_json(report)
         return
     print_table([
-        ("version", f"{report['version']} (from {report['parent']}, {report['method']})"),
-        (f"new {inputs_of(bundle)}", f"{report['n_new']} ({report['n_train_new']} train, {report['n_holdout_new']} "
-                                     f"held out; {report['n_duplicate']} already stored)"),
-        ("classes", f"{len(report['classes'])}" + (f" (new: {', '.join(report['new_classes'])})"
-                                                    if report["new_classes"] else "")),
-        ("held-out accuracy", f"{fmt(report['accuracy'])} on {report['holdout_n']} samples"),
-        ("earlier held-out", f"{fmt(report['accuracy_before'])} -> {fmt(report['accuracy_after_on_earlier_holdout'])}"),
-        ("backbone s", report["timings"]["backbone_s"]), ("head math s", report["timings"]["head_s"]),
-        ("commit s", report["timings"]["commit_s"]), ("alpha", _alpha_line(report)),
-        ("evicted", report["evicted"]),
+        ("version", f"{report.version} (from {report.parent}, {report.method})"),
+        (f"new {inputs_of(bundle)}", f"{report.n_new} ({report.n_train_new} train, {report.n_holdout_new} "
+                                     f"held out; {report.n_duplicate} already stored)"),
+        ("classes", f"{len(report.classes)}" + (f" (new: {', '.join(report.new_classes)})"
+                                                 if report.new_classes else "")),
+        ("held-out accuracy", f"{fmt(report.accuracy)} on {report.holdout_n} samples"),
+        ("earlier held-out", f"{fmt(report.accuracy_before)} -> {fmt(report.accuracy_after_on_earlier_holdout)}"),
+        ("backbone s", report.timings.backbone_s), ("head math s", report.timings.head_s),
+        ("commit s", report.timings.commit_s), ("alpha", _alpha_line(report)),
+        ("evicted", report.evicted),
     ])
 
 
-def _alpha_line(report: dict) -> str:
-    if report["alpha"] is None:
+def _alpha_line(report) -> str:
+    """The regularisation of an :class:`~edgetl.runtime.learning.reports.UpdateReport`'s head, in words."""
+    if report.alpha is None:
         return "-"
-    if report["alpha_searched"]:
-        return f"{report['alpha']:.4g} (searched in {report['timings']['alpha_s']:.2f} s)"
-    return f"{report['alpha']:.4g} (kept" + ("; a search is due: edgetl-rt tune)" if report["alpha_due"] else ")")
+    if report.alpha_searched:
+        return f"{report.alpha:.4g} (searched in {report.timings.alpha_s:.2f} s)"
+    return f"{report.alpha:.4g} (kept" + ("; a search is due: edgetl-rt tune)" if report.alpha_due else ")")
 
 
 @click.command()
@@ -93,10 +94,10 @@ def tune(bundle, lock_timeout, as_json) -> None:
     if as_json:
         print_json(report)
         return
-    before = "-" if report["alpha_before"] is None else f"{report['alpha_before']:.4g}"
-    print_table([("version", f"{report['version']} (from {report['parent']})"),
-                 ("alpha", f"{before} -> {report['alpha']:.4g} ({report['holdout_n']} held-out samples)"),
-                 ("held-out accuracy", fmt(report["accuracy"])), ("search s", report["timings"]["alpha_s"])])
+    before = "-" if report.alpha_before is None else f"{report.alpha_before:.4g}"
+    print_table([("version", f"{report.version} (from {report.parent})"),
+                 ("alpha", f"{before} -> {report.alpha:.4g} ({report.holdout_n} held-out samples)"),
+                 ("held-out accuracy", fmt(report.accuracy)), ("search s", report.timings.alpha_s)])
 
 
 @click.command()
@@ -163,11 +164,11 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
         print_json(report)
         return
     noun = inputs_of(bundle)
-    rows = [("version", report["version"]), (f"unlabelled {noun}", report["n_unlabeled"]),
-            ("feature mean shift", report["mean_shift"])]
-    if "accuracy_before" in report:
-        rows.append(("check accuracy", f"{report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f} "
-                                       f"({report['check_n']} {noun})"))
+    rows = [("version", report.version), (f"unlabelled {noun}", report.n_unlabeled),
+            ("feature mean shift", report.mean_shift)]
+    if report.check is not None:
+        rows.append(("check accuracy", f"{report.accuracy_before:.4f} -> {report.accuracy_after:.4f} "
+                                       f"({report.check_n} {noun})"))
     print_table(rows)
 
 

@@ -30,9 +30,11 @@ _RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-#: Version of the arithmetic that turns an image into its crop.  Feature caches record it, so features made by
-#: another version are computed again: 2 (edgetl 0.7) resamples only the crop's box, where 1 resized the whole image
-#: and then cropped (the same geometry; pixels within one or two levels with bilinear resampling).
+#: Version of the arithmetic that turns an image into its crop.  Feature caches of images record it, so features
+#: made by another version are computed again: 2 (edgetl 0.7) resamples only the crop's box, where 1 resized the
+#: whole image and then cropped.  The geometry is the same; Pillow's rounding differs: on 90 real photos at 32 to
+#: 240 px, pixels moved by at most 2 levels with bilinear resampling, 7 with bicubic, 11 with lanczos, and nearest
+#: picked another neighbour on ties.
 CROP_ARITHMETIC = 2
 
 #: A file path, decoded pixels, or the encoded bytes of an image file (what a service receives).
@@ -205,7 +207,8 @@ def crop_box(width: int, height: int, config: PreprocessConfig) -> tuple[float, 
 
     The arithmetic is that of resizing the whole image (shorter side to ``config.resize_size``, each side rounded
     to whole pixels) and cropping the centre ``input_size`` square at whole-pixel offsets: mapped back through
-    each side's own scale, so resampling just this box gives the same pixels as that resize-then-crop did."""
+    each side's own scale, so resampling just this box samples the points that resize-then-crop did (the pixels
+    differ only by Pillow's rounding: :data:`CROP_ARITHMETIC`)."""
     scale = config.resize_size / min(width, height)
     new_w = max(config.input_size, int(round(width * scale)))
     new_h = max(config.input_size, int(round(height * scale)))

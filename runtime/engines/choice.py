@@ -158,7 +158,7 @@ def choose(manifest: BundleManifest, artifact: str | None, backend: str | None, 
                   and not row.eligible]
         raise BundleError("no artifact this machine can run is usable: "
                           + (f"{', '.join(failed)} failed the device check or could not be loaded here"
-                             if failed else "each must first pass the device check; run once without --no-tune"))
+                             if failed else "each must first pass the device check; run once without --no-measure"))
     if manifest.target:
         best = min(checked, key=lambda c: target_rank(manifest.target, c))
         return Choice(best.artifact, best.backend, f"device profile {manifest.target.get('name')} "

@@ -58,6 +58,14 @@ class BackboneRunner:
         self.bundle.verify_artifact(self.artifact)
         self.backend = artifact_backend(self.bundle.path, self.artifact, backend, threads, device, shared_cores).open()
 
+    @property
+    def tuning(self):
+        """0.6's name of :attr:`measured` (goes in 0.8)."""
+        from ..compat import deprecated_use
+
+        deprecated_use("BackboneRunner.tuning", "BackboneRunner.measured")
+        return self.measured
+
     def features(self, batch: np.ndarray) -> np.ndarray:
         return self.backend.infer(batch)
 

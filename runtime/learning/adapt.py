@@ -82,4 +82,3 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
         store.commit(version, head, adapter)    # the parent's head, with the new adapter
         report.version, report.committed = version.version, True
     return report
-

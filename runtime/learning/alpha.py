@@ -55,4 +55,3 @@ def tune_alpha(bundle: str | Path | Bundle, session: LearningSession | None = No
     return AlphaReport(bundle=str(bundle.path), version=version.version, parent=parent.version, alpha_before=before,
                        alpha=alpha, holdout_n=len(holdout), accuracy=version.accuracy["holdout"],
                        timings=AlphaTimings(alpha_s=alpha_s))
-

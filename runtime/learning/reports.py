@@ -2,7 +2,8 @@
 
 ``edgetl-rt update --json``, ``adapt --json``, ``tune --json`` and ``serve``'s update route print
 :meth:`Report.to_json`.  A report is also read like the dictionary it used to be (``report["accuracy"]``,
-``report["timings"]["head_s"]``, ``dict(report)``), so scripts written against 0.6 keep working.
+``report["timings"]["head_s"]``, ``dict(report)``, which ``json.dumps`` takes), so scripts that read 0.6's reports
+keep working; attributes (``report.timings.head_s``) are the typed way.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class Report(Mapping):
         return out
 
     def __getitem__(self, key: str) -> Any:
+        """The value of a JSON key; a nested report as its JSON object, as the dictionaries of 0.6 held it."""
         if key not in self._keys():
             raise KeyError(key)
-        return getattr(self, key)
+        value = getattr(self, key)
+        return value.to_json() if isinstance(value, Report) else value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys())

@@ -30,4 +30,3 @@ def rollback_bundle(bundle: str | Path, to: int | None = None,
                              "note": f"rollback to version {target.version}", "files": {}, "created": utc_now()})
         continue_04(store, version, target, None, head.feature_dim)
         return store.commit(version, head, store.adapter(target))
-

@@ -118,4 +118,3 @@ class LearningSession:
     def forget(self) -> None:
         """Drop the learners (after a transaction that failed half-way through changing them)."""
         self._learned = None
-

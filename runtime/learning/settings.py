@@ -18,6 +18,9 @@ METHODS = tuple(LEARNERS)
 #: How long a service's update waits for the store's lock: its client holds a connection open meanwhile (a command
 #: waits :attr:`UpdateSettings.lock_timeout`).
 SERVICE_LOCK_TIMEOUT = 10.0
+#: How long a service's background regularisation search waits for the store: briefly, as it is only worth running
+#: when nothing else holds the store (it is due again after the next update).
+BACKGROUND_LOCK_TIMEOUT = 5.0
 
 
 @dataclass

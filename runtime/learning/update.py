@@ -8,6 +8,8 @@ update route all run :func:`learn_records`, so they share rules, guard and error
 
 from __future__ import annotations
 
+import hashlib
+import string
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +32,22 @@ from .session import Learned, LearningSession
 from .settings import UpdateSettings
 from .versions import ensure_store, write_rows
 
+#: The longest sample key the store keeps (an input's sha256 in hex, or a caller's own id).
+MAX_KEY_CHARS = 64
+
+
+def _key_position(key: str) -> float:
+    """Where a sample's key falls in [0, 1): the first 32 bits of an input's sha256 (its hex key), or of the key's
+    own sha256 for a caller's id, so the held-out choice depends on the sample alone."""
+    head = key[:8]
+    digest = head if len(head) == 8 and all(c in string.hexdigits for c in head) else \
+        hashlib.sha256(key.encode()).hexdigest()[:8]
+    return int(digest, 16) / 16 ** 8
+
 
 def _holdout_flags(keys: np.ndarray, labels: list[str], fraction: float) -> np.ndarray:
-    """Deterministic by image content; every class keeps at least one training sample."""
-    flags = np.array([int(k[:8], 16) / 16 ** 8 < fraction for k in keys], dtype=bool)
+    """Deterministic by input content; every class keeps at least one training sample."""
+    flags = np.array([_key_position(str(k)) < fraction for k in keys], dtype=bool)
     for name in set(labels):
         rows = [i for i, label in enumerate(labels) if label == name]
         if all(flags[i] for i in rows):
@@ -148,6 +162,13 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
     pipeline; ``keys`` identify the samples (sha256 of the image, or any unique id of up to 64 characters)."""
     settings = settings or UpdateSettings()
     settings.check()
+    keys = [str(k) for k in keys]
+    bad = next((k for k in keys if not k or len(k) > MAX_KEY_CHARS), None)
+    if bad is not None:
+        raise ConfigError(f"every key must have 1 to {MAX_KEY_CHARS} characters, got {bad[:80]!r}"
+                          + ("..." if len(bad) > 80 else ""), option="keys")
+    if len(set(keys)) != len(keys):
+        raise ConfigError("keys must be unique: each names one sample", option="keys")
     session = session or LearningSession(keep_factor=False)
     bundle = Bundle.open(bundle)
     store = settings.store(bundle)
@@ -155,7 +176,7 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
         parent = ensure_store(store, bundle)
         return _learn_locked(store, session, bundle.feature_dim, parent, session.parts(store, parent),
                              np.asarray(features, np.float32), [str(n) for n in labels],
-                             np.array(keys, dtype="<U64"), settings, None, store.adapter(parent))
+                             np.array(keys, dtype=f"<U{MAX_KEY_CHARS}"), settings, None, store.adapter(parent))
 
 
 def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, parent: Version,

@@ -34,7 +34,7 @@ from ..inference.features import apply_adapter
 from ..learning.alpha import tune_alpha
 from ..learning.reports import UpdateReport
 from ..learning.session import LearningSession
-from ..learning.settings import UpdateSettings
+from ..learning.settings import BACKGROUND_LOCK_TIMEOUT, UpdateSettings
 from ..learning.update import learn_records
 from ..machine import default_threads
 from .batcher import BatchRecord, DynamicBatcher, Ran
@@ -126,7 +126,7 @@ class InferenceService:
         self.bundle = Bundle.open(bundle)
         self.name = settings.name or self.bundle.path.resolve().name
         self.backbone = BackboneRunner(self.bundle, settings.artifact, settings.backend, settings.threads,
-                                 measure=settings.measure,
+                                       measure=settings.measure,
                                        log=lambda line: log({"event": "measure", "message": line}))
         try:
             self.preprocess, self.feature_dim = self.backbone.preprocess, self.backbone.feature_dim
@@ -308,7 +308,7 @@ class InferenceService:
         return report
 
     def _tune(self) -> None:
-        report = tune_alpha(self.bundle, self.session, lock_timeout=5.0)
+        report = tune_alpha(self.bundle, self.session, lock_timeout=BACKGROUND_LOCK_TIMEOUT)
         self.live.refresh(force=True)
         self.log({"event": "tuned", "head_version": report.version, "alpha": report.alpha,
                   "alpha_before": report.alpha_before, "seconds": round(report.timings.alpha_s, 3)})

@@ -124,7 +124,8 @@ def test_a_machine_that_cannot_start_a_child_interpreter_measures_in_process_and
 
 
 def test_int8_measured_on_another_architecture_is_checked_and_a_recorded_accuracy_gates_it(tiny_bundle, monkeypatch):
-    from edgetl.runtime import choice, manifest
+    from edgetl.runtime.bundle import manifest
+    from edgetl.runtime.engines import choice
 
     def artifact(precision, measured_on):
         return manifest.Artifact(name=f"onnx-{precision}", format="onnx", precision=precision, backend="onnxruntime",

@@ -1,4 +1,4 @@
-"""Measuring: ``bench``, the benchmark matrix of a bundle on this machine.
+"""Benchmarking: ``bench``, the benchmark matrix of a bundle on this machine.
 
 ``edgetl bench`` on the host takes the same options (:func:`with_bench_options`)
 and runs the same :func:`run_bench`, adding ``--compare`` and the report files.

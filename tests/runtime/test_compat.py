@@ -108,3 +108,21 @@ def test_every_public_name_resolves(package):
     missing = [name for name in module.__all__ if getattr(module, name, None) is None]
     assert module.__all__ and missing == []
     assert set(module.__all__) <= set(dir(module))
+
+
+SCRIPT = """
+import edgetl.runtime.preprocess
+from edgetl.runtime.tune import tune_bundle
+from edgetl.runtime import Backbone
+"""
+
+
+def test_a_script_sees_the_deprecation_warnings_at_its_own_lines(tmp_path, child_python):
+    """Python shows a DeprecationWarning by default only when it is blamed on the script's own code: each warning
+    points at the line that used the old name."""
+    script = tmp_path / "old_script.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([child_python, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for line, new in ((2, "edgetl.runtime.data.preprocess"), (3, "measure_bundle"), (4, "BackboneRunner")):
+        assert f"{script}:{line}: DeprecationWarning" in out.stderr and new in out.stderr, out.stderr

@@ -5,4 +5,4 @@ ship alone to a device; host features are imported from their modules
 (``edgetl.finetune``, ``edgetl.exporters``).
 """
 
-__version__ = "0.6.1"
+__version__ = "0.7.0"

@@ -18,7 +18,7 @@ ARM64_ROOT ?= $(HOME)/.cache/edgetl/arm64
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py edgetl/__init__.py $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"

@@ -205,15 +205,17 @@ def _tiny_backbone():
 
 
 @contextlib.contextmanager
-def serving(bundle, token=None, max_body=8 * 1024 * 1024, **settings):
+def serving(bundle, token=None, max_body=8 * 1024 * 1024, http=None, **settings):
+    """The service on a free port for the block; ``http``: more of :class:`ServeHTTP`'s options (timeouts,
+    connections), ``settings``: :class:`ServeSettings`'."""
     from edgetl.runtime.serving.http import ServeHTTP
     from edgetl.runtime.serving.service import InferenceService, ServeSettings
 
     events = []
     service = InferenceService(bundle, ServeSettings(**{"artifact": "onnx", "name": "digits", **settings}),
                                log=events.append)
-    server = ServeHTTP(("127.0.0.1", 0), service, token=token, max_body=max_body, request_timeout=10,
-                       log=events.append)
+    server = ServeHTTP(("127.0.0.1", 0), service, token=token, max_body=max_body,
+                       **{"request_timeout": 10, **(http or {})}, log=events.append)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:

@@ -7,10 +7,13 @@ SIGTERM or Ctrl-C into a drain: requests in flight are answered, then the proces
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +40,50 @@ def _logger(quiet: bool, access_log: bool):
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
     return log
+
+
+class _LogHandler(logging.Handler):
+    """A library's ``logging`` record (warning or worse) as one structured line."""
+
+    def __init__(self, log):
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._log({"event": "warning" if record.levelno < logging.ERROR else "error", "logger": record.name,
+                       "message": record.getMessage()})
+        except Exception:     # noqa: BLE001 - a log line must never fail a request
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def capture_into(log):
+    """While serving, everything that would print plain text on stderr reaches the structured log as one JSON line
+    instead: Python, numpy and Pillow warnings (``warnings.warn``: event "warning"), libraries' ``logging`` records
+    (warning or worse), and exceptions that end a thread or go unraisable (event "error")."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        log({"event": "warning", "category": category.__name__, "message": str(message),
+             "where": f"{Path(filename).name}:{lineno}"})
+
+    def thread_failed(args) -> None:
+        if args.exc_type is not SystemExit:
+            log({"event": "error", "thread": getattr(args.thread, "name", None),
+                 "error": f"{args.exc_type.__name__}: {args.exc_value}"})
+
+    def unraisable(args) -> None:
+        log({"event": "error", "error": f"{args.exc_type.__name__}: {args.exc_value}",
+             "message": args.err_msg or "unraisable exception"})
+
+    saved = warnings.showwarning, threading.excepthook, sys.unraisablehook
+    handler, root = _LogHandler(log), logging.getLogger()
+    warnings.showwarning, threading.excepthook, sys.unraisablehook = show, thread_failed, unraisable
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        warnings.showwarning, threading.excepthook, sys.unraisablehook = saved
+        root.removeHandler(handler)
 
 
 def read_token(path: str, log) -> str:
@@ -76,6 +123,12 @@ def read_token(path: str, log) -> str:
               help="Open connections served at once (503 beyond).")
 @click.option("--request-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds a connection may stay silent mid-request or idle between requests.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds for a request line and its headers, however they trickle in (from the connection's "
+                   "start for its first request; 408 beyond).")
+@click.option("--min-body-rate", type=click.FloatRange(min=0), default=16.0, show_default=True,
+              help="Lowest average rate of a request body in KB/s, counted after a grace of --header-timeout "
+                   "(408 below; 0: only --request-timeout bounds a slow body).")
 @click.option("--poll-ms", type=click.FloatRange(min=1), default=50.0, show_default=True,
               help="How often the committed head version is checked (updates from other processes).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
@@ -83,8 +136,8 @@ def read_token(path: str, log) -> str:
 @json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_images,
-          max_connections,
-          request_timeout, poll_ms, access_log, as_json, artifact, backend, threads, no_measure) -> None:
+          max_connections, request_timeout, header_timeout, min_body_rate, poll_ms, access_log, as_json, artifact,
+          backend, threads, no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -95,6 +148,7 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     from ..serving.service import InferenceService, ServeSettings
 
     log = _logger(verbosity() == QUIET, access_log)
+    click.get_current_context().with_resource(capture_into(log))      # from here to the exit: JSON lines only
     token = read_token(token_file, log) if token_file else None
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
@@ -102,7 +156,8 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),
-                           max_connections=max_connections, request_timeout=request_timeout, log=log)
+                           max_connections=max_connections, request_timeout=request_timeout, log=log,
+                           header_timeout=header_timeout, min_body_rate=min_body_rate * 1024)
     except OSError as exc:
         service.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", option="port") from None

@@ -134,9 +134,13 @@ class ServiceMetrics:
         self.updates = Counter("edgetl_updates_total", "Update requests by result.", ("result",))
         self.model_load = Gauge("edgetl_model_load_seconds", "Time to open the bundle and its backbone at start-up.")
         self.info = Gauge("edgetl_model_info", "The served model (value 1).", ("model", "artifact", "backend"))
+        self.connections_closed = Counter(
+            "edgetl_connections_closed_total", "Connections the service closed or refused on its own, by reason: full "
+            "(503 at accept), draining (503 at accept), reclaimed (a waiting connection's slot given to a new one), "
+            "idle_timeout, head_timeout (408), body_timeout (408).", ("reason",))
         self._all = [self.requests, self.latency, self.images, self.batch_size, self.batch_seconds,
                      self.queue_seconds, self.in_flight, self.head_version, self.head_reloads, self.updates,
-                     self.model_load, self.info]
+                     self.model_load, self.info, self.connections_closed]
 
     def render(self) -> str:
         return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

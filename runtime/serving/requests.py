@@ -104,6 +104,10 @@ def requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
     unknown = sorted({o.name for o in request.outputs} - set(OUTPUTS))
     if unknown:
         raise ProtocolError(f"unknown output(s) {', '.join(unknown)} (valid: {', '.join(OUTPUTS)})")
+    names = [o.name for o in request.outputs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:             # each output once: a short request must not ask for a long response
+        raise ProtocolError(f"output(s) {', '.join(twice)} requested more than once")
     return [(o.name, o.binary) for o in request.outputs]
 
 
@@ -143,6 +147,13 @@ def update_inputs(request: InferRequest, signature: Signature) -> tuple[list[byt
     return items.data, names
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:            # an integer past a float's range
+        return False
+
+
 def update_parameters(parameters: dict) -> dict:
     """An update's parameters as :class:`~edgetl.runtime.learning.settings.UpdateSettings` fields, type-checked: a
     wrong type is a 400, never a guess; what a request leaves out keeps the settings' default."""
@@ -155,9 +166,10 @@ def update_parameters(parameters: dict) -> dict:
             continue
         value = parameters[key]
         ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
         if not ok:
-            raise ProtocolError(f"update parameter '{key}' must be {kind.__name__}, got {value!r}")
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise ProtocolError(f"update parameter '{key}' must be {kind.__name__}, got {shown}")
         values["holdout_fraction" if key == "holdout" else key] = float(value) if kind is float else value
     if not 0 <= values.get("lock_timeout", 0.0) <= MAX_LOCK_TIMEOUT:
         raise ProtocolError(f"lock_timeout must lie in [0, {MAX_LOCK_TIMEOUT:g}] seconds")

@@ -132,6 +132,8 @@ KNOWN = [
     Known("error-not-one-line", "tensors", r"^ProtocolError message of more than one line", "http"),
     Known("pillow-type-error", "images", r"^(TypeError|OverflowError): .* @ preprocess\.py:load_image <- PIL/",
           "decode"),
+    Known("pillow-other-error", "images", r"^(RuntimeError|NotImplementedError): .* @ preprocess\.py:load_image <- "
+                                          r"PIL/", "decode"),
     Known("http-header-length", "http", r"^HTTP 500: .*internal error: ValueError: invalid literal for int\(\)",
           "http"),
     Known("http-long-int", "http", r"^HTTP 500: .*internal error: ValueError: Exceeds the limit \(4300 digits\) for "
@@ -143,6 +145,8 @@ KNOWN = [
     Known("http-pillow-type-error", "http", r"^HTTP 500: .*internal error: (TypeError: '\w+' object cannot be "
                                             r"interpreted as an integer|OverflowError: Python int too large to convert "
                                             r"to C ssize_t)", "decode"),
+    Known("http-pillow-other-error", "http", r"^HTTP 500: .*internal error: (RuntimeError: Failed to decode image|"
+                                             r"NotImplementedError: Unknown pixel format)", "decode"),
     Known("http-datatype-unhashable", "http", r"^HTTP 500: .*internal error: TypeError: unhashable type", "http"),
     Known("error-not-one-line", "http", r"^HTTP 4\d\d with an error of more than one line", "http"),
     Known("http-no-response", "http", r"^no response to a request line", "http"),
@@ -851,6 +855,20 @@ def strip_offsets_as(kind: int) -> bytes:
     return tiff_entry(image_seeds()["raw.tif"], 5, "type", kind)
 
 
+def avif_without_iloc() -> bytes:
+    """The seed AVIF with its item-location box renamed (``iloc`` -> ``\\0loc``): Pillow raises RuntimeError ("Failed
+    to decode image: Missing or empty image item") while opening it."""
+    data = image_seeds()["rgb.avif"]
+    assert data.count(b"iloc") == 1
+    return data.replace(b"iloc", b"\x00loc")
+
+
+def dds_unknown_flags() -> bytes:
+    """The seed DDS with its pixel format's flags (offset 80) set to 0x4000: Pillow raises NotImplementedError."""
+    data = image_seeds()["rgb.dds"]
+    return data[:80] + (0x4000).to_bytes(4, "little") + data[84:]
+
+
 def nan_tiff() -> bytes:
     return _encode(Image.fromarray(np.full((9, 12), np.nan, np.float32)), "TIFF")
 
@@ -896,6 +914,8 @@ def test_regression_requests_are_protocol_errors(call):
 @pytest.mark.parametrize("data", [
     pytest.param(lambda: strip_offsets_as(2), id="tiff-type-error", marks=_xfail("pillow-type-error")),
     pytest.param(lambda: strip_offsets_as(16), id="tiff-overflow-error", marks=_xfail("pillow-type-error")),
+    pytest.param(avif_without_iloc, id="avif-runtime-error", marks=_xfail("pillow-other-error")),
+    pytest.param(dds_unknown_flags, id="dds-not-implemented-error", marks=_xfail("pillow-other-error")),
     pytest.param(nan_tiff, id="nan-pixels", marks=_xfail("nan-pixels")),
 ])
 def test_regression_images_are_image_decode_errors(data):
@@ -935,6 +955,10 @@ def _binary_request(document: dict, blob: bytes = b"") -> bytes:
                  marks=_xfail("http-pillow-type-error")),
     pytest.param(lambda: _http("POST", "/v2/models/digits/classify", strip_offsets_as(16)), {400},
                  id="tiff-overflow-error", marks=_xfail("http-pillow-type-error")),
+    pytest.param(lambda: _http("POST", _INFER, infer_body([avif_without_iloc()])), {400}, id="avif-runtime-error",
+                 marks=_xfail("http-pillow-other-error")),
+    pytest.param(lambda: _http("POST", _INFER, infer_body([dds_unknown_flags()])), {400},
+                 id="dds-not-implemented-error", marks=_xfail("http-pillow-other-error")),
     pytest.param(lambda: _http("POST", "/v2/models/digits/classify", nan_tiff()), {400}, id="nan-pixels",
                  marks=_xfail("nan-pixels")),
     pytest.param(lambda: _http("POST", "/v2/models/digits/classify", int32_tiff_4096()), {200}, id="int32-tiff-4096",

@@ -12,6 +12,8 @@ DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
 
 RUNTIME_VENV := .venv-runtime
+# The fuzz tests' budget in make bench (tests/test_fuzz.py: examples per unit; make test runs 100).
+FUZZ_EXAMPLES ?= 5000
 ARM64_ROOT ?= $(HOME)/.cache/edgetl/arm64
 
 .PHONY: install demo test test-runtime check-arm64 bench lint dist docs clean
@@ -70,6 +72,7 @@ bench: install
 	$(BIN)/python benchmarks/text_transfer.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
+	EDGETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -rxX tests/test_fuzz.py
 
 # ruff (pyproject.toml: line length, import order, pyflakes, bugbear, pyupgrade), and commit subjects of at most
 # 72 characters since 0.6.1 (the detail goes in the body); a clone without that history checks what it has.

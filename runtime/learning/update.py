@@ -22,7 +22,7 @@ from ..bundle.store import FeatureStore, Samples, Version
 from ..compat import renamed_keyword
 from ..data.sources import ImageRecord, input_records, open_data
 from ..engines.runner import BackboneRunner
-from ..errors import BundleError, ConfigError, DataError, UpdateRejectedError
+from ..errors import BundleError, ConfigError, DataError, ImageDecodeError, UpdateRejectedError
 from ..inference.features import FeatureSource, backbone_features
 from ..metrics import top1_accuracy
 from ..progress import ProgressFactory, silent_progress
@@ -149,11 +149,37 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
                                   settings.batch_size, settings.skip_bad, settings.max_pixels, progress)
         backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
+        if not rows:
+            raise DataError(_nothing_learned(records, len(fresh), found.report.skipped, source_name))
         report = _learn_locked(store, session, bundle.feature_dim, parent, parts, found.values,
                                [names[i] for i in rows], keys[rows], settings, artifact_name, adapter)
     report.timings.backbone_s = backbone_s
     report.n_duplicate, report.n_skipped = len(records) - len(fresh), len(fresh) - len(rows)
     return report
+
+
+#: How many skipped inputs an update that learned nothing names in its error (the count says how many in all).
+NAMED_SKIPS = 3
+#: The longest reason quoted for one skipped input.
+MAX_REASON_CHARS = 120
+
+
+def _nothing_learned(records: Sequence[ImageRecord], n_fresh: int, skipped: Sequence[ImageDecodeError],
+                     source_name: str) -> str:
+    """The one-line error of an update whose new inputs were all skipped as unreadable (``skip_bad``): how many,
+    the first few with their reasons, and that nothing was committed."""
+    noun = "text" if records[0].modality == "text" else "image"
+    named = []
+    for error in skipped[:NAMED_SKIPS]:
+        reason = " ".join(error.reason.split())          # one line, whatever the decoder said
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS - 3] + "..."
+        named.append(f"{error.source}: {reason}")
+    more = f"; and {len(skipped) - len(named)} more" if len(skipped) > len(named) else ""
+    stored = len(records) - n_fresh
+    already = f" ({stored} more already in the store)" if stored else ""
+    return (f"nothing to learn, nothing committed: all {n_fresh} new {noun}s of {source_name}{already} were "
+            f"unreadable and skipped ({'; '.join(named)}{more})")
 
 
 def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], keys: list[str],
@@ -162,6 +188,9 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
     pipeline; ``keys`` identify the samples (sha256 of the image, or any unique id of up to 64 characters)."""
     settings = settings or UpdateSettings()
     settings.check()
+    features = np.asarray(features, np.float32)
+    if features.ndim >= 1 and len(features) == 0:
+        raise DataError("nothing to learn, nothing committed: the features hold 0 samples")
     keys = [str(k) for k in keys]
     bad = next((k for k in keys if not k or len(k) > MAX_KEY_CHARS), None)
     if bad is not None:
@@ -175,7 +204,7 @@ def learn_features(bundle: str | Path, features: np.ndarray, labels: list[str], 
     with store.locked(settings.lock_timeout):
         parent = ensure_store(store, bundle)
         return _learn_locked(store, session, bundle.feature_dim, parent, session.parts(store, parent),
-                             np.asarray(features, np.float32), [str(n) for n in labels],
+                             features, [str(n) for n in labels],
                              np.array(keys, dtype=f"<U{MAX_KEY_CHARS}"), settings, None, store.adapter(parent))
 
 

@@ -184,7 +184,7 @@ def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(bundle_copy, digit
         ("empty classify", "POST", "/v2/models/digits/classify", b"", {}, 400),
         ("too many images", "POST", infer, infer_json([good] * 9), {}, 413),
         ("deeply nested JSON", "POST", infer, b"[" * 100_000 + b"]" * 100_000, {}, 400),
-        ("HEAD", "HEAD", "/v2", None, {}, 501),
+        ("HEAD", "HEAD", "/v2", None, {}, 405),
         ("update without labels", "POST", "/v2/models/digits/update", infer_json([good]), {}, 400),
         ("update parameter of the wrong type", "POST", "/v2/models/digits/update",
          json.dumps({"inputs": json.loads(infer_json([good]))["inputs"] + [

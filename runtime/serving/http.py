@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import EdgetlError
-from .protocol import ProtocolError, parse_infer_request
+from .protocol import ProtocolError, one_line, parse_infer_request
 from .service import InferenceService, error_status
 
 #: Default request body limit: a few JPEGs or one batch of 224 px float inputs.
@@ -91,6 +91,10 @@ class _Reclaimed(Exception):
 
 class _HeadTooLarge(Exception):
     """The request line and headers exceed :data:`MAX_HEAD_BYTES`."""
+
+
+#: What a method name may be made of (RFC 9110's token characters).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _shown(value: str) -> str:
@@ -365,9 +369,12 @@ class ServeHandler(BaseHTTPRequestHandler):
             return self.send_error(503, self._reclaimed_reason())
         reader.deadline = None
         try:
+            if not _TOKEN.fullmatch(self.command):   # not a method at all (RFC 9110 token): a malformed request
+                return self.send_error(400, f"method {_shown(self.command)} is not a valid method name")
             method = getattr(self, "do_" + self.command, None)
-            if method is None:
-                return self.send_error(501, f"method {_shown(self.command)} is not supported")
+            if method is None:     # a 405 rather than RFC 9110's 501: no input earns a 5xx from this service
+                return self.send_error(405, f"method {_shown(self.command)} is not supported (GET and POST are)",
+                                       headers={"Allow": "GET, POST"})
             method()
             self.wfile.flush()
         except OSError:                              # the client stopped reading or left: nobody to answer
@@ -412,14 +419,14 @@ class ServeHandler(BaseHTTPRequestHandler):
         finally:
             self.rfile = real
 
-    def send_error(self, code, message=None, explain=None) -> None:
+    def send_error(self, code, message=None, explain=None, headers: dict | None = None) -> None:
         """http.server's own refusals and the connection's (a malformed request line, a late head, too many
         headers): JSON like the rest, logged and counted; the connection closes after."""
         self.close_connection = True
         self.request_version = self.protocol_version      # always answered in HTTP/1.1, never as HTTP/0.9
         text = message or explain or "bad request"
         try:
-            self._send(code, json.dumps({"error": text}).encode())
+            self._send(code, json.dumps({"error": one_line(text)}).encode(), headers=headers)
         except OSError:
             pass
         self.server.service.metrics.requests.inc(route="unknown", code=str(code))
@@ -619,7 +626,7 @@ class ServeHandler(BaseHTTPRequestHandler):
         return self._send(status, json.dumps(document, separators=(",", ":")).encode())
 
     def _error(self, status: int, message: str, headers: dict | None = None, extra: dict | None = None) -> int:
-        return self._send(status, json.dumps({"error": message, **(extra or {})}).encode(), headers=headers)
+        return self._send(status, json.dumps({"error": one_line(message), **(extra or {})}).encode(), headers=headers)
 
     # --- routes (each returns status, log fields) -----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -43,11 +44,20 @@ MAX_RANK = 8
 MAX_NAME_CHARS = 256
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters (a newline in a client's name, say) escaped: an error stays one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class ProtocolError(Exception):
-    """A request the service refuses: ``status`` is its HTTP status (4xx), the message its JSON ``error``."""
+    """A request the service refuses: ``status`` is its HTTP status (4xx), the message its JSON ``error`` (one line:
+    the client's own text in it is escaped)."""
 
     def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.status = status
 
 

@@ -345,7 +345,7 @@ def test_malformed_heads_and_framing_get_a_json_4xx_and_no_exception(tiny_bundle
          _post(INFER, body, "Inference-Header-Content-Length: " + "9" * 5000), 400),
         ("Inference-Header-Content-Length twice, different",
          _post(INFER, body, "Inference-Header-Content-Length: 5", "Inference-Header-Content-Length: 6"), 400),
-        ("unsupported method", b"BREW /v2 HTTP/1.1\r\nHost: test\r\n\r\n", 501),
+        ("unsupported method", b"BREW /v2 HTTP/1.1\r\nHost: test\r\n\r\n", 405),
     ]
     with serving(tiny_bundle) as (_, address, events):
         for description, data, expected in cases:

@@ -84,34 +84,45 @@ class Budget:
                 self._changed.notify_all()
 
 
-#: Images up to this many pixels (by their headers) may also be decoded by the pool's express thread, which takes
-#: nothing larger, under a budget of its own of this size: a normal image is answered while every other thread
-#: decodes images at the pixel limit (a 4096 x 4096 JPEG 2000 takes a core a second and more).
+#: Images up to this many pixels by their headers are small: one alone in a request is decoded in the request's own
+#: thread, several may also take the pool's express thread (which takes nothing larger), both holding pixels from
+#: a budget of :data:`EXPRESS_BUDGET` of their own, so a normal image is answered while every pool thread decodes
+#: images at the pixel limit (a 4096 x 4096 JPEG 2000 takes a core a second and more).
 EXPRESS_PIXELS = 1 << 20
+#: The small images' own pixel budget (4 MP: about 100 MB at the costliest decode).
+EXPRESS_BUDGET = 4 << 20
 
 
 class DecodePool:
-    """``workers`` decoding threads and one express thread (images up to :data:`EXPRESS_PIXELS`, or ``pixels`` if
-    fewer), a budget of ``pixels`` decoded at once (the express thread holds its own, of its size) and one of
-    ``input_bytes`` of preprocessed inputs held at once, shared by every request.
+    """``workers`` decoding threads and one express thread, a budget of ``pixels`` decoded at once (small images
+    hold their own, :data:`EXPRESS_BUDGET`) and one of ``input_bytes`` of preprocessed inputs held at once, shared by
+    every request.
 
     Work waiting for a thread is taken in turn across requests, then smallest image first: each request's first
     image before any request's second, so a request of many images shares the threads with the others rather than
-    queueing them behind all of its own, and a normal image before one at the pixel limit."""
+    queueing them behind all of its own, and a normal image before one at the pixel limit.
+
+    Only a request's one small image (:data:`EXPRESS_PIXELS`) decodes in the request's own thread: handing it to a
+    pool thread cost 10 % of the throughput of one-image requests of 64 px digits (8 clients, 2 cores).  Larger
+    images never do: the C allocator keeps an arena per thread that decodes, and what each retains after a large
+    image is not the next thread's to reuse; decoding every image in the requests' threads raised the memory
+    test's peak over its baseline from 110-118 MB to 119-207 MB (three runs each)."""
 
     def __init__(self, workers: int, pixels: int, input_bytes: int, name: str = "edgetl-decode",
-                 express_pixels: int = EXPRESS_PIXELS):
+                 express_pixels: int = EXPRESS_PIXELS, express_budget: int = EXPRESS_BUDGET):
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one thread, got {workers}")
-        self.workers, self.express_pixels = workers, min(express_pixels, pixels)
+        self.workers = workers
         self.pixels = Budget(pixels, "pixels")
-        self.express = Budget(self.express_pixels, "pixels")
+        self.express = Budget(min(express_budget, pixels), "pixels")
+        self.express_pixels = min(express_pixels, self.express.capacity)
         self.inputs = Budget(input_bytes, "bytes of inputs")
         self._small: list = []           # heaps of (rank, order, future, work, item): small images, and the rest
         self._large: list = []
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
+        self._local = threading.local()  # .express: this thread decodes a small image
         self._express_thread = threading.Thread(target=self._work, args=(True,), name=f"{name}-express", daemon=True)
         self._threads = [threading.Thread(target=self._work, args=(False,), name=f"{name}-{i}", daemon=True)
                          for i in range(workers)] + [self._express_thread]
@@ -123,8 +134,18 @@ class DecodePool:
         return DecodeLane(self, deadline)
 
     def budget(self) -> Budget:
-        """The pixel budget of the thread calling: the express thread's own, or the pool's."""
-        return self.express if threading.current_thread() is self._express_thread else self.pixels
+        """The pixel budget of the thread calling: the small images' own (on the express thread, or a request's
+        thread decoding its one small image), or the pool's."""
+        express = threading.current_thread() is self._express_thread or getattr(self._local, "express", False)
+        return self.express if express else self.pixels
+
+    def run_small(self, work: Callable[[T], R], item: T) -> R:
+        """``work(item)`` in the calling thread, as a small image (its pixels held from the small images' budget)."""
+        self._local.express = True
+        try:
+            return work(item)
+        finally:
+            self._local.express = False
 
     def submit(self, rank: tuple[int, int], work: Callable[[T], R], item: T) -> Future:
         """``work(item)`` on a pool thread, taken by ``rank`` (turn, pixels: lower first; ties in order of
@@ -193,7 +214,7 @@ class DecodeLane:
         self._kept.enter_context(self.pool.inputs.hold(nbytes, self.deadline, whole=True))
 
     def hold(self, pixels: int):
-        """The pool's pixels (the express thread's own on that thread), held until the block ends (see
+        """The pool's pixels (the small images' own for a small image), held until the block ends (see
         :meth:`Budget.hold`)."""
         return self.pool.budget().hold(pixels, self.deadline)
 
@@ -215,11 +236,14 @@ class DecodeLane:
             raise DecodeBusyError("the service is busy decoding other requests' images; this request waited past "
                                   "its deadline for a decoding thread: retry later") from None
 
-    def map(self, work: Callable[[T], R], items: Sequence[T], pixels: Sequence[int] | None = None) -> list[R]:
-        """``work`` of every item on the pool's threads, in order (``pixels``: each item's size, for the pool's
-        order); the first failure cancels what has not started, waits for what has (so nothing of this request
-        runs on after it is answered), and is raised."""
-        futures = [self.submit(work, item, pixels[i] if pixels else 0) for i, item in enumerate(items)]
+    def map(self, work: Callable[[T], R], items: Sequence[T], pixels: Callable[[int], int] | None = None) -> list[R]:
+        """``work`` of every item on the pool's threads, in order (``pixels(i)``: item i's size by its header, for
+        the pool's order; one small item alone runs in this thread); the first failure cancels what has not
+        started, waits for what has (so nothing of this request runs on after it is answered), and is raised."""
+        sizes = [pixels(i) if pixels else 0 for i in range(len(items))]
+        if len(items) == 1 and 0 < sizes[0] <= self.pool.express_pixels:
+            return [self.pool.run_small(work, items[0])]
+        futures = [self.submit(work, item, sizes[i]) for i, item in enumerate(items)]
         try:
             return [self.result(future) for future in futures]
         finally:

@@ -9,6 +9,7 @@ Only numpy and Pillow are used.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -217,7 +218,11 @@ def _icon_size(data: bytes) -> tuple[int, int] | None:
 
 def header_pixels(data: bytes) -> int:
     """The pixels an encoded image declares, from its header alone (an icon's from its frames' headers); 0 when
-    the header cannot be read (decoding it will say why).  What a service orders its decodes by."""
+    the header cannot be read (decoding it will say why).  What a service orders its decodes by.  A PNG's are read
+    from its IHDR directly (a microsecond, where opening it costs ten: every request pays this)."""
+    if data.startswith(_PNG_MAGIC) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width * height
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.decoding import EXPRESS_PIXELS
+from ..data.decoding import EXPRESS_BUDGET
 
 #: Bytes one decoded pixel can cost at the peak of its decode, over the formats Pillow 13 reads: JPEG 2000 with
 #: four components is the costliest (OpenJPEG's int32 plane per component, then Pillow's image: 24.4 bytes a pixel
@@ -32,7 +32,7 @@ class MemoryBound:
     """The terms of the bound, in bytes (``total`` adds them to the measured baseline)."""
 
     baseline: int
-    decoding: int      # the pixel budgets (the pool's, the express thread's) at the costliest decode
+    decoding: int      # the pixel budgets (the pool's, the small images') at the costliest decode
     inputs: int        # preprocessed inputs waiting for the backbone (the input budget, or one request larger)
     bodies: int        # request bodies in flight
     batch: int         # the backbone's batch (joined, then handed to the backend)
@@ -57,7 +57,7 @@ def peak_bound(baseline: int, *, input_size: int, classes: int, decode_pixels: i
     per_request = max_images * one_input
     return MemoryBound(
         baseline=int(baseline),
-        decoding=(decode_pixels + min(EXPRESS_PIXELS, decode_pixels)) * DECODE_BYTES_PER_PIXEL,
+        decoding=(decode_pixels + min(EXPRESS_BUDGET, decode_pixels)) * DECODE_BYTES_PER_PIXEL,
         inputs=max(int(inputs_mb * 2**20), per_request),
         bodies=max_connections * max_body * BODY_COPIES,
         batch=2 * max_batch * one_input,

@@ -262,7 +262,7 @@ class InferenceService:
             except ImageDecodeError as exc:
                 raise ProtocolError(f"image[{index}]: {exc.reason}") from None
 
-        lane.map(one, range(len(items)), [header_pixels(item) for item in items])
+        lane.map(one, range(len(items)), lambda index: header_pixels(items[index]))
         return images
 
     def _inputs(self, request: InferRequest, lane: DecodeLane) -> np.ndarray:

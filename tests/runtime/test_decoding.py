@@ -128,9 +128,27 @@ def test_a_small_image_takes_the_express_thread_while_the_others_are_busy():
         small = lane.submit(lambda _: budgets.append(pool.budget()) or threading.current_thread().name, None,
                             pixels=100)
         assert small.result(10) == "edgetl-decode-express" and budgets == [pool.express]
-        assert pool.express.capacity == 100 and not large.done()         # larger: only the busy thread takes it
+        assert pool.express_pixels == 100 and not large.done()           # larger: only the busy thread takes it
         release.set()
         assert large.result(10) == "large" and busy.result(10)
+    finally:
+        pool.close()
+
+
+def test_a_request_of_one_small_image_decodes_it_in_its_own_thread():
+    """One small image alone skips the hand-over (holding the small images' budget); a larger one, or several,
+    go to the pool's threads."""
+    pool = DecodePool(workers=1, pixels=10_000, input_bytes=10, express_pixels=100, express_budget=500)
+    try:
+        def where(_):
+            return threading.current_thread().name, pool.budget().capacity
+
+        with pool.lane(None) as lane:
+            assert lane.map(where, [None], lambda i: 100) == [(threading.current_thread().name, 500)]
+            assert lane.map(where, [None], lambda i: 101) == [("edgetl-decode-0", 10_000)]
+            assert lane.map(where, [None], lambda i: 0) == [("edgetl-decode-0", 10_000)]      # header unread
+            assert {name for name, _ in lane.map(where, [None] * 4, lambda i: 100)} <= {
+                "edgetl-decode-0", "edgetl-decode-express"}
     finally:
         pool.close()
 

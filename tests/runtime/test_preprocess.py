@@ -370,3 +370,40 @@ def test_any_exception_of_the_decoder_is_a_bad_image(monkeypatch, error):
             load_image(png)
         assert str(caught.value) == f"cannot read image <{len(png)} bytes>: corrupt image (the decoder failed: " \
                                     f"{type(raised).__name__})"
+
+
+def test_decoders_that_hold_the_gil_run_one_at_a_time(monkeypatch):
+    """Pillow's JPEG 2000 decoder holds the GIL while it decodes: two at once would only take turns on it, holding
+    both images' memory. Four threads decoding JPEG 2000 never have two inside the decoder together (a barrier of
+    two never fills); PNGs decode side by side."""
+    import threading
+
+    from PIL import ImageFile
+
+    def encoded(fmt: str) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (64, 64), (10, 200, 30)).save(out, fmt)
+        return out.getvalue()
+
+    together = {"JPEG2000": threading.Barrier(2, timeout=0.5), "PNG": threading.Barrier(2, timeout=5)}
+    met = {"JPEG2000": 0, "PNG": 0}
+    load = ImageFile.ImageFile.load
+
+    def meeting(self):
+        if self.format in together and self.tile:
+            try:
+                together[self.format].wait()
+                met[self.format] += 1
+            except threading.BrokenBarrierError:
+                pass
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", meeting)
+    for fmt in ("JPEG2000", "PNG"):
+        data = encoded(fmt)
+        threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert met == {"JPEG2000": 0, "PNG": 2}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import struct
 import threading
+import time
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -256,11 +257,28 @@ def _decoding(name: str, step: Callable[[], T]) -> T:
         raise ImageDecodeError(name, f"corrupt image (the decoder failed: {type(exc).__name__})") from exc
 
 
-#: Decoders that hold the GIL while they decode run one at a time: Pillow's JPEG 2000 decoder (it pulls its data
-#: from Python: a 4096 x 4096 image holds the GIL for 0.6 s and more) and the decoders Pillow writes in Python.
-#: Two at once would only take turns on the GIL, holding both images' memory, and stall every other thread of the
-#: process for both (1.2 s measured between two ticks of a thread waiting for the GIL, against 0.6 s alone).
+#: Decoders that hold the GIL while they decode run one at a time, and at most half the time: Pillow's JPEG 2000
+#: decoder (it pulls its data from Python: a 4096 x 4096 image holds the GIL for 0.6 s and more) and the decoders
+#: Pillow writes in Python.  Every other thread of the process waits while one runs, so after each such decode the
+#: next waits as long as it took: a service answers its normal requests in between (a flood of JPEG 2000 images
+#: decoded back to back left a normal request waiting about one decode, p50 620 ms), and two at once would only
+#: take turns on the GIL, holding both images' memory.
 _GIL_HOLDERS = threading.Lock()
+
+
+@contextmanager
+def _gil_holder(image: Image.Image) -> Iterator[None]:
+    """Around a decode: one at a time for the decoders that hold the GIL, and a rest as long as the decode after
+    it (the GIL free for the other threads); nothing for the others."""
+    if not _holds_the_gil(image):
+        yield
+        return
+    with _GIL_HOLDERS:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            time.sleep(time.monotonic() - started)
 
 
 def _holds_the_gil(image: Image.Image) -> bool:
@@ -329,7 +347,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_
             _decoding(name, lambda: image.draft("RGB", (draft_size, draft_size)))
         if icon is None:
             _reserve(name, reserve, image.width * image.height)
-        with _GIL_HOLDERS if _holds_the_gil(image) else nullcontext():
+        with _gil_holder(image):
             _decoding(name, lambda: ImageOps.exif_transpose(image, in_place=True))    # decodes; no copy made
         image = _decoding(name, lambda: _eight_bit(image))       # the wide original is released before RGB
         return _decoding(name, lambda: _to_rgb(image))

@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python benchmarks/select_backbones.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/serve_http.py
+	$(BIN)/python benchmarks/serve_hostile.py
 	$(BIN)/python benchmarks/extraction_pipeline.py
 	$(BIN)/python benchmarks/distributed_pass.py
 	$(BIN)/python benchmarks/text_transfer.py

@@ -149,6 +149,13 @@ class StoreBusyError(EdgetlError):
     exit_code = ExitCode.STORE_BUSY
 
 
+class DecodeBusyError(EdgetlError):
+    """A service's images could not be decoded before the request's deadline: its decode pool and pixel budget
+    stayed full with other requests' images (the client may retry)."""
+
+    exit_code = ExitCode.ERROR
+
+
 class CudaError(EdgetlError):
     """A CUDA runtime call failed, or the CUDA runtime library is missing."""
 

@@ -117,6 +117,14 @@ def read_token(path: str, log) -> str:
               help="Largest request body accepted (413 beyond).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Largest image accepted, in pixels (a likely decompression bomb beyond).")
+@click.option("--decode-pixels", type=click.IntRange(min=1), default=2 * 4096 * 4096, show_default=True,
+              help="Decoded pixels held at once by all requests together (images wait for room, at most "
+                   "--request-timeout, then 503; an image larger than this is refused): bounds the decoding memory.")
+@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
+              help="Threads decoding images, shared by all requests  [default: one per usable core]")
+@click.option("--inputs-mb", type=click.FloatRange(min=0.001), default=160.0, show_default=True,
+              help="Preprocessed inputs (float32) of all requests waiting for the backbone, in MB (a request "
+                   "needing more waits to be alone): bounds their memory.")
 @click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most inputs (images or texts) in one request (413 beyond).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
@@ -135,9 +143,9 @@ def read_token(path: str, log) -> str:
               help="Log every request (JSON lines on stderr).")
 @json_option
 @with_model_options
-def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, max_images,
-          max_connections, request_timeout, header_timeout, min_body_rate, poll_ms, access_log, as_json, artifact,
-          backend, threads, no_measure) -> None:
+def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,
+          decode_threads, inputs_mb, max_images, max_connections, request_timeout, header_timeout, min_body_rate,
+          poll_ms, access_log, as_json, artifact, backend, threads, no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -152,7 +160,8 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     token = read_token(token_file, log) if token_file else None
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
-                             max_images=max_images, poll_ms=poll_ms)
+                             max_images=max_images, poll_ms=poll_ms, decode_pixels=decode_pixels,
+                             decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

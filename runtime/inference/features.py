@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..data.decoding import DecodeLane
 from ..data.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig
 from ..data.reader import ReadReport, read_batches
 from ..data.sources import ImageRecord
@@ -47,13 +48,15 @@ class Features:
 
 def backbone_features(source: FeatureSource, records: Sequence[ImageRecord], adapter=None, batch_size: int = 16,
                       skip_bad: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                      progress: ProgressFactory = silent_progress, label: str = "backbone") -> Features:
-    """Features of ``records`` in the head's input space (``adapter`` applied), in record order."""
+                      progress: ProgressFactory = silent_progress, label: str = "backbone",
+                      lane: DecodeLane | None = None) -> Features:
+    """Features of ``records`` in the head's input space (``adapter`` applied), in record order (decoded in
+    ``lane``'s bounded pool when given: a service's)."""
     chunks, kept, report = [], [], ReadReport()
     bar = progress(label, len(records))
     try:
         for batch in read_batches(records, source.preprocess, batch_size, max_pixels=max_pixels, skip_bad=skip_bad,
-                                  report=report):
+                                  report=report, lane=lane):
             if batch.indices:
                 chunks.append(apply_adapter(source.features(batch.images), adapter))
                 kept.extend(batch.indices)

@@ -20,6 +20,7 @@ from ..bundle.folder import Bundle
 from ..bundle.heads import Head, LinearHead
 from ..bundle.store import FeatureStore, Samples, Version
 from ..compat import renamed_keyword
+from ..data.decoding import DecodeLane
 from ..data.sources import ImageRecord, input_records, open_data
 from ..engines.runner import BackboneRunner
 from ..errors import BundleError, ConfigError, DataError, ImageDecodeError, UpdateRejectedError
@@ -120,10 +121,10 @@ class Learner:
 def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[ImageRecord], names: list[str],
                   settings: UpdateSettings, progress: ProgressFactory = silent_progress,
                   artifact_name: str | None = None, open_s: float = 0.0, source_name: str = "the request",
-                  session: LearningSession | None = None) -> UpdateReport:
+                  session: LearningSession | None = None, lane: DecodeLane | None = None) -> UpdateReport:
     """The update transaction on inputs already listed: store lock, inputs already stored left out, the backbone
     (``source``: an opened :class:`~edgetl.runtime.engines.runner.BackboneRunner`, or a service's batching front of
-    one) on the rest, head and commit.
+    one) on the rest, head and commit.  ``lane``: a service's bounded decode pool, which decodes the images.
 
     ``edgetl-rt update`` and ``serve``'s update route both run this, so they share rules, guard and errors.
     """
@@ -146,7 +147,7 @@ def learn_records(bundle: Bundle, source: FeatureSource, records: Sequence[Image
         t1 = time.perf_counter()
         adapter = store.adapter(parent)
         found = backbone_features(source, [records[i] for i in fresh], adapter,
-                                  settings.batch_size, settings.skip_bad, settings.max_pixels, progress)
+                                  settings.batch_size, settings.skip_bad, settings.max_pixels, progress, lane=lane)
         backbone_s = open_s + time.perf_counter() - t1
         rows = [fresh[i] for i in found.kept]
         if not rows:

@@ -1,7 +1,10 @@
 """The served model, without HTTP: metadata, inference, the update route and the plain classify route.
 
-Requests are decoded and preprocessed in the caller's thread (a small pool for many images, Pillow releasing the
-GIL) by the runtime's own preprocessing, so the service sees an image exactly as ``predict`` does; the backbone
+Every image a request carries (infer, classify, update) is decoded and preprocessed in the service's one bounded
+:class:`~edgetl.runtime.data.decoding.DecodePool` (``decode_threads`` threads, Pillow releasing the GIL; at most
+``decode_pixels`` decoded pixels at once, waited for until the request's deadline) by the runtime's own
+preprocessing, so the service sees an image exactly as ``predict`` does, and what concurrent requests decode at
+once is bounded by the settings, not by the clients (docs/serving.md states the memory bound); the backbone
 runs behind the :class:`~.batcher.DynamicBatcher`; the head is the :class:`~.live_head.LiveHead`'s reference,
 read once per request.  An update goes through :func:`~edgetl.runtime.learning.learn_records`, the transaction of
 ``edgetl-rt update``, with its images' backbone pass queued beside inference, and answers after the new head
@@ -15,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
@@ -25,11 +27,20 @@ import numpy as np
 from ..bundle.folder import Bundle, HeadState
 from ..bundle.heads import softmax
 from ..compat import renamed_keyword
-from ..data.preprocess import preprocess
+from ..data.decoding import DecodeLane, DecodePool
+from ..data.preprocess import header_pixels, preprocess
 from ..data.sources import input_records
 from ..data.text import TextPreprocess
 from ..engines.runner import BackboneRunner
-from ..errors import ConfigError, DataError, EdgetlError, ImageDecodeError, StoreBusyError, UpdateRejectedError
+from ..errors import (
+    ConfigError,
+    DataError,
+    DecodeBusyError,
+    EdgetlError,
+    ImageDecodeError,
+    StoreBusyError,
+    UpdateRejectedError,
+)
 from ..inference.features import apply_adapter
 from ..learning.alpha import tune_alpha
 from ..learning.reports import UpdateReport
@@ -47,6 +58,14 @@ from .requests import Signature, infer_input, requested_outputs, update_inputs, 
 SERVE_MAX_PIXELS = 4096 * 4096
 #: Images one request may carry: a body of tiny PNGs must not decode into gigabytes.
 SERVE_MAX_IMAGES = 256
+#: Decoded pixels the whole service holds at once: two images at the pixel limit.  At the costliest decode (26 bytes
+#: a pixel at most: JPEG 2000 with four components) that is about 830 MB; docs/serving.md states the whole bound.
+SERVE_DECODE_PIXELS = 2 * SERVE_MAX_PIXELS
+#: Preprocessed inputs (float32, N x 3 x S x S) of all requests waiting for the backbone, in MB: a request of 256
+#: inputs at 224 px (154 MB) fits alone; one larger waits to be alone.
+SERVE_INPUTS_MB = 160.0
+#: Seconds a request waits for decode room (a thread, pixels or input room) before it gets a 503.
+SERVE_DECODE_WAIT_S = 30.0
 MODEL_VERSION = "1"
 
 
@@ -64,6 +83,10 @@ class ServeSettings:
     max_pixels: int = SERVE_MAX_PIXELS
     max_images: int = SERVE_MAX_IMAGES
     poll_ms: float = 50.0
+    decode_pixels: int = SERVE_DECODE_PIXELS
+    decode_threads: int | None = None            # None: one per usable core (machine.default_threads)
+    inputs_mb: float = SERVE_INPUTS_MB
+    decode_wait_s: float = SERVE_DECODE_WAIT_S
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -76,6 +99,14 @@ class ServeSettings:
             raise ConfigError(f"must be at least 1, got {self.max_images}", option="max_images")
         if self.poll_ms <= 0:
             raise ConfigError(f"must be positive, got {self.poll_ms:g}", option="poll_ms")
+        if self.decode_pixels < 1:
+            raise ConfigError(f"must be at least 1, got {self.decode_pixels}", option="decode_pixels")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ConfigError(f"must be at least 1, got {self.decode_threads}", option="decode_threads")
+        if self.inputs_mb <= 0:
+            raise ConfigError(f"must be positive, got {self.inputs_mb:g}", option="inputs_mb")
+        if self.decode_wait_s <= 0:
+            raise ConfigError(f"must be positive, got {self.decode_wait_s:g}", option="decode_wait_s")
 
 
 ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
@@ -93,7 +124,7 @@ def error_status(exc: EdgetlError) -> int:
     are at fault (500)."""
     if isinstance(exc, UpdateRejectedError):
         return 409
-    if isinstance(exc, StoreBusyError):
+    if isinstance(exc, (StoreBusyError, DecodeBusyError)):
         return 503
     if isinstance(exc, (DataError, ConfigError)):
         return 400
@@ -139,7 +170,8 @@ class InferenceService:
         self.signature = Signature(self.text, None if self.text else self.preprocess.input_size, settings.max_images)
         self.batcher = DynamicBatcher(self.backbone.features, settings.max_batch, settings.max_wait_ms / 1000,
                                       self._observe_batch, self.preprocess.join if self.text else np.concatenate)
-        self.decoder = ThreadPoolExecutor(max_workers=max(1, default_threads()), thread_name_prefix="edgetl-decode")
+        self.decoder = DecodePool(settings.decode_threads or max(1, default_threads()), settings.decode_pixels,
+                                  int(settings.inputs_mb * 1024 * 1024))
         self.session = LearningSession(keep_factor=True)
         self._learning = threading.Lock()           # one transaction of this service's session at a time
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
@@ -164,7 +196,7 @@ class InferenceService:
             self._background.join(timeout=30)
         self.live.close()
         self.batcher.close()
-        self.decoder.shutdown()
+        self.decoder.close()
         self.backbone.close()
 
     def _head_changed(self, state: HeadState) -> None:
@@ -208,25 +240,34 @@ class InferenceService:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
-    def _decode(self, items: list[bytes]) -> np.ndarray:
+    def _lane(self) -> DecodeLane:
+        """This request's way into the decode pool: it waits for room at most ``decode_wait_s`` from now, and
+        holds its inputs' room until it closes (``with``)."""
+        return self.decoder.lane(time.monotonic() + self.settings.decode_wait_s)
+
+    def _decode(self, items: list[bytes], lane: DecodeLane) -> np.ndarray:
         """The backbone's input for encoded items (counted by the caller): texts tokenized, images decoded and
-        preprocessed as ``predict`` does (in the decode pool when there are several)."""
+        preprocessed as ``predict`` does, in the bounded decode pool (one image as many), into one array whose
+        bytes the lane holds from the input budget."""
         if self.text:
             return self.preprocess.encode(utf8_texts(items))
+        size = self.preprocess.input_size
+        lane.keep(len(items) * 3 * size * size * 4)
+        images = np.empty((len(items), 3, size, size), np.float32)
 
-        def one(index: int) -> np.ndarray:
+        def one(index: int) -> None:
             try:
-                return preprocess(items[index], self.preprocess, max_pixels=self.settings.max_pixels)
+                images[index] = preprocess(items[index], self.preprocess, max_pixels=self.settings.max_pixels,
+                                           hold=lane.hold)
             except ImageDecodeError as exc:
                 raise ProtocolError(f"image[{index}]: {exc.reason}") from None
 
-        if len(items) == 1:
-            return one(0)[None]
-        return np.stack(list(self.decoder.map(one, range(len(items)))))
+        lane.map(one, range(len(items)), lambda index: header_pixels(items[index]))
+        return images
 
-    def _inputs(self, request: InferRequest) -> np.ndarray:
+    def _inputs(self, request: InferRequest, lane: DecodeLane) -> np.ndarray:
         given = infer_input(request, self.signature)
-        return given.tensor if given.encoded is None else self._decode(given.encoded)
+        return given.tensor if given.encoded is None else self._decode(given.encoded, lane)
 
     def classify(self, images: np.ndarray) -> tuple[np.ndarray, HeadState, Ran]:
         """Logits of preprocessed images and the one head state that produced them."""
@@ -237,9 +278,11 @@ class InferenceService:
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""
         wanted = requested_outputs(request)
-        with self.batcher.arriving():
-            images = self._inputs(request)
-        logits, state, ran = self.classify(images)
+        with self._lane() as lane:
+            with self.batcher.arriving():
+                images = self._inputs(request, lane)
+            logits, state, ran = self.classify(images)
+            del images                      # before the lane gives its room back
         n = len(logits)
         version = head_version(state)
         tensors = {      # built only when asked for
@@ -262,9 +305,11 @@ class InferenceService:
             raise ProtocolError(f"top_k must be at least 1, got {top_k}")
         if not data:
             raise ProtocolError(f"the body is empty; send the {'text (UTF-8)' if self.text else 'image file'}'s bytes")
-        with self.batcher.arriving():
-            images = self._decode([data])
-        logits, state, ran = self.classify(images)
+        with self._lane() as lane:
+            with self.batcher.arriving():
+                images = self._decode([data], lane)
+            logits, state, ran = self.classify(images)
+            del images
         scores = softmax(logits)[0]
         order = np.argsort(-scores)[:min(top_k, len(scores))]
         return {"label": state.labels[order[0]], "score": float(scores[order[0]]),
@@ -287,7 +332,7 @@ class InferenceService:
             try:
                 report = learn_records(self.bundle, _BatchedRunner(self), records, names, settings,
                                        artifact_name=self.backbone.artifact.name, source_name="the request",
-                                       session=self.session)
+                                       session=self.session, lane=None if self.text else self._lane())
             finally:
                 self._learning.release()
         except UpdateRejectedError:

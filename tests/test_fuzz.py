@@ -27,10 +27,10 @@ Budget: ``EDGETL_FUZZ_EXAMPLES`` (default 100) examples per unit: 3 units for th
 for images, 1 for the tensors' round trip and for HTTP. ``make test`` runs the default (this file, regression cases
 included, in about 10 s on a shared 2-core VM); ``make bench`` runs 5000 (about 5 minutes there).
 
-Known findings (bugs fixed on other branches of issue 27) are listed in :data:`KNOWN`: a case that matches one is
-recorded instead of failing, and its target's test ends as xfail naming what it hit. Each has its minimal
-reproducer among the regression cases at the end, a strict xfail: once the fix lands it passes, so it fails as
-XPASS until its mark (and its entry in :data:`KNOWN`) is removed.
+The findings of this fuzzing (issue 27: 500s from header lengths, huge shapes, long integers and datatypes that are
+not strings; multi-line errors; no answer to other HTTP versions; Pillow's TypeError, OverflowError, RuntimeError and
+NotImplementedError on mutated TIFF, AVIF and DDS files; NaN pixels; the int32 TIFF's memory) are fixed; each keeps
+its minimal reproducer among the regression cases at the end.
 """
 
 from __future__ import annotations
@@ -106,43 +106,7 @@ def fuzz_settings(units: int):
                                                             HealthCheck.filter_too_much])
 
 
-# --- findings -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Known:
-    """A bug found by this fuzzing and being fixed on another branch: ``pattern`` is searched in a failing case's
-    one-line description (``Type: message @ where`` for an exception, ``HTTP status: body`` for a response)."""
-
-    id: str
-    target: str
-    pattern: str | None          # None: found by a regression case only (the fuzz has no check that sees it)
-    fixed_on: str
-
-
-KNOWN = [
-    Known("pillow-type-error", "images", r"^(TypeError|OverflowError): .* @ preprocess\.py:load_image <- PIL/",
-          "decode"),
-    Known("pillow-other-error", "images", r"^(RuntimeError|NotImplementedError): .* @ preprocess\.py:load_image <- "
-                                          r"PIL/", "decode"),
-    Known("http-pillow-type-error", "http", r"^HTTP 500: .*internal error: (TypeError: '\w+' object cannot be "
-                                            r"interpreted as an integer|OverflowError: Python int too large to convert "
-                                            r"to C ssize_t)", "decode"),
-    Known("http-pillow-other-error", "http", r"^HTTP 500: .*internal error: (RuntimeError: Failed to decode image|"
-                                             r"NotImplementedError: Unknown pixel format)", "decode"),
-    Known("nan-pixels", "images", None, "decode"),
-    Known("int32-tiff-memory", "http", None, "decode"),
-]
-#: target -> {known id: the first case that hit it}
-HITS: dict[str, dict[str, str]] = {}
-
-
-def _known(target: str, description: str, case: object) -> bool:
-    for known in KNOWN:
-        if known.target == target and known.pattern is not None and re.search(known.pattern, description):
-            HITS.setdefault(target, {}).setdefault(known.id, f"{description[:300]} <- {_short(case)}")
-            return True
-    return False
+# --- failures -----------------------------------------------------------------------------------------------------
 
 
 def _short(case: object, limit: int = 300) -> str:
@@ -150,18 +114,8 @@ def _short(case: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def _fail_unless_known(target: str, description: str, case: object) -> None:
-    if not _known(target, description, case):
-        raise AssertionError(f"{target}: {description}")
-
-
-def _end(target: str) -> None:
-    """After a target's run: xfail naming the known findings it hit (their fixes are on other branches)."""
-    hits = HITS.pop(target, {})
-    if hits:
-        branches = {k.id: k.fixed_on for k in KNOWN}
-        pytest.xfail("; ".join(f"known finding {key} (fix on branch {branches[key]}): {case}"
-                               for key, case in hits.items()))
+def _fail(target: str, description: str, case: object) -> None:
+    raise AssertionError(f"{target}: {description} <- {_short(case)}")
 
 
 def _where(error: BaseException) -> str:
@@ -493,13 +447,13 @@ def _expect_protocol(target: str, function, *args) -> None:
         try:
             _refused(exc)
         except Refusal as refusal:
-            _fail_unless_known(target, str(refusal), args)
+            _fail(target, str(refusal), args)
     except Refusal as exc:
-        _fail_unless_known(target, str(exc), args)
+        _fail(target, str(exc), args)
     except Hang as exc:
-        _fail_unless_known(target, f"hang: {exc}", args)
+        _fail(target, f"hang: {exc}", args)
     except Exception as exc:        # noqa: BLE001 - the finding
-        _fail_unless_known(target, _describe(exc), args)
+        _fail(target, _describe(exc), args)
 
 
 def test_fuzz_request_parser():
@@ -509,7 +463,6 @@ def test_fuzz_request_parser():
         _expect_protocol("parser", parse_and_check, *case)
 
     run()
-    _end("parser")
 
 
 # --- target: the binary-tensor decoder ----------------------------------------------------------------------------
@@ -576,7 +529,6 @@ def test_fuzz_binary_tensor_decoder():
         _expect_protocol("tensors", _parse_tensor, spec, binary)
 
     run()
-    _end("tensors")
 
 
 # --- target: the image decoder ------------------------------------------------------------------------------------
@@ -598,12 +550,11 @@ def test_fuzz_image_decoder():
         except ImageDecodeError:
             pass
         except Hang as exc:
-            _fail_unless_known("images", f"hang: {exc}", case)
+            _fail("images", f"hang: {exc}", case)
         except Exception as exc:        # noqa: BLE001 - the finding
-            _fail_unless_known("images", _describe(exc), case)
+            _fail("images", _describe(exc), case)
 
     run()
-    _end("images")
 
 
 def test_every_tiff_directory_field_change():
@@ -621,10 +572,9 @@ def test_every_tiff_directory_field_change():
                 except ImageDecodeError:
                     pass
                 except Hang as exc:
-                    _fail_unless_known("images", f"hang: {exc}", case)
+                    _fail("images", f"hang: {exc}", case)
                 except Exception as exc:        # noqa: BLE001 - the finding
-                    _fail_unless_known("images", _describe(exc), case)
-    _end("images")
+                    _fail("images", _describe(exc), case)
 
 
 def test_every_image_seed_decodes():
@@ -804,7 +754,7 @@ def test_fuzz_the_service_over_http(service):
     def run(raw):
         problem = check_answer(service, raw)
         if problem is not None:
-            _fail_unless_known("http", problem, raw)
+            _fail("http", problem, raw)
 
     run()
     # the service is still up, answers a normal request, and kept its memory
@@ -812,15 +762,9 @@ def test_fuzz_the_service_over_http(service):
     assert status == 200, body
     rss = service.memory()["VmRSS"]
     assert (rss - service.baseline_kb) / 1024 <= RSS_BOUND_MB, (rss, service.baseline_kb)
-    _end("http")
 
 
 # --- regression cases: the minimal reproducers of the findings ----------------------------------------------------
-
-
-def _xfail(known_id: str):
-    branch = next(k.fixed_on for k in KNOWN if k.id == known_id)
-    return pytest.mark.xfail(strict=True, reason=f"known finding {known_id}: fixed on branch {branch}")
 
 
 def tiff_entry(data: bytes, entry: int, field: str, value: int) -> bytes:
@@ -886,11 +830,11 @@ def test_regression_requests_are_protocol_errors(call):
 
 
 @pytest.mark.parametrize("data", [
-    pytest.param(lambda: strip_offsets_as(2), id="tiff-type-error", marks=_xfail("pillow-type-error")),
-    pytest.param(lambda: strip_offsets_as(16), id="tiff-overflow-error", marks=_xfail("pillow-type-error")),
-    pytest.param(avif_without_iloc, id="avif-runtime-error", marks=_xfail("pillow-other-error")),
-    pytest.param(dds_unknown_flags, id="dds-not-implemented-error", marks=_xfail("pillow-other-error")),
-    pytest.param(nan_tiff, id="nan-pixels", marks=_xfail("nan-pixels")),
+    pytest.param(lambda: strip_offsets_as(2), id="tiff-type-error"),
+    pytest.param(lambda: strip_offsets_as(16), id="tiff-overflow-error"),
+    pytest.param(avif_without_iloc, id="avif-runtime-error"),
+    pytest.param(dds_unknown_flags, id="dds-not-implemented-error"),
+    pytest.param(nan_tiff, id="nan-pixels"),
 ])
 def test_regression_images_are_image_decode_errors(data):
     with pytest.raises(ImageDecodeError):
@@ -921,18 +865,14 @@ def _binary_request(document: dict, blob: bytes = b"") -> bytes:
         id="update-parameter-long-int"),
     pytest.param(lambda: _http("POST", _INFER, DATATYPE_LIST), {400}, id="datatype-unhashable"),
     pytest.param(lambda: _http("POST", _INFER, OUTPUT_NEWLINE), {400}, id="error-not-one-line"),
-    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", strip_offsets_as(2)), {400}, id="tiff-type-error",
-                 marks=_xfail("http-pillow-type-error")),
+    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", strip_offsets_as(2)), {400}, id="tiff-type-error"),
     pytest.param(lambda: _http("POST", "/v2/models/digits/classify", strip_offsets_as(16)), {400},
-                 id="tiff-overflow-error", marks=_xfail("http-pillow-type-error")),
-    pytest.param(lambda: _http("POST", _INFER, infer_body([avif_without_iloc()])), {400}, id="avif-runtime-error",
-                 marks=_xfail("http-pillow-other-error")),
+                 id="tiff-overflow-error"),
+    pytest.param(lambda: _http("POST", _INFER, infer_body([avif_without_iloc()])), {400}, id="avif-runtime-error"),
     pytest.param(lambda: _http("POST", _INFER, infer_body([dds_unknown_flags()])), {400},
-                 id="dds-not-implemented-error", marks=_xfail("http-pillow-other-error")),
-    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", nan_tiff()), {400}, id="nan-pixels",
-                 marks=_xfail("nan-pixels")),
-    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", int32_tiff_4096()), {200}, id="int32-tiff-4096",
-                 marks=_xfail("int32-tiff-memory")),
+                 id="dds-not-implemented-error"),
+    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", nan_tiff()), {400}, id="nan-pixels"),
+    pytest.param(lambda: _http("POST", "/v2/models/digits/classify", int32_tiff_4096()), {200}, id="int32-tiff-4096"),
     pytest.param(lambda: b"POST /v2/models/digits/infer \x00HTTP/1.1\r\nHost: fuzz\r\n\r\n", {400},
                  id="garbage-request-line"),
     pytest.param(lambda: b"GET /v2/health/ready HTTP/2.0\r\nHost: fuzz\r\n\r\n", {400, 505}, id="http-2"),

@@ -8,7 +8,7 @@ import pytest
 from conftest import write_image
 from PIL import Image
 
-from edgetl.runtime.data.preprocess import PreprocessConfig, load_image, preprocess, resize_and_crop
+from edgetl.runtime.data.preprocess import PreprocessConfig, crop, load_image, preprocess, resize_and_crop
 from edgetl.runtime.errors import ConfigError, ImageDecodeError
 
 CONFIG = PreprocessConfig.for_size(32, 0.875, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -372,10 +372,12 @@ def test_any_exception_of_the_decoder_is_a_bad_image(monkeypatch, error):
                                     f"{type(raised).__name__})"
 
 
-def test_decoders_that_hold_the_gil_run_one_at_a_time(monkeypatch):
-    """Pillow's JPEG 2000 decoder holds the GIL while it decodes: two at once would only take turns on it, holding
-    both images' memory. Four threads decoding JPEG 2000 never have two inside the decoder together (a barrier of
-    two never fills); PNGs decode side by side."""
+@pytest.mark.parametrize("served", [True, False])
+def test_decoders_that_hold_the_gil_run_one_at_a_time_in_a_service(monkeypatch, served):
+    """Pillow's JPEG 2000 decoder holds the GIL while it decodes: in a service (decoding under a budget) two at once
+    would only take turns on it, holding both images' memory, so two threads decoding JPEG 2000 never meet inside
+    the decoder (a barrier of two never fills); PNGs decode side by side.  A command has no one to be fair to:
+    there the JPEG 2000 decodes meet too."""
     import threading
 
     from PIL import ImageFile
@@ -401,9 +403,34 @@ def test_decoders_that_hold_the_gil_run_one_at_a_time(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", meeting)
     for fmt in ("JPEG2000", "PNG"):
         data = encoded(fmt)
-        threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(2)]
+        reserve = (lambda pixels: None) if served else None
+        threads = [threading.Thread(target=load_image, args=(data,), kwargs={"reserve": reserve}) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(10)
-    assert met == {"JPEG2000": 0, "PNG": 2}
+    assert met == {"JPEG2000": 0 if served else 2, "PNG": 2}
+
+
+def _jpeg2000(size: int, **options) -> bytes:
+    rng = np.random.default_rng(size)
+    smooth = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((size, size))
+    buffer = io.BytesIO()
+    smooth.save(buffer, "JPEG2000", **options)
+    return buffer.getvalue()
+
+
+def test_a_jpeg2000_decodes_at_the_resolution_level_the_resize_needs():
+    """As a JPEG is drafted: a 1024 px JPEG 2000 cropped after a resize to 256 decodes two levels down (1/4), the
+    pixels of decoding it so by hand; a file with fewer levels than that still decodes, in full."""
+    config = PreprocessConfig.for_size(224, 224 / 256, (0.5,) * 3, (0.5,) * 3)
+    data = _jpeg2000(1024)
+    by_hand = Image.open(io.BytesIO(data))
+    by_hand.reduce = 2
+    by_hand.load()
+    expected = np.asarray(resize_and_crop(by_hand.convert("RGB"), config))
+    np.testing.assert_array_equal(crop(data, config), expected)
+    flat = _jpeg2000(1024, num_resolutions=1)                    # no level below full resolution
+    whole = Image.open(io.BytesIO(flat))
+    whole.load()
+    np.testing.assert_array_equal(crop(flat, config), np.asarray(resize_and_crop(whole.convert("RGB"), config)))

@@ -91,15 +91,24 @@ class BundleVerification:
 
 
 def listed_files(manifest: BundleManifest) -> dict[str, tuple[str, int | None]]:
-    """Every file the manifest lists: name -> (sha256, size; None where the manifest records no size)."""
-    files = {manifest.head["file"]: (manifest.head["sha256"], manifest.head["size"])}
-    for artifact in manifest.artifacts:
-        files[artifact.file] = (artifact.sha256, artifact.size)
-        for companion in artifact.companions:
-            files[companion["file"]] = (companion["sha256"], companion["size"])
-    for extra in (manifest.learning, manifest.check):
-        if extra:
-            files[extra["file"]] = (extra["sha256"], extra["size"])
+    """Every file the manifest lists: name -> (sha256, size; None where the manifest records no size).
+
+    Any block with a ``file`` and its ``sha256`` counts, wherever it sits (the head, the artifacts and their
+    companions, the learning data, the check set, and blocks later writers add), and a text model's tokenizer."""
+    files: dict[str, tuple[str, int | None]] = {}
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("file"), str) and isinstance(value.get("sha256"), str):
+                size = value.get("size")
+                files.setdefault(value["file"], (value["sha256"], size if isinstance(size, int) else None))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(asdict(manifest))
     if manifest.modality == "text":
         files[manifest.preprocess["tokenizer"]] = (manifest.preprocess["tokenizer_sha256"], None)
     return files

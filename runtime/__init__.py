@@ -31,7 +31,7 @@ _NAMES = {
     **dict.fromkeys(("EdgetlError", "BundleError", "ConfigError", "DataError", "ImageDecodeError",
                      "SignatureError"), ".errors"),
     **dict.fromkeys(("verify_bundle", "sign_bundle", "BundleVerification"), ".bundle.signature"),
-    **dict.fromkeys(("sign_file", "verify_file_signature", "generate_key", "load_trusted_keys"),
+    **dict.fromkeys(("sign_file", "verify_file_signature", "check_signature", "generate_key", "load_trusted_keys"),
                     ".signing"),
 }
 

@@ -294,23 +294,32 @@ def signature_path(path: str | Path) -> Path:
     return path.with_name(path.name + SIGNATURE_SUFFIX)
 
 
-def read_signature(sig_path: str | Path) -> SignatureFile:
-    """Read and type-check a signature file (a broken one is a :class:`SignatureError` naming it)."""
-    sig_path = Path(sig_path)
+def parse_signature(text: str | bytes, name: str) -> SignatureFile:
+    """Type-check a signature document (``name``: where it came from, for the message)."""
     try:
-        data = json.loads(sig_path.read_text(encoding="utf-8"))
+        data = json.loads(text)
         entries = [SignatureEntry(**entry) for entry in data.pop("signatures")]
         document = SignatureFile(**data, signatures=entries)
         if (document.schema != SIGNATURE_SCHEMA or not isinstance(document.sha256, str)
                 or not isinstance(document.size, int) or not entries
                 or not all(isinstance(v, str) for e in entries for v in asdict(e).values())):
             raise ValueError("unexpected values")
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SignatureError(f"signature file {sig_path} is not an edgetl signature ({exc}); sign the file again") \
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SignatureError(f"signature file {name} is not an edgetl signature ({exc}); sign the file again") \
             from exc
     return document
+
+
+def read_signature(sig_path: str | Path) -> SignatureFile:
+    """Read and type-check a signature file (a broken one is a :class:`SignatureError` naming it)."""
+    sig_path = Path(sig_path)
+    try:
+        text = sig_path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SignatureError(f"cannot read signature file {sig_path}: {exc.strerror or exc}") from exc
+    return parse_signature(text, str(sig_path))
 
 
 def sign_file(path: str | Path, key: SigningKey | str | Path, sig_path: str | Path | None = None) -> Path:
@@ -356,31 +365,46 @@ def verify_file_signature(path: str | Path, trusted: TrustedKeys | str | Path | 
     of them; without, an unsigned file passes and a signature present must still hold.  Every refusal is a
     :class:`SignatureError` naming the file and the key.  ``sha256``: the file's, when the caller has it."""
     path = Path(path)
-    trusted = trusted_keys(trusted)
     sig_path = Path(sig_path) if sig_path is not None else signature_path(path)
-    check = SignatureCheck(str(path), str(sig_path), signed=sig_path.is_file())
-    if not check.signed:
+    signature = None
+    if sig_path.is_file():
+        signature = read_signature(sig_path)
+        if not path.is_file():
+            raise SignatureError(f"{path}, which {sig_path} signs, is missing")
+    return check_signature(str(path), sha256 or (sha256_file(path) if signature else ""),
+                           path.stat().st_size if signature else 0, signature, trusted, str(sig_path))
+
+
+def check_signature(name: str, sha256: str, size: int, signature: SignatureFile | bytes | str | None,
+                    trusted: TrustedKeys | str | Path | bool | None = None,
+                    signature_name: str | None = None) -> SignatureCheck:
+    """Check content known by its ``sha256`` and ``size`` against a signature document (or None: unsigned), for
+    content that is not a local file: a contribution streamed from object storage is hashed as it is read, and
+    its ``.sig`` fetched beside it.  ``name`` (and ``signature_name``) are what the messages call them; the rules
+    are :func:`verify_file_signature`'s."""
+    trusted = trusted_keys(trusted)
+    signature_name = signature_name or name + SIGNATURE_SUFFIX
+    short = Path(signature_name).name
+    check = SignatureCheck(name, signature_name, signed=signature is not None)
+    if signature is None:
         if trusted is not None:
-            raise SignatureError(f"{path} is not signed (no {sig_path.name}); this device trusts only keys "
+            raise SignatureError(f"{name} is not signed (no {short}); this device trusts only keys "
                                  f"{trusted.describe()}")
         return check
-    document = read_signature(sig_path)
-    if not path.is_file():
-        raise SignatureError(f"{path}, which {sig_path} signs, is missing")
-    actual = sha256 or sha256_file(path)
-    if (actual, path.stat().st_size) != (document.sha256, document.size):
+    document = signature if isinstance(signature, SignatureFile) else parse_signature(signature, signature_name)
+    if (sha256, size) != (document.sha256, document.size):
         signers = ", ".join(e.key_id for e in document.signatures)
-        raise SignatureError(f"{path} was altered after it was signed: its sha256 is {actual[:12]}..., key "
-                             f"{signers} signed {document.sha256[:12]}... ({sig_path.name})")
+        raise SignatureError(f"{name} was altered after it was signed: its sha256 is {sha256[:12]}..., key "
+                             f"{signers} signed {document.sha256[:12]}... ({short})")
     statement = document.statement()
     for entry in document.signatures:
         if not _holds(entry, statement):
-            raise SignatureError(f"{sig_path} holds a signature by key {entry.key_id} that does not verify: the "
-                                 f"signature file was altered; sign {path.name} again")
+            raise SignatureError(f"{signature_name} holds a signature by key {entry.key_id} that does not verify: "
+                                 f"the signature file was altered; sign {Path(name).name} again")
         check.key_ids.append(entry.key_id)
     if trusted is not None:
         check.trusted_key = next((k for k in check.key_ids if k in trusted.keys), None)
         if check.trusted_key is None:
-            raise SignatureError(f"{path} is signed by key {', '.join(check.key_ids)}, which this device does not "
+            raise SignatureError(f"{name} is signed by key {', '.join(check.key_ids)}, which this device does not "
                                  f"trust (it trusts {trusted.describe()})")
     return check

@@ -6,6 +6,7 @@ the runtime without ``cryptography`` (torch-free, in a child interpreter that ca
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import stat
@@ -23,7 +24,13 @@ from edgetl.runtime.bundle.folder import Bundle
 from edgetl.runtime.bundle.signature import BUNDLE_SIGNATURE, sign_bundle, verify_bundle
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import ExitCode, SignatureError
-from edgetl.runtime.signing import TRUSTED_KEYS_ENV, generate_key, sign_file, verify_file_signature
+from edgetl.runtime.signing import (
+    TRUSTED_KEYS_ENV,
+    check_signature,
+    generate_key,
+    sign_file,
+    verify_file_signature,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +158,12 @@ def test_a_single_file_signature_and_its_refusals(tmp_path, keys):
     signature = sign_file(contribution, keys["ours"].private_key)
     assert signature.name == "device-7.contrib.sig"
     assert verify_file_signature(contribution, _trust(keys)).trusted_key == keys["ours"].key_id
+    digest, size = hashlib.sha256(contribution.read_bytes()).hexdigest(), contribution.stat().st_size
+    remote = "s3://fleet/device-7.contrib"                   # content streamed, hashed as read: no local file
+    assert check_signature(remote, digest, size, signature.read_bytes(), _trust(keys)).key_ids == [
+        keys["ours"].key_id]
+    with pytest.raises(SignatureError, match="s3://fleet/device-7.contrib was altered after it was signed"):
+        check_signature(remote, digest, size + 1, signature.read_bytes(), _trust(keys))
     with pytest.raises(SignatureError, match=f"signed by key {keys['ours'].key_id}, which this device does not"):
         verify_file_signature(contribution, _trust(keys, "other"))
     sign_file(contribution, keys["other"].private_key)                     # co-signed: either key is enough

@@ -155,8 +155,11 @@ def test_a_single_file_signature_and_its_refusals(tmp_path, keys):
     assert verify_file_signature(contribution, trusted=False).signed is False      # no keys: as before
     with pytest.raises(SignatureError, match=f"device-7.contrib is not signed.*{keys['ours'].key_id}"):
         verify_file_signature(contribution, _trust(keys))
-    signature = sign_file(contribution, keys["ours"].private_key)
-    assert signature.name == "device-7.contrib.sig"
+    signed = _run(["sign", str(contribution), "--key", keys["ours"].private_key, "--json"])    # on the device
+    assert signed.exit_code == 0, signed.output
+    signature = contribution.with_name("device-7.contrib.sig")
+    assert json.loads(signed.stdout) == {"signed": str(contribution), "signature": str(signature),
+                                         "key_id": keys["ours"].key_id}
     assert verify_file_signature(contribution, _trust(keys)).trusted_key == keys["ours"].key_id
     digest, size = hashlib.sha256(contribution.read_bytes()).hexdigest(), contribution.stat().st_size
     remote = "s3://fleet/device-7.contrib"                   # content streamed, hashed as read: no local file

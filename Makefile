@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python benchmarks/extraction_pipeline.py
 	$(BIN)/python benchmarks/distributed_pass.py
 	$(BIN)/python benchmarks/text_transfer.py
+	$(BIN)/python benchmarks/verify_bundle.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 	EDGETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -rxX tests/test_fuzz.py

@@ -325,7 +325,7 @@ def read_signature(sig_path: str | Path) -> SignatureFile:
 def sign_file(path: str | Path, key: SigningKey | str | Path, sig_path: str | Path | None = None) -> Path:
     """Sign ``path`` with ``key``, writing (atomically) its detached signature ``FILE.sig`` or ``sig_path``.
 
-    A signature of the same content by other keys is kept (co-signing); one of other content is replaced."""
+    A good signature of the same content by another key is kept (co-signing); anything else is replaced."""
     path = Path(path)
     key = key if isinstance(key, SigningKey) else load_signing_key(key)
     sig_path = Path(sig_path) if sig_path is not None else signature_path(path)
@@ -335,7 +335,9 @@ def sign_file(path: str | Path, key: SigningKey | str | Path, sig_path: str | Pa
     with contextlib.suppress(FileNotFoundError, SignatureError):
         previous = read_signature(sig_path)
         if (previous.sha256, previous.size) == (document.sha256, document.size):
-            document.signatures = [e for e in previous.signatures if e.key_id != key.key_id]
+            statement = document.statement()
+            document.signatures = [e for e in previous.signatures
+                                   if e.key_id != key.key_id and _holds(e, statement)]
     document.signatures.append(SignatureEntry(ALGORITHM, key.key_id, base64.b64encode(key.public.raw).decode(),
                                               base64.b64encode(key.sign(document.statement())).decode()))
     atomic_write_text(sig_path, document.to_json())

@@ -1,5 +1,5 @@
 """``edgetl``: the host command line (fine-tune, export, compare, pack, data), plus the runtime's ``predict``,
-``evaluate`` and ``bench``.
+``evaluate``, ``bench`` and its signature commands (``keys``, ``sign``, ``verify``).
 
 It speaks the runtime's grammar: the same group (``-q``/``-v``, one-line errors, exit codes), the same shared
 options (``--json`` on every command, ``--threads``, DATA positional) and output helpers, from
@@ -32,6 +32,7 @@ from edgetl.runtime.cli.options import (
     threads_option,
 )
 from edgetl.runtime.cli.output import note, progress
+from edgetl.runtime.cli.trust import keys, sign, verify
 
 from .cli_options import (
     budget_option,
@@ -178,9 +179,11 @@ def select(data, candidates, target, budget_ms, train_last, folds, image_size, c
 @click.option("--calib", type=int, default=300, show_default=True,
               help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
+@click.option("--sign-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Sign the bundle with this ed25519 private key (manifest.sig; edgetl keys generate).")
 @overwrite_option("the bundle")
 @json_option
-def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, overwrite,
+def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, sign_key, overwrite,
            as_json) -> None:
     """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy.
 
@@ -192,7 +195,7 @@ def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, cal
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
                         max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
-                        progress=progress, log=note, target=target)
+                        progress=progress, log=note, target=target, sign_key=sign_key)
     archive = pack_bundle(result.bundle, overwrite=True) if pack_archive else None
     if as_json:
         click.echo(result.manifest.to_json())
@@ -343,5 +346,5 @@ def pack(bundle, out, overwrite, as_json) -> None:
     click.echo(str(archive))
 
 
-for _command in (predict, evaluate):
+for _command in (predict, evaluate, verify, sign, keys):
     main.add_command(_command)

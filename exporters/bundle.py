@@ -24,7 +24,8 @@ from edgetl.devices import get_profile
 from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime.bundle.heads import Head, load_head
-from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, MANIFEST_NAME, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.bundle.signature import BUNDLE_SIGNATURE
 from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
 from edgetl.runtime.data.text import TextPreprocess
@@ -42,6 +43,7 @@ from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import ProgressFactory, silent_progress
+from edgetl.runtime.signing import SigningKey, load_signing_key, sign_file
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
@@ -189,12 +191,16 @@ def export_run(
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
     target: str | None = None,
+    sign_key: str | Path | None = None,
 ) -> ExportResult:
     """Export a run to a bundle folder; nothing is written unless every check passes.
 
     ``target`` names a device profile (or a profile's .toml path): its formats are built, on top of
     any ``formats`` given, and the bundle records the profile so the device picks the right artifact.
+    ``sign_key``: an ed25519 private key file; the bundle is signed (``manifest.sig``) before it is renamed into
+    place, so it never exists unsigned (the key is read first: a bad key fails before any work).
     """
+    signer = _signer(sign_key, out)
     options = dict(options or {})
     profile = get_profile(target) if target else None
     if profile is not None:
@@ -285,9 +291,21 @@ def export_run(
                 check=check_entry,
             )
             manifest.write(staging)
+            if signer is not None:
+                sign_file(staging / MANIFEST_NAME, signer, staging / BUNDLE_SIGNATURE)
     finally:
         data.close()
     return ExportResult(Path(out), manifest)
+
+
+def _signer(sign_key: str | Path | None, out: str | Path) -> SigningKey | None:
+    """The signing key, read before the export starts; a key inside the bundle it would sign is refused."""
+    if sign_key is None:
+        return None
+    if Path(sign_key).resolve().is_relative_to(Path(out).resolve()):
+        raise ConfigError(f"key file {sign_key} lies inside the bundle {out}; keep keys out of what they sign",
+                          option="sign_key")
+    return load_signing_key(sign_key)
 
 
 def _build_gated(ctx: BuildContext, fmt: ExportFormat, feature_model: nn.Module, check: np.ndarray,

@@ -4,9 +4,9 @@ Imports numpy, Pillow and, when a model is opened, its backend (onnxruntime, ope
 onnx.  The names below are loaded on first use (PEP 562), so ``edgetl-rt predict`` pays only for what it runs.
 
 The folder is grouped by job, each group importing only the ones listed before it: the foundation modules here
-(errors, deps, progress, fsutil, documents, machine, metrics, exports, compat), then :mod:`.data`, :mod:`.bundle`,
-:mod:`.engines`, :mod:`.inference`, :mod:`.learning` and :mod:`.serving`, with :mod:`.tools` and :mod:`.cli` on top
-(``tests/test_layout.py`` holds the rule).
+(errors, deps, progress, fsutil, documents, machine, metrics, exports, compat, signing), then :mod:`.data`,
+:mod:`.bundle`, :mod:`.engines`, :mod:`.inference`, :mod:`.learning` and :mod:`.serving`, with :mod:`.tools` and
+:mod:`.cli` on top (``tests/test_layout.py`` holds the rule).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ _NAMES = {
     **dict.fromkeys(("update_bundle", "learn_features", "Learner"), ".learning.update"),
     "adapt_bundle": ".learning.adapt", "rollback_bundle": ".learning.rollback", "tune_alpha": ".learning.alpha",
     **dict.fromkeys(("UpdateReport", "AdaptReport", "AlphaReport"), ".learning.reports"),
-    **dict.fromkeys(("EdgetlError", "BundleError", "ConfigError", "DataError", "ImageDecodeError"), ".errors"),
+    **dict.fromkeys(("EdgetlError", "BundleError", "ConfigError", "DataError", "ImageDecodeError",
+                     "SignatureError"), ".errors"),
+    **dict.fromkeys(("verify_bundle", "sign_bundle", "BundleVerification"), ".bundle.signature"),
+    **dict.fromkeys(("sign_file", "verify_file_signature", "check_signature", "generate_key", "load_trusted_keys"),
+                    ".signing"),
 }
 
 __all__ = list(_NAMES)

@@ -34,6 +34,7 @@ class ExitCode(IntEnum):
     EXPORT_ACCURACY = 10      # an exported artifact loses more accuracy than allowed (was 4, shared)
     BELOW_MIN_ACCURACY = 11   # evaluate's gate: accuracy below the required minimum (was 6, shared)
     CUDA = 12                 # a CUDA runtime call failed or libcudart is missing (was 5, shared)
+    SIGNATURE = 13            # unsigned, signed by a key not trusted, or altered after signing
 
 
 class EdgetlError(Exception):
@@ -160,3 +161,10 @@ class CudaError(EdgetlError):
     """A CUDA runtime call failed, or the CUDA runtime library is missing."""
 
     exit_code = ExitCode.CUDA
+
+
+class SignatureError(EdgetlError):
+    """A bundle or file that must be signed is not, is signed by a key this device does not trust, or was altered
+    after it was signed (the message names the file and the key id)."""
+
+    exit_code = ExitCode.SIGNATURE

@@ -310,7 +310,7 @@ def test_exit_code_numbers_are_pinned():
     assert {code.name: int(code) for code in ExitCode} == {
         "OK": 0, "ERROR": 1, "USAGE": 2, "BUNDLE": 3, "EXPORT_VALIDATION": 4, "MISSING_DEPENDENCY": 5,
         "UPDATE_REJECTED": 6, "STORE_BUSY": 7, "DATA": 8, "CONFIG": 9, "EXPORT_ACCURACY": 10,
-        "BELOW_MIN_ACCURACY": 11, "CUDA": 12,
+        "BELOW_MIN_ACCURACY": 11, "CUDA": 12, "SIGNATURE": 13,
     }
 
 

@@ -23,7 +23,8 @@ HOST_LIBRARIES = {"torch", "onnx", "onnxscript", "torchvision", "timm", "sklearn
 #: sub-package (the CLI includes ``python -m edgetl.runtime``).
 FLOORS = ("foundation", "data", "bundle", "engines", "inference", "learning", "serving", "tools", "cli")
 #: What the runtime folder itself holds: the foundation every floor may use, and the package's entry points.
-FOUNDATION = {"errors", "deps", "progress", "fsutil", "documents", "machine", "metrics", "exports", "compat"}
+FOUNDATION = {"errors", "deps", "progress", "fsutil", "documents", "machine", "metrics", "exports", "compat",
+              "signing"}
 
 
 def module_name(path: Path) -> str:

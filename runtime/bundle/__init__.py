@@ -11,6 +11,7 @@ _NAMES = {
     **dict.fromkeys(("FeatureStore", "Version"), ".store"),
     **dict.fromkeys(("CheckSet", "load_check_set"), ".checkset"),
     **dict.fromkeys(("TimingRecord", "Timing", "read_timings"), ".timings"),
+    **dict.fromkeys(("verify_bundle", "sign_bundle", "BundleVerification", "BUNDLE_SIGNATURE"), ".signature"),
 }
 __all__ = list(_NAMES)
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

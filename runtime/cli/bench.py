@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..data.text import DEFAULT_SEQ_LEN
-from .options import THREADS_LIST_HELP, json_option, optional_data_argument
+from .options import THREADS_LIST_HELP, json_option, optional_data_argument, trusted_keys_option
 from .output import note, print_json
 
 #: Printed at the top level of ``--json`` too when the matrix has one row (one artifact, backend, thread count
@@ -56,6 +56,7 @@ bench_options = [
     click.option("--in-process", is_flag=True, help="Measure every cell in this process (faster; RSS accumulates)."),
     click.option("--record", is_flag=True,
                  help="Keep the batch-1 figures in BUNDLE/timings/ so the runtime runs the fastest artifact here."),
+    trusted_keys_option,
     json_option,
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .options import json_option, no_measure_options, option_group, overwrite_option
+from .options import json_option, no_measure_options, option_group, overwrite_option, trusted_keys_option
 from .output import note, print_json, print_table
 
 
@@ -57,6 +57,7 @@ def doctor(as_json) -> None:
               help="Largest batch the engine accepts (default: profile's, else 8).")
 @click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit.")
 @click.option("--print-trtexec", is_flag=True, help="Only print the equivalent trtexec command line.")
+@trusted_keys_option
 @json_option
 def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trtexec, as_json) -> None:
     """Build the backbone's TensorRT engine on this device, into BUNDLE (needs TensorRT and a GPU)."""
@@ -97,6 +98,7 @@ def build_engine(bundle, precision, dla_core, max_batch, workspace_mb, print_trt
 @click.argument("dest", type=click.Path(file_okay=False))
 @overwrite_option("DEST", " (only once the new bundle is verified)")
 @option_group(no_measure_options("Do not measure the artifacts on this machine now (the first run will)."))
+@trusted_keys_option
 @json_option
 def unpack(archive, dest, overwrite, no_measure, as_json) -> None:
     """Unpack a bundle ARCHIVE into DEST safely (no paths outside DEST, no links), verify it, and measure which

@@ -12,7 +12,7 @@ from dataclasses import asdict
 import click
 
 from ..learning.settings import METHODS, UpdateSettings
-from .options import json_option, overwrite_option, skip_bad_option, with_model_options
+from .options import json_option, overwrite_option, skip_bad_option, trusted_keys_option, with_model_options
 from .output import fmt, inputs_of, print_json, print_table, progress
 
 
@@ -44,6 +44,7 @@ def lock_timeout_option(func):
                    "this many new training samples; smaller updates keep alpha (edgetl-rt tune runs it on demand).")
 @lock_timeout_option
 @skip_bad_option
+@trusted_keys_option
 @json_option
 @with_model_options
 def update(bundle, data, method, holdout_fraction, max_accuracy_drop, force, reselect_alpha, alpha_search_min,
@@ -85,6 +86,7 @@ def _alpha_line(report) -> str:
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @lock_timeout_option
+@trusted_keys_option
 @json_option
 def tune(bundle, lock_timeout, as_json) -> None:
     """Search BUNDLE's ridge regularisation on the store's held-out samples now (recorded as a tune version)."""
@@ -102,6 +104,7 @@ def tune(bundle, lock_timeout, as_json) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@trusted_keys_option
 @json_option
 def history(bundle, as_json) -> None:
     """The head versions kept in BUNDLE's feature store (newest last)."""
@@ -129,6 +132,7 @@ def history(bundle, as_json) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.option("--to", "to_version", type=int, default=None, help="Version to return to (default: the previous one).")
 @lock_timeout_option
+@trusted_keys_option
 @json_option
 def rollback(bundle, to_version, lock_timeout, as_json) -> None:
     """Make an earlier head version current again (recorded as a new version)."""
@@ -150,6 +154,7 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
               help="Refuse to commit (exit 6) when accuracy on the --check data falls by more points.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
 @lock_timeout_option
+@trusted_keys_option
 @json_option
 @with_model_options
 def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, artifact, backend, threads,
@@ -179,6 +184,7 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means restarts.")
 @overwrite_option("OUT")
+@trusted_keys_option
 @json_option
 @with_model_options
 def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_measure) -> None:

@@ -106,3 +106,19 @@ def optional_data_argument(default_help: str):
                                help=f"Same as DATA (older spelling). {default_help}")(command)
         return click.argument("data", required=False)(command)
     return decorate
+
+
+def _configure_trust(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from ..signing import configure_trusted_keys
+
+    configure_trusted_keys(value)
+    ctx.call_on_close(lambda: configure_trusted_keys(None))
+
+
+#: ``--trusted-keys``: the public keys a bundle's signature must be made with; the bundle is then verified whole
+#: when it opens.  Every command that loads a bundle has it; ``EDGETL_TRUSTED_KEYS`` sets it for all of them.
+trusted_keys_option = click.option(
+    "--trusted-keys", type=click.Path(exists=True), default=None, expose_value=False, callback=_configure_trust,
+    help="Refuse a bundle unless it is signed by one of these ed25519 public keys (a folder of *.pub / *.pem files, "
+         "or one file), and check every file of it before it runs (default: $EDGETL_TRUSTED_KEYS; unset: no "
+         "signature needed).")

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import click
 
-from .options import json_option, max_pixels_option, skip_bad_option, split_option, with_model_options
+from .options import (
+    json_option,
+    max_pixels_option,
+    skip_bad_option,
+    split_option,
+    trusted_keys_option,
+    with_model_options,
+)
 from .output import detail, note, print_json, print_table, progress, warn
 
 
@@ -21,6 +28,7 @@ def _explain_choice(model) -> None:
 @click.argument("images", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to report per input.")
 @max_pixels_option
+@trusted_keys_option
 @json_option
 @with_model_options
 def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threads, no_measure) -> None:
@@ -53,14 +61,19 @@ def predict(bundle, images, top_k, max_pixels, as_json, artifact, backend, threa
 @click.option("--min-accuracy", type=float, default=None,
               help="Exit with status 11 when the accuracy is below this (a deployment gate); the report is "
                    "printed first.")
+@trusted_keys_option
 @json_option
 @with_model_options
 def evaluate(bundle, data, split, skip_bad, min_accuracy, as_json, artifact, backend, threads, no_measure) -> None:
-    """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME)."""
+    """Accuracy of BUNDLE on labelled DATA (image folder, CSV or builtin:NAME).  Every file of BUNDLE is checked
+    against its manifest first (edgetl-rt verify checks the rest)."""
+    from ..bundle.folder import Bundle
     from ..inference.evaluate import evaluate_bundle, require_accuracy
     from ..inference.model import EdgeModel
 
-    with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, measure=not no_measure,
+    opened = Bundle(bundle)
+    opened.verify_listed()          # before anything of it runs, measuring included
+    with EdgeModel(opened, artifact=artifact, backend=backend, threads=threads, measure=not no_measure,
                    log=note) as model:
         _explain_choice(model)
         report = evaluate_bundle(model, data, split=split, skip_bad=skip_bad, progress=progress)

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from .options import json_option, with_model_options
+from .options import json_option, trusted_keys_option, with_model_options
 from .output import QUIET, verbosity
 
 
@@ -141,6 +141,7 @@ def read_token(path: str, log) -> str:
               help="How often the committed head version is checked (updates from other processes).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
+@trusted_keys_option
 @json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,

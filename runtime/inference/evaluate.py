@@ -15,7 +15,9 @@ def evaluate_bundle(
     skip_bad: bool = False,
     progress: ProgressFactory = silent_progress,
 ) -> dict:
-    """Evaluate on ``split`` of the data (default: its val split when it has one, else all)."""
+    """Evaluate on ``split`` of the data (default: its val split when it has one, else all).  Every file of the
+    bundle is checked first (a deployment gate passes a bundle whole, not the files its job reads)."""
+    model.bundle.verify_listed()
     if split is not None and split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}", option="split")
     data = open_data(data_address, skip_bad=skip_bad).remap_to(model.labels)

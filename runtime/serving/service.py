@@ -155,6 +155,7 @@ class InferenceService:
         started = time.perf_counter()
         self.metrics = ServiceMetrics()
         self.bundle = Bundle.open(bundle)
+        self.bundle.verify_listed()        # every file, not only those loaded: a long-lived service checks once
         self.name = settings.name or self.bundle.path.resolve().name
         self.backbone = BackboneRunner(self.bundle, settings.artifact, settings.backend, settings.threads,
                                        measure=settings.measure,

@@ -5,7 +5,8 @@ components, symbolic and hard links, devices and FIFOs are refused before
 anything is written.  Files are copied out member by member (no
 ``extractall``, so no permissions, owners or times from the archive) into a
 temporary folder, the manifest and every sha256 are verified there, and
-only then is the folder renamed into place.
+only then is the folder renamed into place; where the device trusts signing keys, the bundle's signature is
+checked there too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from ..bundle.manifest import MANIFEST_NAME, read_bundle_manifest
+from ..bundle.signature import verify_bundle
 from ..bundle.timings import LOCAL_STATE
-from ..errors import BundleError
+from ..errors import BundleError, SignatureError
 from ..fsutil import atomic_directory
+from ..signing import trusted_keys
 
 #: Refuse archives that would expand beyond this (a "tar bomb"); bundles are tens of MB.
 MAX_UNPACKED_BYTES = 8 << 30
@@ -80,6 +83,11 @@ def unpack_bundle(archive: str | Path, dest: str | Path, overwrite: bool = False
                     while block := source.read(1 << 20):
                         out.write(block)
             read_bundle_manifest(staging)
+            if (trust := trusted_keys()) is not None:      # refused before anything is renamed into place
+                try:
+                    verify_bundle(staging, trust).raise_for_problems()
+                except (SignatureError, BundleError) as exc:
+                    raise type(exc)(f"archive {archive}: {str(exc).replace(f'{staging}/', '')}") from exc
     return Path(dest)
 
 

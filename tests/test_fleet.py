@@ -355,3 +355,33 @@ def test_merge_reads_contributions_from_s3_through_a_real_s3_server(fleet, monke
         assert not (root / "merged-again").exists()
     finally:
         server.stop()
+
+
+def test_rows_travel_only_when_asked_and_only_once(fleet):
+    root, devices, rng = fleet
+    plain = contribute_bundle(devices[1], root / "plain.npz")
+    assert plain.rows == 0 and not any(k.startswith("rows") for k in verify_contribution(root / "plain.npz").arrays)
+    _learn(devices[1], rng, SHARES[1])
+    first = contribute_bundle(devices[1], root / "rows1.npz", with_rows=True)
+    _learn(devices[1], rng, SHARES[1])
+    second = contribute_bundle(devices[1], root / "rows2.npz", with_rows=True)
+    keys = [set(verify_contribution(root / f"rows{i}.npz").arrays["rows_keys"].tolist()) for i in (1, 2)]
+    assert first.rows == 3 * 8                              # what the device learned: not the bundle's own rows
+    assert second.rows == 8 and not keys[0] & keys[1]      # the 8 new rows, nothing resent
+    without = merge_bundles(TINY, [str(root / "plain.npz")], root / "m0")
+    report = merge_bundles(TINY, [str(root / f) for f in ("plain.npz", "rows1.npz", "rows2.npz")], root / "m1")
+    held = sum(int(verify_contribution(root / f"rows{i}.npz").arrays["rows_holdout"].sum()) for i in (1, 2))
+    assert report.alpha_holdout_n == without.alpha_holdout_n + held
+
+
+def test_pull_keeps_an_own_contribution_the_merge_lacks(fleet):
+    root, devices, rng = fleet
+    files = _contribute_all(root, devices)
+    merge_bundles(TINY, [str(f) for f in files], root / "merged")
+    _learn(devices[0], rng, SHARES[0])
+    late = contribute_bundle(devices[0], root / "late.npz")          # contributed after the merge was made
+    pull_bundle(devices[0], root / "merged")
+    store = FeatureStore(devices[0])
+    assert store.state(store.version(), DIM).ridge.count == _centralized(devices, NAMES).ridge.count
+    again = contribute_bundle(devices[0], root / "again.npz")         # on the merged base, it travels again
+    assert again.n_samples == late.n_samples and again.base != late.base

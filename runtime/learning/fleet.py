@@ -222,7 +222,7 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
         classes = list(version.classes)
         arrays = contribution_arrays(pending)
         if with_rows:
-            arrays.update(_new_rows(store, entries, parts, bundle.feature_dim))
+            arrays.update(_new_rows(store, entries, parts, bundle))
         ident = device or device_id(store)
         previous = max((e["versions"]["to"] for e in entries), default=None)
         payload = payload_digest(arrays)
@@ -247,9 +247,11 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
     return ContributionSummary.of(verify_contribution(data, str(out)), str(out))
 
 
-def _new_rows(store: FeatureStore, entries: list[dict], parts: list[tuple[int, Samples]], dim: int) -> dict:
-    """The stored rows (training and held-out) no earlier contribution on this base sent."""
-    sent: set[str] = set()
+def _new_rows(store: FeatureStore, entries: list[dict], parts: list[tuple[int, Samples]], bundle: Bundle) -> dict:
+    """The stored rows (training and held-out) neither the bundle ships nor an earlier contribution on this base
+    sent."""
+    dim = bundle.feature_dim
+    sent = set(bundle_state(bundle)[1].keys.tolist())
     for entry in entries:
         sent.update(_own(store, entry).arrays.get("rows_keys", np.zeros(0, "<U64")).tolist())
     rows = Samples.concat([p for _, p in parts], dim)

@@ -42,9 +42,9 @@ from edgetl.runtime.bundle.contribution import CONTRIBUTION_SCHEMA, Contribution
 from edgetl.runtime.bundle.folder import Bundle
 from edgetl.runtime.bundle.heads import NCMHead, RidgeHead, RidgeStatistics, load_head, normalise_rows
 from edgetl.runtime.bundle.manifest import FileEntry
-from edgetl.runtime.bundle.store import FeatureStore
+from edgetl.runtime.bundle.store import FeatureStore, LearnerState, Samples
 from edgetl.runtime.learning import UpdateSettings, learn_features
-from edgetl.runtime.learning.fleet import contribute_bundle, pull_bundle
+from edgetl.runtime.learning.fleet import contribute_bundle, contribution_arrays, pull_bundle
 from edgetl.runtime.learning.ridge_system import RidgeSystem
 from edgetl.runtime.learning.versions import bundle_state
 
@@ -173,17 +173,23 @@ def exactness(data: dict, work: Path, rng: np.random.Generator) -> dict:
         assignment[holders[int(rng.integers(len(holders)))]].append(i)
     devices, files = [], []
     (work / "contributions").mkdir()
+    (work / "contributions-rows").mkdir()
     for k in range(5):
         device = work / f"device{k}"
         shutil.copytree(base, device)
         rows = assignment[k]
         learn(device, x[rows], names[rows].tolist(), f"d{k}")
         devices.append(device)
+        twin = work / f"device{k}-rows"                 # the same device contributing --with-rows
+        shutil.copytree(device, twin)
+        contribute_bundle(twin, work / "contributions-rows" / f"device{k}.npz", device=f"device{k}", with_rows=True)
+        shutil.rmtree(twin)
         files.append(work / "contributions" / f"device{k}.npz")
         contribute_bundle(device, files[-1], device=f"device{k}")
     t = time.perf_counter()
     report = merge_bundles(base, [str(work / "contributions")], work / "merged")
     merge_s = time.perf_counter() - t
+    with_rows = merge_bundles(base, [str(work / "contributions-rows")], work / "merged-rows")
     # the host: every training row (the bundle's own and each device's), and every held-out row
     base_keys = set(f"base-{i:05d}" for i in range(len(base_rows)))
     all_x, all_names = [x[base_rows][np.arange(len(base_rows)) % 5 != 4]], \
@@ -240,7 +246,7 @@ def exactness(data: dict, work: Path, rng: np.random.Generator) -> dict:
         twin_store = FeatureStore(twin)
         pulls_ncm.append(ncm_difference(twin_store.head(twin_store.version()), pulled_ncm.classes,
                                         ncm_reference(every_x, every_names, merged_classes), merged_classes))
-    sizes = [f.stat().st_size for f in files]
+    file_bytes = [f.stat().st_size for f in files]
     samples = [json.loads(str(np.load(f)["header"]))["n_samples"] for f in files]
     return {"devices": 5, "base_samples": len(base_rows), "train_samples_total": int(central.count),
             "classes": merged_classes, "new_classes": report.new_classes,
@@ -249,8 +255,12 @@ def exactness(data: dict, work: Path, rng: np.random.Generator) -> dict:
             "ridge_head_file_float32_merge_max_rel": ridge_merge,
             "ridge_head_file_float32_after_pull_max_rel": max(pulls_ridge),
             "alpha_merge": report.alpha, "alpha_merge_holdout_rows": report.alpha_holdout_n,
-            "alpha_host_all_holdout": host_alpha, "alpha_devices": device_alphas, "merge_s_5": merge_s,
-            "contribution_bytes": sizes, "contribution_samples": samples,
+            "alpha_host_all_holdout": host_alpha, "alpha_merge_with_rows": with_rows.alpha,
+            "alpha_merge_with_rows_holdout_rows": with_rows.alpha_holdout_n,
+            "ridge_merge_with_rows_vs_host_max_rel": float64_difference(
+                _merged_statistics(work / "merged-rows"), with_rows.classes, with_rows.alpha, central, merged_classes),
+            "alpha_devices": device_alphas, "merge_s_5": merge_s,
+            "contribution_bytes": file_bytes, "contribution_samples": samples,
             "raw_feature_bytes": [n * 1280 * 4 for n in samples]}
 
 
@@ -295,6 +305,24 @@ def _merged_statistics(bundle: Path) -> RidgeStatistics:
 
 
 # --- 3. size and time -----------------------------------------------------------------------------------------------
+
+def sizes(rng: np.random.Generator, counts=(20, 100, 639, 640, 1000, 5000)) -> list[dict]:
+    """Bytes of a contribution of n samples at d = 1280 (10 classes) against its raw float32 features."""
+    rows = []
+    for n in counts:
+        x = np.abs(rng.normal(0, 1, (n, 1280))).astype(np.float32)
+        labels = rng.integers(0, 10, n)
+        state = LearnerState.empty(1280, 10).with_rows(Samples(x, labels, np.zeros(n, bool), np.zeros(n, "<U64")))
+        arrays = contribution_arrays(state)
+        header = {"schema": CONTRIBUTION_SCHEMA, "id": "size", "device": "d", "base": "b",
+                  "classes": list("abcdefghij"), "feature_dim": 1280, "created": "",
+                  "payload_sha256": payload_digest(arrays), "versions": {}}
+        rows.append({"samples": n, "gram_form": "factor" if "gram_factor" in arrays else "upper",
+                     "bytes": len(Contribution(header, arrays).to_bytes()), "raw_float32_bytes": n * 1280 * 4})
+    return rows
+
+
+# --- 3b. merge time -------------------------------------------------------------------------------------------------
 
 MERGE_CHILD = textwrap.dedent("""
     import json, sys, time
@@ -470,8 +498,9 @@ def main() -> None:
         killed = kills(work / "exact", base, files, work / "exact" / "device2-prepull")
         s3 = s3_path(work / "exact", base, files)
         timing = scale(work, base, rng, tuple(int(n) for n in args.scale.split(",")))
+    size_rows = sizes(rng)
     result = {"features": "EfficientNet-Lite0 224 px, clothing10 (train / val)", "exactness": exact,
-              "accuracy": acc, "scale": timing, "refusals": refused, "kills": killed, "s3": s3,
+              "accuracy": acc, "sizes": size_rows, "scale": timing, "refusals": refused, "kills": killed, "s3": s3,
               "machine_note": "a shared 2-core VM (other jobs running); times are indicative"}
     path = save_result("fleet_merge", result)
     if args.json:
@@ -482,6 +511,9 @@ def main() -> None:
                 "ncm_after_pull_max_rel", "ridge_head_file_float32_merge_max_rel",
                 "ridge_head_file_float32_after_pull_max_rel"):
         print(f"  {key:42s} {exact[key]:.2e}  {verdict(exact[key], TARGET)}")
+    print(f"  merge of --with-rows contributions at its own alpha ({exact['alpha_merge_with_rows']:.4g}, "
+          f"{exact['alpha_merge_with_rows_holdout_rows']} held-out rows) vs host: "
+          f"{exact['ridge_merge_with_rows_vs_host_max_rel']:.2e}")
     print(f"  alpha: merge {exact['alpha_merge']:.4g} ({exact['alpha_merge_holdout_rows']} held-out rows), host on "
           f"every held-out row {exact['alpha_host_all_holdout']:.4g}, devices "
           + ", ".join(f"{a:.4g}" if a else "-" for a in exact["alpha_devices"]))
@@ -490,6 +522,9 @@ def main() -> None:
           f"samples {acc['host_same_samples']:.4f}, host on every train photo {acc['host_everything_same_alpha']:.4f}")
     for n, b, raw in zip(exact["contribution_samples"], exact["contribution_bytes"], exact["raw_feature_bytes"]):
         print(f"  contribution of {n} samples: {b / 1e6:.2f} MB (raw float32 features {raw / 1e6:.2f} MB)")
+    for row in size_rows:
+        print(f"  contribution of {row['samples']:5d} samples ({row['gram_form']:6s}): {row['bytes'] / 1e6:6.2f} MB "
+              f"(raw float32 features {row['raw_float32_bytes'] / 1e6:6.2f} MB)")
     for row in timing:
         print(f"  merge of {row['contributions']:5d} contributions ({row['bytes_read'] / 1e6:.0f} MB): "
               f"{row['seconds']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB")

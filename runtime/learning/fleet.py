@@ -154,9 +154,10 @@ def read_log(store: FeatureStore) -> list[dict]:
         return []
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        assert document["schema"] == LOG_SCHEMA
+        if document["schema"] != LOG_SCHEMA:
+            raise ValueError(f"schema {document['schema']!r}, expected {LOG_SCHEMA!r}")
         return list(document["contributions"])
-    except (ValueError, KeyError, AssertionError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path} is damaged ({exc}); the device's contributions cannot be told apart") from None
 
 
@@ -180,21 +181,22 @@ def fleet_base(store: FeatureStore, bundle: Bundle, version: Version) -> tuple[s
     return bundle_identity(bundle.manifest), reorder(state, list(bundle.manifest.labels), classes)
 
 
-def _pending(store: FeatureStore, bundle: Bundle, version: Version,
-             parts: list[tuple[int, Samples]]) -> tuple[str, LearnerState, LearnerState, list[dict]]:
-    """(base, the version's full statistics, what it learned that the fleet has not had, own log entries on
-    the same base)."""
+def _pending(store: FeatureStore, bundle: Bundle, version: Version, parts: list[tuple[int, Samples]],
+             contributing: bool = True) -> tuple[str, LearnerState, list[dict]]:
+    """(base, what the version learned that the fleet has not had, own log entries on the same base).  A version
+    rolled back past a contribution has less than nothing to contribute (refused); a pull takes those samples back
+    from the merge, so it goes on."""
     base, known = fleet_base(store, bundle, version)
     full = store.state(version, bundle.feature_dim, parts)
     entries = [e for e in read_log(store) if e["base"] == base]
     pending = minus(full, known)
     for entry in entries:
         pending = minus(pending, contribution_state(_own(store, entry), list(version.classes)))
-    if (pending.ridge.target_sum < -0.5).any() or (pending.ncm_counts < -0.5).any():
+    if contributing and ((pending.ridge.target_sum < -0.5).any() or (pending.ncm_counts < -0.5).any()):
         raise DataError(f"the current version ({version.version}) holds fewer samples than this device already "
                         "contributed (it was rolled back past a contribution); nothing can be contributed until "
                         "it learns them again")
-    return base, full, pending, entries
+    return base, pending, entries
 
 
 # --- contribute -----------------------------------------------------------------------------------------------------
@@ -214,9 +216,9 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
     with store.locked(lock_timeout):
         version = ensure_store(store, bundle)
         parts = store.segment_parts(version)
-        base, _, pending, entries = _pending(store, bundle, version, parts)
+        base, pending, entries = _pending(store, bundle, version, parts)
         if pending.ridge.count <= 0 and not pending.ncm_counts.any():
-            last = f" (the last one: {entries[-1]['id']}, store/fleet/own/{entries[-1]['id']}.npz)" if entries else ""
+            last = f" (the last one: store/fleet/own/{entries[-1]['id']}.npz)" if entries else ""
             raise DataError(f"nothing to contribute: {bundle.path} learned nothing since its base or its last "
                             f"contribution{last}")
         classes = list(version.classes)
@@ -319,7 +321,7 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
     with store.locked(lock_timeout):
         parent = ensure_store(store, bundle)
         parts = store.segment_parts(parent)
-        base, full, pending, entries = _pending(store, bundle, parent, parts)
+        base, pending, entries = _pending(store, bundle, parent, parts, contributing=False)
         if base == merged_id:
             raise DataError(f"{merged} is already the base of the current version {parent.version}; nothing to take")
         if fleet.get("base") != base:

@@ -131,6 +131,9 @@ def test_contribute_is_idempotent_and_covers_only_what_is_new(fleet):
     assert second.device == first.device                          # the stable id kept in the store
     report = merge_bundles(TINY, [str(root / "a1.npz"), str(root / "a2.npz")], root / "merged")
     central = _centralized(devices[:1], report.classes)
+    rollback_bundle(devices[0], to=first.versions["to"] - 1)     # before what it contributed: refused, not negative
+    with pytest.raises(DataError, match="rolled back past a contribution"):
+        contribute_bundle(devices[0], root / "a3.npz")
     expected = RidgeHead.solve(central.ridge, report.alpha)
     assert _relative(load_head(root / "merged" / "head.npz").weight, expected.weight) < 1e-6
 

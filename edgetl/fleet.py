@@ -20,7 +20,7 @@ from __future__ import annotations
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from edgetl.runtime.bundle.manifest import FileEntry
 from edgetl.runtime.bundle.store import Samples
 from edgetl.runtime.deps import require
 from edgetl.runtime.documents import utc_now
-from edgetl.runtime.errors import BundleError, ConfigError, DataError
+from edgetl.runtime.errors import BundleError, ConfigError, DataError, MissingDependencyError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.learning.fleet import (
     MERGE_HEADS,
@@ -73,14 +73,19 @@ def _is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file://")
 
 
-def iter_sources(sources: list[str]) -> Iterator[tuple[str, callable]]:
+def iter_sources(sources: list[str]) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """(name, read) for every contribution named: a file, the ``*.npz`` of a folder (sorted), or an fsspec URL of
     either; ``read()`` returns the bytes, so one contribution is in memory at a time."""
     for source in sources:
         if _is_url(source):
             fsspec = require("fsspec", "fleet", "reading contributions from a URL")
-            fs, path = fsspec.core.url_to_fs(source)
             protocol = source.split("://", 1)[0]
+            try:
+                fs, path = fsspec.core.url_to_fs(source)
+            except ImportError as exc:          # fsspec names the package its protocol needs (s3fs for s3://)
+                if protocol in ("s3", "s3a"):
+                    raise MissingDependencyError("s3fs", "fleet", f"reading contributions from {source}") from None
+                raise ConfigError(f"fsspec cannot read {protocol}:// here: {exc}") from None
             try:
                 names = sorted(p for p in fs.find(path) if p.endswith(".npz")) if fs.isdir(path) else [path]
             except OSError as exc:
@@ -90,7 +95,7 @@ def iter_sources(sources: list[str]) -> Iterator[tuple[str, callable]]:
             for name in names:
                 yield f"{protocol}://{name}", (lambda fs=fs, name=name: fs.cat_file(name))
             continue
-        path = Path(source)
+        path = Path(source.removeprefix("file://"))
         if path.is_dir():
             files = sorted(p for p in path.rglob("*.npz") if p.is_file())
             if not files:

@@ -206,6 +206,7 @@ def test_pull_adds_what_the_merge_lacks_never_twice_and_rollback_undoes_it(fleet
     central = _centralized(devices, NAMES)                        # every contributed sample + device 0's new ones
     state = store.state(store.version(), DIM)
     assert pulled.version == before.version + 1 and state.ridge.count == central.ridge.count
+    assert Bundle(device).current_head().version == pulled.version      # what predict and serve answer with
     order = [store.version().classes.index(c) for c in NAMES]
     assert np.allclose(state.ridge.target_sum[order], central.ridge.target_sum)
     head = store.head(store.version())
@@ -388,3 +389,24 @@ def test_pull_keeps_an_own_contribution_the_merge_lacks(fleet):
     assert store.state(store.version(), DIM).ridge.count == _centralized(devices, NAMES).ridge.count
     again = contribute_bundle(devices[0], root / "again.npz")         # on the merged base, it travels again
     assert again.n_samples == late.n_samples and again.base != late.base
+
+
+def test_an_adapted_device_neither_contributes_nor_pulls(fleet):
+    from dataclasses import asdict
+
+    from edgetl.runtime.bundle.store import Version
+
+    root, devices, _ = fleet
+    files = _contribute_all(root, devices[1:])
+    merge_bundles(TINY, [str(f) for f in files], root / "merged")
+    store = FeatureStore(devices[0])
+    with store.locked():
+        parent = store.version()
+        adapted = Version(**{**asdict(parent), "version": -1, "parent": parent.version, "action": "adapt",
+                             "files": {}})
+        store.commit(adapted, store.head(parent), {"mean": np.zeros(DIM), "scale": np.ones(DIM)})
+    with pytest.raises(ConfigError, match="feature adapter"):
+        contribute_bundle(devices[0], root / "c.npz")
+    with pytest.raises(ConfigError, match="feature adapter"):
+        pull_bundle(devices[0], root / "merged")
+    assert not (root / "c.npz").exists() and FeatureStore(devices[0]).version().version == adapted.version

@@ -12,7 +12,8 @@ rollback, so what was contributed is never contributed again: a contribution cov
 ``state - known - Σ own contributions on the same base``.  Each write is atomic (temp name, rename); the log's
 rename is contribute's commit point and the store's commit is pull's, so a process killed anywhere leaves the
 store as it was.  sgd (linear) and mlp heads have no sufficient statistics: a merge refits a ridge or NCM head
-from the ridge and NCM statistics every store keeps (``edgetl fleet merge --head``).
+from the ridge and NCM statistics every store keeps (``edgetl fleet merge --head``).  A version with a feature
+adapter (``edgetl-rt adapt``) learns in its own feature space, so it neither contributes nor pulls.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
     store = bundle.store
     with store.locked(lock_timeout):
         version = ensure_store(store, bundle)
+        _refuse_adapted(store, version, "contribute")
         parts = store.segment_parts(version)
         base, pending, entries = _pending(store, bundle, version, parts)
         if pending.ridge.count <= 0 and not pending.ncm_counts.any():
@@ -247,6 +249,15 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
         _drop_stale(store, base)
         atomic_write_bytes(out, data)
     return ContributionSummary.of(verify_contribution(data, str(out)), str(out))
+
+
+def _refuse_adapted(store: FeatureStore, version: Version, job: str) -> None:
+    """A version with a feature adapter (``edgetl-rt adapt``) learns in its own feature space: its statistics and a
+    fleet's do not add up."""
+    if "adapter.npz" in version.files:
+        raise ConfigError(f"cannot {job}: version {version.version} of {store.bundle} has a feature adapter "
+                          "(edgetl-rt adapt), so what it learns is in another feature space than the fleet's; roll "
+                          "back to a version without one first")
 
 
 def _new_rows(store: FeatureStore, entries: list[dict], parts: list[tuple[int, Samples]], bundle: Bundle) -> dict:
@@ -320,6 +331,7 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
     dim = bundle.feature_dim
     with store.locked(lock_timeout):
         parent = ensure_store(store, bundle)
+        _refuse_adapted(store, parent, "pull")
         parts = store.segment_parts(parent)
         base, pending, entries = _pending(store, bundle, parent, parts, contributing=False)
         if base == merged_id:
@@ -351,7 +363,7 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
         version.residual = None if residual.empty_set else store.write_residual(residual)
         known = store.write_residual(reorder(merged_state, list(source.manifest.labels), classes))
         version.fleet = {"base": merged_id, "known": known}
-        store.commit(version, head, store.adapter(parent))       # the commit point
+        store.commit(version, head)       # the commit point
     return PullReport(bundle=str(bundle.path), merged=str(merged), version=version.version, parent=parent.version,
                       head=kind, classes=classes, new_classes=added, alpha=alpha,
                       merged_samples=int(merged_state.ridge.count), own_samples_kept=int(pending.ridge.count),

@@ -214,12 +214,14 @@ def test_pull_adds_what_the_merge_lacks_never_twice_and_rollback_undoes_it(fleet
     assert _relative(head.weight[order], expected.weight) < 1e-6
     with pytest.raises(DataError, match="already the base"):
         pull_bundle(device, root / "merged")
-    # what it contributes next is only what the merge lacked: the 10 samples learned after its contribution
+    # what it contributes next is only what the merge lacked: the samples learned after its contribution, and
+    # after the pull (an update carries the pull's record forward)
+    _learn(device, rng, (0, 1), n=6)
     later = contribute_bundle(device, root / "after-pull.npz")
     assert later.base == bundle_identity(Bundle(root / "merged").manifest)
-    assert later.n_samples == state.ridge.count - report.samples
+    assert later.n_samples == store.state(store.version(), DIM).ridge.count - report.samples
     rolled = rollback_bundle(device, to=before.version)
-    assert rolled.fleet == before.fleet and store.state(store.version(), DIM).ridge.count == before_count
+    assert rolled.fleet == before.fleet == {} and store.state(store.version(), DIM).ridge.count == before_count
 
 
 def test_pull_refuses_a_merge_of_another_base(fleet, tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +187,6 @@ class ContributionSummary:
     bytes: int
     sha256: str
     out: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, contribution: Contribution, out: str = "") -> ContributionSummary:
@@ -197,4 +196,4 @@ class ContributionSummary:
                    len(contribution.arrays.get("rows_labels", ())), contribution.size, contribution.file_sha256, out)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+        return dict(self.__dict__)

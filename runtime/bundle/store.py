@@ -6,7 +6,9 @@ Layout inside a bundle::
     store/lock                     flock()ed by a writer; holds its pid
     store/versions/000007/         version.json, head.npz[, adapter.npz]                (immutable)
     store/segments/000012.npz      features, labels, holdout flags, image keys          (immutable)
-    store/residuals/000003.npz     statistics of samples learned but not stored as rows (immutable)
+    store/residuals/000003.npz     statistics of samples learned but not stored as rows (immutable); also what a
+                                   pulled merge holds (a version's ``fleet["known"]``)
+    store/fleet/                   the device's id and its contributions (edgetl.runtime.learning.fleet)
 
 Versions are deltas.  A version lists the segments that hold its rows and the residual it continues from;
 the learner statistics (ridge and NCM) are that residual plus the stored training rows, so an update

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= host,text,openvino,quantize,sign,test,docs
+EXTRAS ?= host,text,openvino,quantize,sign,fleet,test,docs
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache

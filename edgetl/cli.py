@@ -346,5 +346,40 @@ def pack(bundle, out, overwrite, as_json) -> None:
     click.echo(str(archive))
 
 
+@main.group()
+def fleet() -> None:
+    """Merge what a fleet of devices learned (edgetl-rt contribute) into one bundle."""
+
+
+@fleet.command("merge")
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("contributions", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(), help="Merged bundle folder to create.")
+@click.option("--head", "head_kind", type=click.Choice(["ridge", "ncm"]), default=None,
+              help="Head to fit on the merged statistics (default: the base bundle's; required when it is a linear "
+                   "or mlp head, which statistics cannot merge).")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out (and report) a refused contribution instead of writing nothing.")
+@overwrite_option("OUT")
+@json_option
+def fleet_merge(bundle, contributions, out, head_kind, skip_bad, overwrite, as_json) -> None:
+    """Merge CONTRIBUTIONS (files, folders, or fsspec URLs such as s3://bucket/prefix/) made on BUNDLE's devices
+    into a new bundle OUT whose head is the exact fit over every sample they cover; a contribution from another
+    base bundle, a duplicate, another feature dimension or a broken checksum is refused by name."""
+    from edgetl.fleet import merge_bundles
+
+    report = merge_bundles(bundle, list(contributions), out, head=head_kind, skip_bad=skip_bad, overwrite=overwrite)
+    if as_json:
+        print_json(report)
+        return
+    rows = [("bundle", report.out), ("head", report.head), ("contributions", len(report.contributions)),
+            ("devices", ", ".join(report.devices)), ("samples", report.samples),
+            ("new classes", ", ".join(report.new_classes) or "-")]
+    if report.alpha is not None:
+        rows.append(("alpha", f"{report.alpha:.6g} (searched on {report.alpha_holdout_n} held-out rows)"))
+    rows += [(f"skipped {s['source']}", s["reason"]) for s in report.skipped]
+    print_table(rows)
+
+
 for _command in (predict, evaluate, verify, sign, keys):
     main.add_command(_command)

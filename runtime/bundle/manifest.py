@@ -109,6 +109,7 @@ class BundleManifest:
     target: dict = field(default_factory=dict)   # the device profile it was built for (edgetl export --target)
     learning: dict = field(default_factory=dict)  # learning/features.npz: what on-device updates start from
     check: dict = field(default_factory=dict)     # check.npz: images + fp32 logits the device checks artifacts on
+    fleet: dict = field(default_factory=dict)     # a merged bundle's provenance and statistics (edgetl fleet merge)
 
     @property
     def modality(self) -> str:
@@ -179,6 +180,8 @@ def _manifest_table() -> Table:
                        closed=False, or_empty=True),
         check=Table({**FILE_KEYS, "images": int, "reference": str}, optional=("images", "reference"), closed=False,
                     or_empty=True),
+        fleet=_described(base=str, statistics=Table(FILE_KEYS), merged=str, alpha=float, head=str, devices=list[str],
+                         contributions=list[dict], samples_per_class=dict, skipped=list[dict]),
     )
 
 

@@ -6,7 +6,9 @@ Layout inside a bundle::
     store/lock                     flock()ed by a writer; holds its pid
     store/versions/000007/         version.json, head.npz[, adapter.npz]                (immutable)
     store/segments/000012.npz      features, labels, holdout flags, image keys          (immutable)
-    store/residuals/000003.npz     statistics of samples learned but not stored as rows (immutable)
+    store/residuals/000003.npz     statistics of samples learned but not stored as rows (immutable); also what a
+                                   pulled merge holds (a version's ``fleet["known"]``)
+    store/fleet/                   the device's id and its contributions (edgetl.runtime.learning.fleet)
 
 Versions are deltas.  A version lists the segments that hold its rows and the residual it continues from;
 the learner statistics (ridge and NCM) are that residual plus the stored training rows, so an update
@@ -91,6 +93,9 @@ class Version:
     note: str = ""
     created: str = field(default_factory=utc_now)
     schema: str = STORE_SCHEMA
+    # what the fleet already holds of this version's statistics (edgetl-rt pull): {"base": the identity of the
+    # merged bundle taken, "known": the residual file holding its statistics}; empty: the bundle's own
+    fleet: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -187,7 +192,7 @@ def _segment_path(number: int) -> str:
     return f"segments/{number:06d}.npz"
 
 
-def _residual_path(number: int) -> str:
+def residual_path(number: int) -> str:
     return f"residuals/{number:06d}.npz"
 
 
@@ -303,7 +308,7 @@ class FeatureStore:
         if version.residual is None:
             residual = LearnerState.empty(dim, num_classes)
         else:
-            residual = LearnerState.from_arrays(self._read_shared(version, _residual_path(version.residual)))
+            residual = LearnerState.from_arrays(self._read_shared(version, residual_path(version.residual)))
             residual = residual.grown(num_classes)
         residual.alpha, residual.alpha_selected_at = version.alpha, version.alpha_selected_at
         return residual
@@ -396,8 +401,8 @@ class FeatureStore:
     def _drop_unreferenced_segments(self) -> None:
         """Delete segments and residuals no kept version lists."""
         versions = [self.version(n) for n in self.kept_numbers()]
-        for name, referenced in (("segments", {s for v in versions for s in v.segments}),
-                                 ("residuals", {v.residual for v in versions})):
+        residuals = {v.residual for v in versions} | {v.fleet.get("known") for v in versions}
+        for name, referenced in (("segments", {s for v in versions for s in v.segments}), ("residuals", residuals)):
             folder = self.root / name
             for path in list(folder.iterdir()) if folder.is_dir() else []:
                 stem = path.name.split(".")[0]
@@ -428,8 +433,8 @@ class FeatureStore:
         CURRENT to it."""
         version.version = (self.current_number() + 1) if self.exists else 0
         version.schema = STORE_SCHEMA
-        names = [_segment_path(n) for n in version.segments] + \
-            ([_residual_path(version.residual)] if version.residual is not None else [])
+        residuals = [version.residual, version.fleet.get("known")]
+        names = [_segment_path(n) for n in version.segments] + [residual_path(n) for n in residuals if n is not None]
         version.shared = {name: self._digests.get(name) or sha256_file(self.root / name) for name in names}
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         with atomic_directory(self._folder(version.version)) as staging:

@@ -14,6 +14,7 @@ _NAMES = {
     "adapt_bundle": ".adapt",
     "rollback_bundle": ".rollback",
     "tune_alpha": ".alpha",
+    **dict.fromkeys(("contribute_bundle", "pull_bundle", "PullReport"), ".fleet"),
 }
 __all__ = list(_NAMES)
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -269,7 +269,8 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
                           classes=classes, segments=[], files={}, n_new=len(labels), new_classes=added,
                           alpha=ridge.alpha, alpha_selected_at=ridge.alpha_selected_at,
                           artifact=artifact_name, accuracy={"holdout": after, "earlier_holdout_before": before,
-                                                            "earlier_holdout_after": after_old})
+                                                            "earlier_holdout_after": after_old},
+                          fleet=dict(parent.fleet))
         report.evicted = write_rows(store, version, parent, parts, new, dim)
         store.commit(version, head, adapter)
         session.committed(version, head, None if report.evicted else all_logits)

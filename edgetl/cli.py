@@ -27,9 +27,11 @@ from edgetl.runtime.cli.options import (
     max_pixels_option,
     optional_data_argument,
     overwrite_option,
+    sign_key_option,
     skip_bad_option,
     split_option,
     threads_option,
+    trusted_keys_option,
 )
 from edgetl.runtime.cli.output import note, progress
 from edgetl.runtime.cli.trust import keys, sign, verify
@@ -179,8 +181,7 @@ def select(data, candidates, target, budget_ms, train_last, folds, image_size, c
 @click.option("--calib", type=int, default=300, show_default=True,
               help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
-@click.option("--sign-key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Sign the bundle with this ed25519 private key (manifest.sig; edgetl keys generate).")
+@sign_key_option("the bundle (manifest.sig)")
 @overwrite_option("the bundle")
 @json_option
 def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, sign_key, overwrite,
@@ -360,15 +361,18 @@ def fleet() -> None:
                    "or mlp head, which statistics cannot merge).")
 @click.option("--skip-bad", is_flag=True,
               help="Leave out (and report) a refused contribution instead of writing nothing.")
+@sign_key_option("the merged bundle (manifest.sig)")
+@trusted_keys_option
 @overwrite_option("OUT")
 @json_option
-def fleet_merge(bundle, contributions, out, head_kind, skip_bad, overwrite, as_json) -> None:
+def fleet_merge(bundle, contributions, out, head_kind, skip_bad, sign_key, overwrite, as_json) -> None:
     """Merge CONTRIBUTIONS (files, folders, or fsspec URLs such as s3://bucket/prefix/) made on BUNDLE's devices
     into a new bundle OUT whose head is the exact fit over every sample they cover; a contribution from another
     base bundle, a duplicate, another feature dimension or a broken checksum is refused by name."""
     from edgetl.fleet import merge_bundles
 
-    report = merge_bundles(bundle, list(contributions), out, head=head_kind, skip_bad=skip_bad, overwrite=overwrite)
+    report = merge_bundles(bundle, list(contributions), out, head=head_kind, skip_bad=skip_bad, overwrite=overwrite,
+                           sign_key=sign_key)
     if as_json:
         print_json(report)
         return

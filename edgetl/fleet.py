@@ -28,21 +28,23 @@ import numpy as np
 
 from edgetl.runtime.bundle.contribution import bundle_identity, verify_contribution
 from edgetl.runtime.bundle.manifest import FileEntry
+from edgetl.runtime.bundle.signature import sign_bundle
 from edgetl.runtime.bundle.store import Samples
 from edgetl.runtime.deps import require
 from edgetl.runtime.documents import utc_now
-from edgetl.runtime.errors import BundleError, ConfigError, DataError, MissingDependencyError
+from edgetl.runtime.errors import BundleError, ConfigError, DataError, MissingDependencyError, SignatureError
 from edgetl.runtime.fsutil import atomic_directory
 from edgetl.runtime.learning.fleet import (
     MERGE_HEADS,
     add_into,
     contribution_state,
     fit_head,
+    open_checked_bundle,
     select_alpha,
-    verify_bundle,
 )
 from edgetl.runtime.learning.reports import Report
 from edgetl.runtime.learning.versions import bundle_state
+from edgetl.runtime.signing import SIGNATURE_SUFFIX, load_signing_key
 
 STATISTICS_FILE = "learning/statistics.npz"
 
@@ -73,9 +75,10 @@ def _is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file://")
 
 
-def iter_sources(sources: list[str]) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """(name, read) for every contribution named: a file, the ``*.npz`` of a folder (sorted), or an fsspec URL of
-    either; ``read()`` returns the bytes, so one contribution is in memory at a time."""
+def iter_sources(sources: list[str]) -> Iterator[tuple[str, Callable[[], bytes], Callable[[], bytes | None]]]:
+    """(name, read, read_signature) for every contribution named: a file, the ``*.npz`` of a folder (sorted), or
+    an fsspec URL of either; ``read()`` returns the bytes, so one contribution is in memory at a time, and
+    ``read_signature()`` those of its detached ``.sig`` beside it, or None."""
     for source in sources:
         if _is_url(source):
             fsspec = require("fsspec", "fleet", "reading contributions from a URL")
@@ -93,7 +96,9 @@ def iter_sources(sources: list[str]) -> Iterator[tuple[str, Callable[[], bytes]]
             if not names:
                 raise DataError(f"{source} holds no .npz contribution")
             for name in names:
-                yield f"{protocol}://{name}", (lambda fs=fs, name=name: fs.cat_file(name))
+                yield (f"{protocol}://{name}", (lambda fs=fs, name=name: fs.cat_file(name)),
+                       (lambda fs=fs, name=name: fs.cat_file(name + SIGNATURE_SUFFIX)
+                        if fs.exists(name + SIGNATURE_SUFFIX) else None))
             continue
         path = Path(source.removeprefix("file://"))
         if path.is_dir():
@@ -105,7 +110,8 @@ def iter_sources(sources: list[str]) -> Iterator[tuple[str, Callable[[], bytes]]
         else:
             raise DataError(f"contribution {source} does not exist")
         for file in files:
-            yield str(file), file.read_bytes
+            signature = file.with_name(file.name + SIGNATURE_SUFFIX)
+            yield str(file), file.read_bytes, (lambda s=signature: s.read_bytes() if s.is_file() else None)
 
 
 def _peak_rss_mb() -> float:
@@ -117,11 +123,15 @@ def _peak_rss_mb() -> float:
 
 
 def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head: str | None = None,
-                  skip_bad: bool = False, overwrite: bool = False) -> MergeReport:
+                  skip_bad: bool = False, overwrite: bool = False, sign_key: str | Path | None = None) -> MergeReport:
     """Merge the contributions ``sources`` onto ``bundle`` and write the merged bundle ``out`` (see the module
-    docstring); a refused contribution raises :class:`BundleError` and nothing is written."""
+    docstring); a refused contribution raises :class:`BundleError` (:class:`SignatureError` for its signature)
+    and nothing is written.  With trusted keys configured (``--trusted-keys``, ``EDGETL_TRUSTED_KEYS``) the base
+    bundle and every contribution must be signed by one of them; ``sign_key`` signs the merged bundle before it
+    is renamed into place."""
     t0 = time.perf_counter()
-    base = verify_bundle(bundle)
+    signer = load_signing_key(sign_key) if sign_key is not None else None
+    base = open_checked_bundle(bundle)
     manifest = base.manifest
     kind = head or manifest.head["kind"]
     if kind not in MERGE_HEADS:
@@ -136,13 +146,13 @@ def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head:
     holdout_parts = [seed.select(seed.holdout)]
     seen: dict[str, str] = {}
     provenance, skipped, counted = [], [], False
-    for name, read in iter_sources(sources):
+    for name, read, read_signature in iter_sources(sources):
         try:
             try:
-                data = read()
+                data, signature = read(), read_signature()
             except OSError as exc:
                 raise BundleError(f"contribution {name} cannot be read ({exc})") from None
-            contribution = verify_contribution(data, name)
+            contribution = verify_contribution(data, name, signature)
             header = contribution.header
             if header["base"] != base_id:
                 raise BundleError(f"contribution {name} was made on another base bundle ({header['base'][:12]}...; "
@@ -152,7 +162,7 @@ def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head:
             for key in (contribution.id, header["payload_sha256"]):
                 if key in seen:
                     raise BundleError(f"contribution {name} duplicates {seen[key]} (id {contribution.id})")
-        except BundleError as exc:
+        except (BundleError, SignatureError) as exc:
             if not skip_bad:
                 raise
             skipped.append({"source": name, "reason": str(exc)})
@@ -183,7 +193,7 @@ def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head:
              "samples_per_class": samples, "skipped": skipped}
     if alpha is not None:
         fleet["alpha"] = alpha
-    merged_manifest = _write_bundle(base, Path(out), merged_head, state, classes, fleet, overwrite)
+    merged_manifest = _write_bundle(base, Path(out), merged_head, state, classes, fleet, overwrite, signer)
     new = [c for c in classes if c not in manifest.labels]
     return MergeReport(bundle=str(bundle), out=str(out), base=base_id, merged_id=bundle_identity(merged_manifest),
                        head=kind, alpha=alpha, alpha_holdout_n=len(holdout), classes=classes, new_classes=new,
@@ -192,7 +202,7 @@ def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head:
                        peak_rss_mb=_peak_rss_mb())
 
 
-def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict, overwrite: bool):
+def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict, overwrite: bool, signer=None):
     manifest = base.manifest
     artifacts = [a for a in manifest.artifacts if a.role != "fused"]
     with atomic_directory(out, overwrite=overwrite) as staging:
@@ -216,4 +226,6 @@ def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict,
                          head={"kind": head.kind, "file": head_name, "sha256": entry.sha256, "size": entry.size},
                          fleet=fleet)
         merged.write(staging)
+        if signer is not None:
+            sign_bundle(staging, signer)
     return merged

@@ -412,3 +412,41 @@ def test_an_adapted_device_neither_contributes_nor_pulls(fleet):
     with pytest.raises(ConfigError, match="feature adapter"):
         pull_bundle(devices[0], root / "merged")
     assert not (root / "c.npz").exists() and FeatureStore(devices[0]).version().version == adapted.version
+
+
+def test_signed_contributions_and_merges_are_trusted_by_key_and_nothing_else(fleet, monkeypatch):
+    """With trusted keys a merge takes only contributions signed by them, names the file and key of any other,
+    and signs its output; a device pulls only a merge signed by a trusted key."""
+    from edgetl.runtime.bundle.signature import sign_bundle, verify_bundle
+    from edgetl.runtime.errors import SignatureError
+    from edgetl.runtime.signing import TRUSTED_KEYS_ENV, generate_key
+
+    root, devices, _ = fleet
+    ours, other = generate_key(root / "keys", "ours"), generate_key(root / "other-keys", "other")
+    base = root / "base"
+    shutil.copytree(TINY, base)
+    for bundle in (base, *devices):
+        sign_bundle(bundle, ours.private_key)
+    (root / "contributions").mkdir()
+    files = [root / "contributions" / f"c{i}.npz" for i in range(3)]
+    for device, file, key in zip(devices, files, (ours.private_key, other.private_key, None)):
+        summary = contribute_bundle(device, file, sign_key=key)
+        assert (summary.signature is not None) == (key is not None)
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, ours.public_key)
+    for bad, why in ((files[1], f"signed by key {other.key_id}"), (files[2], "is not signed")):
+        with pytest.raises(SignatureError, match=why) as refused:
+            merge_bundles(base, [str(files[0]), str(bad)], root / "merged")
+        assert str(bad) in str(refused.value) and not (root / "merged").exists()
+    report = merge_bundles(base, [str(f) for f in files], root / "merged", skip_bad=True,
+                           sign_key=ours.private_key)
+    assert [s["source"] for s in report.skipped] == [str(files[1]), str(files[2])]
+    assert verify_bundle(root / "merged", trusted=ours.public_key).ok
+    unsigned = root / "unsigned-merge"
+    monkeypatch.delenv(TRUSTED_KEYS_ENV)
+    merge_bundles(base, [str(files[0])], unsigned)
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, ours.public_key)
+    before = FeatureStore(devices[0]).version().version
+    with pytest.raises(SignatureError, match="not signed"):
+        pull_bundle(devices[0], unsigned)
+    assert FeatureStore(devices[0]).version().version == before
+    assert pull_bundle(devices[0], root / "merged").version == before + 1

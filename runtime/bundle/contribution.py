@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
+from ..signing import TrustedKeys, check_signature, signature_path
 from .manifest import BundleManifest
 
 CONTRIBUTION_SCHEMA = "edgetl.contribution/1"
@@ -117,20 +118,29 @@ def _fail(source: str, problem: str) -> BundleError:
     return BundleError(f"contribution {source} {problem}")
 
 
-def verify_contribution(data: bytes | str | Path, source: str | None = None) -> Contribution:
-    """Read a contribution (its bytes, or a path) and check it before anything trusts it: the schema, the
-    header's keys, every array's shape and dtype, and the payload's sha256.  A problem raises
-    :class:`BundleError` naming the file.  (Signature checks hook in here.)"""
+def verify_contribution(data: bytes | str | Path, source: str | None = None, signature: bytes | None = None,
+                        trusted: TrustedKeys | str | Path | bool | None = None) -> Contribution:
+    """Read a contribution (its bytes, or a path) and check it before anything trusts it: its signature, the
+    schema, the header's keys, every array's shape and dtype, and the payload's sha256.  A problem raises
+    :class:`BundleError` (:class:`SignatureError` for the signature) naming the file.
+
+    ``signature``: the detached signature's bytes (a path's ``FILE.sig`` is read when there is one); ``trusted``:
+    the keys it must be made with (default: those configured by ``--trusted-keys`` / ``EDGETL_TRUSTED_KEYS``, with
+    which an unsigned contribution is refused; False: none, for the device's own copies)."""
     if not isinstance(data, bytes):
         source = source or str(data)
+        sig_file = signature_path(data)
         try:
             with open(data, "rb") as handle:
                 data = handle.read(MAX_CONTRIBUTION_BYTES + 1)
+            if signature is None and sig_file.is_file():
+                signature = sig_file.read_bytes()
         except OSError as exc:
             raise _fail(source, f"cannot be read ({exc.strerror or exc})") from None
     source = source or "<bytes>"
     if len(data) > MAX_CONTRIBUTION_BYTES:
         raise _fail(source, f"is larger than {MAX_CONTRIBUTION_BYTES} bytes")
+    check_signature(source, hashlib.sha256(data).hexdigest(), len(data), signature, trusted)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
             arrays = {name: loaded[name] for name in loaded.files}
@@ -187,6 +197,7 @@ class ContributionSummary:
     bytes: int
     sha256: str
     out: str = ""
+    signature: str | None = None     # the detached signature written beside ``out`` (``--sign-key``)
 
     @classmethod
     def of(cls, contribution: Contribution, out: str = "") -> ContributionSummary:

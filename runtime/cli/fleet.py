@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .learn import lock_timeout_option
-from .options import json_option, overwrite_option
+from .options import json_option, overwrite_option, sign_key_option, trusted_keys_option
 from .output import fmt, print_json, print_table
 
 
@@ -19,28 +19,32 @@ from .output import fmt, print_json, print_table
 @click.option("--with-rows", is_flag=True,
               help="Also send the stored per-sample feature rows not sent before (for held-out checks on the host; "
                    "the statistics alone are exact for ridge and NCM).")
+@sign_key_option("OUT (a detached OUT.sig)")
+@trusted_keys_option
 @overwrite_option("OUT")
 @lock_timeout_option
 @json_option
-def contribute(bundle, out, device_id, with_rows, overwrite, lock_timeout, as_json) -> None:
+def contribute(bundle, out, device_id, with_rows, sign_key, overwrite, lock_timeout, as_json) -> None:
     """Write what BUNDLE's device learned since its base or its last contribution (per-class counts and sums, one
     shared Gram matrix: no images), and record it so that nothing is contributed twice."""
     from ..learning.fleet import contribute_bundle
 
     summary = contribute_bundle(bundle, out, device=device_id, with_rows=with_rows, overwrite=overwrite,
-                                lock_timeout=lock_timeout)
+                                lock_timeout=lock_timeout, sign_key=sign_key)
     if as_json:
         print_json(summary.to_json())
         return
     print_table([("contribution", summary.out), ("id", summary.id), ("device", summary.device),
                  ("store versions", f"after {summary.versions['after']} to {summary.versions['to']}"),
                  ("samples", f"{summary.n_samples} ({', '.join(f'{c} {n}' for c, n in summary.samples.items())})"),
-                 ("gram", summary.gram_form), ("rows", summary.rows), ("bytes", summary.bytes)])
+                 ("gram", summary.gram_form), ("rows", summary.rows), ("bytes", summary.bytes),
+                 ("signature", summary.signature or "unsigned")])
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
 @click.argument("merged", type=click.Path(file_okay=False, exists=True))
+@trusted_keys_option
 @lock_timeout_option
 @json_option
 def pull(bundle, merged, lock_timeout, as_json) -> None:

@@ -115,6 +115,12 @@ def _configure_trust(ctx: click.Context, param: click.Parameter, value: str | No
     ctx.call_on_close(lambda: configure_trusted_keys(None))
 
 
+def sign_key_option(what: str):
+    """``--sign-key``: an ed25519 private key file (``edgetl keys generate``) that signs ``what`` once written."""
+    return click.option("--sign-key", type=click.Path(dir_okay=False, exists=True), default=None,
+                        help=f"Sign {what} with this ed25519 private key (edgetl keys generate).")
+
+
 #: ``--trusted-keys``: the public keys a bundle's signature must be made with; the bundle is then verified whole
 #: when it opens.  Every command that loads a bundle has it; ``EDGETL_TRUSTED_KEYS`` sets it for all of them.
 trusted_keys_option = click.option(

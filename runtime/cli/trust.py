@@ -11,6 +11,17 @@ from .options import json_option, overwrite_option, trusted_keys_option
 from .output import print_json, print_table
 
 
+def _is_contribution(path: Path) -> bool:
+    """Whether an .npz names itself a fleet contribution (a header entry), read without loading its arrays."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "header.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
 @trusted_keys_option
@@ -19,13 +30,17 @@ def verify(bundle, as_json) -> None:
     """Check every file of BUNDLE without running it: each sha256 the manifest lists, no file missing, no file the
     manifest does not list (the device's store and timings aside), and the signature (manifest.sig), which trusted
     keys require.  Exits 13 on a signature problem, 3 on a bad file, naming each.  A single FILE is checked
-    against its detached FILE.sig."""
+    against its detached FILE.sig, and a contribution (edgetl-rt contribute) also against its own sha256."""
     from ..bundle.signature import verify_bundle
     from ..signing import verify_file_signature
 
     path = Path(bundle)
     if path.is_file():
         check = verify_file_signature(path)
+        if path.suffix == ".npz" and _is_contribution(path):
+            from ..bundle.contribution import verify_contribution
+
+            verify_contribution(path)       # its schema, shapes and payload sha256 (edgetl-rt contribute)
         if as_json:
             print_json({"file": str(path), "ok": True, "signature": check.to_json()})
         else:

@@ -43,6 +43,7 @@ from ..bundle.store import FeatureStore, LearnerState, Samples, Version, residua
 from ..documents import utc_now
 from ..errors import BundleError, ConfigError, DataError
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..signing import TrustedKeys, load_signing_key, sign_file
 from .learners import RidgeLearner
 from .reports import Report
 from .settings import UpdateSettings
@@ -168,7 +169,7 @@ def _write_log(store: FeatureStore, entries: list[dict]) -> None:
 
 
 def _own(store: FeatureStore, entry: dict) -> Contribution:
-    return verify_contribution(_fleet_folder(store) / "own" / f"{entry['id']}.npz")
+    return verify_contribution(_fleet_folder(store) / "own" / f"{entry['id']}.npz", trusted=False)
 
 
 def fleet_base(store: FeatureStore, bundle: Bundle, version: Version) -> tuple[str, LearnerState]:
@@ -204,9 +205,13 @@ def _pending(store: FeatureStore, bundle: Bundle, version: Version, parts: list[
 
 def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str | None = None,
                       with_rows: bool = False, overwrite: bool = False,
-                      lock_timeout: float = UpdateSettings.lock_timeout) -> ContributionSummary:
+                      lock_timeout: float = UpdateSettings.lock_timeout,
+                      sign_key: str | Path | None = None) -> ContributionSummary:
     """Write what the device learned since its base or its last contribution to ``out`` and record it (see the
-    module docstring); nothing learned since raises :class:`DataError` and writes nothing."""
+    module docstring); nothing learned since raises :class:`DataError` and writes nothing.  ``sign_key``: an
+    ed25519 private key file; ``out`` gets its detached signature ``out.sig`` (the key is read first, so a bad
+    key writes nothing)."""
+    signer = load_signing_key(sign_key) if sign_key is not None else None
     bundle = Bundle.open(bundle)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -248,7 +253,10 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
                                               "sha256": hashlib.sha256(data).hexdigest()}])   # the commit point
         _drop_stale(store, base)
         atomic_write_bytes(out, data)
-    return ContributionSummary.of(verify_contribution(data, str(out)), str(out))
+    summary = ContributionSummary.of(verify_contribution(data, str(out), trusted=False), str(out))
+    if sign_key is not None:
+        summary.signature = str(sign_file(out, signer))
+    return summary
 
 
 def _refuse_adapted(store: FeatureStore, version: Version, job: str) -> None:
@@ -307,11 +315,14 @@ class PullReport(Report):
     holdout_accuracy: float | None = None
 
 
-def verify_bundle(path: str | Path) -> Bundle:
-    """A bundle read whole before it is trusted: the manifest and every file's sha256.  (Signature checks hook
-    in here.)"""
+def open_checked_bundle(path: str | Path, trusted: TrustedKeys | str | Path | bool | None = None) -> Bundle:
+    """A bundle read whole before it is trusted: the manifest, every listed file's sha256 and, where keys are
+    trusted (``trusted``, else those configured by ``--trusted-keys`` / ``EDGETL_TRUSTED_KEYS``), its signature by
+    one of them and no file the manifest does not list (:meth:`Bundle.verify_whole`)."""
     read_bundle_manifest(path, verify=True)
-    return Bundle(path, verify=True)
+    bundle = Bundle(path, verify=True, trusted=trusted)
+    bundle.verify_listed()
+    return bundle
 
 
 def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
@@ -319,7 +330,7 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
     """Commit the merged bundle's head as a new version whose statistics are the merge plus what this device
     learned that the merge does not hold (see the module docstring); a rollback undoes it."""
     bundle = Bundle.open(bundle)
-    source = verify_bundle(merged)
+    source = open_checked_bundle(merged)
     fleet = source.manifest.fleet
     if not fleet.get("statistics"):
         raise BundleError(f"{merged} is not a merged bundle (its manifest has no fleet statistics); make one with "

@@ -25,6 +25,7 @@ from edgetl.heads import torch_head
 from edgetl.run import RunManifest
 from edgetl.runtime.bundle.heads import Head, load_head
 from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, Artifact, BundleManifest, FileEntry
+from edgetl.runtime.bundle.unknown import DEFAULT_KEEP, DEFAULT_METHOD, check_settings
 from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
 from edgetl.runtime.data.text import TextPreprocess
@@ -48,7 +49,7 @@ from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .check_data import write_check_data
 from .compare import run_in_batches
 from .context import BuildContext
-from .learning_data import write_learning_data
+from .learning_data import write_learning_data, write_unknown
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .targets import formats_for_target, target_block
 
@@ -189,12 +190,17 @@ def export_run(
     progress: ProgressFactory = silent_progress,
     log=lambda message: None,
     target: str | None = None,
+    unknown_method: str = DEFAULT_METHOD,
+    unknown_keep: float = DEFAULT_KEEP,
 ) -> ExportResult:
     """Export a run to a bundle folder; nothing is written unless every check passes.
 
     ``target`` names a device profile (or a profile's .toml path): its formats are built, on top of
     any ``formats`` given, and the bundle records the profile so the device picks the right artifact.
+    ``unknown_method`` and ``unknown_keep``: the unknown-input scorer and the share of val inputs its threshold
+    keeps (:mod:`edgetl.runtime.bundle.unknown`).
     """
+    check_settings(unknown_method, unknown_keep)
     options = dict(options or {})
     profile = get_profile(target) if target else None
     if profile is not None:
@@ -255,6 +261,7 @@ def export_run(
                 shutil.copyfile(preprocess.path, staging / preprocess.tokenizer)
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
+            unknown = write_unknown(staging, head, unknown_method, unknown_keep)
             check_entry = write_check_data(staging, staging / base.filename(), head,
                                            [val_records[i] for i in rows], preprocess, artifacts)
             head_entry = FileEntry.of(staging, "head.npz")
@@ -283,6 +290,7 @@ def export_run(
                 target=target_block(profile, preprocess.input_size) if profile is not None else {},
                 learning=learning,
                 check=check_entry,
+                unknown=unknown,
             )
             manifest.write(staging)
     finally:

@@ -109,6 +109,9 @@ class BundleManifest:
     target: dict = field(default_factory=dict)   # the device profile it was built for (edgetl export --target)
     learning: dict = field(default_factory=dict)  # learning/features.npz: what on-device updates start from
     check: dict = field(default_factory=dict)     # check.npz: images + fp32 logits the device checks artifacts on
+    # unknown.npz: the unknown-input scorer fitted at export and its threshold on the val split (method, threshold,
+    # keep, n, on, shrinkage, k, file, sha256, size; :mod:`.unknown`)
+    unknown: dict = field(default_factory=dict)
 
     @property
     def modality(self) -> str:
@@ -179,6 +182,9 @@ def _manifest_table() -> Table:
                        closed=False, or_empty=True),
         check=Table({**FILE_KEYS, "images": int, "reference": str}, optional=("images", "reference"), closed=False,
                     or_empty=True),
+        unknown=Table({**FILE_KEYS, "method": str, "threshold": float, "keep": float, "n": int, "on": str,
+                       "shrinkage": float, "k": int},
+                      optional=("threshold", "n", "on", "shrinkage", "k"), closed=False, or_empty=True),
     )
 
 
@@ -216,7 +222,7 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
         verify_file(folder, manifest.head["file"], manifest.head["sha256"])
         for artifact in manifest.artifacts:
             verify_artifact(folder, artifact)
-        for extra in (manifest.learning, manifest.check):
+        for extra in (manifest.learning, manifest.check, manifest.unknown):
             if extra:
                 verify_file(folder, extra["file"], extra["sha256"])
         if manifest.modality == "text":

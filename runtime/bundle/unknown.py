@@ -10,8 +10,9 @@ or the rows the bundle ships) and gives each input a score, higher meaning more 
 * ``relative-mahalanobis``: that distance less the distance to the mean of all training features under their total
   covariance (Ren et al. 2021): what sets one class apart, not what every input of the domain shares;
 * ``knn``: one minus the cosine similarity to the k-th nearest training row (Sun et al. 2022);
-* ``combined``: the sum of the ``msp`` and ``knn`` scores, each standardised (centred and scaled) on the held-out
-  known rows: the head's doubt and the distance to what was seen err on different inputs.
+* ``combined``: the sum of two scores, each standardised (centred and scaled) on the held-out known rows: the
+  head's doubt (minus the margin between its two highest logits) and ``knn``'s distance to what was seen, which err
+  on different inputs.
 
 The Mahalanobis kinds work on L2-normalised features (as ``knn`` does): on the benchmark's image and text
 features that scored higher than raw features.  Covariances are estimated in float64 and shrunk towards a multiple
@@ -86,6 +87,15 @@ def _logsumexp(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
+def _doubt(logits: np.ndarray) -> np.ndarray:
+    """Minus the margin between the two highest logits (a head with one class: minus its logit)."""
+    logits = np.asarray(logits, np.float64)
+    if logits.shape[1] < 2:
+        return -logits[:, 0]
+    top = np.partition(logits, logits.shape[1] - 2, axis=1)
+    return -(top[:, -1] - top[:, -2])
+
+
 def _normalised(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -147,6 +157,7 @@ class UnknownScorer:
 
     def __init__(self, method: str, arrays: dict[str, np.ndarray]):
         self.method, self.arrays = method, arrays
+        self._bank: np.ndarray | None = None        # knn's rows in float32 (stored as float16), made once
 
     def scores(self, features: np.ndarray, logits: np.ndarray | None = None, exclude_self: bool = False) -> np.ndarray:
         """The scores of ``features`` (N, d) given the head's ``logits`` (N, C) on them; ``exclude_self``: the rows
@@ -166,7 +177,7 @@ class UnknownScorer:
         if method == "combined":
             if logits is None:
                 raise ConfigError("the combined score needs the head's logits")
-            doubt = UnknownScorer("msp", {}).scores(features, logits)
+            doubt = _doubt(logits)
             near = self._knn(features, exclude_self)
             return (doubt - a["scale"][0]) / a["scale"][1] + (near - a["scale"][2]) / a["scale"][3]
         x = _normalised(features)
@@ -176,7 +187,9 @@ class UnknownScorer:
         return (own - _squared_distances(x @ a["total"], a["centre"])[:, 0]).astype(np.float64)
 
     def _knn(self, features: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-        bank = self.arrays["bank"].astype(np.float32)
+        if self._bank is None:
+            self._bank = np.ascontiguousarray(self.arrays["bank"], np.float32)
+        bank = self._bank
         k = min(int(self.arrays["k"]), len(bank) - int(exclude_self))
         out = np.empty(len(features))
         for start in range(0, len(features), 256):
@@ -241,8 +254,8 @@ def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray 
         if reference is None or len(reference[0]) < 2:
             raise ConfigError("the combined score needs known rows (and their logits) to standardise on")
         rows, logits = np.asarray(reference[0], np.float32), reference[1]
-        doubt = UnknownScorer("msp", {}).scores(rows, logits)
-        near = scorer._knn(rows, exclude_self=len(rows) == len(train) and rows is train)
+        doubt = _doubt(logits)
+        near = scorer._knn(rows, exclude_self=rows is train)
         arrays["scale"] = np.array([doubt.mean(), max(doubt.std(), 1e-12), near.mean(), max(near.std(), 1e-12)])
     return scorer
 

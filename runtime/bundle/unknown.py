@@ -194,9 +194,10 @@ class UnknownScorer:
         out = np.empty(len(features))
         for start in range(0, len(features), 256):
             similarity = _normalised(features[start:start + 256]) @ bank.T
-            # the k-th largest similarity (self-matches of training rows dropped when asked)
-            out[start:start + 256] = -np.partition(-similarity, k - 1 + int(exclude_self), axis=1)[
-                :, k - 1 + int(exclude_self)]
+            # the k-th largest similarity (self-matches of training rows dropped when asked); k = 1: the maximum
+            rank = k - 1 + int(exclude_self)
+            out[start:start + 256] = similarity.max(axis=1) if rank == 0 else \
+                -np.partition(-similarity, rank, axis=1)[:, rank]
         return 1.0 - out
 
     def save(self, path: str | Path) -> None:

@@ -212,8 +212,9 @@ def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, cal
     if result.manifest.target:
         rows.append(("target", result.manifest.target["name"]))
     unknown = result.manifest.unknown
-    rows.append(("unknown threshold", f"{unknown['method']} {unknown['threshold']:.4g} (keeps {unknown['keep']:g} of "
-                                      f"{unknown['n']} {unknown['on']} inputs)"))
+    if unknown:
+        rows.append(("unknown threshold", f"{unknown['method']} {unknown['threshold']:.4g} (keeps {unknown['keep']:g} "
+                                          f"of {unknown['n']} {unknown['on']} inputs)"))
     if archive:
         rows.append(("archive", str(archive)))
     for a in result.manifest.artifacts:

@@ -261,7 +261,7 @@ def export_run(
                 shutil.copyfile(preprocess.path, staging / preprocess.tokenizer)
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
-            unknown = write_unknown(staging, head, unknown_method, unknown_keep)
+            unknown = write_unknown(staging, head, unknown_method, unknown_keep, log)
             check_entry = write_check_data(staging, staging / base.filename(), head,
                                            [val_records[i] for i in rows], preprocess, artifacts)
             head_entry = FileEntry.of(staging, "head.npz")

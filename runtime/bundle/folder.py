@@ -8,6 +8,7 @@ into one), so a process reads the manifest once and checks each file's sha256 on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,10 @@ class Bundle:
             settings = UnknownSettings.from_dict(version.unknown)
             if UNKNOWN_FILE in version.files and settings is not None and settings.threshold is not None:
                 unknown = UnknownState(self.store.unknown_scorer(version), settings)
+            elif not version.unknown:        # a version committed before there were scorers: fitted here
+                with contextlib.suppress(ConfigError):
+                    fitted, scorer = self.store.fit_unknown(version, head)
+                    unknown = UnknownState(scorer, fitted)
             return HeadState(head, list(version.classes), self.store.adapter(version), version.version, unknown)
         return HeadState(self.exported_head, list(self.manifest.labels), None, None, self.exported_unknown)
 

@@ -472,17 +472,23 @@ class FeatureStore:
             return None
         return document.get("unknown") if isinstance(document, dict) else None
 
-    def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
-        """The unknown-input scorer of the version being committed, fitted on its stored training rows, and its
-        threshold, set on its stored held-out rows (every class's, new ones included: an update holds out a share
-        of its samples); recorded on ``version.unknown``.  Every commit comes through here (update, adapt, rollback,
-        tune, and any later transaction), so the threshold moves with the head."""
+    def fit_unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer]:
+        """The unknown-input scorer of ``version`` fitted on its stored training rows, and its threshold set on its
+        stored held-out rows (every class's, new ones included: an update holds out a share of its samples).
+        Raises :class:`~edgetl.runtime.errors.ConfigError` when there are too few rows."""
         settings = self.unknown_settings(version)
         rows = Samples.concat([self.segment_part(version, n) for n in version.segments], head.feature_dim)
+        train = rows.select(~rows.holdout)
+        return fit_unknown(settings, train.features, train.labels, rows.select(rows.holdout).features, head)
+
+    def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
+        """:meth:`fit_unknown` for the version being committed, recorded on ``version.unknown``.  Every commit comes
+        through here (update, adapt, rollback, tune, and any later transaction), so the threshold moves with the
+        head."""
         try:
-            train = rows.select(~rows.holdout)
-            fitted = fit_unknown(settings, train.features, train.labels, rows.select(rows.holdout).features, head)
+            fitted = self.fit_unknown(version, head)
         except ConfigError as exc:        # too few samples for this method: the version has no scorer
+            settings = self.unknown_settings(version)
             version.unknown = {"method": settings.method, "threshold": None, "keep": settings.keep,
                                "note": str(exc)}
             return None

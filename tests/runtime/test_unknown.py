@@ -27,6 +27,7 @@ from edgetl.runtime.bundle.unknown import (
 from edgetl.runtime.cli import main as rt
 from edgetl.runtime.errors import ConfigError
 from edgetl.runtime.learning.rollback import rollback_bundle
+from edgetl.runtime.learning.settings import UpdateSettings
 from edgetl.runtime.learning.update import learn_features
 
 
@@ -196,3 +197,19 @@ def test_serve_sends_ood_score_and_unknown_when_asked_by_name(tiny_bundle, tmp_p
             assert "ood_score" not in {o["name"] for o in json.loads(plain)["outputs"]}    # only when asked
         finally:
             service.close()
+
+
+def test_a_store_version_from_before_scorers_gets_one_fitted_when_opened(tiny_bundle):
+    bundle = Bundle(tiny_bundle)
+    with np.load(bundle.file(bundle.manifest.learning)) as data:
+        red = data["features"][data["labels"] == 0]
+    rows = red[np.arange(30) % len(red)] * np.float32(1.01)          # more of a known class
+    report = learn_features(tiny_bundle, rows, ["red"] * 30, [f"k{i}" for i in range(30)],
+                            UpdateSettings(force=True))      # the guard is not what this test is about
+    path = tiny_bundle / "store" / "versions" / f"{report.version:06d}" / "version.json"
+    document = json.loads(path.read_text())
+    expected = document.pop("unknown")["threshold"]
+    del document["files"]["unknown.npz"]                  # as a 0.7 store wrote it
+    path.write_text(json.dumps(document))
+    state = Bundle(tiny_bundle).current_head()
+    assert state.unknown is not None and state.unknown.threshold == pytest.approx(expected)

@@ -14,10 +14,11 @@ Cases (features extracted once with the host's backbone pass, the code ``edgetl 
 * ``banking77-far``: all 77 intents known; unknowns are 400 sentences of this repository's documentation
   (``docs/*.md``, prose lines of 6 to 40 words, seeded): English text of another domain.
 
-Per method: AUROC (unknown = positive), the share of unknowns accepted at the threshold that keeps 95 % of the
-known val inputs, the share of known test inputs kept, top-1 accuracy of the known test inputs (with ``--reject`` off,
-the head's labels are untouched: checked), and the cost per prediction against the backbone's (measured here, batch
-1, one thread).
+Per head (``--heads``: ``linear`` and ``mlp`` trained as ``edgetl finetune`` trains them, ``linear`` its default;
+``ridge`` as the device's updates solve it) and method: AUROC (unknown = positive), the share of unknowns accepted at
+the threshold that keeps 95 % of the known val inputs, the share of known test inputs kept, top-1 accuracy of the
+known test inputs with ``--reject`` off (the head's own: the scorer never changes a label) and on (a rejected known
+input counts as wrong), and the cost per prediction against the backbone's (batch 1, the fastest of many runs).
 
 Run: python benchmarks/unknown_inputs.py [--work /work/scratch/u] [--json]
 """
@@ -194,59 +195,82 @@ def _backbone_ms(name: str, repeats: int = 30) -> float:
     return float(np.min(times[3:]) * 1000)
 
 
+def _head(kind: str, tx, ty, vx, vy, seed: int):
+    """The head ``edgetl finetune --head KIND`` trains on these features (the same code), or the ridge head the
+    device's updates solve (``ridge``)."""
+    classes = int(ty.max()) + 1
+    if kind == "ridge":
+        return RidgeHead.fit(tx, ty, classes, vx, vy)
+    import torch
+
+    from edgetl.extract import resolve_device
+    from edgetl.heads import HeadConfig, train_gradient_head
+
+    torch.manual_seed(seed)
+    return train_gradient_head(torch.nn.Sequential(), tx, ty, vx, vy, classes, tx.shape[1], HeadConfig(kind=kind),
+                               resolve_device("cpu")).head
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None, help="feature files (kept; default: temporary)")
     parser.add_argument("--data", type=Path, default=ROOT / "data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=float, default=0.95)
+    parser.add_argument("--heads", default="linear,ridge,mlp",
+                        help="heads to score with: linear and mlp as edgetl finetune trains them (linear: its "
+                             "default), ridge as the device's updates solve it")
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-unknown-"))
     extract_all(work, args.data, args.seed)
-    result: dict = {"seed": args.seed, "keep": args.keep, "cases": {}, "settings": {}}
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    result: dict = {"seed": args.seed, "keep": args.keep, "heads": heads, "cases": {}}
     backbone_ms = {"clothing10": _backbone_ms("efficientnet_lite0"), "banking77": _backbone_ms("minilm-l6")}
     result["backbone_ms"] = backbone_ms
     grid = [(m, s) for m in METHODS for s in ((0.1, 0.5, 0.9) if "mahalanobis" in m else (None,))]
     for name, (tx, ty, vx, vy, ex, ey, ux, about) in cases(work, args.seed).items():
-        classes = int(ty.max()) + 1
-        head = RidgeHead.fit(tx, ty, classes, vx, vy)
-        known_logits = head.logits(ex)
-        accuracy = float(np.mean(known_logits.argmax(axis=1) == ey))
-        rows = {}
-        print(f"\n{name}: {about}; train {len(ty)}, val {len(vy)}, known test {len(ey)}, unknown {len(ux)}; "
-              f"head top-1 {accuracy:.4f}")
-        print(f"  {'method':22s} {'shrink':>6s} {'AUROC':>7s} {'accepted':>9s} {'kept':>6s} {'acc reject':>10s} "
-              f"{'ms/input':>9s} {'cost':>7s}")
-        for method, shrinkage in grid:
-            settings = UnknownSettings(method, keep=args.keep, **({"shrinkage": shrinkage} if shrinkage else {}))
-            fitted, scorer = fit_unknown(settings, tx, ty, vx, head)
-            known = scorer.scores(ex, known_logits)
-            unknown = scorer.scores(ux, head.logits(ux))
-            accepted = known <= fitted.threshold
-            ms = _per_input_ms(scorer, head, ex)
-            cost = ms / backbone_ms[name.split("-")[0]]
-            label = method if shrinkage is None else f"{method}@{shrinkage}"
-            rows[label] = {"auroc": auroc(known, unknown), "accepted": float(np.mean(unknown <= fitted.threshold)),
-                           "known_kept": float(np.mean(accepted)), "threshold": fitted.threshold,
-                           "accuracy_reject_off": accuracy,
-                           "accuracy_reject_on": float(np.mean((known_logits.argmax(axis=1) == ey) & accepted)),
-                           "ms_per_input": ms, "cost_vs_backbone": cost}
-            r = rows[label]
-            print(f"  {method:22s} {shrinkage or '':>6} {r['auroc']:7.4f} {r['accepted']:9.3f} {r['known_kept']:6.3f} "
-                  f"{r['accuracy_reject_on']:10.4f} {ms:9.3f} {cost:7.2%}")
-        best = max(rows, key=lambda k: rows[k]["auroc"])
-        default = rows[DEFAULT_METHOD]
-        print(f"  best: {best} {rows[best]['auroc']:.4f}; default ({DEFAULT_METHOD}) {default['auroc']:.4f}: "
-              f"{verdict(default['auroc'], TARGETS[name], lower_is_better=False)}")
-        result["cases"][name] = {"about": about, "n_train": len(ty), "n_val": len(vy), "n_known_test": len(ey),
-                                 "n_unknown": len(ux), "head_accuracy": accuracy, "methods": rows, "best": best,
-                                 "target_auroc": TARGETS[name]}
-    heldout = [c for n, c in result["cases"].items() if n.endswith("heldout")]
-    mean = {label: float(np.mean([c["methods"][label]["auroc"] for c in heldout])) for label in heldout[0]["methods"]}
-    result["mean_heldout_auroc"] = mean
-    print("\nmean AUROC over the held-out-class cases: " +
-          ", ".join(f"{k} {v:.4f}" for k, v in sorted(mean.items(), key=lambda kv: -kv[1])))
+        case = {"about": about, "n_train": len(ty), "n_val": len(vy), "n_known_test": len(ey), "n_unknown": len(ux),
+                "target_auroc": TARGETS[name], "heads": {}}
+        print(f"\n{name}: {about}; train {len(ty)}, val {len(vy)}, known test {len(ey)}, unknown {len(ux)}")
+        for kind in heads:
+            head = _head(kind, tx, ty, vx, vy, args.seed)
+            known_logits = head.logits(ex)
+            right = known_logits.argmax(axis=1) == ey
+            rows = {}
+            print(f"  head {kind}: top-1 {np.mean(right):.4f}")
+            print(f"    {'method':22s} {'shrink':>6s} {'AUROC':>7s} {'accepted':>9s} {'kept':>6s} {'acc reject':>10s} "
+                  f"{'ms/input':>9s} {'cost':>7s}")
+            for method, shrinkage in grid:
+                settings = UnknownSettings(method, keep=args.keep, **({"shrinkage": shrinkage} if shrinkage else {}))
+                fitted, scorer = fit_unknown(settings, tx, ty, vx, head)
+                known = scorer.scores(ex, known_logits)
+                unknown = scorer.scores(ux, head.logits(ux))
+                accepted = known <= fitted.threshold
+                ms = _per_input_ms(scorer, head, ex)
+                cost = ms / backbone_ms[name.split("-")[0]]
+                label = method if shrinkage is None else f"{method}@{shrinkage}"
+                rows[label] = {"auroc": auroc(known, unknown),
+                               "accepted": float(np.mean(unknown <= fitted.threshold)),
+                               "known_kept": float(np.mean(accepted)), "threshold": fitted.threshold,
+                               "accuracy_reject_off": float(np.mean(right)),
+                               "accuracy_reject_on": float(np.mean(right & accepted)),
+                               "ms_per_input": ms, "cost_vs_backbone": cost}
+                r = rows[label]
+                print(f"    {method:22s} {shrinkage or '':>6} {r['auroc']:7.4f} {r['accepted']:9.3f} "
+                      f"{r['known_kept']:6.3f} {r['accuracy_reject_on']:10.4f} {ms:9.3f} {cost:7.2%}")
+            best = max(rows, key=lambda k: rows[k]["auroc"])
+            default = rows[DEFAULT_METHOD]
+            print(f"    best: {best} {rows[best]['auroc']:.4f}; default ({DEFAULT_METHOD}) {default['auroc']:.4f}: "
+                  f"{verdict(default['auroc'], TARGETS[name], lower_is_better=False)}")
+            case["heads"][kind] = {"head_accuracy": float(np.mean(right)), "methods": rows, "best": best}
+        result["cases"][name] = case
+    for kind in heads:
+        heldout = [c["heads"][kind]["methods"] for n, c in result["cases"].items() if n.endswith("heldout")]
+        mean = {label: float(np.mean([m[label]["auroc"] for m in heldout])) for label in heldout[0]}
+        result.setdefault("mean_heldout_auroc", {})[kind] = mean
+        print(f"\nhead {kind}: mean AUROC over the held-out-class cases: " +
+              ", ".join(f"{k} {v:.4f}" for k, v in sorted(mean.items(), key=lambda kv: -kv[1])))
     path = save_result("unknown_inputs", result)
     print(f"wrote {path}")
     if args.json:

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import click
 
+from edgetl.runtime.bundle.unknown import (
+    DEFAULT_KEEP as DEFAULT_UNKNOWN_KEEP,
+    DEFAULT_METHOD as DEFAULT_UNKNOWN_METHOD,
+    METHODS as UNKNOWN_METHODS,
+)
 from edgetl.runtime.cli import (
     ErrorReportingGroup,
     evaluate,
@@ -181,11 +186,16 @@ def select(data, candidates, target, budget_ms, train_last, folds, image_size, c
 @click.option("--calib", type=int, default=300, show_default=True,
               help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
+@click.option("--unknown-method", type=click.Choice(UNKNOWN_METHODS), default=DEFAULT_UNKNOWN_METHOD,
+              show_default=True, help="How unlike the training data an input is scored (docs: Unknown inputs).")
+@click.option("--unknown-keep", type=click.FloatRange(0.5, 1.0, max_open=True), default=DEFAULT_UNKNOWN_KEEP,
+              show_default=True,
+              help="Share of the val split's known inputs the unknown threshold keeps (the rest would be rejected).")
 @sign_key_option("the bundle (manifest.sig)")
 @overwrite_option("the bundle")
 @json_option
-def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, sign_key, overwrite,
-           as_json) -> None:
+def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, calib, fp16, unknown_method,
+           unknown_keep, sign_key, overwrite, as_json) -> None:
     """Export RUN to a bundle; every artifact is checked against torch and gated on accuracy.
 
     DATA is where the run's data is now, if it moved since fine-tuning (for the accuracy check); the JSON
@@ -196,7 +206,8 @@ def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, cal
 
     result = export_run(run, out, formats=formats, data_address=data, overwrite=overwrite,
                         max_accuracy_drop=max_accuracy_drop, calibration_size=calib, options={"fp16": fp16},
-                        progress=progress, log=note, target=target, sign_key=sign_key)
+                        progress=progress, log=note, target=target, unknown_method=unknown_method,
+                        unknown_keep=unknown_keep, sign_key=sign_key)
     archive = pack_bundle(result.bundle, overwrite=True) if pack_archive else None
     if as_json:
         click.echo(result.manifest.to_json())
@@ -204,6 +215,10 @@ def export(run, data, out, formats, target, pack_archive, max_accuracy_drop, cal
     rows = [("bundle", str(result.bundle)), ("reference accuracy", result.manifest.reference_accuracy)]
     if result.manifest.target:
         rows.append(("target", result.manifest.target["name"]))
+    unknown = result.manifest.unknown
+    if unknown:
+        rows.append(("unknown threshold", f"{unknown['method']} {unknown['threshold']:.4g} (keeps {unknown['keep']:g} "
+                                          f"of {unknown['n']} {unknown['on']} inputs)"))
     if archive:
         rows.append(("archive", str(archive)))
     for a in result.manifest.artifacts:

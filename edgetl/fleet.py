@@ -222,7 +222,9 @@ def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict,
             np.savez(handle, **state.arrays())
         fleet = {**fleet, "statistics": FileEntry.of(staging, STATISTICS_FILE).__dict__}
         entry = FileEntry.of(staging, head_name)
-        merged = replace(manifest, created=utc_now(), labels=list(classes), artifacts=artifacts, check={},
+        # the base's unknown-input scorer is fitted to the old head's classes: left out; a pull fits the device's
+        # own on its commit, and the merged bundle opened as it is fits one with the defaults
+        merged = replace(manifest, created=utc_now(), labels=list(classes), artifacts=artifacts, check={}, unknown={},
                          head={"kind": head.kind, "file": head_name, "sha256": entry.sha256, "size": entry.size},
                          fleet=fleet)
         merged.write(staging)

@@ -26,6 +26,7 @@ from edgetl.run import RunManifest
 from edgetl.runtime.bundle.heads import Head, load_head
 from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, MANIFEST_NAME, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.bundle.signature import BUNDLE_SIGNATURE
+from edgetl.runtime.bundle.unknown import DEFAULT_KEEP, DEFAULT_METHOD, check_settings
 from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
 from edgetl.runtime.data.text import TextPreprocess
@@ -50,7 +51,7 @@ from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
 from .check_data import write_check_data
 from .compare import run_in_batches
 from .context import BuildContext
-from .learning_data import write_learning_data
+from .learning_data import write_learning_data, write_unknown
 from .onnx import INPUT_NAME, check_export, export_onnx, max_abs_difference
 from .targets import formats_for_target, target_block
 
@@ -192,6 +193,8 @@ def export_run(
     log=lambda message: None,
     target: str | None = None,
     sign_key: str | Path | None = None,
+    unknown_method: str = DEFAULT_METHOD,
+    unknown_keep: float = DEFAULT_KEEP,
 ) -> ExportResult:
     """Export a run to a bundle folder; nothing is written unless every check passes.
 
@@ -199,7 +202,10 @@ def export_run(
     any ``formats`` given, and the bundle records the profile so the device picks the right artifact.
     ``sign_key``: an ed25519 private key file; the bundle is signed (``manifest.sig``) before it is renamed into
     place, so it never exists unsigned (the key is read first: a bad key fails before any work).
+    ``unknown_method`` and ``unknown_keep``: the unknown-input scorer and the share of val inputs its threshold
+    keeps (:mod:`edgetl.runtime.bundle.unknown`).
     """
+    check_settings(unknown_method, unknown_keep)
     signer = _signer(sign_key, out)
     options = dict(options or {})
     profile = get_profile(target) if target else None
@@ -261,6 +267,7 @@ def export_run(
                 shutil.copyfile(preprocess.path, staging / preprocess.tokenizer)
             log("computing the features the device keeps learning from (learning/features.npz)")
             learning = write_learning_data(staging, staging / base.filename(), data)
+            unknown = write_unknown(staging, head, unknown_method, unknown_keep, log)
             check_entry = write_check_data(staging, staging / base.filename(), head,
                                            [val_records[i] for i in rows], preprocess, artifacts)
             head_entry = FileEntry.of(staging, "head.npz")
@@ -289,6 +296,7 @@ def export_run(
                 target=target_block(profile, preprocess.input_size) if profile is not None else {},
                 learning=learning,
                 check=check_entry,
+                unknown=unknown,
             )
             manifest.write(staging)
             if signer is not None:

@@ -15,10 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.runtime.bundle.heads import Head
 from edgetl.runtime.bundle.manifest import FileEntry
 from edgetl.runtime.bundle.store import DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_MAX_PER_CLASS
+from edgetl.runtime.bundle.unknown import (
+    DEFAULT_KEEP,
+    DEFAULT_METHOD,
+    UNKNOWN_FILE,
+    UnknownSettings,
+    check_settings,
+    fit_unknown,
+)
 from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.engines.backends import create_backend
+from edgetl.runtime.errors import ConfigError
 
 from .calibration import ExportData, decode_to_memmap
 
@@ -60,3 +70,22 @@ def write_learning_data(staging: Path, backbone: Path, data: ExportData) -> dict
     entry = FileEntry.of(staging, LEARNING_FILE)
     return {**entry.__dict__, "n_train": len(train), "n_holdout": len(val), "artifact": "onnx",
             "max_per_class": DEFAULT_MAX_PER_CLASS, "max_holdout_per_class": DEFAULT_MAX_HOLDOUT_PER_CLASS}
+
+
+def write_unknown(staging: Path, head: Head, method: str = DEFAULT_METHOD, keep: float = DEFAULT_KEEP,
+                  log=lambda message: None) -> dict:
+    """Write ``unknown.npz`` (the unknown-input scorer, fitted on the shipped training rows) with its threshold set
+    on the shipped val rows to keep ``keep`` of them; returns the manifest's ``unknown`` block.  The device's store
+    recomputes both on every commit, the same way (:meth:`~edgetl.runtime.bundle.store.FeatureStore.commit`)."""
+    check_settings(method, keep)
+    with np.load(staging / LEARNING_FILE, allow_pickle=False) as data:
+        features, labels, holdout = data["features"], data["labels"], data["holdout"]
+    try:
+        settings, scorer = fit_unknown(UnknownSettings(method, keep=keep), features[~holdout], labels[~holdout],
+                                       features[holdout], head)
+    except ConfigError as exc:     # too few rows for this method: the bundle ships no scorer, and says why
+        log(f"warning: no unknown-input threshold: {exc}")
+        return {}
+    scorer.save(staging / UNKNOWN_FILE)
+    entry = FileEntry.of(staging, UNKNOWN_FILE)
+    return {**settings.to_dict(), **entry.__dict__}

@@ -555,3 +555,20 @@ def test_weights_folder_is_read_with_its_own_pooling(encoder, tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "mpnet"}))
     with pytest.raises(ConfigError, match="holds a 'mpnet' model; text backbones read BERT-family"):
         create_backbone("minilm-l6", str(folder))
+
+
+def test_a_text_bundle_scores_unknown_intents(text_bundle, banking, tmp_path):
+    """The unknown threshold of a text bundle: set at export, and queries of intents it was not taught score higher
+    than its own intents' (``evaluate --unknown``), labelled ``unknown`` only with ``--reject``."""
+    from edgetl.runtime.inference.evaluate import evaluate_bundle
+    from edgetl.runtime.inference.model import EdgeModel
+
+    unknown = write_texts(tmp_path / "unknown.csv", banking["new_test"])
+    with EdgeModel(text_bundle, artifact="onnx", measure=False) as model:
+        assert model.unknown is not None and model.unknown.settings.on == "val"
+        report = evaluate_bundle(model, str(banking["test"]), unknown=str(unknown))
+        texts = [text for text, _ in banking["new_test"][:8]]
+        plain, rejecting = model.predict(texts), model.predict(texts, reject=True)
+    assert {"auroc", "accepted", "threshold", "method"} <= set(report["unknown"]) and report["unknown"]["auroc"] > 0.8
+    assert all(p.label in model.labels for p in plain)
+    assert [p.label for p in rejecting] == [("unknown" if p.unknown else p.label) for p in plain]

@@ -11,6 +11,7 @@ of it runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,14 @@ import numpy as np
 
 from ..data.preprocess import PreprocessConfig, preprocess_from_dict
 from ..data.text import TextPreprocess
-from ..errors import BundleError
+from ..errors import BundleError, ConfigError
 from ..signing import TrustedKeys, trusted_keys
 from .heads import Head, load_head
 from .manifest import Artifact, BundleManifest, read_bundle_manifest, verify_file
 from .signature import listed_files, verify_bundle
 from .store import FeatureStore
 from .timings import TimingRecord, read_timings
+from .unknown import UNKNOWN_FILE, UnknownScorer, UnknownSettings, fit_unknown
 
 
 @dataclass
@@ -37,6 +39,23 @@ class HeadState:
     labels: list[str]
     adapter: dict[str, np.ndarray] | None
     version: int | None
+    unknown: UnknownState | None = None
+
+
+@dataclass
+class UnknownState:
+    """The unknown-input scorer of the head that answers and its threshold (None: a bundle or store version made
+    before there were any, or with too few samples to fit one)."""
+
+    scorer: UnknownScorer
+    settings: UnknownSettings
+
+    @property
+    def threshold(self) -> float:
+        return float(self.settings.threshold)
+
+    def scores(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return self.scorer.scores(features, logits)
 
 
 class Bundle:
@@ -126,8 +145,35 @@ class Bundle:
             head = self.store.head(version)
             if head.num_classes != len(version.classes) or head.feature_dim != self.feature_dim:
                 raise BundleError(f"store version {version.version} has a head of the wrong shape; roll back")
-            return HeadState(head, list(version.classes), self.store.adapter(version), version.version)
-        return HeadState(self.exported_head, list(self.manifest.labels), None, None)
+            unknown = None
+            settings = UnknownSettings.from_dict(version.unknown)
+            if UNKNOWN_FILE in version.files and settings is not None and settings.threshold is not None:
+                unknown = UnknownState(self.store.unknown_scorer(version), settings)
+            elif not version.unknown:        # a version committed before there were scorers: fitted here
+                with contextlib.suppress(ConfigError):
+                    fitted, scorer = self.store.fit_unknown(version, head)
+                    unknown = UnknownState(scorer, fitted)
+            return HeadState(head, list(version.classes), self.store.adapter(version), version.version, unknown)
+        return HeadState(self.exported_head, list(self.manifest.labels), None, None, self.exported_unknown)
+
+    @functools.cached_property
+    def exported_unknown(self) -> UnknownState | None:
+        """The unknown-input scorer and threshold the bundle was exported with; for a bundle exported before there
+        were any, fitted here with the defaults from the learning data it ships (as the store's first commit
+        would); None when it ships none or too few rows."""
+        settings = UnknownSettings.from_dict(self.manifest.unknown)
+        if settings is not None and settings.threshold is not None:
+            return UnknownState(UnknownScorer.load(self.file(self.manifest.unknown)), settings)
+        if not self.manifest.learning:
+            return None
+        with np.load(self.file(self.manifest.learning), allow_pickle=False) as data:
+            features, labels, holdout = data["features"], data["labels"], data["holdout"]
+        try:
+            fitted, scorer = fit_unknown(UnknownSettings(), features[~holdout], labels[~holdout], features[holdout],
+                                         self.exported_head)
+        except ConfigError:
+            return None
+        return UnknownState(scorer, fitted)
 
     def timings(self) -> TimingRecord | None:
         """What this machine measured of the bundle's artifacts (read afresh: measuring writes it)."""

@@ -110,6 +110,9 @@ class BundleManifest:
     learning: dict = field(default_factory=dict)  # learning/features.npz: what on-device updates start from
     check: dict = field(default_factory=dict)     # check.npz: images + fp32 logits the device checks artifacts on
     fleet: dict = field(default_factory=dict)     # a merged bundle's provenance and statistics (edgetl fleet merge)
+    # unknown.npz: the unknown-input scorer fitted at export and its threshold on the val split (method, threshold,
+    # keep, n, on, shrinkage, k, file, sha256, size; :mod:`.unknown`)
+    unknown: dict = field(default_factory=dict)
 
     @property
     def modality(self) -> str:
@@ -182,6 +185,9 @@ def _manifest_table() -> Table:
                     or_empty=True),
         fleet=_described(base=str, statistics=Table(FILE_KEYS), merged=str, alpha=float, head=str, devices=list[str],
                          contributions=list[dict], samples_per_class=dict, skipped=list[dict]),
+        unknown=Table({**FILE_KEYS, "method": str, "threshold": float, "keep": float, "n": int, "on": str,
+                       "shrinkage": float, "k": int},
+                      optional=("threshold", "n", "on", "shrinkage", "k"), closed=False, or_empty=True),
     )
 
 
@@ -219,7 +225,7 @@ def read_bundle_manifest(folder: str | Path, verify: bool = True) -> BundleManif
         verify_file(folder, manifest.head["file"], manifest.head["sha256"])
         for artifact in manifest.artifacts:
             verify_artifact(folder, artifact)
-        for extra in (manifest.learning, manifest.check):
+        for extra in (manifest.learning, manifest.check, manifest.unknown):
             if extra:
                 verify_file(folder, extra["file"], extra["sha256"])
         if manifest.modality == "text":

@@ -61,6 +61,7 @@ from ..documents import Origin, build, parse_document, utc_now
 from ..errors import BundleError, ConfigError, StoreBusyError
 from ..fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head, normalise_rows
+from .unknown import UNKNOWN_FILE, UnknownScorer, UnknownSettings, fit_unknown
 
 STORE_SCHEMA = "edgetl.store/2"
 LEGACY_SCHEMA = "edgetl.store/1"   # 0.4: every version held the full statistics (state.npz); read and continued
@@ -96,6 +97,9 @@ class Version:
     # what the fleet already holds of this version's statistics (edgetl-rt pull): {"base": the identity of the
     # merged bundle taken, "known": the residual file holding its statistics}; empty: the bundle's own
     fleet: dict = field(default_factory=dict)
+    # The unknown-input scorer and threshold of this head version (:mod:`.unknown`): method, threshold, keep, n,
+    # on, shrinkage, k, file; set by :meth:`FeatureStore.commit`.  Empty in stores before 0.8.
+    unknown: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +299,9 @@ class FeatureStore:
     def head(self, version: Version) -> Head:
         return load_head(self._verified(version, "head.npz"))
 
+    def unknown_scorer(self, version: Version) -> UnknownScorer:
+        return UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
+
     def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
         return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
 
@@ -437,17 +444,61 @@ class FeatureStore:
         names = [_segment_path(n) for n in version.segments] + [residual_path(n) for n in residuals if n is not None]
         version.shared = {name: self._digests.get(name) or sha256_file(self.root / name) for name in names}
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
+        fitted = self._unknown(version, head)
         with atomic_directory(self._folder(version.version)) as staging:
             head.save(staging / "head.npz")
             names = ["head.npz"]
             if adapter is not None:
                 _save_npz(staging / "adapter.npz", adapter)
                 names.append("adapter.npz")
+            if fitted is not None:
+                fitted[1].save(staging / UNKNOWN_FILE)
+                names.append(UNKNOWN_FILE)
             version.files = {name: sha256_file(staging / name) for name in names}
             (staging / "version.json").write_text(json.dumps(asdict(version), indent=2))
         atomic_write_text(self.root / "CURRENT", f"{version.version}\n")   # the commit point
         self._prune()
         return version
+
+    def unknown_settings(self, version: Version) -> UnknownSettings:
+        """How ``version``'s unknown threshold is to be set: as the version says (an adapt or rollback copies its
+        source's), else as the current version's was, else as the bundle's manifest says, else the defaults."""
+        for source in (version.unknown, self.version().unknown if self.exists else None, self._manifest_unknown()):
+            settings = UnknownSettings.from_dict(source)
+            if settings is not None:
+                return UnknownSettings(settings.method, None, settings.keep, 0, "val", settings.shrinkage,
+                                       settings.k)
+        return UnknownSettings()
+
+    def _manifest_unknown(self) -> dict | None:
+        try:
+            document = json.loads((self.bundle / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return document.get("unknown") if isinstance(document, dict) else None
+
+    def fit_unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer]:
+        """The unknown-input scorer of ``version`` fitted on its stored training rows, and its threshold set on its
+        stored held-out rows (every class's, new ones included: an update holds out a share of its samples).
+        Raises :class:`~edgetl.runtime.errors.ConfigError` when there are too few rows."""
+        settings = self.unknown_settings(version)
+        rows = Samples.concat([self.segment_part(version, n) for n in version.segments], head.feature_dim)
+        train = rows.select(~rows.holdout)
+        return fit_unknown(settings, train.features, train.labels, rows.select(rows.holdout).features, head)
+
+    def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
+        """:meth:`fit_unknown` for the version being committed, recorded on ``version.unknown``.  Every commit comes
+        through here (update, adapt, rollback, tune, and any later transaction), so the threshold moves with the
+        head."""
+        try:
+            fitted = self.fit_unknown(version, head)
+        except ConfigError as exc:        # too few samples for this method: the version has no scorer
+            settings = self.unknown_settings(version)
+            version.unknown = {"method": settings.method, "threshold": None, "keep": settings.keep,
+                               "note": str(exc)}
+            return None
+        version.unknown = fitted[0].to_dict()
+        return fitted
 
     def _prune(self) -> None:
         numbers = self.kept_numbers()

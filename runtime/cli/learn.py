@@ -183,21 +183,26 @@ def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, 
 @click.option("--k", type=int, required=True, help="Number of groups.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the groups to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means restarts.")
+@click.option("--rejected-only", is_flag=True,
+              help="Group only the inputs the bundle's unknown threshold rejects (of classes it does not know yet).")
 @overwrite_option("OUT")
 @trusted_keys_option
 @json_option
 @with_model_options
-def cluster(bundle, data, k, out, seed, overwrite, as_json, artifact, backend, threads, no_measure) -> None:
+def cluster(bundle, data, k, out, seed, rejected_only, overwrite, as_json, artifact, backend, threads,
+            no_measure) -> None:
     """Group unlabelled images (or texts) of DATA by feature similarity and write the groups out for labelling."""
     from ..tools.cluster import cluster_images
 
     summary = cluster_images(bundle, data, k, out, overwrite=overwrite, seed=seed, artifact=artifact,
-                             backend=backend, threads=threads, progress=progress, measure=not no_measure)
+                             backend=backend, threads=threads, progress=progress, measure=not no_measure,
+                             rejected_only=rejected_only)
     if as_json:
         print_json(summary)
         return
     noun = inputs_of(bundle)
-    click.echo(f"wrote {k} groups of {summary['n']} {noun} to {out} (groups.csv, summary.json)")
+    click.echo(f"wrote {k} groups of {summary['n']} {noun} to {out} (groups.csv, summary.json)"
+               + (f"; {summary['accepted_left_out']} accepted as known left out" if rejected_only else ""))
     for g in summary["groups"]:
         click.echo(f"  {g['group']}: {g['size']:4d} {noun}; head suggests {g['head_suggests']} "
                    f"({g['agreement']:.0%} agree)")

@@ -54,6 +54,11 @@ skip_bad_option = click.option("--skip-bad", is_flag=True,
                                help="Skip unreadable images (or a text file's bad rows) with a warning instead of "
                                     "failing.")
 
+#: ``--reject``: answer ``unknown`` for an input scored above the bundle's unknown threshold (never by default).
+reject_option = click.option("--reject", is_flag=True,
+                             help="Answer 'unknown' instead of a class for inputs above the bundle's unknown-input "
+                                  "threshold (default: every input gets its class; the score is reported either way).")
+
 #: ``--split``: which split of DATA a command reads.
 split_option = click.option("--split", type=click.Choice(SPLITS), default=None,
                             help="Which split of DATA (default: val when DATA has one, else all).")

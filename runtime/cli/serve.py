@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from .options import json_option, trusted_keys_option, with_model_options
+from .options import json_option, reject_option, trusted_keys_option, with_model_options
 from .output import QUIET, verbosity
 
 
@@ -141,12 +141,13 @@ def read_token(path: str, log) -> str:
               help="How often the committed head version is checked (updates from other processes).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
+@reject_option
 @trusted_keys_option
 @json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,
           decode_threads, inputs_mb, max_images, max_connections, request_timeout, header_timeout, min_body_rate,
-          poll_ms, access_log, as_json, artifact, backend, threads, no_measure) -> None:
+          poll_ms, access_log, reject, as_json, artifact, backend, threads, no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -162,7 +163,8 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
                              max_images=max_images, poll_ms=poll_ms, decode_pixels=decode_pixels,
-                             decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout)
+                             decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout,
+                             reject=reject)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

@@ -18,7 +18,10 @@ from ..errors import DataError
 from .protocol import BYTES, InferRequest, ProtocolError
 
 #: What an infer request may ask for.
-OUTPUTS = ("label", "logits", "scores", "head_version")
+OUTPUTS = ("label", "logits", "scores", "head_version", "ood_score", "unknown")
+#: What a request that names no output gets (``ood_score`` and ``unknown``, the unknown-input score and whether it
+#: is above the threshold, are sent when asked for by name).
+DEFAULT_OUTPUTS = ("label", "logits", "scores", "head_version")
 #: An update request's parameters and their types (``holdout`` is :attr:`UpdateSettings.holdout_fraction`).
 UPDATE_PARAMETERS = {"method": str, "holdout": float, "max_accuracy_drop": float, "force": bool,
                      "reselect_alpha": bool, "lock_timeout": float, "skip_bad": bool}
@@ -100,7 +103,7 @@ def infer_input(request: InferRequest, signature: Signature) -> ModelInput:
 def requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
     """(output name, binary) of each output the request asks for, every output when it names none."""
     if request.outputs is None:
-        return [(name, request.binary_default) for name in OUTPUTS]
+        return [(name, request.binary_default) for name in DEFAULT_OUTPUTS]
     unknown = sorted({o.name for o in request.outputs} - set(OUTPUTS))
     if unknown:
         raise ProtocolError(f"unknown output(s) {', '.join(unknown)} (valid: {', '.join(OUTPUTS)})")

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..bundle.folder import Bundle, HeadState
 from ..bundle.heads import softmax
+from ..bundle.unknown import UNKNOWN_LABEL
 from ..compat import renamed_keyword
 from ..data.decoding import DecodeLane, DecodePool
 from ..data.preprocess import header_pixels, preprocess
@@ -87,6 +88,7 @@ class ServeSettings:
     decode_threads: int | None = None            # None: one per usable core (machine.default_threads)
     inputs_mb: float = SERVE_INPUTS_MB
     decode_wait_s: float = SERVE_DECODE_WAIT_S
+    reject: bool = False                         # label inputs above the unknown threshold "unknown"
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -117,6 +119,15 @@ def _edgetl_version() -> str:
         return package_version("edgetl")
     except PackageNotFoundError:     # pragma: no cover - a source tree without metadata
         return "unknown"
+
+
+def _unknown_parameters(state: HeadState, reject: bool) -> dict:
+    """Model metadata naming the unknown-input scorer and threshold of the head that answers (OIP parameters are
+    scalars)."""
+    if state.unknown is None:
+        return {"unknown_method": "none"}
+    return {"unknown_method": state.unknown.settings.method, "unknown_threshold": state.unknown.threshold,
+            "unknown_keep": state.unknown.settings.keep, "reject": reject}
 
 
 def error_status(exc: EdgetlError) -> int:
@@ -231,8 +242,11 @@ class InferenceService:
             "outputs": [{"name": "label", "datatype": BYTES, "shape": [-1]},
                         {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
                         {"name": "scores", "datatype": "FP32", "shape": [-1, classes]},
-                        {"name": "head_version", "datatype": "INT64", "shape": [-1]}],
+                        {"name": "head_version", "datatype": "INT64", "shape": [-1]}] +
+                       ([{"name": "ood_score", "datatype": "FP32", "shape": [-1]},
+                         {"name": "unknown", "datatype": "BOOL", "shape": [-1]}] if state.unknown else []),
             "parameters": {"labels": list(state.labels), "head_version": head_version(state),
+                           **_unknown_parameters(state, self.settings.reject),
                            "artifact": self.backbone.artifact.name, "backend": self.backbone.backend.name,
                            "precision": self.backbone.backend.effective_precision,
                            "preprocess": self.preprocess.to_dict(), "max_batch": self.settings.max_batch,
@@ -272,9 +286,23 @@ class InferenceService:
 
     def classify(self, images: np.ndarray) -> tuple[np.ndarray, HeadState, Ran]:
         """Logits of preprocessed images and the one head state that produced them."""
+        logits, _, state, ran = self._classified(images)
+        return logits, state, ran
+
+    def _classified(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, HeadState, Ran]:
+        """Logits, unknown scores (None: the head has no scorer) and the one head state that produced both."""
         ran = self.run_backbone(images)
         state = self.live.state          # one reference: every image of the request, one committed version
-        return state.head.logits(apply_adapter(ran.features, state.adapter)), state, ran
+        features = apply_adapter(ran.features, state.adapter)
+        logits = state.head.logits(features)
+        return logits, None if state.unknown is None else state.unknown.scores(features, logits), state, ran
+
+    def _labels(self, logits: np.ndarray, scores: np.ndarray | None, state: HeadState) -> list[str]:
+        """The answered labels: the top class, or ``unknown`` above the threshold when serving with ``--reject``."""
+        labels = [state.labels[i] for i in np.argmax(logits, axis=1)]
+        if self.settings.reject and scores is not None:
+            labels = [UNKNOWN_LABEL if s > state.unknown.threshold else label for label, s in zip(labels, scores)]
+        return labels
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""
@@ -282,12 +310,19 @@ class InferenceService:
         with self._lane() as lane:
             with self.batcher.arriving():
                 images = self._inputs(request, lane)
-            logits, state, ran = self.classify(images)
+            logits, scores, state, ran = self._classified(images)
             del images                      # before the lane gives its room back
         n = len(logits)
         version = head_version(state)
+        if scores is None and any(name in ("ood_score", "unknown") for name, _ in wanted):
+            raise ProtocolError(f"model {self.name} has no unknown-input scorer (its bundle was exported before "
+                                "there were any and ships no learning data), so it has no ood_score or unknown "
+                                "output")
         tensors = {      # built only when asked for
-            "label": lambda: Tensor("label", BYTES, [n], [state.labels[i].encode() for i in np.argmax(logits, axis=1)]),
+            "label": lambda: Tensor("label", BYTES, [n], [label.encode() for label in self._labels(logits, scores,
+                                                                                                   state)]),
+            "ood_score": lambda: Tensor("ood_score", "FP32", [n], scores.astype(np.float32)),
+            "unknown": lambda: Tensor("unknown", "BOOL", [n], scores > state.unknown.threshold),
             "logits": lambda: Tensor("logits", "FP32", list(logits.shape), logits.astype(np.float32)),
             "scores": lambda: Tensor("scores", "FP32", list(logits.shape), softmax(logits).astype(np.float32)),
             "head_version": lambda: Tensor("head_version", "INT64", [n], np.full(n, version, np.int64)),
@@ -309,13 +344,16 @@ class InferenceService:
         with self._lane() as lane:
             with self.batcher.arriving():
                 images = self._decode([data], lane)
-            logits, state, ran = self.classify(images)
+            logits, unknown, state, ran = self._classified(images)
             del images
         scores = softmax(logits)[0]
         order = np.argsort(-scores)[:min(top_k, len(scores))]
-        return {"label": state.labels[order[0]], "score": float(scores[order[0]]),
-                "top_k": [{"label": state.labels[i], "score": float(scores[i])} for i in order],
-                "head_version": head_version(state), "batch_size": ran.batches[0].size}
+        answer = {"label": self._labels(logits, unknown, state)[0], "score": float(scores[order[0]]),
+                  "top_k": [{"label": state.labels[i], "score": float(scores[i])} for i in order],
+                  "head_version": head_version(state), "batch_size": ran.batches[0].size}
+        if unknown is not None:
+            answer.update(unknown_score=float(unknown[0]), unknown=bool(unknown[0] > state.unknown.threshold))
+        return answer
 
     # --- learning -----------------------------------------------------------------------------------------------
 

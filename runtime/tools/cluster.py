@@ -63,17 +63,31 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100,
 @renamed_keyword("tune", "measure")
 def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overwrite: bool = False, seed: int = 0,
                    artifact: str | None = None, backend: str | None = None, threads: int | None = None,
-                   progress: ProgressFactory = silent_progress, measure: bool = True) -> dict:
+                   progress: ProgressFactory = silent_progress, measure: bool = True,
+                   rejected_only: bool = False) -> dict:
+    """Group the inputs of ``data``; ``rejected_only``: only those the bundle's unknown threshold rejects (the
+    inputs of classes it does not know yet, to be labelled and learned)."""
     source = open_data(data, labelled=False)
     records = source.split("all")
+    text = source.modality == "text"
     with EdgeModel(bundle, artifact=artifact, backend=backend, threads=threads, measure=measure) as model:
+        if rejected_only and model.unknown is None:
+            raise ConfigError(f"{bundle} has no unknown-input threshold to select the rejected inputs by",
+                              option="rejected_only")
         found = backbone_features(model, records, model.adapter, skip_bad=True, progress=progress)
         features, kept = found.values, found.kept
-        predicted = np.argmax(model.head.logits(features), axis=1) if len(kept) else np.zeros(0, int)
+        logits = model.head.logits(features) if len(kept) else np.zeros((0, len(model.labels)), np.float32)
+        predicted = np.argmax(logits, axis=1) if len(kept) else np.zeros(0, int)
         labels = model.labels
-    text = source.modality == "text"
+        read = len(kept)
+        if rejected_only and len(kept):
+            rejected = model.unknown_scores(features, logits) > model.unknown.threshold
+            features, predicted = features[rejected], predicted[rejected]
+            kept = [i for i, r in zip(kept, rejected) if r]
     if len(kept) < k:
-        raise ConfigError(f"only {len(kept)} readable {'texts' if text else 'images'} for {k} groups", option="k")
+        what = " rejected as unknown" if rejected_only else ""
+        raise ConfigError(f"only {len(kept)} readable {'texts' if text else 'images'}{what} for {k} groups",
+                          option="k")
     assign, centres, inertia = kmeans(normalise_rows(features.astype(np.float64)), k, seed)
     groups = []
     with atomic_directory(out, overwrite=overwrite) as staging:
@@ -108,8 +122,10 @@ def cluster_images(bundle: str | Path, data: str, k: int, out: str | Path, overw
                 writer = csv.writer(handle)
                 writer.writerow(["text", "label"])
                 writer.writerows((row[2], row[1]) for row in rows)
-        summary = {"bundle": str(bundle), "data": data, "k": k, "n": len(kept), "skipped": len(records) - len(kept),
+        summary = {"bundle": str(bundle), "data": data, "k": k, "n": len(kept), "skipped": len(records) - read,
                    "inertia": inertia, "groups": groups}
+        if rejected_only:
+            summary.update(rejected_only=True, accepted_left_out=read - len(kept))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["out"] = str(out)
     return summary

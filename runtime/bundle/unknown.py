@@ -1,0 +1,307 @@
+"""How unlike the training data an input is: unknown-input scores from what the bundle and store already hold.
+
+Every scorer is fitted on the head-input features of the samples a head learned from (the store's training rows,
+or the rows the bundle ships) and gives each input a score, higher meaning more unknown:
+
+* ``msp``: one minus the head's maximum softmax probability (Hendrycks & Gimpel 2017);
+* ``energy``: minus the log-sum-exp of the logits (Liu et al. 2020);
+* ``mahalanobis``: the squared Mahalanobis distance to the nearest class mean under one shared within-class
+  covariance (Lee et al. 2018);
+* ``relative-mahalanobis``: that distance less the distance to the mean of all training features under their total
+  covariance (Ren et al. 2021): what sets one class apart, not what every input of the domain shares;
+* ``knn``: one minus the cosine similarity to the k-th nearest training row (Sun et al. 2022);
+* ``combined``: the sum of two scores, each standardised (centred and scaled) on the held-out known rows: the
+  head's doubt (minus the margin between its two highest logits) and ``knn``'s distance to what was seen, which err
+  on different inputs.
+
+The Mahalanobis kinds work on L2-normalised features (as ``knn`` does): on the benchmark's image and text
+features that scored higher than raw features.  Covariances are estimated in float64 and shrunk towards a multiple
+of the identity, ``(1 - λ) Σ + λ (tr Σ / d) I`` with ``λ = shrinkage`` (:data:`DEFAULT_SHRINKAGE`), so they are
+well posed with fewer samples than features, then turned once into a whitening matrix (float32) by a Cholesky
+factorisation: scoring costs one or two (d, d) products per input.  ``benchmarks/unknown_inputs.py`` measured every
+method and chose :data:`DEFAULT_METHOD` (docs/unknown.md has the table).
+
+The threshold keeps a stated share of known inputs (``keep``, default 0.95): the ``keep`` quantile of the scores of
+held-out known inputs (the bundle's validation rows, and the rows the store holds out of every update), so a known
+input is rejected with a probability of about ``1 - keep``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError, ConfigError
+
+METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn", "combined")
+DEFAULT_METHOD = "combined"
+DEFAULT_KEEP = 0.95
+DEFAULT_SHRINKAGE = 0.5
+DEFAULT_K = 1
+UNKNOWN_FILE = "unknown.npz"
+#: The label a rejected input gets (``--reject``).
+UNKNOWN_LABEL = "unknown"
+#: Below this many held-out rows, the threshold is set on the training rows' own scores (see :func:`fit_threshold`).
+MIN_HELD_OUT = 20
+
+
+@dataclass
+class UnknownSettings:
+    """What the threshold is and how it was set: the manifest's ``unknown`` block and a store version's."""
+
+    method: str = DEFAULT_METHOD
+    threshold: float | None = None
+    keep: float = DEFAULT_KEEP
+    n: int = 0                      # the known rows the threshold was set on
+    on: str = "val"                 # which rows: val (held out) or train (too few held out)
+    shrinkage: float = DEFAULT_SHRINKAGE
+    k: int = DEFAULT_K
+    file: str = UNKNOWN_FILE
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> UnknownSettings | None:
+        if not data:
+            return None
+        known = {k: data[k] for k in ("method", "threshold", "keep", "n", "on", "shrinkage", "k", "file") if k in data}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in known})
+
+
+def check_settings(method: str, keep: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}", option="unknown_method")
+    if not 0.5 <= keep < 1.0:
+        raise ConfigError(f"the share of known inputs to keep must lie in [0.5, 1), got {keep:g}",
+                          option="unknown_keep")
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _doubt(logits: np.ndarray) -> np.ndarray:
+    """Minus the margin between the two highest logits (a head with one class: minus its logit)."""
+    logits = np.asarray(logits, np.float64)
+    if logits.shape[1] < 2:
+        return -logits[:, 0]
+    top = np.partition(logits, logits.shape[1] - 2, axis=1)
+    return -(top[:, -1] - top[:, -2])
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _whitening(covariance: np.ndarray, shrinkage: float) -> np.ndarray:
+    """``P`` (d, d) with ``Pᵀ Σ P = I`` for the shrunk ``Σ``, so ``‖(x - μ) P‖²`` is the Mahalanobis distance:
+    ``P = L⁻ᵀ`` for the Cholesky factor ``Σ = L Lᵀ`` (a third of an eigendecomposition's time)."""
+    dim = len(covariance)
+    scale = max(float(np.trace(covariance)) / dim, 1e-12)
+    shrunk = (1.0 - shrinkage) * covariance + max(shrinkage, 1e-6) * scale * np.eye(dim)
+    try:
+        factor = np.linalg.cholesky(shrunk)
+    except np.linalg.LinAlgError:          # rounding below zero with a tiny shrinkage: lift the spectrum
+        factor = np.linalg.cholesky(shrunk + 1e-6 * scale * np.eye(dim))
+    return np.linalg.inv(factor).T
+
+
+def _squared_distances(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N, C) squared distances between rows of ``z`` and ``centres``, both in float32 (whitened)."""
+    return np.maximum((z * z).sum(axis=1)[:, None] - 2.0 * z @ centres.T + (centres * centres).sum(axis=1), 0.0)
+
+
+@dataclass
+class ClassStatistics:
+    """Class sums and counts and the Gram matrix (float64) of training rows: enough for every covariance here."""
+
+    sums: np.ndarray       # (C, d)
+    counts: np.ndarray     # (C,)
+    gram: np.ndarray       # (d, d) Σ x xᵀ
+
+    @classmethod
+    def of_rows(cls, features: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassStatistics:
+        x = np.asarray(features, np.float64)
+        sums = np.zeros((num_classes, x.shape[1]))
+        np.add.at(sums, labels, x)
+        return cls(sums, np.bincount(labels, minlength=num_classes).astype(np.float64), x.T @ x)
+
+    @property
+    def count(self) -> float:
+        return float(self.counts.sum())
+
+    def means(self) -> np.ndarray:
+        return self.sums / np.maximum(self.counts, 1.0)[:, None]
+
+    def within(self) -> np.ndarray:
+        """The shared within-class covariance (classes with samples only)."""
+        seen = self.counts > 0
+        scatter = self.gram - (self.sums[seen].T / self.counts[seen]) @ self.sums[seen]
+        return scatter / max(self.count - int(seen.sum()), 1.0)
+
+    def total(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.sums.sum(axis=0) / max(self.count, 1.0)
+        return (self.gram - self.count * np.outer(mean, mean)) / max(self.count - 1.0, 1.0), mean
+
+
+class UnknownScorer:
+    """A fitted scorer: :meth:`scores` of features (and the head's logits, for ``msp`` and ``energy``)."""
+
+    def __init__(self, method: str, arrays: dict[str, np.ndarray]):
+        self.method, self.arrays = method, arrays
+        self._bank: np.ndarray | None = None        # knn's rows in float32 (stored as float16), made once
+
+    def scores(self, features: np.ndarray, logits: np.ndarray | None = None, exclude_self: bool = False) -> np.ndarray:
+        """The scores of ``features`` (N, d) given the head's ``logits`` (N, C) on them; ``exclude_self``: the rows
+        are the training rows themselves (``knn`` skips each one's own match)."""
+        a, method = self.arrays, self.method
+        if method in ("msp", "energy"):
+            if logits is None:
+                raise ConfigError(f"the {method} score needs the head's logits")
+            logits = np.asarray(logits, np.float64)
+            if method == "energy":
+                return -_logsumexp(logits)
+            top = logits.max(axis=1)
+            return 1.0 - 1.0 / np.exp(logits - top[:, None]).sum(axis=1)
+        features = np.asarray(features, np.float32)
+        if method == "knn":
+            return self._knn(features, exclude_self)
+        if method == "combined":
+            if logits is None:
+                raise ConfigError("the combined score needs the head's logits")
+            doubt = _doubt(logits)
+            near = self._knn(features, exclude_self)
+            return (doubt - a["scale"][0]) / a["scale"][1] + (near - a["scale"][2]) / a["scale"][3]
+        x = _normalised(features)
+        own = _squared_distances(x @ a["within"], a["means"]).min(axis=1)
+        if method == "mahalanobis":
+            return own.astype(np.float64)
+        return (own - _squared_distances(x @ a["total"], a["centre"])[:, 0]).astype(np.float64)
+
+    def _knn(self, features: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+        if self._bank is None:
+            self._bank = np.ascontiguousarray(self.arrays["bank"], np.float32)
+        bank = self._bank
+        k = min(int(self.arrays["k"]), len(bank) - int(exclude_self))
+        out = np.empty(len(features))
+        for start in range(0, len(features), 256):
+            similarity = _normalised(features[start:start + 256]) @ bank.T
+            # the k-th largest similarity (self-matches of training rows dropped when asked); k = 1: the maximum
+            rank = k - 1 + int(exclude_self)
+            out[start:start + 256] = similarity.max(axis=1) if rank == 0 else \
+                -np.partition(-similarity, rank, axis=1)[:, rank]
+        return 1.0 - out
+
+    def save(self, path: str | Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, method=np.array(self.method), **self.arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UnknownScorer:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read {path}: {exc}") from exc
+        method = str(arrays.pop("method", ""))
+        if method not in METHODS:
+            raise BundleError(f"{path} holds an unknown-input scorer of unknown method '{method}'")
+        return cls(method, arrays)
+
+
+def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray | None = None,
+               num_classes: int | None = None, shrinkage: float = DEFAULT_SHRINKAGE, k: int = DEFAULT_K,
+               reference: tuple[np.ndarray, np.ndarray] | None = None) -> UnknownScorer:
+    """A scorer of ``method`` fitted on the training rows ``train`` and their ``labels`` (the Mahalanobis kinds'
+    class means and covariances, ``knn``'s bank); ``msp`` and ``energy`` need neither.  ``combined`` standardises
+    its two scores on known rows ``reference`` (features, logits): the held-out rows, else the training rows (each
+    without itself for ``knn``)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}", option="unknown_method")
+    if method in ("msp", "energy"):
+        return UnknownScorer(method, {})
+    arrays: dict[str, np.ndarray] = {}
+    if train is None or len(train) < 2:
+        raise ConfigError(f"the {method} score needs at least two training rows")
+    train = np.asarray(train, np.float32)
+    if method in ("knn", "combined"):
+        arrays["bank"] = _normalised(train).astype(np.float16)
+        arrays["k"] = np.array(max(1, min(k, len(train) - 1)))
+    if method in ("mahalanobis", "relative-mahalanobis"):
+        statistics = ClassStatistics.of_rows(_normalised(train), labels, num_classes or int(labels.max()) + 1)
+        seen = statistics.counts > 0
+        if statistics.count < 2 or not seen.any():
+            raise ConfigError(f"the {method} score needs training statistics of at least two samples")
+        within = _whitening(statistics.within(), shrinkage)
+        arrays["within"] = within.astype(np.float32)
+        means = statistics.means() @ within
+        means[~seen] = np.inf                 # a class without samples is never the nearest
+        arrays["means"] = means.astype(np.float32)
+        if method != "mahalanobis":
+            total, centre = statistics.total()
+            whitening = _whitening(total, shrinkage)
+            arrays["total"] = whitening.astype(np.float32)
+            arrays["centre"] = (centre @ whitening)[None, :].astype(np.float32)
+    scorer = UnknownScorer(method, arrays)
+    if method == "combined":
+        if reference is None or len(reference[0]) < 2:
+            raise ConfigError("the combined score needs known rows (and their logits) to standardise on")
+        rows, logits = np.asarray(reference[0], np.float32), reference[1]
+        doubt = _doubt(logits)
+        near = scorer._knn(rows, exclude_self=rows is train)
+        arrays["scale"] = np.array([doubt.mean(), max(doubt.std(), 1e-12), near.mean(), max(near.std(), 1e-12)])
+    return scorer
+
+
+def fit_unknown(settings: UnknownSettings, train: np.ndarray, labels: np.ndarray, held_out: np.ndarray,
+                head) -> tuple[UnknownSettings, UnknownScorer]:
+    """The scorer of ``settings.method`` fitted on a head's training rows and its threshold set to keep
+    ``settings.keep`` of the known held-out rows ``held_out`` (all classes, new ones included: the store holds out
+    a share of every update's samples).  With fewer than :data:`MIN_HELD_OUT` held-out rows, the threshold is set
+    on the training rows' own scores instead (each row left out of ``knn``'s bank), recorded as ``on: train``:
+    the scores of rows a scorer was fitted on run low, so it rejects more known inputs than stated."""
+    check_settings(settings.method, settings.keep)
+    train = np.asarray(train, np.float32)
+    held_out = np.asarray(held_out, np.float32).reshape(-1, train.shape[1])
+    enough = len(held_out) >= MIN_HELD_OUT
+    rows = held_out if enough else train
+    logits = head.logits(rows)
+    scorer = fit_scorer(settings.method, train, labels, head.num_classes, settings.shrinkage, settings.k,
+                        reference=(rows, logits))
+    scores = scorer.scores(rows, logits, exclude_self=not enough)      # a training row is not its own neighbour
+    fitted = UnknownSettings(settings.method, keep_threshold(scores, settings.keep), settings.keep, len(rows),
+                             "val" if enough else "train", settings.shrinkage, settings.k, settings.file)
+    return fitted, scorer
+
+
+def keep_threshold(scores: np.ndarray, keep: float) -> float:
+    """The score at or below which a share ``keep`` of ``scores`` lie (the known inputs kept)."""
+    if len(scores) == 0:
+        raise ConfigError("no known inputs to set the unknown threshold on")
+    return float(np.quantile(np.asarray(scores, np.float64), keep, method="higher"))
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Area under the ROC curve of telling ``unknown`` scores (positives) from ``known`` ones, ties counted half
+    (the Mann-Whitney statistic)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if not len(known) or not len(unknown):
+        raise ConfigError("AUROC needs known and unknown inputs")
+    both = np.concatenate([known, unknown])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    ranks[order] = np.arange(1, len(both) + 1)
+    sorted_scores = both[order]          # average the ranks of ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first[counts > 1], counts[counts > 1]):
+        ranks[order[start:start + count]] = start + (count + 1) / 2.0
+    positive = ranks[len(known):].sum() - len(unknown) * (len(unknown) + 1) / 2.0
+    return float(positive / (len(known) * len(unknown)))

@@ -1,6 +1,6 @@
 """``edgetl-rt``: the device-side command line.
 
-Run (predict, evaluate, serve), learn (update, tune, history, rollback, adapt, cluster),
+Run (predict, evaluate, serve, drift), learn (update, tune, history, rollback, adapt, cluster),
 benchmark (bench) and deploy (doctor, build-engine, unpack); one module per
 job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
 :mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and
@@ -26,6 +26,7 @@ COMMANDS = {
     "update": ".learn:update", "tune": ".learn:tune", "history": ".learn:history", "rollback": ".learn:rollback",
     "adapt": ".learn:adapt", "cluster": ".learn:cluster", "doctor": ".deploy:doctor",
     "build-engine": ".deploy:build_engine", "unpack": ".deploy:unpack", "serve": ".serve:serve",
+    "drift": ".drift:drift",
 }
 #: what the host's ``edgetl`` reuses from here, loaded on first use (PEP 562).
 _EXPORTS = {"ErrorReportingGroup": ".group", "print_json": ".output", "print_table": ".output",

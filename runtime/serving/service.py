@@ -41,6 +41,7 @@ from ..errors import (
     StoreBusyError,
     UpdateRejectedError,
 )
+from ..inference.drift import DEFAULT_FALSE_ALARMS, DEFAULT_WINDOW, DriftMonitor, WindowScore, detector_for
 from ..inference.features import apply_adapter
 from ..learning.alpha import tune_alpha
 from ..learning.reports import UpdateReport
@@ -87,6 +88,8 @@ class ServeSettings:
     decode_threads: int | None = None            # None: one per usable core (machine.default_threads)
     inputs_mb: float = SERVE_INPUTS_MB
     decode_wait_s: float = SERVE_DECODE_WAIT_S
+    drift_window: int = DEFAULT_WINDOW           # 0: no drift monitor
+    drift_false_alarms: float = DEFAULT_FALSE_ALARMS
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -107,6 +110,10 @@ class ServeSettings:
             raise ConfigError(f"must be positive, got {self.inputs_mb:g}", option="inputs_mb")
         if self.decode_wait_s <= 0:
             raise ConfigError(f"must be positive, got {self.decode_wait_s:g}", option="decode_wait_s")
+        if self.drift_window != 0 and self.drift_window < 2:
+            raise ConfigError(f"must be 0 (off) or at least 2, got {self.drift_window}", option="drift_window")
+        if not 0 < self.drift_false_alarms < 1000:
+            raise ConfigError(f"must lie in (0, 1000), got {self.drift_false_alarms:g}", option="drift_false_alarms")
 
 
 ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
@@ -177,7 +184,11 @@ class InferenceService:
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
         self._closing = False
+        self.drift: DriftMonitor | None = None       # built in the background; rebuilt for every head version
+        self.drift_ready = threading.Event()          # set once the first build has ended (monitor or not)
+        self._drift_building = threading.Lock()
         self.live.start()
+        self._start_drift(self.live.state)
         self._in_background("prepare", lambda: self.session.prepare(self.bundle.store, self.feature_dim))
         self.load_s = time.perf_counter() - started
         self.metrics.model_load.set(self.load_s)
@@ -203,6 +214,61 @@ class InferenceService:
         self.metrics.head_version.set(head_version(state))
         self.metrics.head_reloads.inc()
         self.log({"event": "head_version", "head_version": head_version(state), "classes": len(state.labels)})
+        self._start_drift(state)
+
+    # --- drift --------------------------------------------------------------------------------------------------
+
+    def _start_drift(self, state: HeadState) -> None:
+        """Build the drift monitor of ``state``'s training statistics in a thread (an eigendecomposition of d x d
+        and the alarm level's null windows: about a second at d = 1280); the old monitor serves meanwhile."""
+        if not self.settings.drift_window:
+            self.drift_ready.set()
+            return
+
+        def build() -> None:
+            try:
+                with self._drift_building:
+                    detector = detector_for(self.bundle, false_alarms=self.settings.drift_false_alarms)
+                    monitor = DriftMonitor(detector, list(self.live.state.labels), self.settings.drift_window)
+                    # the unknown score's seam: DriftMonitor(unknown_threshold=...) and observe(unknown_scores=...)
+                    self.drift = monitor
+                    self.metrics.drift_threshold.set(monitor.level.threshold)
+                    self.metrics.drift_inputs.set(monitor.window)
+                    self.log({"event": "drift_monitor", "head_version": head_version(state),
+                              "threshold": round(monitor.level.threshold, 4), "window": monitor.window,
+                              "calibrated_on": detector.calibrated_on})
+            except Exception as exc:     # noqa: BLE001 - serving goes on without drift; the log says why
+                self.log({"event": "warning", "message": f"drift monitor off: {exc}"})
+            finally:
+                self.drift_ready.set()
+
+        threading.Thread(target=build, name="edgetl-drift", daemon=True).start()
+
+    def _observe_drift(self, features: np.ndarray, logits: np.ndarray,
+                       unknown_scores: np.ndarray | None = None) -> None:
+        monitor = self.drift
+        if monitor is None or not len(features):
+            return
+        for window in monitor.observe(features, np.argmax(logits, axis=1), unknown_scores):
+            self._drift_window(monitor, window)
+
+    def _drift_window(self, monitor: DriftMonitor, window: WindowScore) -> None:
+        metrics = self.metrics
+        metrics.drift_windows.inc()
+        metrics.drift_alarms.inc(int(window.alarm))
+        metrics.drift_score.set(window.score)
+        metrics.drift_alarm.set(int(window.alarm))
+        snapshot = monitor.snapshot()
+        if snapshot.feature_shift is not None:
+            metrics.drift_feature_shift.set(snapshot.feature_shift)
+            metrics.drift_spread.set(snapshot.spread_ratio)
+        if window.unknown_rate is not None:
+            metrics.drift_unknown_rate.set(window.unknown_rate)
+        for label in monitor.labels:
+            metrics.drift_class_share.set(window.class_shares.get(label, 0.0), label=label)
+        if window.alarm:
+            self.log({"event": "drift_alarm", "window": window.index, "score": round(window.score, 3),
+                      "threshold": round(monitor.level.threshold, 3)})
 
     def _observe_batch(self, record: BatchRecord) -> None:
         self.metrics.batch_size.observe(record.size)
@@ -235,7 +301,8 @@ class InferenceService:
                            "artifact": self.backbone.artifact.name, "backend": self.backbone.backend.name,
                            "precision": self.backbone.backend.effective_precision,
                            "preprocess": self.preprocess.to_dict(), "max_batch": self.settings.max_batch,
-                           "max_wait_ms": self.settings.max_wait_ms},
+                           "max_wait_ms": self.settings.max_wait_ms,
+                           **({"drift": self.drift.snapshot().to_json()} if self.drift is not None else {})},
         }
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -273,7 +340,10 @@ class InferenceService:
         """Logits of preprocessed images and the one head state that produced them."""
         ran = self.run_backbone(images)
         state = self.live.state          # one reference: every image of the request, one committed version
-        return state.head.logits(apply_adapter(ran.features, state.adapter)), state, ran
+        features = apply_adapter(ran.features, state.adapter)
+        logits = state.head.logits(features)
+        self._observe_drift(features, logits)
+        return logits, state, ran
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""

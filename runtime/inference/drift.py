@@ -3,28 +3,29 @@
 The reference is the training statistics the feature store already keeps (the ridge statistics: count, feature
 sum, Gram matrix and class sums; :class:`~edgetl.runtime.bundle.heads.RidgeStatistics`), in the head's input space
 (features after the ``adapt`` adapter).  From them: the class means and the shared within-class covariance, shrunk
-towards a multiple of the identity (``shrinkage``) since a few hundred rows do not determine a 1280 x 1280 matrix,
-and its whitening.  Each input ``x`` then has
-
-* ``z = W (x - mean)``, whitened; its nearest class mean ``m_c`` (whitened) and the residual ``r = z - m_c``;
-* a distance ``|r|^2``: the Mahalanobis distance to its nearest class (Lee et al. 2018), large for an input unlike
-  every class, and indifferent to which class it is, so that a window holding one class only is not drift.
+towards its mean variance times the identity (``shrinkage``; a few hundred rows do not determine a 1280 x 1280
+matrix), whose inverse is the metric, kept as its ``components`` leading eigenvectors plus one value for every
+other direction.  Each input ``x`` then has its nearest class mean, the residual ``r = x - mean_c`` and its
+distance ``|r|^2`` in the metric (the Mahalanobis distance to its nearest class, Lee et al. 2018): large for an
+input unlike every class, and indifferent to which class it is.
 
 A window of ``n`` inputs is scored by two statistics, each standardised by its null distribution:
 
-* ``distance``: the mean ``|r|^2`` of its inputs (spread and shift away from the classes);
-* ``shift``: ``|sum r|^2 / n``, the squared whitened mean of the residuals times ``n``, which grows with ``n`` for
-  a shift shared by the inputs (a colour cast, brightness), where per-input distances barely move;
+* ``distance``: the mean ``|r|^2`` of its inputs (inputs away from every class: noise, blur, fog);
+* ``shift``: ``|sum r|^2 / n``, which grows with ``n`` for a shift the inputs share (brightness, a colour cast,
+  another phrasing) where per-input distances barely move, less what the window's mix of classes accounts for
+  (:func:`composition_bias`), so that a window holding one class is not taken for drift;
 
 and the window's drift score is the larger of the two standardised values.  Its alarm level is the quantile of the
 score on ``null_windows`` windows of ``n`` inputs drawn (seeded, with replacement) from rows the reference did not
 learn from (the store's held-out rows; the training rows themselves when there are none, which makes alarms
 likelier and is said in :attr:`DriftDetector.calibrated_on`), at the stated false-alarm rate (default: 1 in 1,000
-clean windows).
+clean windows).  ``benchmarks/drift.py`` measured the choice against a window-mean distance, MMD and each
+statistic alone.
 
-:class:`DriftMonitor` keeps the running statistics of a stream in fixed memory (one window of residuals, the
-exponentially weighted feature mean and variance, class counts): ``serve`` feeds it, ``/metrics`` shows it.
-Everything here is numpy; no random choice is unseeded.
+:class:`DriftMonitor` keeps the running statistics of a stream in fixed memory (the current window's residual sums
+and per-input values, the exponentially weighted feature mean and variance, the last window's class shares):
+``serve`` feeds it, ``/metrics`` shows it.  Everything here is numpy; no random choice is unseeded.
 """
 
 from __future__ import annotations
@@ -57,6 +58,27 @@ METHOD = "whitened class-residual shift + mean class distance"
 
 def _standardise(value, mean: float, spread: float):
     return (value - mean) / spread
+
+
+def leading_eigenpairs(matrix: np.ndarray, k: int, iterations: int = 4, oversample: int = 16,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues (descending) and their eigenvectors (d, k) of a symmetric PSD matrix.
+
+    All of them by ``eigh`` when ``k`` is most of the matrix; else by seeded subspace iteration (Halko et al. 2011:
+    ``iterations`` power steps on ``k + oversample`` columns), O(d^2 k) instead of O(d^3): at d = 1280 and k = 128
+    a few times cheaper, which ``serve`` pays for every head version it picks up.
+    """
+    dim = len(matrix)
+    if k + oversample >= dim // 2:
+        values, vectors = np.linalg.eigh(matrix)
+        return values[::-1][:k], vectors[:, ::-1][:, :k]
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(matrix @ rng.standard_normal((dim, k + oversample)))
+    for _ in range(iterations):
+        basis, _ = np.linalg.qr(matrix @ basis)
+    values, rotation = np.linalg.eigh(basis.T @ matrix @ basis)
+    order = np.argsort(values)[::-1][:k]
+    return values[order], basis @ rotation[:, order]
 
 
 @dataclass
@@ -118,18 +140,20 @@ class DriftReference:
         scatter = statistics.gram - (sums / counts[present]) @ sums.T        # within-class scatter
         covariance = scatter / max(n - present.sum(), 1.0)
         covariance = (covariance + covariance.T) / 2
-        level = max(float(np.trace(covariance)) / dim, 1e-12)
-        values, vectors = np.linalg.eigh((1.0 - shrinkage) * covariance + shrinkage * level * np.eye(dim))
-        values = np.maximum(values, shrinkage * level)
+        trace = float(np.trace(covariance))
+        level = max(trace / dim, 1e-12)
         k = min(int(components), dim)
-        rest = values[:dim - k]
+        values, basis = leading_eigenpairs(covariance, k)
+        floor = shrinkage * level
+        shrunk = (1.0 - shrinkage) * np.maximum(values, 0.0) + floor
+        rest = ((1.0 - shrinkage) * max(trace - float(np.maximum(values, 0.0).sum()), 0.0) / (dim - k) + floor
+                if dim > k else floor)
         offsets = np.zeros((len(counts), dim))
         offsets[present] = (sums / counts[present]).T - mean
-        basis = vectors[:, dim - k:]
         variance = np.maximum(np.diag(statistics.gram) / n - mean * mean, 0.0)
-        return cls(mean.astype(np.float32), basis.astype(np.float32), 1.0 / values[dim - k:],
-                   float(1.0 / (rest.mean() if len(rest) else values.min())), offsets.astype(np.float32),
-                   (offsets @ basis).astype(np.float32), counts, variance, int(statistics.count), float(shrinkage))
+        return cls(mean.astype(np.float32), basis.astype(np.float32), 1.0 / shrunk, float(1.0 / rest),
+                   offsets.astype(np.float32), (offsets @ basis).astype(np.float32), counts, variance,
+                   int(statistics.count), float(shrinkage))
 
     def norm_sq(self, raw: np.ndarray, proj: np.ndarray) -> np.ndarray:
         """Squared length in the metric of vectors given by their feature-space values and their coordinates on the

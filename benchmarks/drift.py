@@ -117,7 +117,8 @@ def run_set(name: str, features_dir: Path, shrinkages: tuple[float, ...]) -> dic
     ref_rows = train["features"][rng.choice(len(train["labels"]), size=min(256, len(train["labels"])),
                                             replace=False)]
     gamma = 1.0 / np.median(_sq_dist(ref_rows, ref_rows)[np.triu_indices(len(ref_rows), 1)])
-    conditions = [(s, v) for v in SEVERITIES for s in shifts]
+    wanted = [(s, v) for v in SEVERITIES for s in shifts]
+    conditions = [c for c in wanted if (features_dir / f"{name}_{test_split}_{c[0]}_{c[1]}.npz").exists()]
     shifted = {c: load(features_dir, name, test_split, *c)["features"][test] for c in conditions}
     window_rng = np.random.default_rng([SEED, 1])
     clean_windows = draw_windows(len(test), AUROC_WINDOWS, window_rng)
@@ -127,7 +128,8 @@ def run_set(name: str, features_dir: Path, shrinkages: tuple[float, ...]) -> dic
     class_windows = [np.flatnonzero(test_labels == c)[draw_windows((test_labels == c).sum(), CLASS_WINDOWS,
                                                                    window_rng)]
                      for c in range(classes) if (test_labels == c).sum() >= CLASS_MIN_ROWS]
-    result = {"train_rows": len(train["labels"]), "calibration_rows": len(calibration), "test_rows": len(test),
+    result = {"missing": [f"{c[0]}/{c[1]}" for c in wanted if c not in conditions],
+              "train_rows": len(train["labels"]), "calibration_rows": len(calibration), "test_rows": len(test),
               "dim": int(train["features"].shape[1]), "classes": classes, "by_shrinkage": {}}
     for shrinkage in shrinkages:
         started = time.perf_counter()
@@ -182,7 +184,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     shrinkages = tuple(float(s) for s in args.shrinkage.split(","))
-    results = {name: run_set(name, args.features, shrinkages) for name in args.sets.split(",")}
+    results = {name: run_set(name, args.features, shrinkages) for name in args.sets.split(",")
+               if (args.features / f"{name}_{SETS[name][0]}_clean_0.npz").exists()}
     cost = {f"d={d}": monitor_cost(d) for d in (384, 1280)}
     payload = {"window": WINDOW, "seed": SEED, "stated_false_alarms_per_1000": 1.0,
                "default_shrinkage": DEFAULT_SHRINKAGE, "sets": results, "monitor_ms_per_input": cost,
@@ -202,8 +205,11 @@ def main() -> None:
             print("condition".ljust(16) + "".join(m.rjust(16) for m in methods))
             for condition, row in block["auroc"].items():
                 print(condition.ljust(16) + "".join(f"{row[m]:16.3f}" for m in methods))
-            worst = min(row["edgetl"] for c, row in block["auroc"].items() if c.endswith("/3"))
-            print(f"worst edgetl AUROC at severity 3: {worst:.3f} {verdict(worst, 0.99, lower_is_better=False)}")
+            worst = min((row["edgetl"] for c, row in block["auroc"].items() if c.endswith("/3")), default=None)
+            if worst is not None:
+                print(f"worst edgetl AUROC at severity 3: {worst:.3f} {verdict(worst, 0.99, lower_is_better=False)}")
+        if result["missing"]:
+            print(f"{name}: no features for {', '.join(result['missing'])} (not measured)")
     print(f"\nDriftMonitor.observe: {', '.join(f'{k}: {v:.4f} ms/input' for k, v in cost.items())}")
     print(f"results: {path}", file=sys.stderr)
 

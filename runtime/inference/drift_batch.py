@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..data.sources import SPLITS, open_data
+from ..data.sources import IMAGE_EXTENSIONS, SPLITS, input_records, open_data
 from ..errors import ConfigError, DataError
 from ..progress import ProgressFactory, silent_progress
 from .drift import DEFAULT_FALSE_ALARMS, DEFAULT_WINDOW, METHOD, WindowScore, detector_for, score_windows
@@ -49,9 +50,7 @@ def drift_bundle(model: EdgeModel, data_address: str, window: int = DEFAULT_WIND
         raise ConfigError(f"must be at least 2, got {window}", option="window")
     if split is not None and split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}", option="split")
-    data = open_data(data_address, skip_bad=skip_bad, labelled=False)
-    chosen = split or "all"
-    records = data.split(chosen)
+    records, chosen, skipped = _records(model, data_address, split, skip_bad)
     if len(records) < 2:
         raise DataError(f"{data_address} holds {len(records)} input(s); drift needs at least 2")
     detector = detector_for(model.bundle, false_alarms=false_alarms, seed=seed)
@@ -64,4 +63,17 @@ def drift_bundle(model: EdgeModel, data_address: str, window: int = DEFAULT_WIND
     full = window if len(found.kept) >= window else len(found.kept)
     return DriftReport(str(model.bundle.path), str(data_address), chosen, len(found.kept), window, METHOD,
                        detector.level(full).threshold, detector.false_alarms, sum(w.alarm for w in scores), scores,
-                       detector.calibration(full), model.head_version, list(data.skipped) + found.skipped)
+                       detector.calibration(full), model.head_version, skipped + found.skipped)
+
+
+def _records(model: EdgeModel, data_address: str, split: str | None, skip_bad: bool) -> tuple[list, str, list[str]]:
+    """DATA's records in order: a folder of images without class folders is read as they are, by name; anything
+    else as ``open_data`` reads it (labels ignored)."""
+    path = Path(data_address)
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if files and split in (None, "all"):
+            return input_records(files, model.preprocess), "all", []
+    data = open_data(data_address, skip_bad=skip_bad, labelled=False)
+    chosen = split or "all"
+    return data.split(chosen), chosen, list(data.skipped)

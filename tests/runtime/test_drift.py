@@ -143,7 +143,11 @@ def test_drift_command_json_table_and_plot(tiny_bundle, tmp_path):
     assert report["calibration"]["rows"] == 6 and report["calibration"]["seed"] == 0
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size == (900, 500)
-    table = runner.invoke(main, ["drift", str(tiny_bundle), str(data), "--window", "4", "--no-measure"])
+    flat = tmp_path / "flat"                                      # unlabelled: images without class folders
+    flat.mkdir()
+    for i, path in enumerate(sorted(data.rglob("*.png"))):
+        shutil.copy(path, flat / f"{i:02d}.png")
+    table = runner.invoke(main, ["drift", str(tiny_bundle), str(flat), "--window", "4", "--no-measure"])
     assert table.exit_code == 0 and "alarm level" in table.stdout and "window 2 [8, 10)" in table.stdout
 
 

@@ -353,6 +353,14 @@ class DriftDetector:
         value = level.score(stats)
         return value, value > level.threshold, stats
 
+    def score_features(self, features: np.ndarray) -> tuple[float, bool]:
+        """The drift score of a set of features taken as one window (at least 2 rows), and whether it is over its
+        size's alarm level: e.g. a guard comparing target features before and after an adapter."""
+        if len(features) < 2:
+            raise ConfigError(f"a drift score needs at least 2 inputs, got {len(features)}")
+        value, alarm, _ = self.score(self.reference.residuals(features))
+        return value, alarm
+
     def calibration(self, n: int) -> dict:
         """The alarm level of windows of ``n`` and how it was set (reports' ``calibration`` object)."""
         level = self.level(n)
@@ -481,6 +489,12 @@ class DriftMonitor:
         self.inputs = self.windows = self.alarms = 0
         self.last: WindowScore | None = None
         self.level = detector.level(self.window)
+
+    @property
+    def alarm(self) -> bool:
+        """Whether the last complete window was over the alarm level (what an adaptation trigger reads)."""
+        last = self.last
+        return bool(last is not None and last.alarm)
 
     def state_bytes(self) -> int:
         """Bytes held for the stream (fixed however many inputs arrive)."""

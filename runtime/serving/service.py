@@ -186,6 +186,8 @@ class InferenceService:
         self._closing = False
         self.drift: DriftMonitor | None = None       # built in the background; rebuilt for every head version
         self.drift_ready = threading.Event()          # set once the first build has ended (monitor or not)
+        #: called with (monitor, window) for every complete window: the seam for acting on drift (e.g. adaptation)
+        self.drift_listeners: list[Callable[[DriftMonitor, WindowScore], None]] = []
         self._drift_building = threading.Lock()
         self.live.start()
         self._start_drift(self.live.state)
@@ -269,6 +271,11 @@ class InferenceService:
         if window.alarm:
             self.log({"event": "drift_alarm", "window": window.index, "score": round(window.score, 3),
                       "threshold": round(monitor.level.threshold, 3)})
+        for listener in list(self.drift_listeners):
+            try:
+                listener(monitor, window)
+            except Exception as exc:     # noqa: BLE001 - a listener never fails the request that completed the window
+                self.log({"event": "warning", "message": f"drift listener failed: {exc}"})
 
     def _observe_batch(self, record: BatchRecord) -> None:
         self.metrics.batch_size.observe(record.size)

@@ -88,7 +88,8 @@ def test_the_monitor_holds_fixed_memory_and_scores_tumbling_windows(detector):
     assert snapshot.unknown_rate == pytest.approx(0.25, abs=0.1)
     json.dumps(snapshot.to_json())
     shifted, y = draw(32 * 3, shift=0.5)
-    assert all(w.alarm for w in monitor.observe(shifted, y))
+    assert all(w.alarm for w in monitor.observe(shifted, y)) and monitor.alarm
+    assert detector.score_features(shifted)[1] and not detector.score_features(draw(64)[0])[1]
 
 
 def test_a_reference_without_training_statistics_is_refused():
@@ -107,6 +108,8 @@ def _png(color) -> bytes:
 def test_serve_reports_drift_gauges_and_the_metadata_drift_object(tiny_bundle):
     with serving(tiny_bundle, drift_window=4) as (server, address, events):
         assert server.service.drift_ready.wait(30) and server.service.drift is not None
+        heard = []
+        server.service.drift_listeners.append(lambda monitor, window: heard.append(window.index))
         status, _, _ = request(address, "POST", "/v2/models/digits/infer", infer_json([_png((200, 30, 30))] * 10))
         assert status == 200
         metrics = request(address, "GET", "/metrics")[1].decode()
@@ -117,7 +120,7 @@ def test_serve_reports_drift_gauges_and_the_metadata_drift_object(tiny_bundle):
         assert {k for k in values if k.startswith("edgetl_drift_class_share")} == \
             {f'edgetl_drift_class_share{{label="{c}"}}' for c in ("blue", "green", "red")}
         drift = json.loads(request(address, "GET", "/v2/models/digits")[1])["parameters"]["drift"]
-        assert drift["inputs"] == 10 and drift["windows"] == 2 and drift["window"] == 4
+        assert drift["inputs"] == 10 and drift["windows"] == 2 and drift["window"] == 4 and heard == [0, 1]
     assert any(e.get("event") == "drift_monitor" for e in events)
 
 

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..bundle.heads import RidgeStatistics
+from ..bundle.store import LearnerState, Samples
 from ..errors import BundleError, ConfigError
 
 #: The default window: inputs per scored window (``edgetl-rt drift --window``, ``serve``'s monitor).
@@ -375,8 +376,6 @@ def detector_for(bundle, version=None, false_alarms: float = DEFAULT_FALSE_ALARM
                  seed: int = 0) -> DriftDetector:
     """The detector of an opened bundle: the store's current version (or ``version``) when the device has learned,
     else the statistics and rows the bundle ships.  Reads only; never writes the store."""
-    from ..bundle.store import LearnerState, Samples
-
     dim = bundle.feature_dim
     store = bundle.store
     if store.exists:

@@ -30,6 +30,7 @@ and per-input values, the exponentially weighted feature mean and variance, the 
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -156,6 +157,15 @@ class DriftReference:
                    offsets.astype(np.float32), (offsets @ basis).astype(np.float32), counts, variance,
                    int(statistics.count), float(shrinkage))
 
+    @functools.cached_property
+    def _classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The class means' parts of a distance, float64: ``o * inv_rest`` (C, d), ``q * (inv_values - inv_rest)``
+        (C, k) and each class's own term, infinite for a class with no sample (never the nearest)."""
+        o, q = self.offsets.astype(np.float64), self.offset_proj.astype(np.float64)
+        constant = self.norm_sq(o, q)
+        constant[self.class_counts <= 0] = np.inf
+        return o * self.inv_rest, q * (self.inv_values - self.inv_rest), constant[None, :]
+
     def norm_sq(self, raw: np.ndarray, proj: np.ndarray) -> np.ndarray:
         """Squared length in the metric of vectors given by their feature-space values and their coordinates on the
         leading components (the last axis)."""
@@ -168,15 +178,12 @@ class DriftReference:
             raise ConfigError(f"features of shape {x.shape} do not match the reference's {self.dim} features")
         y = x - self.mean
         p = y @ self.basis
-        o, q = self.offsets.astype(np.float64), self.offset_proj.astype(np.float64)
+        o, q, constant = self._classes
         yd, pd = y.astype(np.float64), p.astype(np.float64)
-        # |y - o_c|^2 in the metric for every class at once, by expanding the squares
-        plain = (yd * yd).sum(1)[:, None] - 2 * yd @ o.T + (o * o).sum(1)[None, :]
-        flat = (pd * pd).sum(1)[:, None] - 2 * pd @ q.T + (q * q).sum(1)[None, :]
-        weighted = ((pd * pd) @ self.inv_values)[:, None] - 2 * (pd * self.inv_values) @ q.T + \
-            ((q * q) @ self.inv_values)[None, :]
-        distances = (plain - flat) * self.inv_rest + weighted
-        distances[:, self.class_counts <= 0] = np.inf            # a class with no sample is never the nearest
+        # |y - o_c|^2 in the metric for every class at once, by expanding the squares: the terms of y alone, the
+        # cross terms (one product with the class means, their weights folded in), the classes' own terms
+        own = ((yd * yd).sum(1) - (pd * pd).sum(1)) * self.inv_rest + (pd * pd) @ self.inv_values
+        distances = own[:, None] - 2 * (yd @ o.T + pd @ q.T) + constant
         nearest = np.argmin(distances, axis=1)
         raw, proj = y - self.offsets[nearest], p - self.offset_proj[nearest]
         return Residuals(raw, proj, self.norm_sq(raw, proj), nearest)

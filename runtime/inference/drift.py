@@ -3,11 +3,11 @@
 The reference is the training statistics the feature store already keeps (the ridge statistics: count, feature
 sum, Gram matrix and class sums; :class:`~edgetl.runtime.bundle.heads.RidgeStatistics`), in the head's input space
 (features after the ``adapt`` adapter).  From them: the class means and the shared within-class covariance, shrunk
-towards its mean variance times the identity (``shrinkage``; a few hundred rows do not determine a 1280 x 1280
-matrix), whose inverse is the metric, kept as its ``components`` leading eigenvectors plus one value for every
-other direction.  Each input ``x`` then has its nearest class mean, the residual ``r = x - mean_c`` and its
-distance ``|r|^2`` in the metric (the Mahalanobis distance to its nearest class, Lee et al. 2018): large for an
-input unlike every class, and indifferent to which class it is.
+towards its mean variance times the identity (``shrinkage``, by default ``d / (d + n)`` within 0.05 and 0.5: a few
+hundred rows do not determine a 1280 x 1280 matrix), whose inverse is the metric, kept as its ``components``
+leading eigenvectors plus one value for every other direction.  Each input ``x`` then has its nearest class mean,
+the residual ``r = x - mean_c`` and its distance ``|r|^2`` in the metric (the Mahalanobis distance to its nearest
+class, Lee et al. 2018): large for an input unlike every class, and indifferent to which class it is.
 
 A window of ``n`` inputs is scored by two statistics, each standardised by its null distribution:
 
@@ -44,9 +44,11 @@ from ..errors import BundleError, ConfigError
 DEFAULT_WINDOW = 64
 #: The default false-alarm rate: clean windows per thousand that may raise an alarm.
 DEFAULT_FALSE_ALARMS = 1.0
-#: Shrinkage of the within-class covariance towards (its mean variance) x identity; chosen on clothing10 and
-#: banking77 by benchmarks/drift.py.
-DEFAULT_SHRINKAGE = 0.5
+#: Shrinkage of the within-class covariance towards (its mean variance) x identity, by default ``d / (d + n)`` for
+#: ``n`` training samples of ``d`` features, within these bounds: benchmarks/drift.py found more shrinkage better on
+#: clothing10 (d = 1280, 341 samples: 0.5 over 0.25 and 0.1) and less on banking77 (d = 384, 10,003: 0.05 over 0.1,
+#: 0.25 and 0.5).
+SHRINKAGE_BOUNDS = (0.05, 0.5)
 #: Null windows drawn to set the alarm level: at a rate of 1 in 1,000, twenty windows lie beyond it.
 DEFAULT_NULL_WINDOWS = 20000
 #: Half-life (in inputs) of the monitor's exponentially weighted feature mean and variance.
@@ -60,6 +62,12 @@ METHOD = "whitened class-residual shift + mean class distance"
 
 def _standardise(value, mean: float, spread: float):
     return (value - mean) / spread
+
+
+def auto_shrinkage(dim: int, count: int) -> float:
+    """``d / (d + n)`` within :data:`SHRINKAGE_BOUNDS`: more shrinkage where fewer samples determine the matrix."""
+    low, high = SHRINKAGE_BOUNDS
+    return float(min(high, max(low, dim / (dim + count))))
 
 
 def leading_eigenpairs(matrix: np.ndarray, k: int, iterations: int = 4, oversample: int = 16,
@@ -127,16 +135,18 @@ class DriftReference:
         return self.class_counts / self.class_counts.sum()
 
     @classmethod
-    def from_statistics(cls, statistics: RidgeStatistics, shrinkage: float = DEFAULT_SHRINKAGE,
+    def from_statistics(cls, statistics: RidgeStatistics, shrinkage: float | None = None,
                         components: int = DEFAULT_COMPONENTS) -> DriftReference:
-        if not 0.0 < shrinkage <= 1.0:
-            raise ConfigError(f"must lie in (0, 1], got {shrinkage:g}", option="shrinkage")
+        """``shrinkage`` None: :func:`auto_shrinkage`."""
         counts = np.asarray(statistics.target_sum, np.float64)
         present = counts > 0
         if statistics.count < 2 or not present.any():
             raise BundleError("drift needs training statistics: the bundle ships no learning data and the store "
                               "has learned nothing")
         n, dim = float(statistics.count), len(statistics.feature_sum)
+        shrinkage = auto_shrinkage(dim, statistics.count) if shrinkage is None else float(shrinkage)
+        if not 0.0 < shrinkage <= 1.0:
+            raise ConfigError(f"must lie in (0, 1], got {shrinkage:g}", option="shrinkage")
         mean = statistics.feature_sum / n
         sums = statistics.cross[:, present]                                  # (d, C') class sums
         scatter = statistics.gram - (sums / counts[present]) @ sums.T        # within-class scatter
@@ -379,7 +389,7 @@ class DriftDetector:
 
 
 def detector_for(bundle, version=None, false_alarms: float = DEFAULT_FALSE_ALARMS,
-                 shrinkage: float = DEFAULT_SHRINKAGE, null_windows: int = DEFAULT_NULL_WINDOWS,
+                 shrinkage: float | None = None, null_windows: int = DEFAULT_NULL_WINDOWS,
                  seed: int = 0) -> DriftDetector:
     """The detector of an opened bundle: the store's current version (or ``version``) when the device has learned,
     else the statistics and rows the bundle ships.  Reads only; never writes the store."""

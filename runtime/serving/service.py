@@ -251,7 +251,12 @@ class InferenceService:
         monitor = self.drift
         if monitor is None or not len(features):
             return
-        for window in monitor.observe(features, np.argmax(logits, axis=1), unknown_scores):
+        try:
+            windows = monitor.observe(features, np.argmax(logits, axis=1), unknown_scores)
+        except Exception as exc:     # noqa: BLE001 - drift never fails the request it watches; the log says why
+            self.log({"event": "warning", "message": f"drift monitor failed on a batch: {exc}"})
+            return
+        for window in windows:
             self._drift_window(monitor, window)
 
     def _drift_window(self, monitor: DriftMonitor, window: WindowScore) -> None:

@@ -55,8 +55,9 @@ DEFAULT_NULL_WINDOWS = 20000
 DEFAULT_HALFLIFE = 256
 #: Leading components of the covariance kept exactly in the metric (the others share their mean eigenvalue).
 DEFAULT_COMPONENTS = 128
-#: Calibration rows kept at most (a seeded sample beyond): their residuals' Gram matrix is rows x rows.
-MAX_CALIBRATION_ROWS = 2000
+#: Calibration rows kept at most (a seeded sample beyond): their residuals' Gram matrix (float32, rows x rows: 4 MB)
+#: stays with the detector for the alarm levels of other window sizes.
+MAX_CALIBRATION_ROWS = 1000
 METHOD = "whitened class-residual shift + mean class distance"
 
 
@@ -273,7 +274,8 @@ class _Pool:
     def __init__(self, reference: DriftReference, residuals: Residuals):
         r = _recentred(reference, residuals)
         raw, proj = r.raw.astype(np.float64), r.proj.astype(np.float64)
-        self.gram = ((raw @ raw.T - proj @ proj.T) * reference.inv_rest + (proj * reference.inv_values) @ proj.T)
+        self.gram = ((raw @ raw.T - proj @ proj.T) * reference.inv_rest +
+                     (proj * reference.inv_values) @ proj.T).astype(np.float32)
         self.distance, self.nearest, self.reference = r.distance, r.nearest, reference
         self.unit = float(r.distance.mean())
 
@@ -289,8 +291,8 @@ def null_level(pool: _Pool, n: int, false_alarm_rate: float, windows: int, seed:
         stop = min(windows, start + chunk)
         index = rng.integers(0, len(pool.distance), size=(stop - start, n))
         raw_distance[start:stop] = pool.distance[index].mean(axis=1)
-        raw_shift[start:stop] = pool.gram[index[:, :, None], index[:, None, :]].sum(axis=(1, 2)) / n - \
-            composition_bias(pool.reference, pool.nearest[index], pool.unit)
+        pairs = pool.gram[index[:, :, None], index[:, None, :]].sum(axis=(1, 2), dtype=np.float64)
+        raw_shift[start:stop] = pairs / n - composition_bias(pool.reference, pool.nearest[index], pool.unit)
     spread = lambda v: max(float(v.std()), 1e-12 * max(1.0, abs(float(v.mean()))))     # noqa: E731
     level = NullLevel(n, float(raw_distance.mean()), spread(raw_distance), float(raw_shift.mean()),
                       spread(raw_shift), 0.0, windows)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .options import json_option, skip_bad_option, split_option, with_model_options
+from ..data.sources import SPLITS
+from .options import json_option, skip_bad_option, with_model_options
 from .output import note, print_json, print_table, progress, warn
 
 
@@ -23,7 +24,8 @@ from .output import note, print_json, print_table, progress, warn
                                                                      "alarm level.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the score per window, with the alarm level, to this PNG file.")
-@split_option
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which split of DATA (default: all of it, in its order).")
 @skip_bad_option
 @json_option
 @with_model_options

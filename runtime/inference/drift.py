@@ -391,10 +391,13 @@ class DriftDetector:
 
 
 def detector_for(bundle, version=None, false_alarms: float = DEFAULT_FALSE_ALARMS,
-                 shrinkage: float | None = None, null_windows: int = DEFAULT_NULL_WINDOWS,
+                 shrinkage: float | None = None, null_windows: int | None = None,
                  seed: int = 0) -> DriftDetector:
     """The detector of an opened bundle: the store's current version (or ``version``) when the device has learned,
-    else the statistics and rows the bundle ships.  Reads only; never writes the store."""
+    else the statistics and rows the bundle ships.  Reads only; never writes the store.  ``null_windows`` None:
+    enough for twenty beyond the level (20,000 at 1 per 1,000, more for a rarer rate)."""
+    if null_windows is None:
+        null_windows = max(DEFAULT_NULL_WINDOWS, int(np.ceil(20 * 1000 / false_alarms))) if false_alarms > 0 else 0
     dim = bundle.feature_dim
     store = bundle.store
     if store.exists:

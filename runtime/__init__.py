@@ -21,6 +21,7 @@ _NAMES = {
     "FeatureStore": ".bundle.store",
     "EdgeModel": ".inference.model", "Prediction": ".inference.model", "evaluate_bundle": ".inference.evaluate",
     "backbone_features": ".inference.features", "BackboneRunner": ".engines.runner",
+    **dict.fromkeys(("DriftMonitor", "detector_for"), ".inference.drift"), "drift_bundle": ".inference.drift_batch",
     "PreprocessConfig": ".data.preprocess", "preprocess": ".data.preprocess", "load_image": ".data.preprocess",
     "ImageRecord": ".data.sources", "LabeledData": ".data.sources", "open_data": ".data.sources",
     **dict.fromkeys(("RidgeLearner", "SGDLearner", "NCMLearner"), ".learning.learners"),

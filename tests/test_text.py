@@ -572,3 +572,27 @@ def test_a_text_bundle_scores_unknown_intents(text_bundle, banking, tmp_path):
     assert {"auroc", "accepted", "threshold", "method"} <= set(report["unknown"]) and report["unknown"]["auroc"] > 0.8
     assert all(p.label in model.labels for p in plain)
     assert [p.label for p in rejecting] == [("unknown" if p.unknown else p.label) for p in plain]
+
+
+def test_drift_of_texts_scores_windows_and_alarms_on_a_shouted_style_shift(text_bundle, banking, tmp_path):
+    """edgetl-rt drift on a text bundle: clean test queries stay calm, the same queries wrapped in an unrelated
+    chatty frame (a style shift) raise the alarm."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgetl.runtime.cli import main as rt
+
+    rows = _csv_texts(banking["test"])[::2]                                     # 160 texts, every intent
+    clean = write_texts(tmp_path / "clean.csv", rows)
+    styled = write_texts(tmp_path / "styled.csv", [(f"hey there!! quick one lol: {t} thx so much, cheers", c)
+                                                   for t, c in rows])
+    reports = {}
+    for name, data in (("clean", clean), ("styled", styled)):
+        out = CliRunner().invoke(rt, ["drift", str(text_bundle), str(data), "--window", "32", "--json",
+                                      "--no-measure"])
+        assert out.exit_code == 0, out.output
+        reports[name] = json.loads(out.stdout)
+    assert reports["clean"]["n"] == 160 and len(reports["clean"]["windows"]) == 5
+    assert reports["clean"]["alarms"] <= 1
+    assert reports["styled"]["alarms"] == 5

@@ -1,8 +1,8 @@
 """``edgetl-rt``: the device-side command line.
 
-Run (predict, evaluate, serve), learn (update, tune, history, rollback, adapt, cluster), fleet (contribute,
-pull), benchmark (bench), deploy (doctor, build-engine, unpack) and trust (verify, sign, keys); one module per
-job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
+Run (predict, evaluate, serve, drift), learn (update, tune, history, rollback, adapt, cluster), fleet
+(contribute, pull), benchmark (bench), deploy (doctor, build-engine, unpack) and trust (verify, sign, keys); one
+module per job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
 :mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and
 ``predict``, ``evaluate`` and :func:`run_bench`) from here, so both command
 lines speak one grammar.
@@ -28,6 +28,7 @@ COMMANDS = {
     "build-engine": ".deploy:build_engine", "unpack": ".deploy:unpack", "serve": ".serve:serve",
     "verify": ".trust:verify", "sign": ".trust:sign", "keys": ".trust:keys",
     "contribute": ".fleet:contribute", "pull": ".fleet:pull",
+    "drift": ".drift:drift",
 }
 #: what the host's ``edgetl`` reuses from here, loaded on first use (PEP 562).
 _EXPORTS = {"ErrorReportingGroup": ".group", "print_json": ".output", "print_table": ".output",

@@ -139,6 +139,13 @@ def read_token(path: str, log) -> str:
                    "(408 below; 0: only --request-timeout bounds a slow body).")
 @click.option("--poll-ms", type=click.FloatRange(min=1), default=50.0, show_default=True,
               help="How often the committed head version is checked (updates from other processes).")
+@click.option("--drift-window", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Served inputs per drift window: each complete window is scored against the training statistics "
+                   "(/metrics edgetl_drift_*; 0: no drift monitor).")
+@click.option("--drift-false-alarms", type=click.FloatRange(min=0, max=1000, min_open=True, max_open=True),
+              default=1.0, show_default=True,
+              help="The drift alarm level: clean windows per 1,000 allowed over it (set on the store's held-out "
+                   "rows).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
 @reject_option
@@ -147,7 +154,8 @@ def read_token(path: str, log) -> str:
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,
           decode_threads, inputs_mb, max_images, max_connections, request_timeout, header_timeout, min_body_rate,
-          poll_ms, access_log, reject, as_json, artifact, backend, threads, no_measure) -> None:
+          poll_ms, drift_window, drift_false_alarms, access_log, reject, as_json, artifact, backend, threads,
+          no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -164,7 +172,7 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
                              max_images=max_images, poll_ms=poll_ms, decode_pixels=decode_pixels,
                              decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout,
-                             reject=reject)
+                             reject=reject, drift_window=drift_window, drift_false_alarms=drift_false_alarms)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

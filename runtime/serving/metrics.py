@@ -138,9 +138,28 @@ class ServiceMetrics:
             "edgetl_connections_closed_total", "Connections the service closed or refused on its own, by reason: full "
             "(503 at accept), draining (503 at accept), reclaimed (a waiting connection's slot given to a new one), "
             "idle_timeout, head_timeout (408), body_timeout (408).", ("reason",))
+        self.drift_score = Gauge("edgetl_drift_score", "Drift score of the last complete window of served inputs "
+                                 "(standardised against clean windows; see docs/drift.md).")
+        self.drift_threshold = Gauge("edgetl_drift_threshold", "The drift alarm level (a stated false-alarm rate "
+                                     "per 1,000 clean windows).")
+        self.drift_alarm = Gauge("edgetl_drift_alarm", "1 when the last complete window's score is over the alarm "
+                                 "level, else 0.")
+        self.drift_windows = Counter("edgetl_drift_windows_total", "Windows of served inputs scored for drift.")
+        self.drift_alarms = Counter("edgetl_drift_alarms_total", "Windows whose drift score was over the alarm level.")
+        self.drift_inputs = Gauge("edgetl_drift_window_inputs", "Inputs per drift window.")
+        self.drift_feature_shift = Gauge("edgetl_drift_feature_shift", "Distance of the served features' running "
+                                         "mean from the training mean, in training spreads.")
+        self.drift_spread = Gauge("edgetl_drift_spread_ratio", "Spread of the served features over the training "
+                                  "spread (1 when alike).")
+        self.drift_unknown_rate = Gauge("edgetl_drift_unknown_rate", "Share of the last window's inputs scored as "
+                                        "unknown (when an unknown score is given).")
+        self.drift_class_share = Gauge("edgetl_drift_class_share", "Share of each class among the last window's "
+                                       "answers.", ("label",))
         self._all = [self.requests, self.latency, self.images, self.batch_size, self.batch_seconds,
                      self.queue_seconds, self.in_flight, self.head_version, self.head_reloads, self.updates,
-                     self.model_load, self.info, self.connections_closed]
+                     self.model_load, self.info, self.connections_closed, self.drift_score, self.drift_threshold,
+                     self.drift_alarm, self.drift_windows, self.drift_alarms, self.drift_inputs,
+                     self.drift_feature_shift, self.drift_spread, self.drift_unknown_rate, self.drift_class_share]
 
     def render(self) -> str:
         return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

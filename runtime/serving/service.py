@@ -42,6 +42,7 @@ from ..errors import (
     StoreBusyError,
     UpdateRejectedError,
 )
+from ..inference.drift import DEFAULT_FALSE_ALARMS, DEFAULT_WINDOW, DriftMonitor, WindowScore, detector_for
 from ..inference.features import apply_adapter
 from ..learning.alpha import tune_alpha
 from ..learning.reports import UpdateReport
@@ -89,6 +90,8 @@ class ServeSettings:
     inputs_mb: float = SERVE_INPUTS_MB
     decode_wait_s: float = SERVE_DECODE_WAIT_S
     reject: bool = False                         # label inputs above the unknown threshold "unknown"
+    drift_window: int = DEFAULT_WINDOW           # 0: no drift monitor
+    drift_false_alarms: float = DEFAULT_FALSE_ALARMS
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -109,6 +112,10 @@ class ServeSettings:
             raise ConfigError(f"must be positive, got {self.inputs_mb:g}", option="inputs_mb")
         if self.decode_wait_s <= 0:
             raise ConfigError(f"must be positive, got {self.decode_wait_s:g}", option="decode_wait_s")
+        if self.drift_window != 0 and self.drift_window < 2:
+            raise ConfigError(f"must be 0 (off) or at least 2, got {self.drift_window}", option="drift_window")
+        if not 0 < self.drift_false_alarms < 1000:
+            raise ConfigError(f"must lie in (0, 1000), got {self.drift_false_alarms:g}", option="drift_false_alarms")
 
 
 ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
@@ -189,7 +196,13 @@ class InferenceService:
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
         self._closing = False
+        self.drift: DriftMonitor | None = None       # built in the background; rebuilt for every head version
+        self.drift_ready = threading.Event()          # set once the first build has ended (monitor or not)
+        #: called with (monitor, window) for every complete window: the seam for acting on drift (e.g. adaptation)
+        self.drift_listeners: list[Callable[[DriftMonitor, WindowScore], None]] = []
+        self._drift_building = threading.Lock()
         self.live.start()
+        self._start_drift(self.live.state)
         self._in_background("prepare", lambda: self.session.prepare(self.bundle.store, self.feature_dim))
         self.load_s = time.perf_counter() - started
         self.metrics.model_load.set(self.load_s)
@@ -215,6 +228,72 @@ class InferenceService:
         self.metrics.head_version.set(head_version(state))
         self.metrics.head_reloads.inc()
         self.log({"event": "head_version", "head_version": head_version(state), "classes": len(state.labels)})
+        self._start_drift(state)
+
+    # --- drift --------------------------------------------------------------------------------------------------
+
+    def _start_drift(self, state: HeadState) -> None:
+        """Build the drift monitor of ``state``'s training statistics in a thread (an eigendecomposition of d x d
+        and the alarm level's null windows: about a second at d = 1280); the old monitor serves meanwhile."""
+        if not self.settings.drift_window:
+            self.drift_ready.set()
+            return
+
+        def build() -> None:
+            try:
+                with self._drift_building:
+                    detector = detector_for(self.bundle, false_alarms=self.settings.drift_false_alarms)
+                    unknown = self.live.state.unknown
+                    monitor = DriftMonitor(detector, list(self.live.state.labels), self.settings.drift_window,
+                                           unknown_threshold=None if unknown is None else unknown.threshold)
+                    self.drift = monitor
+                    self.metrics.drift_threshold.set(monitor.level.threshold)
+                    self.metrics.drift_inputs.set(monitor.window)
+                    self.log({"event": "drift_monitor", "head_version": head_version(state),
+                              "threshold": round(monitor.level.threshold, 4), "window": monitor.window,
+                              "calibrated_on": detector.calibrated_on})
+            except Exception as exc:     # noqa: BLE001 - serving goes on without drift; the log says why
+                self.log({"event": "warning", "message": f"drift monitor off: {exc}"})
+            finally:
+                self.drift_ready.set()
+
+        threading.Thread(target=build, name="edgetl-drift", daemon=True).start()
+
+    def _observe_drift(self, features: np.ndarray, logits: np.ndarray,
+                       unknown_scores: np.ndarray | None = None) -> None:
+        monitor = self.drift
+        if monitor is None or not len(features):
+            return
+        try:
+            windows = monitor.observe(features, np.argmax(logits, axis=1), unknown_scores)
+        except Exception as exc:     # noqa: BLE001 - drift never fails the request it watches; the log says why
+            self.log({"event": "warning", "message": f"drift monitor failed on a batch: {exc}"})
+            return
+        for window in windows:
+            self._drift_window(monitor, window)
+
+    def _drift_window(self, monitor: DriftMonitor, window: WindowScore) -> None:
+        metrics = self.metrics
+        metrics.drift_windows.inc()
+        metrics.drift_alarms.inc(int(window.alarm))
+        metrics.drift_score.set(window.score)
+        metrics.drift_alarm.set(int(window.alarm))
+        snapshot = monitor.snapshot()
+        if snapshot.feature_shift is not None:
+            metrics.drift_feature_shift.set(snapshot.feature_shift)
+            metrics.drift_spread.set(snapshot.spread_ratio)
+        if window.unknown_rate is not None:
+            metrics.drift_unknown_rate.set(window.unknown_rate)
+        for label in monitor.labels:
+            metrics.drift_class_share.set(window.class_shares.get(label, 0.0), label=label)
+        if window.alarm:
+            self.log({"event": "drift_alarm", "window": window.index, "score": round(window.score, 3),
+                      "threshold": round(monitor.level.threshold, 3)})
+        for listener in list(self.drift_listeners):
+            try:
+                listener(monitor, window)
+            except Exception as exc:     # noqa: BLE001 - a listener never fails the request that completed the window
+                self.log({"event": "warning", "message": f"drift listener failed: {exc}"})
 
     def _observe_batch(self, record: BatchRecord) -> None:
         self.metrics.batch_size.observe(record.size)
@@ -250,7 +329,8 @@ class InferenceService:
                            "artifact": self.backbone.artifact.name, "backend": self.backbone.backend.name,
                            "precision": self.backbone.backend.effective_precision,
                            "preprocess": self.preprocess.to_dict(), "max_batch": self.settings.max_batch,
-                           "max_wait_ms": self.settings.max_wait_ms},
+                           "max_wait_ms": self.settings.max_wait_ms,
+                           **({"drift": self.drift.snapshot().to_json()} if self.drift is not None else {})},
         }
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -295,7 +375,9 @@ class InferenceService:
         state = self.live.state          # one reference: every image of the request, one committed version
         features = apply_adapter(ran.features, state.adapter)
         logits = state.head.logits(features)
-        return logits, None if state.unknown is None else state.unknown.scores(features, logits), state, ran
+        scores = None if state.unknown is None else state.unknown.scores(features, logits)
+        self._observe_drift(features, logits, scores)
+        return logits, scores, state, ran
 
     def _labels(self, logits: np.ndarray, scores: np.ndarray | None, state: HeadState) -> list[str]:
         """The answered labels: the top class, or ``unknown`` above the threshold when serving with ``--reject``."""

@@ -1,11 +1,10 @@
 """``edgetl-rt``: the device-side command line.
 
-Run (predict, evaluate, serve, drift), learn (update, tune, history, rollback, adapt, cluster), fleet
-(contribute, pull), benchmark (bench), deploy (doctor, build-engine, unpack) and trust (verify, sign, keys); one
-module per job, imported only when one of its commands runs.  The shared options and output helpers live in :mod:`.options`,
-:mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and
-``predict``, ``evaluate`` and :func:`run_bench`) from here, so both command
-lines speak one grammar.
+Run (predict, evaluate, serve, drift), learn (update, tune, history, rollback, adapt, cluster), fleet (contribute,
+pull), benchmark (bench), deploy (doctor, build-engine, unpack) and trust (verify, sign, keys); one module per job,
+imported only when one of its commands runs. The shared options and output helpers live in :mod:`.options`,
+:mod:`.output` and :mod:`.group`, and the host's ``edgetl`` reuses them (and ``predict``, ``evaluate`` and
+:func:`run_bench`) from here, so both command lines speak one grammar.
 
 Every user error is an :class:`~edgetl.runtime.errors.EdgetlError`; the group
 prints its message and exits with its code (:class:`~edgetl.runtime.errors.ExitCode`),

@@ -141,11 +141,21 @@ def read_token(path: str, log) -> str:
               help="How often the committed head version is checked (updates from other processes).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
+@click.option("--adapt-on-drift", is_flag=True,
+              help="Adapt to the served stream without labels when its drift score passes the alarm level (the "
+                   "label-free methods of adapt, fitted on the last --adapt-window inputs), and reset to the "
+                   "committed head when the label-free guard says the adaptation harms. In memory only: nothing is "
+                   "committed (edgetl-rt adapt commits). /metrics: edgetl_adaptations_total, "
+                   "edgetl_adaptation_active.")
+@click.option("--adapt-window", type=click.IntRange(min=16), default=256, show_default=True,
+              help="Served inputs whose features --adapt-on-drift keeps (its memory: this times the feature "
+                   "dimension in float32).")
 @json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,
           decode_threads, inputs_mb, max_images, max_connections, request_timeout, header_timeout, min_body_rate,
-          poll_ms, access_log, as_json, artifact, backend, threads, no_measure) -> None:
+          poll_ms, access_log, adapt_on_drift, adapt_window, as_json, artifact, backend, threads,
+          no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
     Prints one line when it listens (with --json, one JSON object: url, model, artifact, backend, head_version);
@@ -161,7 +171,8 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
     settings = ServeSettings(name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
                              max_images=max_images, poll_ms=poll_ms, decode_pixels=decode_pixels,
-                             decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout)
+                             decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout,
+                             adapt_on_drift=adapt_on_drift, adapt_window=adapt_window)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

@@ -138,9 +138,14 @@ class ServiceMetrics:
             "edgetl_connections_closed_total", "Connections the service closed or refused on its own, by reason: full "
             "(503 at accept), draining (503 at accept), reclaimed (a waiting connection's slot given to a new one), "
             "idle_timeout, head_timeout (408), body_timeout (408).", ("reason",))
+        self.adaptations = Counter(
+            "edgetl_adaptations_total", "serve --adapt-on-drift: adaptations of the stream by outcome: adapted (the "
+            "label-free guard accepted one), refused (it accepted none), reset (back to the unadapted head).",
+            ("outcome",))
+        self.adaptation_active = Gauge("edgetl_adaptation_active", "1 while the stream is answered adapted.")
         self._all = [self.requests, self.latency, self.images, self.batch_size, self.batch_seconds,
                      self.queue_seconds, self.in_flight, self.head_version, self.head_reloads, self.updates,
-                     self.model_load, self.info, self.connections_closed]
+                     self.model_load, self.info, self.connections_closed, self.adaptations, self.adaptation_active]
 
     def render(self) -> str:
         return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

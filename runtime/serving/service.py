@@ -48,6 +48,7 @@ from ..learning.session import LearningSession
 from ..learning.settings import BACKGROUND_LOCK_TIMEOUT, UpdateSettings
 from ..learning.update import learn_records
 from ..machine import default_threads
+from .adaptation import DEFAULT_WINDOW, StreamAdapter, stream_source
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
@@ -87,6 +88,8 @@ class ServeSettings:
     decode_threads: int | None = None            # None: one per usable core (machine.default_threads)
     inputs_mb: float = SERVE_INPUTS_MB
     decode_wait_s: float = SERVE_DECODE_WAIT_S
+    adapt_on_drift: bool = False                 # adapt on the stream when drift is detected (serving/adaptation)
+    adapt_window: int = DEFAULT_WINDOW
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -107,6 +110,8 @@ class ServeSettings:
             raise ConfigError(f"must be positive, got {self.inputs_mb:g}", option="inputs_mb")
         if self.decode_wait_s <= 0:
             raise ConfigError(f"must be positive, got {self.decode_wait_s:g}", option="decode_wait_s")
+        if self.adapt_window < 16:
+            raise ConfigError(f"must be at least 16, got {self.adapt_window}", option="adapt_window")
 
 
 ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
@@ -173,6 +178,9 @@ class InferenceService:
         self.decoder = DecodePool(settings.decode_threads or max(1, default_threads()), settings.decode_pixels,
                                   int(settings.inputs_mb * 1024 * 1024))
         self.session = LearningSession(keep_factor=True)
+        #: ``--adapt-on-drift``; its ``trigger`` is the seam a drift monitor connects to (None: its own drift score)
+        self.stream_adapter = StreamAdapter(lambda state: stream_source(self.bundle, state), self.feature_dim,
+                                            settings.adapt_window) if settings.adapt_on_drift else None
         self._learning = threading.Lock()           # one transaction of this service's session at a time
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
@@ -273,7 +281,22 @@ class InferenceService:
         """Logits of preprocessed images and the one head state that produced them."""
         ran = self.run_backbone(images)
         state = self.live.state          # one reference: every image of the request, one committed version
+        if self.stream_adapter is not None:
+            stats = self.stream_adapter.stats
+            before = (stats.adapted, stats.refused, stats.resets)
+            logits = self.stream_adapter.logits(ran.features, state)
+            self._observe_adaptation(before)
+            return logits, state, ran
         return state.head.logits(apply_adapter(ran.features, state.adapter)), state, ran
+
+    def _observe_adaptation(self, before: tuple[int, int, int]) -> None:
+        stats = self.stream_adapter.stats
+        for outcome, old, new in zip(("adapted", "refused", "reset"), before,
+                                     (stats.adapted, stats.refused, stats.resets)):
+            if new > old:
+                self.metrics.adaptations.inc(new - old, outcome=outcome)
+                self.log({"event": "adapt", "outcome": outcome, "method": stats.method, "reason": stats.last_reason})
+        self.metrics.adaptation_active.set(1 if stats.active else 0)
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""

@@ -34,7 +34,7 @@ from shifts import DEFAULT_OUT, IMAGE_SHIFTS, SEVERITIES, TEXT_SHIFTS, load
 
 from edgetl.runtime.bundle.heads import RidgeHead, RidgeStatistics
 from edgetl.runtime.inference.features import apply_adapter
-from edgetl.runtime.learning.adapters import METHODS, SourceStatistics, choose, fit, lame
+from edgetl.runtime.learning.adapters import AUTO_BY_MODALITY, METHODS, SourceStatistics, choose, fit, lame
 
 COLUMNS = (*METHODS, "lame", "auto")
 SHORT = {"normalise+prototypes": "norm+proto"}
@@ -52,7 +52,7 @@ def source_head(train: dict) -> tuple[RidgeHead, SourceStatistics]:
     return head, SourceStatistics.from_ridge(statistics)
 
 
-def one_copy(head: RidgeHead, source: SourceStatistics, copy: dict) -> dict:
+def one_copy(head: RidgeHead, source: SourceStatistics, copy: dict, modality: str) -> dict:
     x, y = copy["features"].astype(np.float32), copy["labels"]
     before = _accuracy(head.logits(x), y)
     row = {"before": before}
@@ -61,7 +61,7 @@ def one_copy(head: RidgeHead, source: SourceStatistics, copy: dict) -> dict:
         row[method] = _accuracy(adapted.logits(apply_adapter(x, adapter)), y)
     row["lame"] = _accuracy(lame(head.logits(x), x), y)
     t0 = time.perf_counter()
-    choice = choose(head, source, x)          # what edgetl-rt adapt runs: auto, guarded
+    choice = choose(head, source, x, AUTO_BY_MODALITY[modality])    # what edgetl-rt adapt runs: auto, guarded
     row["adapt_ms"] = (time.perf_counter() - t0) * 1e3
     row["auto"] = _accuracy(choice.best.logits(x), y) if choice.helped else before
     row["decision"] = "committed" if choice.helped else "refused"
@@ -90,7 +90,7 @@ def run_set(name: str, features: Path, train_split: str, test_split: str, shifts
             continue
         with np.load(path) as npz:
             copy = {k: npz[k] for k in npz.files}
-        rows[f"{shift}_{severity}"] = one_copy(head, source, copy)
+        rows[f"{shift}_{severity}"] = one_copy(head, source, copy, "text" if name == "banking77" else "image")
     return {"rows": rows, "summary": summarise(rows)}
 
 

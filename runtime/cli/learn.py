@@ -149,8 +149,9 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
 @click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the --check data falls by more points.")
 @click.option("--method", type=click.Choice(["auto", *ADAPT_METHODS]), default="auto", show_default=True,
-              help="auto: normalise+prototypes (the head's class prototypes moved towards confident target inputs "
-                   "after per-feature normalisation), else normalise alone, the first the label-free guard accepts; "
+              help="auto: for images normalise+prototypes (the head's class prototypes moved towards confident "
+                   "target inputs after per-feature normalisation), else normalise alone, the first the label-free "
+                   "guard accepts; for texts normalise; "
                    "or one method: normalise (per-feature mean and spread), coral (full covariance alignment), "
                    "prototypes, normalise+prototypes.")
 @click.option("--force", is_flag=True, help="Commit even when the accuracy guard or the label-free guard objects.")

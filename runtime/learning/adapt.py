@@ -19,7 +19,7 @@ from ..errors import BundleError, ConfigError, DataError, UpdateRejectedError
 from ..inference.features import backbone_features
 from ..metrics import top1_accuracy
 from ..progress import ProgressFactory, silent_progress
-from .adapters import AUTO, METHODS, Candidate, DriftScore, SourceStatistics, choose
+from .adapters import AUTO_BY_MODALITY, METHODS, Candidate, DriftScore, SourceStatistics, choose
 from .reports import AdaptReport
 from .settings import UpdateSettings
 from .versions import ensure_store, write_rows
@@ -44,8 +44,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
     """Adapt the model to unlabelled target-domain inputs (labels in DATA are ignored) and commit it when the
     label-free guard says it helped.
 
-    ``method``: ``auto`` (the methods of :data:`~.adapters.AUTO` in order, the first the guard accepts) or one of
-    :data:`~.adapters.METHODS`. The guard (:func:`~.adapters.choose`) refuses when the target's drift score is
+    ``method``: ``auto`` (the methods of :data:`~.adapters.AUTO_BY_MODALITY` in order, the first the guard takes) or
+    one of :data:`~.adapters.METHODS`. The guard (:func:`~.adapters.choose`) refuses when the target's drift score is
     below the alarm level (nothing to adapt to), or when the adaptation changes more than half of the served
     answers, crowds them into fewer classes, or moves the features away from the source; ``drift`` and ``alarm``
     replace the default drift score (the seam to another drift measure). A refusal commits nothing and says why
@@ -68,7 +68,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                                                                              store.head(parent))
         raw = backbone_features(backbone, records, progress=progress).values   # raw target features
         t0 = time.perf_counter()
-        choice = choose(head, source, raw, AUTO if method == "auto" else (method,), reference=current, drift=drift,
+        methods = AUTO_BY_MODALITY[records[0].modality] if method == "auto" else (method,)
+        choice = choose(head, source, raw, methods, reference=current, drift=drift,
                         alarm=alarm, force=force)
         adapt_s = time.perf_counter() - t0
         report = AdaptReport(bundle=str(bundle.path), n_unlabeled=len(raw), parent=parent.version,

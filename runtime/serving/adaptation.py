@@ -26,7 +26,7 @@ import numpy as np
 
 from ..bundle.folder import HeadState
 from ..learning.adapters import (
-    AUTO,
+    AUTO_BY_MODALITY,
     Candidate,
     DriftScore,
     SourceStatistics,
@@ -66,11 +66,13 @@ class StreamAdapter:
 
     def __init__(self, source_of: Callable[[HeadState], SourceStatistics | None], dim: int,
                  window: int = DEFAULT_WINDOW, check_every: int = DEFAULT_CHECK_EVERY, trigger=None,
-                 drift: DriftScore | None = None, alarm: float | None = None, methods: tuple[str, ...] = AUTO):
+                 drift: DriftScore | None = None, alarm: float | None = None, methods: tuple[str, ...] | None = None,
+                 modality: str = "image"):
         """``source_of(state)``: the source statistics of a head version (read again when the version changes);
         ``trigger``: the drift monitor (an object with ``.alarm`` or a callable; None: the window's own drift
         score against ``alarm``); ``drift``: another drift score for the guard."""
-        self.source_of, self.window, self.check_every, self.methods = source_of, int(window), int(check_every), methods
+        self.source_of, self.window, self.check_every = source_of, int(window), int(check_every)
+        self.methods = methods or AUTO_BY_MODALITY[modality]
         self.trigger = trigger
         self._drift, self._alarm = drift, alarm
         self.source: SourceStatistics | None = None

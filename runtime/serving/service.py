@@ -180,7 +180,8 @@ class InferenceService:
         self.session = LearningSession(keep_factor=True)
         #: ``--adapt-on-drift``; its ``trigger`` is the seam a drift monitor connects to (None: its own drift score)
         self.stream_adapter = StreamAdapter(lambda state: stream_source(self.bundle, state), self.feature_dim,
-                                            settings.adapt_window) if settings.adapt_on_drift else None
+                                            settings.adapt_window, modality="text" if self.text else "image") \
+            if settings.adapt_on_drift else None
         self._learning = threading.Lock()           # one transaction of this service's session at a time
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None

@@ -136,3 +136,29 @@ def test_adapt_commits_nothing_when_its_guard_refuses(tiny_bundle, tmp_path):
     assert not report["committed"] and report["guard"] == "refused" and report["version"] is None
     assert report["guard_reason"].startswith("no shift") and report["drift_before"] < report["alarm"]
     assert FeatureStore(tiny_bundle).current_number() == 0
+
+
+def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):
+    """The service wires the stream adapter in: the alarm seam, the source statistics of the served head, and the
+    outcome in /metrics and the log."""
+    from edgetl.runtime.serving.service import InferenceService, ServeSettings
+
+    events = []
+    service = InferenceService(tiny_bundle, ServeSettings(artifact="onnx", measure=False, adapt_on_drift=True,
+                                                          adapt_window=32), log=events.append)
+    try:
+        stream = service.stream_adapter
+        stream.trigger = lambda: True                 # a drift monitor raising its alarm
+        size = service.preprocess.input_size
+        rng = np.random.default_rng(13)
+        for _ in range(4):                             # 64 inputs: one full window, one look
+            images = (rng.normal(0, 1, (16, 3, size, size)) * 0.2 + 1.5).astype(np.float32)   # washed out
+            logits, _, _ = service.classify(images)
+            assert logits.shape == (16, len(service.live.state.labels))
+        assert stream.source is not None and stream.stats.adapted + stream.stats.refused == 1
+        outcome = "adapted" if stream.stats.adapted else "refused"
+        assert service.metrics.adaptations.value(outcome=outcome) == 1
+        assert f'edgetl_adaptations_total{{outcome="{outcome}"}} 1' in service.metrics.render()
+        assert [e["outcome"] for e in events if e.get("event") == "adapt"] == [outcome]
+    finally:
+        service.close()

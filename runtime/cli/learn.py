@@ -176,8 +176,8 @@ def adapt(bundle, data, check, max_accuracy_drop, method, force, lock_timeout, a
         print_json(report)
         return
     noun = inputs_of(bundle)
-    rows = [("version", report.version), (f"unlabelled {noun}", report.n_unlabeled),
-            ("feature mean shift", report.mean_shift),
+    rows = [("version", report.version if report.committed else "- (nothing committed)"),
+            (f"unlabelled {noun}", report.n_unlabeled), ("feature mean shift", report.mean_shift),
             ("drift score", f"{report.drift_before:.4f} (alarm {report.alarm:.4f})"
                             + (f" -> {report.drift_after:.4f}" if report.drift_after is not None else "")),
             ("method", report.method or "-"), ("guard", f"{report.guard}: {report.guard_reason}")]

@@ -67,6 +67,13 @@ class SourceStatistics:
     def variance(self) -> np.ndarray:
         return np.maximum(np.diag(self.covariance), 0.0)
 
+    def root(self, shrink: float) -> np.ndarray:
+        """The shrunk covariance's square root (CORAL's re-colouring), computed once per ``shrink``."""
+        roots = self.__dict__.setdefault("_roots", {})
+        if shrink not in roots:
+            roots[shrink] = _power(self.covariance, shrink, 0.5)
+        return roots[shrink]
+
 
 def fit_normalise(source: SourceStatistics, target: np.ndarray) -> dict[str, np.ndarray]:
     """Per-feature mean and spread of the target onto the source's."""
@@ -91,7 +98,7 @@ def fit_coral(source: SourceStatistics, target: np.ndarray, shrink: float = 1.0)
     target = np.asarray(target, np.float64)
     target_mean = target.mean(axis=0)
     centred = target - target_mean
-    matrix = _power(centred.T @ centred / len(target), shrink, -0.5) @ _power(source.covariance, shrink, 0.5)
+    matrix = _power(centred.T @ centred / len(target), shrink, -0.5) @ source.root(shrink)
     return {"target_mean": target_mean.astype(np.float32), "matrix": matrix.astype(np.float32),
             "source_mean": source.mean.astype(np.float32)}
 

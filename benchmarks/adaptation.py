@@ -112,6 +112,37 @@ def summarise(rows: dict) -> dict:
     return summary
 
 
+def stream(features: Path, window: int = 128, segments: tuple[str, ...] = ("clean_0", "fog_3", "clean_0", "blur_3",
+           "noise_3", "clean_0", "contrast_3", "jpeg_3", "clean_0")) -> dict:
+    """``serve --adapt-on-drift`` on a stream of clothing10 val copies one after another (each shuffled, seeded),
+    32 inputs a request, the adapter's own drift alarm: accuracy unadapted and as served, and what it did."""
+    from edgetl.runtime.bundle.folder import HeadState
+    from edgetl.runtime.serving.adaptation import StreamAdapter
+
+    head, source = source_head(load(features, "clothing10", "train"))
+    adapter = StreamAdapter(lambda state: source, source.mean.shape[0], window=window, check_every=32)
+    state = HeadState(head, [], None, 1)
+    rng = np.random.default_rng(0)
+    served, plain, log = [], [], []
+    for segment in segments:
+        shift, severity = segment.rsplit("_", 1)
+        copy = load(features, "clothing10", "val", shift, int(severity))
+        order = rng.permutation(len(copy["labels"]))
+        x, y = copy["features"][order].astype(np.float32), copy["labels"][order]
+        before = (adapter.stats.adapted, adapter.stats.refused, adapter.stats.resets)
+        for i in range(0, len(y), 32):
+            served.append(np.argmax(adapter.logits(x[i:i + 32], state), axis=1) == y[i:i + 32])
+            plain.append(np.argmax(head.logits(x[i:i + 32]), axis=1) == y[i:i + 32])
+        requests = len(range(0, len(y), 32))
+        log.append({"segment": segment, "accuracy_plain": float(np.mean(np.concatenate(plain[-requests:]))),
+                    "accuracy_served": float(np.mean(np.concatenate(served[-requests:]))),
+                    "adapted": adapter.stats.adapted - before[0], "refused": adapter.stats.refused - before[1],
+                    "resets": adapter.stats.resets - before[2]})
+    return {"window": window, "segments": log, "accuracy_plain": float(np.mean(np.concatenate(plain))),
+            "accuracy_served": float(np.mean(np.concatenate(served))),
+            "adapted": adapter.stats.adapted, "refused": adapter.stats.refused, "resets": adapter.stats.resets}
+
+
 def print_table(title: str, result: dict) -> None:
     print(f"\n{title}")
     print(f"{'copy':<16}{'before':>8}" + "".join(f"{SHORT.get(c, c):>12}" for c in COLUMNS) + f"{'guard':>11}{'ms':>8}")
@@ -146,6 +177,14 @@ def main() -> None:
                "texts": run_set("banking77", args.features, "train", "test", TEXT_SHIFTS)}
     print_table("clothing10 (EfficientNet-Lite0 224 px, ridge head on train, val copies)", results["images"])
     print_table("banking77 (all-MiniLM-L6-v2, ridge head on train, test copies)", results["texts"])
+    results["stream"] = stream(args.features)
+    print("\nserve --adapt-on-drift on a stream of clothing10 val copies (32 a request, window 128)")
+    for seg in results["stream"]["segments"]:
+        print(f"{seg['segment']:<14} plain {seg['accuracy_plain']:.3f}  served {seg['accuracy_served']:.3f}  "
+              f"adapted {seg['adapted']}  refused {seg['refused']}  resets {seg['resets']}")
+    st = results["stream"]
+    print(f"whole stream: plain {st['accuracy_plain']:.3f}, served {st['accuracy_served']:.3f}; adapted "
+          f"{st['adapted']}, refused {st['refused']}, resets {st['resets']}")
     if args.adabn is not None:
         results["images_adabn"] = run_set("clothing10", args.features, "train", "val", IMAGE_SHIFTS,
                                           folder=args.adabn, prefix="adabn_val")

@@ -16,6 +16,7 @@ from edgetl.runtime.bundle.folder import HeadState
 from edgetl.runtime.bundle.heads import LinearHead, RidgeHead, RidgeStatistics
 from edgetl.runtime.bundle.store import FeatureStore
 from edgetl.runtime.cli import main as rt
+from edgetl.runtime.inference.model import EdgeModel
 from edgetl.runtime.learning.adapters import (
     Candidate,
     SourceStatistics,
@@ -136,6 +137,15 @@ def test_adapt_commits_nothing_when_its_guard_refuses(tiny_bundle, tmp_path):
     assert not report["committed"] and report["guard"] == "refused" and report["version"] is None
     assert report["guard_reason"].startswith("no shift") and report["drift_before"] < report["alarm"]
     assert FeatureStore(tiny_bundle).current_number() == 0
+    # forced, it is a version like any other: rollback undoes it
+    forced = json.loads(CliRunner().invoke(rt, ["adapt", str(tiny_bundle), str(target), "--method", "coral", "--force",
+                                                "--json", "--no-measure"]).stdout)
+    assert forced["committed"] and forced["guard"] == "forced" and forced["version"] == 1
+    with EdgeModel(tiny_bundle, measure=False) as model:
+        assert model.head_version == 1 and "matrix" in model.adapter
+    assert CliRunner().invoke(rt, ["rollback", str(tiny_bundle)]).exit_code == 0
+    with EdgeModel(tiny_bundle, measure=False) as model:
+        assert model.head_version == 2 and model.adapter is None
 
 
 def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):

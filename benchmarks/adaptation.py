@@ -11,8 +11,10 @@ severity. For each copy, every method of ``edgetl.runtime.learning.adapters`` is
 * the guard's decision (committed / refused) counted, and the clean data's loss (target: at most 0.5 points);
 * mean gain at each severity (target: at least +3 points at severity 3);
 * cost per adaptation (ms: fitting every candidate and the guard on the batch's features) and per prediction;
-* with ``--adabn DIR``: the same for features taken with the backbone's batch-normalisation statistics
-  re-estimated on the target batch (AdaBN), measured on the host with torch (``DIR/adabn_val_<shift>_<sev>.npz``).
+* with ``--adabn``: the same for features taken with the backbone's batch-normalisation statistics re-estimated
+  on the target (AdaBN: train-mode batch norm over batches of 93 photos, torch on the host), clean and severity 3,
+  cached as ``FEATURES/adabn/adabn_val_<shift>_<severity>.npz``: whether an artifact exporting the batch-norm
+  moments (for ONNX Runtime's ``add_initializer``) would be worth building.
 
 The same for banking77 (all-MiniLM-L6-v2 features; the source head on train, judged on test with each text shift).
 Features come from ``benchmarks/shifts.py``'s cache (``--features``), built there on first use.
@@ -143,6 +145,42 @@ def stream(features: Path, window: int = 128, segments: tuple[str, ...] = ("clea
             "adapted": adapter.stats.adapted, "refused": adapter.stats.refused, "resets": adapter.stats.resets}
 
 
+def adabn_features(out: Path, batch: int = 93) -> Path:
+    """clothing10 val, clean and each corruption at severity 3, through Lite0 with every batch-norm layer
+    normalising by the statistics of its batch (shuffled, seeded) instead of ImageNet's running ones."""
+    import torch
+    from PIL import Image
+    from shifts import DATA, _image_folder, corrupt_image
+    from torch import nn
+
+    from edgetl.backbones import create_backbone
+    from edgetl.runtime.data.preprocess import normalize_batch, resize_and_crop
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = create_backbone("efficientnet_lite0").eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.train()
+    config = model.pretrained.preprocess(224)
+    paths, labels, _ = _image_folder(DATA / "clothing10" / "val")
+    crops = [np.asarray(resize_and_crop(Image.open(p).convert("RGB"), config), dtype=np.uint8) for p in paths]
+    order = np.random.default_rng(0).permutation(len(crops))       # batches mixing the classes
+    for shift, severity in [("clean", 0)] + [(s, 3) for s in IMAGE_SHIFTS]:
+        path = out / f"adabn_val_{shift}_{severity}.npz"
+        if path.exists():
+            continue
+        shifted = crops if severity == 0 else [corrupt_image(c, shift, severity, seed=i) for i, c in enumerate(crops)]
+        values = np.zeros((len(crops), model.feature_dim), np.float32)
+        with torch.no_grad():
+            for i in range(0, len(crops), batch):
+                take = order[i:i + batch]
+                values[take] = model(torch.from_numpy(normalize_batch(np.stack([shifted[j] for j in take]),
+                                                                      config))).numpy()
+        np.savez(path, features=values, labels=labels)
+    return out
+
+
 def print_table(title: str, result: dict) -> None:
     print(f"\n{title}")
     print(f"{'copy':<16}{'before':>8}" + "".join(f"{SHORT.get(c, c):>12}" for c in COLUMNS) + f"{'guard':>11}{'ms':>8}")
@@ -164,8 +202,8 @@ def print_table(title: str, result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, default=DEFAULT_OUT, help="benchmarks/shifts.py's cache.")
-    parser.add_argument("--adabn", type=Path, default=None,
-                        help="Folder of AdaBN features (adabn_val_<shift>_<severity>.npz), measured on the host.")
+    parser.add_argument("--adabn", action="store_true",
+                        help="Measure AdaBN too (torch on the host; seven backbone passes, cached).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     args = parser.parse_args()
     if not (args.features / "READY").exists():
@@ -185,9 +223,10 @@ def main() -> None:
     st = results["stream"]
     print(f"whole stream: plain {st['accuracy_plain']:.3f}, served {st['accuracy_served']:.3f}; adapted "
           f"{st['adapted']}, refused {st['refused']}, resets {st['resets']}")
-    if args.adabn is not None:
+    if args.adabn:
+        folder = adabn_features(args.features / "adabn")
         results["images_adabn"] = run_set("clothing10", args.features, "train", "val", IMAGE_SHIFTS,
-                                          folder=args.adabn, prefix="adabn_val")
+                                          folder=folder, prefix="adabn_val")
         print_table("clothing10 with AdaBN features (host, torch: BN statistics of the target batch)",
                     results["images_adabn"])
     path = save_result("adaptation", results)

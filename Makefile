@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= host,text,openvino,quantize,sign,fleet,test,docs
+EXTRAS ?= host,text,openvino,quantize,sign,fleet,test,docs,bench
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
@@ -72,6 +72,8 @@ bench: install
 	$(BIN)/python benchmarks/distributed_pass.py
 	$(BIN)/python benchmarks/text_transfer.py
 	$(BIN)/python benchmarks/verify_bundle.py
+	$(BIN)/python benchmarks/shifts.py
+	$(BIN)/python benchmarks/adaptation.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 	EDGETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -rxX tests/test_fuzz.py

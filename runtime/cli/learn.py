@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from ..learning.settings import METHODS, UpdateSettings
+from ..learning.settings import ADAPT_METHODS, METHODS, UpdateSettings
 from .options import json_option, overwrite_option, skip_bad_option, trusted_keys_option, with_model_options
 from .output import fmt, inputs_of, print_json, print_table, progress
 
@@ -152,25 +152,40 @@ def rollback(bundle, to_version, lock_timeout, as_json) -> None:
               help="Labelled data (images or texts) of the target domain to measure the change on.")
 @click.option("--max-accuracy-drop", type=float, default=UpdateSettings.max_accuracy_drop, show_default=True,
               help="Refuse to commit (exit 6) when accuracy on the --check data falls by more points.")
-@click.option("--force", is_flag=True, help="Commit even when the accuracy guard objects.")
+@click.option("--method", type=click.Choice(["auto", *ADAPT_METHODS]), default="auto", show_default=True,
+              help="auto: for images normalise+prototypes (the head's class prototypes moved towards confident "
+                   "target inputs after per-feature normalisation), else normalise alone, the first the label-free "
+                   "guard accepts; for texts normalise; "
+                   "or one method: normalise (per-feature mean and spread), coral (full covariance alignment), "
+                   "prototypes, normalise+prototypes.")
+@click.option("--force", is_flag=True, help="Commit even when the accuracy guard or the label-free guard objects.")
 @lock_timeout_option
 @trusted_keys_option
 @json_option
 @with_model_options
-def adapt(bundle, data, check, max_accuracy_drop, force, lock_timeout, as_json, artifact, backend, threads,
+def adapt(bundle, data, check, max_accuracy_drop, method, force, lock_timeout, as_json, artifact, backend, threads,
           no_measure) -> None:
-    """Re-estimate feature normalisation on unlabelled DATA from the target domain (labels ignored)."""
+    """Adapt the model to unlabelled DATA from the target domain (labels ignored), without backpropagation.
+
+    The adaptation is committed only when its label-free guard says it helped: the drift score of DATA is above
+    the alarm level, and the adapted model keeps at least half of the current answers, uses the classes as evenly
+    and brings the features no further from the source. A refusal commits nothing (exit 0; "committed": false
+    and "guard_reason" in --json).
+    """
     from ..learning.adapt import adapt_bundle
 
     report = adapt_bundle(bundle, data, check=check, max_accuracy_drop=max_accuracy_drop, force=force,
                           lock_timeout=lock_timeout, artifact=artifact, backend=backend, threads=threads,
-                          progress=progress, measure=not no_measure)
+                          progress=progress, measure=not no_measure, method=method)
     if as_json:
         print_json(report)
         return
     noun = inputs_of(bundle)
-    rows = [("version", report.version), (f"unlabelled {noun}", report.n_unlabeled),
-            ("feature mean shift", report.mean_shift)]
+    rows = [("version", report.version if report.committed else "- (nothing committed)"),
+            (f"unlabelled {noun}", report.n_unlabeled), ("feature mean shift", report.mean_shift),
+            ("drift score", f"{report.drift_before:.4f} (alarm {report.alarm:.4f})"
+                            + (f" -> {report.drift_after:.4f}" if report.drift_after is not None else "")),
+            ("method", report.method or "-"), ("guard", f"{report.guard}: {report.guard_reason}")]
     if report.check is not None:
         rows.append(("check accuracy", f"{report.accuracy_before:.4f} -> {report.accuracy_after:.4f} "
                                        f"({report.check_n} {noun})"))

@@ -148,13 +148,23 @@ def read_token(path: str, log) -> str:
                    "rows).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every request (JSON lines on stderr).")
+@click.option("--adapt-on-drift", is_flag=True,
+              help="Adapt to the served stream without labels when its drift score passes the alarm level (the "
+                   "label-free methods of adapt, fitted on the last --adapt-window inputs), and reset to the "
+                   "committed head when the label-free guard says the adaptation harms. In memory only: nothing is "
+                   "committed (edgetl-rt adapt commits). /metrics: edgetl_adaptations_total, "
+                   "edgetl_adaptation_active.")
+@click.option("--adapt-window", type=click.IntRange(min=16), default=256, show_default=True,
+              help="Served inputs whose features --adapt-on-drift keeps (its memory: this times the feature "
+                   "dimension in float32).")
 @reject_option
 @trusted_keys_option
 @json_option
 @with_model_options
 def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body_mb, max_pixels, decode_pixels,
           decode_threads, inputs_mb, max_images, max_connections, request_timeout, header_timeout, min_body_rate,
-          poll_ms, drift_window, drift_false_alarms, access_log, reject, as_json, artifact, backend, threads,
+          poll_ms, drift_window, drift_false_alarms, access_log, adapt_on_drift, adapt_window, reject, as_json,
+          artifact, backend, threads,
           no_measure) -> None:
     """Serve BUNDLE over the Open Inference Protocol (KServe v2 REST), learning from POST .../update.
 
@@ -172,7 +182,8 @@ def serve(bundle, host, port, name, max_batch, max_wait_ms, token_file, max_body
                              artifact=artifact, backend=backend, measure=not no_measure, max_pixels=max_pixels,
                              max_images=max_images, poll_ms=poll_ms, decode_pixels=decode_pixels,
                              decode_threads=decode_threads, inputs_mb=inputs_mb, decode_wait_s=request_timeout,
-                             reject=reject, drift_window=drift_window, drift_false_alarms=drift_false_alarms)
+                             reject=reject, drift_window=drift_window, drift_false_alarms=drift_false_alarms,
+                             adapt_on_drift=adapt_on_drift, adapt_window=adapt_window)
     service = InferenceService(bundle, settings, log)      # a bad bundle stops here, before binding
     try:
         server = ServeHTTP((host, port), service, token=token, max_body=int(max_body_mb * 1024 * 1024),

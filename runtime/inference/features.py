@@ -27,10 +27,16 @@ class FeatureSource(Protocol):
 
 
 def apply_adapter(features: np.ndarray, adapter: dict[str, np.ndarray] | None) -> np.ndarray:
-    """Map target-domain features onto the source statistics the head was trained on (``edgetl-rt adapt``)."""
+    """Map target-domain features onto the source statistics the head was trained on (``edgetl-rt adapt``).
+
+    Two forms: per feature (``scale``, a vector: each feature's spread) and full covariance (``matrix``, d x d:
+    the target's covariance whitened and re-coloured with the source's, as CORAL does); both centre on the
+    target's mean and move onto the source's."""
     if adapter is None:
         return features
-    return ((features - adapter["target_mean"]) * adapter["scale"] + adapter["source_mean"]).astype(np.float32)
+    centred = features - adapter["target_mean"]
+    mapped = centred @ adapter["matrix"] if "matrix" in adapter else centred * adapter["scale"]
+    return (mapped + adapter["source_mean"]).astype(np.float32)
 
 
 @dataclass

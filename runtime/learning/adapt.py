@@ -1,7 +1,9 @@
-"""``edgetl-rt adapt``: the head's input re-normalised to unlabelled target-domain data (transductive transfer)."""
+"""``edgetl-rt adapt``: the model adapted to unlabelled target-domain data (transductive transfer), by a method of
+:mod:`.adapters` that its label-free guard accepts, committed through the store like every other version."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,13 +15,23 @@ from ..compat import renamed_keyword
 from ..data.sources import open_data
 from ..documents import utc_now
 from ..engines.runner import BackboneRunner
-from ..errors import BundleError, DataError, UpdateRejectedError
-from ..inference.features import apply_adapter, backbone_features
+from ..errors import BundleError, ConfigError, DataError, UpdateRejectedError
+from ..inference.features import backbone_features
 from ..metrics import top1_accuracy
 from ..progress import ProgressFactory, silent_progress
+from .adapters import AUTO_BY_MODALITY, METHODS, Candidate, DriftScore, SourceStatistics, choose
 from .reports import AdaptReport
 from .settings import UpdateSettings
 from .versions import ensure_store, write_rows
+
+
+def source_version(store, parent: Version) -> Version:
+    """The version whose head the adaptations fit from: the nearest ancestor that is not itself an adaptation (an
+    adapted head is never adapted again), or ``parent`` where that ancestor is no longer kept."""
+    version, kept = parent, set(store.kept_numbers())
+    while version.action == "adapt" and version.parent is not None and version.parent in kept:
+        version = store.version(version.parent)
+    return version
 
 
 @renamed_keyword("tune", "measure")
@@ -27,14 +39,21 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                  max_accuracy_drop: float = UpdateSettings.max_accuracy_drop, force: bool = UpdateSettings.force,
                  lock_timeout: float = UpdateSettings.lock_timeout, artifact: str | None = None,
                  backend: str | None = None, threads: int | None = None,
-                 progress: ProgressFactory = silent_progress, measure: bool = True) -> AdaptReport:
-    """Re-estimate per-feature normalisation on unlabelled target-domain inputs (labels in DATA are ignored).
+                 progress: ProgressFactory = silent_progress, measure: bool = True, method: str = "auto",
+                 drift: DriftScore | None = None, alarm: float | None = None) -> AdaptReport:
+    """Adapt the model to unlabelled target-domain inputs (labels in DATA are ignored) and commit it when the
+    label-free guard says it helped.
 
-    The adapter maps each feature from the target's mean and spread onto the source's (those of the
-    samples the head learned from, from the ridge statistics), which undoes global shifts in
-    brightness, colour or sensor response at the feature level.  With ``check`` (labelled inputs of the
-    target domain) the accuracy before and after is reported and guards the commit.
+    ``method``: ``auto`` (the methods of :data:`~.adapters.AUTO_BY_MODALITY` in order, the first the guard takes) or
+    one of :data:`~.adapters.METHODS`. The guard (:func:`~.adapters.choose`) refuses when the target's drift score is
+    below the alarm level (nothing to adapt to), or when the adaptation changes more than half of the served
+    answers, crowds them into fewer classes, or moves the features away from the source; ``drift`` and ``alarm``
+    replace the default drift score (the seam to another drift measure). A refusal commits nothing and says why
+    in the report (``guard``, ``guard_reason``); ``force`` commits the method anyway. With ``check`` (labelled
+    inputs of the target domain) the accuracy before and after is reported and guards the commit as well.
     """
+    if method != "auto" and method not in METHODS:
+        raise ConfigError(f"unknown adaptation method {method!r}: one of auto, {', '.join(METHODS)}", option="method")
     bundle = Bundle.open(bundle)
     store = bundle.store
     records, _ = open_data(data).records_and_names()
@@ -44,17 +63,26 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
         state = store.state(parent)
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
-        head, current_adapter = store.head(parent), store.adapter(parent)
+        source = SourceStatistics.from_ridge(state.ridge)
+        head, current = store.head(source_version(store, parent)), Candidate("current", store.adapter(parent),
+                                                                             store.head(parent))
         raw = backbone_features(backbone, records, progress=progress).values   # raw target features
-        source_mean = state.ridge.feature_sum / state.ridge.count
-        source_var = np.maximum(np.diag(state.ridge.gram) / state.ridge.count - source_mean ** 2, 0.0)
-        target_mean, target_std = raw.mean(axis=0), raw.std(axis=0)
-        scale = np.where(target_std > 1e-6, np.sqrt(source_var) / np.maximum(target_std, 1e-6), 1.0)
-        adapter = {"target_mean": target_mean.astype(np.float32), "scale": scale.astype(np.float32),
-                   "source_mean": source_mean.astype(np.float32)}
+        t0 = time.perf_counter()
+        methods = AUTO_BY_MODALITY[records[0].modality] if method == "auto" else (method,)
+        choice = choose(head, source, raw, methods, reference=current, drift=drift,
+                        alarm=alarm, force=force)
+        adapt_s = time.perf_counter() - t0
         report = AdaptReport(bundle=str(bundle.path), n_unlabeled=len(raw), parent=parent.version,
-                             mean_shift=float(np.linalg.norm(target_mean - source_mean) /
-                                              max(np.linalg.norm(source_mean), 1e-12)))
+                             mean_shift=float(np.linalg.norm(raw.mean(axis=0) - source.mean) /
+                                              max(np.linalg.norm(source.mean), 1e-12)),
+                             method=choice.method, guard="committed" if choice.helped else "refused",
+                             guard_reason=choice.reason, drift_before=choice.drift_before, alarm=choice.alarm,
+                             drift_after=choice.best.drift if choice.best else None,
+                             agreement=choice.best.agreement if choice.best else None,
+                             candidates={c.method: c.signals() for c in choice.candidates},
+                             adapt_ms=adapt_s * 1e3)
+        if choice.forced:
+            report.guard = "forced"             # the guard objected; --force committed it anyway
         if check:
             check_records, check_names = open_data(check).records_and_names()
             position = {name: i for i, name in enumerate(parent.classes)}
@@ -63,22 +91,24 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                 raise DataError(f"{check} has classes the model does not know: {', '.join(unknown)}")
             found = backbone_features(backbone, check_records, progress=progress)
             truth = np.array([position[check_names[i]] for i in found.kept])
-            before = top1_accuracy(head.logits(apply_adapter(found.values, current_adapter)), truth)
-            after = top1_accuracy(head.logits(apply_adapter(found.values, adapter)), truth)
+            before = top1_accuracy(current.logits(found.values), truth)
+            after = top1_accuracy(choice.best.logits(found.values), truth) if choice.helped else before
             report.check, report.check_n = check, len(truth)
             report.accuracy_before, report.accuracy_after = before, after
             if (before - after) * 100 > max_accuracy_drop and not force:
                 raise UpdateRejectedError(
                     f"adaptation not committed: accuracy on {check} would fall from {before:.4f} to "
                     f"{after:.4f}; check the data, or force the commit", remedy="force")
+        if not choice.helped:
+            return report                       # refused by the label-free guard: nothing written
+        best = choice.best
         version = Version(**{**asdict(parent), "version": -1, "parent": parent.version, "action": "adapt",
                              "files": {}, "n_new": 0, "new_classes": [],
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
-                             "note": f"feature normalisation from {len(raw)} unlabelled {records[0].modality}s of "
-                                     f"{data}",
+                             "note": f"{best.method} from {len(raw)} unlabelled {records[0].modality}s of {data}",
                              "created": utc_now()})
         write_rows(store, version, parent, store.segment_parts(parent), Samples.empty(bundle.feature_dim),
                    bundle.feature_dim)
-        store.commit(version, head, adapter)    # the parent's head, with the new adapter
+        store.commit(version, best.head, best.adapter)
         report.version, report.committed = version.version, True
     return report

@@ -127,5 +127,14 @@ class AdaptReport(Report):
     accuracy_after: float | None = None
     version: int | None = None
     committed: bool = False
+    method: str | None = None           # the method taken (None: the guard refused every one)
+    guard: str = "committed"            # committed | refused | forced (the guard objected; --force committed)
+    guard_reason: str = ""
+    drift_before: float | None = None   # the target's drift score before, the alarm level, and after the method
+    alarm: float | None = None
+    drift_after: float | None = None
+    agreement: float | None = None      # share of the served answers the adaptation keeps
+    candidates: dict = dataclasses.field(default_factory=dict)   # method -> its label-free signals
+    adapt_ms: float | None = None       # fitting and guarding, the backbone pass excluded
 
     OMITTED_WHEN_NONE = ("check", "check_n", "accuracy_before", "accuracy_after")

@@ -15,6 +15,8 @@ from ..errors import ConfigError
 from .learners import LEARNERS
 
 METHODS = tuple(LEARNERS)
+#: ``edgetl-rt adapt --method`` (besides auto): see :mod:`.adapters`.
+ADAPT_METHODS = ("normalise", "coral", "prototypes", "normalise+prototypes")
 #: How long a service's update waits for the store's lock: its client holds a connection open meanwhile (a command
 #: waits :attr:`UpdateSettings.lock_timeout`).
 SERVICE_LOCK_TIMEOUT = 10.0

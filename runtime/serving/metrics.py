@@ -155,11 +155,17 @@ class ServiceMetrics:
                                         "unknown (when an unknown score is given).")
         self.drift_class_share = Gauge("edgetl_drift_class_share", "Share of each class among the last window's "
                                        "answers.", ("label",))
+        self.adaptations = Counter(
+            "edgetl_adaptations_total", "serve --adapt-on-drift: adaptations of the stream by outcome: adapted (the "
+            "label-free guard accepted one), refused (it accepted none), reset (back to the unadapted head).",
+            ("outcome",))
+        self.adaptation_active = Gauge("edgetl_adaptation_active", "1 while the stream is answered adapted.")
         self._all = [self.requests, self.latency, self.images, self.batch_size, self.batch_seconds,
                      self.queue_seconds, self.in_flight, self.head_version, self.head_reloads, self.updates,
                      self.model_load, self.info, self.connections_closed, self.drift_score, self.drift_threshold,
                      self.drift_alarm, self.drift_windows, self.drift_alarms, self.drift_inputs,
-                     self.drift_feature_shift, self.drift_spread, self.drift_unknown_rate, self.drift_class_share]
+                     self.drift_feature_shift, self.drift_spread, self.drift_unknown_rate, self.drift_class_share,
+                     self.adaptations, self.adaptation_active]
 
     def render(self) -> str:
         return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

@@ -50,6 +50,7 @@ from ..learning.session import LearningSession
 from ..learning.settings import BACKGROUND_LOCK_TIMEOUT, UpdateSettings
 from ..learning.update import learn_records
 from ..machine import default_threads
+from .adaptation import DEFAULT_WINDOW as DEFAULT_ADAPT_WINDOW, StreamAdapter, stream_source
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
@@ -92,6 +93,8 @@ class ServeSettings:
     reject: bool = False                         # label inputs above the unknown threshold "unknown"
     drift_window: int = DEFAULT_WINDOW           # 0: no drift monitor
     drift_false_alarms: float = DEFAULT_FALSE_ALARMS
+    adapt_on_drift: bool = False                 # adapt on the stream when drift is detected (serving/adaptation)
+    adapt_window: int = DEFAULT_ADAPT_WINDOW
 
     def check(self) -> None:
         if self.max_batch < 1:
@@ -116,6 +119,8 @@ class ServeSettings:
             raise ConfigError(f"must be 0 (off) or at least 2, got {self.drift_window}", option="drift_window")
         if not 0 < self.drift_false_alarms < 1000:
             raise ConfigError(f"must lie in (0, 1000), got {self.drift_false_alarms:g}", option="drift_false_alarms")
+        if self.adapt_window < 16:
+            raise ConfigError(f"must be at least 16, got {self.adapt_window}", option="adapt_window")
 
 
 ServeSettings.__init__ = renamed_keyword("tune", "measure")(ServeSettings.__init__)   # 0.6 spelling
@@ -192,6 +197,12 @@ class InferenceService:
         self.decoder = DecodePool(settings.decode_threads or max(1, default_threads()), settings.decode_pixels,
                                   int(settings.inputs_mb * 1024 * 1024))
         self.session = LearningSession(keep_factor=True)
+        #: ``--adapt-on-drift``: triggered by the drift monitor's alarm (by its own drift score with
+        #: ``--drift-window 0``)
+        self.stream_adapter = StreamAdapter(lambda state: stream_source(self.bundle, state), self.feature_dim,
+                                            settings.adapt_window, modality="text" if self.text else "image",
+                                            trigger=self._drift_alarm if settings.drift_window else None) \
+            if settings.adapt_on_drift else None
         self._learning = threading.Lock()           # one transaction of this service's session at a time
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
@@ -258,6 +269,11 @@ class InferenceService:
                 self.drift_ready.set()
 
         threading.Thread(target=build, name="edgetl-drift", daemon=True).start()
+
+    def _drift_alarm(self) -> bool:
+        """Whether the drift monitor's last complete window alarmed (False until it is built)."""
+        monitor = self.drift
+        return monitor is not None and bool(monitor.alarm)
 
     def _observe_drift(self, features: np.ndarray, logits: np.ndarray,
                        unknown_scores: np.ndarray | None = None) -> None:
@@ -374,9 +390,15 @@ class InferenceService:
         ran = self.run_backbone(images)
         state = self.live.state          # one reference: every image of the request, one committed version
         features = apply_adapter(ran.features, state.adapter)
-        logits = state.head.logits(features)
+        if self.stream_adapter is not None:
+            stats = self.stream_adapter.stats
+            before = (stats.adapted, stats.refused, stats.resets)
+            logits = self.stream_adapter.logits(ran.features, state)
+            self._observe_adaptation(before)
+        else:
+            logits = state.head.logits(features)
         scores = None if state.unknown is None else state.unknown.scores(features, logits)
-        self._observe_drift(features, logits, scores)
+        self._observe_drift(features, logits, scores)       # the input's drift: before any stream adaptation
         return logits, scores, state, ran
 
     def _labels(self, logits: np.ndarray, scores: np.ndarray | None, state: HeadState) -> list[str]:
@@ -385,6 +407,15 @@ class InferenceService:
         if self.settings.reject and scores is not None:
             labels = [UNKNOWN_LABEL if s > state.unknown.threshold else label for label, s in zip(labels, scores)]
         return labels
+
+    def _observe_adaptation(self, before: tuple[int, int, int]) -> None:
+        stats = self.stream_adapter.stats
+        for outcome, old, new in zip(("adapted", "refused", "reset"), before,
+                                     (stats.adapted, stats.refused, stats.resets)):
+            if new > old:
+                self.metrics.adaptations.inc(new - old, outcome=outcome)
+                self.log({"event": "adapt", "outcome": outcome, "method": stats.method, "reason": stats.last_reason})
+        self.metrics.adaptation_active.set(1 if stats.active else 0)
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""

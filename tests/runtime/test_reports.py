@@ -69,11 +69,14 @@ def test_the_update_route_adds_the_head_version(tiny_bundle, tmp_path):
 
 def test_adapt_and_tune_reports_keep_their_keys(tiny_bundle, tmp_path):
     target = make_folder_dataset(tmp_path / "target", classes=("red", "green", "blue"), per_class=6, size=(30, 40))
+    guard = ["method", "guard", "guard_reason", "drift_before", "alarm", "drift_after", "agreement", "candidates",
+             "adapt_ms"]       # added with the label-free guard; the keys before them stay, in their order
     plain = _json(["adapt", str(tiny_bundle), str(target), "--no-measure"])
-    assert list(plain) == ["bundle", "n_unlabeled", "parent", "mean_shift", "version", "committed"]
+    assert list(plain) == ["bundle", "n_unlabeled", "parent", "mean_shift", "version", "committed", *guard]
     checked = _json(["adapt", str(tiny_bundle), str(target), "--check", str(target), "--force", "--no-measure"])
     assert list(checked) == ["bundle", "n_unlabeled", "parent", "mean_shift", "check", "check_n", "accuracy_before",
-                             "accuracy_after", "version", "committed"]
+                             "accuracy_after", "version", "committed", *guard]
+    assert checked["committed"] and checked["guard"] in ("committed", "forced")
     tuned = _json(["tune", str(tiny_bundle)])
     assert list(tuned) == ["bundle", "version", "parent", "alpha_before", "alpha", "holdout_n", "accuracy", "timings"]
     assert list(tuned["timings"]) == ["alpha_s"]

@@ -1,0 +1,174 @@
+"""Label-free adaptation (``runtime/learning/adapters.py``, ``serve --adapt-on-drift``) on seeded synthetic features:
+each method recovers accuracy lost to the shift it is built for, the guard refuses a harmful adaptation and an
+unshifted batch, a served stream adapts on an alarm and resets when the adaptation harms, and ``adapt`` commits
+nothing when its guard refuses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_folder_dataset
+
+from edgetl.runtime.bundle.folder import HeadState
+from edgetl.runtime.bundle.heads import LinearHead, RidgeHead, RidgeStatistics
+from edgetl.runtime.bundle.store import FeatureStore
+from edgetl.runtime.cli import main as rt
+from edgetl.runtime.inference.model import EdgeModel
+from edgetl.runtime.learning.adapters import (
+    Candidate,
+    SourceStatistics,
+    choose,
+    feature_drift,
+    fit,
+    lame,
+    signals,
+    verdict,
+)
+from edgetl.runtime.serving.adaptation import StreamAdapter
+
+DIM, CLASSES = 24, 4
+CAST = lambda x: x * 0.5 + np.random.default_rng(4).normal(0, 3.0, DIM)    # noqa: E731 - a colour cast, dimmer
+
+
+def _clusters(rng: np.random.Generator, n: int, centres: np.ndarray, spread: float = 1.0):
+    labels = rng.integers(0, len(centres), n)
+    return (centres[labels] + spread * rng.normal(size=(n, centres.shape[1]))).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def source():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 2.0, (CLASSES, DIM)) + 5.0          # features of a ReLU backbone sit away from 0
+    x, y = _clusters(rng, 800, centres)
+    statistics = RidgeStatistics.empty(DIM, CLASSES)
+    statistics.add(x, y)
+    head = RidgeHead.solve(statistics, RidgeHead.select_alpha(statistics, None, None))
+    return head, SourceStatistics.from_ridge(statistics), centres
+
+
+def _accuracy(logits, labels) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _target(centres, transform, n=400, seed=1):
+    x, y = _clusters(np.random.default_rng(seed), n, centres)
+    return transform(x).astype(np.float32), y
+
+
+@pytest.mark.parametrize("method, transform", [
+    ("normalise", lambda x: x * 0.2 + 6.0),                                      # low contrast, brighter
+    ("coral", lambda x: x * 0.3 - 2.0),                                          # low contrast, darker
+    ("prototypes", lambda x: x * 0.3 - 2.0),
+    ("normalise+prototypes", CAST),
+])
+def test_each_method_recovers_accuracy_on_the_shift_it_is_built_for(source, method, transform):
+    head, statistics, centres = source
+    x, y = _target(centres, transform)
+    before = _accuracy(head.logits(x), y)
+    adapter, adapted = fit(method, head, statistics, x)
+    after = _accuracy(Candidate(method, adapter, adapted).logits(x), y)
+    assert before < 0.9 and after >= before + 0.05, (before, after)
+
+
+def test_lame_smooths_a_batch_towards_its_neighbours(source):
+    head, _, centres = source
+    x, y = _target(centres, lambda x: x, seed=5)
+    noisy = head.logits(x) + np.random.default_rng(6).normal(0, 0.6, (len(x), CLASSES)).astype(np.float32)
+    assert _accuracy(lame(noisy, x), y) > _accuracy(noisy, y) + 0.05
+
+
+def test_the_guard_refuses_an_unshifted_batch_and_a_collapsing_adaptation(source):
+    head, statistics, centres = source
+    clean, _ = _target(centres, lambda x: x, seed=8)
+    quiet = choose(head, statistics, clean)
+    assert not quiet.helped and quiet.best is None and "no shift" in quiet.reason
+    assert quiet.drift_before < quiet.alarm
+    shifted, y = _target(centres, CAST, seed=9)
+    taken = choose(head, statistics, shifted)
+    assert taken.helped and taken.method == "normalise+prototypes"
+    assert _accuracy(taken.best.logits(shifted), y) > _accuracy(head.logits(shifted), y) + 0.05
+    # an adaptation answering one class for everything: the guard names why it refuses
+    collapsed = LinearHead(np.zeros((CLASSES, DIM), np.float32), np.array([1, 0, 0, 0], np.float32))
+    reference = Candidate("served", None, head)
+    before = head.logits(shifted)
+    score = feature_drift(statistics)
+    why = verdict(signals(Candidate("bad", None, collapsed), before, shifted, score),
+                  signals(reference, before, shifted, score))
+    assert why is not None and "answers" in why
+
+
+def test_a_served_stream_adapts_on_the_alarm_and_resets_when_it_harms(source):
+    head, statistics, centres = source
+    state = HeadState(head, [f"c{i}" for i in range(CLASSES)], None, 3)
+    monitor = type("Monitor", (), {"alarm": False})()      # the seam: any object with .alarm
+    stream = StreamAdapter(lambda s: statistics, DIM, window=128, check_every=32, trigger=monitor)
+    shifted, y = _target(centres, CAST, n=256, seed=11)
+    for i in range(0, 128, 32):                           # a full window, but no alarm: nothing happens
+        stream.logits(shifted[i:i + 32], state)
+    assert stream.stats.adapted == 0 and not stream.stats.active
+    monitor.alarm = True
+    answered = [stream.logits(shifted[i:i + 32], state) for i in range(128, 256, 32)]
+    assert stream.stats.adapted == 1 and stream.stats.active
+    assert _accuracy(answered[-1], y[224:]) > _accuracy(head.logits(shifted[224:]), y[224:])
+    # the camera is fixed: clean inputs again, which the shifted-domain adaptation now maps wrongly
+    clean, _ = _target(centres, lambda x: x, n=256, seed=12)
+    monitor.alarm = False
+    for i in range(0, 256, 32):
+        stream.logits(clean[i:i + 32], state)
+        if stream.stats.resets:
+            break
+    assert stream.stats.resets == 1 and not stream.stats.active and stream.stats.last_reason.startswith("reset")
+    np.testing.assert_allclose(stream.logits(clean[:8], state), head.logits(clean[:8]), rtol=1e-6)
+    # a newly committed head version starts over
+    stream.logits(shifted[:8], HeadState(head, state.labels, None, 4))
+    assert stream.source is statistics and not stream.stats.active
+
+
+def test_adapt_commits_nothing_when_its_guard_refuses(tiny_bundle, tmp_path):
+    """Photos like the tiny bundle's own: no shift, so no version (beyond the store's first, from the bundle)."""
+    target = make_folder_dataset(tmp_path / "same", classes=("red", "green", "blue"), per_class=6, size=(30, 40))
+    out = CliRunner().invoke(rt, ["adapt", str(tiny_bundle), str(target), "--method", "coral", "--json",
+                                  "--no-measure"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert not report["committed"] and report["guard"] == "refused" and report["version"] is None
+    assert report["guard_reason"].startswith("no shift") and report["drift_before"] < report["alarm"]
+    assert FeatureStore(tiny_bundle).current_number() == 0
+    # forced, it is a version like any other: rollback undoes it
+    forced = json.loads(CliRunner().invoke(rt, ["adapt", str(tiny_bundle), str(target), "--method", "coral", "--force",
+                                                "--json", "--no-measure"]).stdout)
+    assert forced["committed"] and forced["guard"] == "forced" and forced["version"] == 1
+    with EdgeModel(tiny_bundle, measure=False) as model:
+        assert model.head_version == 1 and "matrix" in model.adapter
+    assert CliRunner().invoke(rt, ["rollback", str(tiny_bundle)]).exit_code == 0
+    with EdgeModel(tiny_bundle, measure=False) as model:
+        assert model.head_version == 2 and model.adapter is None
+
+
+def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):
+    """The service wires the stream adapter in: the alarm seam, the source statistics of the served head, and the
+    outcome in /metrics and the log."""
+    from edgetl.runtime.serving.service import InferenceService, ServeSettings
+
+    events = []
+    service = InferenceService(tiny_bundle, ServeSettings(artifact="onnx", measure=False, adapt_on_drift=True,
+                                                          adapt_window=32), log=events.append)
+    try:
+        stream = service.stream_adapter
+        stream.trigger = lambda: True                 # a drift monitor raising its alarm
+        size = service.preprocess.input_size
+        rng = np.random.default_rng(13)
+        for _ in range(4):                             # 64 inputs: one full window, one look
+            images = (rng.normal(0, 1, (16, 3, size, size)) * 0.2 + 1.5).astype(np.float32)   # washed out
+            logits, _, _ = service.classify(images)
+            assert logits.shape == (16, len(service.live.state.labels))
+        assert stream.source is not None and stream.stats.adapted + stream.stats.refused == 1
+        outcome = "adapted" if stream.stats.adapted else "refused"
+        assert service.metrics.adaptations.value(outcome=outcome) == 1
+        assert f'edgetl_adaptations_total{{outcome="{outcome}"}} 1' in service.metrics.render()
+        assert [e["outcome"] for e in events if e.get("event") == "adapt"] == [outcome]
+    finally:
+        service.close()

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch by default; point this at another file (or /dev/null) on a CUDA host.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= host,text,openvino,quantize,sign,fleet,test,docs,bench
+EXTRAS ?= host,text,openvino,quantize,sign,fleet,test,docs
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 export EDGETL_CACHE_DIR ?= $(CURDIR)/$(DEMO)/cache
@@ -56,6 +56,7 @@ check-arm64: install
 	$(BIN)/python emulation/compare_arm64.py --root $(ARM64_ROOT) --bundle $(DEMO)/bundle --data $(DEMO)/digits
 
 bench: install
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS),bench]"   # the shifts' corruptions
 	$(BIN)/python benchmarks/finetune_cache.py
 	$(BIN)/python benchmarks/runtime_vs_eager.py
 	$(BIN)/python benchmarks/cold_start.py
@@ -74,6 +75,9 @@ bench: install
 	$(BIN)/python benchmarks/verify_bundle.py
 	$(BIN)/python benchmarks/shifts.py
 	$(BIN)/python benchmarks/adaptation.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/unknown_inputs.py
+	$(BIN)/python benchmarks/fleet_merge.py
 	-$(BIN)/python benchmarks/int8_cpu_paths.py    # needs qemu-user and a VNNI CPU; says so otherwise
 	$(BIN)/python -m pytest -q -m slow
 	EDGETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -rxX tests/test_fuzz.py

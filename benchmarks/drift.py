@@ -4,7 +4,8 @@ windows at the stated alarm level (issue 28, item 2).
 Data: the cached frozen features of ``benchmarks/shifts.py`` (EfficientNet-Lite0 224 px features of clothing10,
 train clean and val clean and corrupted by six corruptions x three severities; all-MiniLM-L6-v2 features of
 banking77, train clean and test clean and shifted by three text shifts x three severities), read from
-``--features`` (default ``/work/scratch/shifts``; ``python benchmarks/shifts.py`` writes them).
+``--features`` (default: ``shifts.py``'s cache, ``$EDGETL_CACHE_DIR/shifts``; ``python benchmarks/shifts.py``
+writes them).
 
 What a device does is reproduced on them: the reference is the ridge statistics of the train features (what the
 store holds), and the val (test) split is cut in two by a seeded permutation, one half playing the store's held-out
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import save_result, verdict
-from shifts import IMAGE_SHIFTS, SEVERITIES, TEXT_SHIFTS, load
+from shifts import DEFAULT_OUT, IMAGE_SHIFTS, SEVERITIES, TEXT_SHIFTS, load
 
 from edgetl.runtime.bundle.heads import RidgeStatistics
 from edgetl.runtime.inference.drift import (
@@ -184,7 +185,7 @@ def monitor_cost(dim: int, classes: int = 10, inputs: int = 4096, batch: int = 8
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, default=Path("/work/scratch/shifts"))
+    parser.add_argument("--features", type=Path, default=DEFAULT_OUT, help="benchmarks/shifts.py's cache.")
     parser.add_argument("--sets", default="clothing10,banking77")
     parser.add_argument("--shrinkage", default=",".join(map(str, SHRINKAGE_GRID)),
                         help="Shrinkages of the edgetl score to compare (auto: the runtime's default, d / (d + n) "

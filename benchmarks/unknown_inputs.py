@@ -20,7 +20,7 @@ the threshold that keeps 95 % of the known val inputs, the share of known test i
 known test inputs with ``--reject`` off (the head's own: the scorer never changes a label) and on (a rejected known
 input counts as wrong), and the cost per prediction against the backbone's (batch 1, the fastest of many runs).
 
-Run: python benchmarks/unknown_inputs.py [--work /work/scratch/u] [--json]
+Run: python benchmarks/unknown_inputs.py [--work DIR] [--json]
 """
 
 from __future__ import annotations

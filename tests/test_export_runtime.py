@@ -17,7 +17,7 @@ def test_bundle_layout_and_manifest(digits_bundle):
     folder = digits_bundle.bundle
     assert {p.name for p in folder.iterdir()} - set(LOCAL_STATE) == {
         "manifest.json", "backbone.onnx", "model.onnx", "head.npz", "backbone-onnx-int8.onnx",
-        "backbone-openvino.xml", "backbone-openvino.bin", "learning", "check.npz"}
+        "backbone-openvino.xml", "backbone-openvino.bin", "learning", "check.npz", "unknown.npz"}
     manifest = read_bundle_manifest(folder)
     assert manifest.labels == [str(i) for i in range(10)] and manifest.feature_dim == 1280
     backbone = manifest.artifact("onnx")

@@ -68,8 +68,14 @@ def test_versions_are_deltas_and_small_updates_do_not_search_alpha(digits_store)
     store = FeatureStore(digits_store)
     for number in store.kept_numbers():
         folder = store.root / "versions" / f"{number:06d}"
-        assert sorted(p.name for p in folder.iterdir()) == ["head.npz", "version.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["head.npz", "unknown.npz", "version.json"]
         assert sum(p.stat().st_size for p in folder.iterdir()) < 60_000      # a 10 x 1280 head and its record
+    # the unknown scorer's kNN bank is not in the version: rebuilt from its rows, it scores as the fitted one did
+    version = store.version()
+    head = store.head(version)
+    fitted = store.fit_unknown(version, head)[1].scores(pool[:50], head.logits(pool[:50]))
+    rebuilt = store.unknown_scorer(version).scores(pool[:50], head.logits(pool[:50]))
+    np.testing.assert_array_equal(rebuilt, fitted)
     assert store.version().residual is None and not (store.root / "residuals").exists()
     # the bundle's linear head brought no alpha: the one-image updates use the grid's unit and leave the search due
     assert [r["alpha_searched"] for r in reports] == [False] * 12 and all(r["alpha_due"] for r in reports)

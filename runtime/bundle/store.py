@@ -300,7 +300,14 @@ class FeatureStore:
         return load_head(self._verified(version, "head.npz"))
 
     def unknown_scorer(self, version: Version) -> UnknownScorer:
-        return UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
+        """The version's scorer; ``knn``'s bank is rebuilt from the version's stored training rows (the rows it was
+        fitted on), which the version file leaves out."""
+        scorer = UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
+        if scorer.needs_bank:
+            head = self.head(version)
+            rows = Samples.concat([self.segment_part(version, n) for n in version.segments], head.feature_dim)
+            scorer.with_bank(rows.select(~rows.holdout).features)
+        return scorer
 
     def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
         return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
@@ -452,7 +459,7 @@ class FeatureStore:
                 _save_npz(staging / "adapter.npz", adapter)
                 names.append("adapter.npz")
             if fitted is not None:
-                fitted[1].save(staging / UNKNOWN_FILE)
+                fitted[1].save(staging / UNKNOWN_FILE, bank=False)     # the bank: the version's rows
                 names.append(UNKNOWN_FILE)
             version.files = {name: sha256_file(staging / name) for name in names}
             (staging / "version.json").write_text(json.dumps(asdict(version), indent=2))

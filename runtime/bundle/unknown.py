@@ -200,9 +200,22 @@ class UnknownScorer:
                 -np.partition(-similarity, rank, axis=1)[:, rank]
         return 1.0 - out
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, bank: bool = True) -> None:
+        """Write the scorer; ``bank=False`` leaves out ``knn``'s rows (a store version rebuilds them from its
+        stored rows with :meth:`with_bank`, so a version stays a delta of kilobytes)."""
+        arrays = self.arrays if bank else {k: v for k, v in self.arrays.items() if k != "bank"}
         with open(path, "wb") as handle:
-            np.savez(handle, method=np.array(self.method), **self.arrays)
+            np.savez(handle, method=np.array(self.method), **arrays)
+
+    @property
+    def needs_bank(self) -> bool:
+        return self.method in ("knn", "combined") and "bank" not in self.arrays
+
+    def with_bank(self, train: np.ndarray) -> UnknownScorer:
+        """The scorer given ``knn``'s bank: the training rows it was fitted on (as :func:`fit_scorer` stores them)."""
+        self.arrays["bank"] = _normalised(np.asarray(train, np.float32)).astype(np.float16)
+        self._bank = None
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> UnknownScorer:

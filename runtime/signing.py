@@ -405,7 +405,10 @@ def check_signature(name: str, sha256: str, size: int, signature: SignatureFile 
                                  f"the signature file was altered; sign {Path(name).name} again")
         check.key_ids.append(entry.key_id)
     if trusted is not None:
-        check.trusted_key = next((k for k in check.key_ids if k in trusted.keys), None)
+        # trust is the key's 32 bytes, not its short id: the id names a key in messages, and 64 bits of a hash
+        # could be matched by a key made for the purpose
+        check.trusted_key = next((e.key_id for e in document.signatures if e.key_id in trusted.keys
+                                  and trusted.keys[e.key_id].raw == e.raw_public), None)
         if check.trusted_key is None:
             raise SignatureError(f"{name} is signed by key {', '.join(check.key_ids)}, which this device does not "
                                  f"trust (it trusts {trusted.describe()})")

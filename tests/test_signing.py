@@ -220,6 +220,36 @@ def test_unpack_refuses_an_unsigned_archive_before_anything_is_written(tiny_bund
     assert (tmp_path / "dest" / BUNDLE_SIGNATURE).is_file()
 
 
+def test_unpack_under_trusted_keys_refuses_an_archive_carrying_a_store(signed, keys, tmp_path):
+    """A store is no signature's: one planted in a signed archive would answer before the signed head."""
+    import tarfile
+
+    from edgetl.exporters.pack import pack_bundle
+
+    archive = pack_bundle(signed, tmp_path / "tiny.tar.gz")
+    planted = tmp_path / "planted.tar.gz"
+    with tarfile.open(archive) as source, tarfile.open(planted, "w:gz") as out:
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member))
+        head = tmp_path / "head.npz"
+        head.write_bytes(b"not the signed head")
+        out.add(head, arcname="store/versions/000000/head.npz")
+    result = _run(["unpack", str(planted), str(tmp_path / "dest"), "--no-measure", "--trusted-keys", _trust(keys)])
+    assert result.exit_code == ExitCode.SIGNATURE and "carries a device's store (store/)" in _one_error_line(result)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_trust_is_the_keys_bytes_not_its_short_id(signed, keys):
+    """A key whose short id matched a trusted key's (64 bits of a hash) is still not that key."""
+    from edgetl.runtime.signing import PublicKey, TrustedKeys, load_public_key
+
+    ours, other = keys["ours"], keys["other"]
+    collided = TrustedKeys({ours.key_id: PublicKey(load_public_key(other.public_key).raw, "a key with ours's id")},
+                           "test")
+    with pytest.raises(SignatureError, match="which this device does not trust"):
+        verify_file_signature(signed / "manifest.json", collided, signed / BUNDLE_SIGNATURE)
+
+
 CHILD = import_blocker("cryptography", "torch", "onnx") + textwrap.dedent(
     """
     import subprocess, sys

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from ..bundle.manifest import MANIFEST_NAME, read_bundle_manifest
 from ..bundle.signature import verify_bundle
+from ..bundle.store import STORE_FOLDER
 from ..bundle.timings import LOCAL_STATE
 from ..errors import BundleError, SignatureError
 from ..fsutil import atomic_directory
@@ -66,6 +67,11 @@ def unpack_bundle(archive: str | Path, dest: str | Path, overwrite: bool = False
             raise BundleError(f"{archive} is damaged ({exc})") from exc
         names = {PurePosixPath(m.name) for m in members}
         prefix = _common_folder(names)
+        trust = trusted_keys()
+        if trust is not None and any(_top(name, prefix) == STORE_FOLDER for name in names):
+            raise SignatureError(f"archive {archive} carries a device's store ({STORE_FOLDER}/), which no signature "
+                                 "covers and which would answer before the signed head; this device trusts keys "
+                                 f"{trust.describe()}: unpack an archive without it")
         with atomic_directory(dest, overwrite=overwrite) as staging:
             for member in members:
                 relative = PurePosixPath(member.name)
@@ -83,12 +89,21 @@ def unpack_bundle(archive: str | Path, dest: str | Path, overwrite: bool = False
                     while block := source.read(1 << 20):
                         out.write(block)
             read_bundle_manifest(staging)
-            if (trust := trusted_keys()) is not None:      # refused before anything is renamed into place
+            if trust is not None:      # refused before anything is renamed into place
                 try:
                     verify_bundle(staging, trust).raise_for_problems()
                 except (SignatureError, BundleError) as exc:
                     raise type(exc)(f"archive {archive}: {str(exc).replace(f'{staging}/', '')}") from exc
     return Path(dest)
+
+
+def _top(name: PurePosixPath, prefix: PurePosixPath | None) -> str | None:
+    """The first folder of a member's path inside the bundle (below the archive's one top folder, if any)."""
+    if prefix is not None:
+        if name == prefix:
+            return None
+        name = name.relative_to(prefix)
+    return name.parts[0] if name.parts else None
 
 
 def _common_folder(names: set[PurePosixPath]) -> PurePosixPath | None:

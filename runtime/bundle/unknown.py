@@ -255,9 +255,9 @@ def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray 
             raise ConfigError(f"the {method} score needs training statistics of at least two samples")
         within = _whitening(statistics.within(), shrinkage)
         arrays["within"] = within.astype(np.float32)
-        means = statistics.means() @ within
-        means[~seen] = np.inf                 # a class without samples is never the nearest
-        arrays["means"] = means.astype(np.float32)
+        # a class without samples is never the nearest: only the classes with samples are kept (an infinite
+        # mean would turn every distance into inf - inf = NaN)
+        arrays["means"] = (statistics.means()[seen] @ within).astype(np.float32)
         if method != "mahalanobis":
             total, centre = statistics.total()
             whitening = _whitening(total, shrinkage)

@@ -390,15 +390,17 @@ class InferenceService:
         ran = self.run_backbone(images)
         state = self.live.state          # one reference: every image of the request, one committed version
         features = apply_adapter(ran.features, state.adapter)
-        if self.stream_adapter is not None:
-            stats = self.stream_adapter.stats
-            before = (stats.adapted, stats.refused, stats.resets)
-            logits = self.stream_adapter.logits(ran.features, state)
-            self._observe_adaptation(before)
-        else:
-            logits = state.head.logits(features)
-        scores = None if state.unknown is None else state.unknown.scores(features, logits)
-        self._observe_drift(features, logits, scores)       # the input's drift: before any stream adaptation
+        committed = state.head.logits(features)
+        # unknown scores and drift are the committed head's: its scorer and threshold were fitted on its logits,
+        # and the input's drift is measured before any stream adaptation
+        scores = None if state.unknown is None else state.unknown.scores(features, committed)
+        self._observe_drift(features, committed, scores)
+        if self.stream_adapter is None:
+            return committed, scores, state, ran
+        stats = self.stream_adapter.stats
+        before = (stats.adapted, stats.refused, stats.resets)
+        logits = self.stream_adapter.logits(ran.features, state)
+        self._observe_adaptation(before)
         return logits, scores, state, ran
 
     def _labels(self, logits: np.ndarray, scores: np.ndarray | None, state: HeadState) -> list[str]:

@@ -72,6 +72,16 @@ def test_mahalanobis_scores_are_the_textbook_distances_on_normalised_features():
     np.testing.assert_allclose(scorer.scores(test), expected, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("method", ["mahalanobis", "relative-mahalanobis"])
+def test_a_class_without_rows_leaves_the_mahalanobis_scores_those_of_the_classes_with_rows(method):
+    """A head may know a class the rows lack (all its samples held out, or learned on other devices): the scores
+    stay finite and equal those fitted without that class."""
+    train, labels, _, test, _ = _blobs(2)
+    with_empty = fit_scorer(method, train, labels, 4).scores(test)
+    assert np.isfinite(with_empty).all()
+    np.testing.assert_array_equal(with_empty, fit_scorer(method, train, labels, 3).scores(test))
+
+
 def test_knn_is_one_minus_the_cosine_of_the_kth_neighbour():
     bank = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     scorer = fit_scorer("knn", bank, np.zeros(3, np.int64), 1, k=2)

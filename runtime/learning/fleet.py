@@ -11,8 +11,10 @@ of a pull takes the record back with it).  The device's own contributions are a 
 rollback, so what was contributed is never contributed again: a contribution covers
 ``state - known - Σ own contributions on the same base``.  Each write is atomic (temp name, rename); the log's
 rename is contribute's commit point and the store's commit is pull's, so a process killed anywhere leaves the
-store as it was.  sgd (linear) and mlp heads have no sufficient statistics: a merge refits a ridge or NCM head
-from the ridge and NCM statistics every store keeps (``edgetl fleet merge --head``).  A version with a feature
+store as it was (contribute writes its file before its record: killed between the two, it makes the same
+contribution again, whose statistics the merge refuses as a duplicate of the first by name).  sgd (linear) and
+mlp heads have no sufficient statistics: a merge refits a ridge or NCM head from the ridge and NCM statistics
+every store keeps (``edgetl fleet merge --head``).  A version with a feature
 adapter (``edgetl-rt adapt``) learns in its own feature space, so it neither contributes nor pulls.
 """
 
@@ -245,6 +247,12 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
                                       ).hexdigest()[:32]
         contribution = Contribution(header, arrays)
         data = contribution.to_bytes()
+        # the file first, then the record: a process killed between the two has written a contribution it will
+        # make again, whose statistics the merge refuses as a duplicate; never one recorded but not written
+        try:
+            atomic_write_bytes(out, data)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out}: {exc.strerror or exc}", option="out") from None
         own = _fleet_folder(store) / "own"
         own.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(own / f"{header['id']}.npz", data)
@@ -252,7 +260,6 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
                                               "versions": header["versions"], "created": header["created"],
                                               "sha256": hashlib.sha256(data).hexdigest()}])   # the commit point
         _drop_stale(store, base)
-        atomic_write_bytes(out, data)
     summary = ContributionSummary.of(verify_contribution(data, str(out), trusted=False), str(out))
     if sign_key is not None:
         summary.signature = str(sign_file(out, signer))

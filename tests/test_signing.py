@@ -239,6 +239,14 @@ def test_unpack_under_trusted_keys_refuses_an_archive_carrying_a_store(signed, k
     assert not (tmp_path / "dest").exists()
 
 
+def test_build_engine_under_trusted_keys_refuses_to_break_the_signature(signed, keys):
+    """build-engine rewrites manifest.json; a device holds no private key to sign it again."""
+    before = _snapshot(signed)
+    result = _run(["build-engine", str(signed), "--trusted-keys", _trust(keys)])
+    assert result.exit_code == ExitCode.SIGNATURE and "would break the signature" in _one_error_line(result)
+    assert _snapshot(signed) == before
+
+
 def test_trust_is_the_keys_bytes_not_its_short_id(signed, keys):
     """A key whose short id matched a trusted key's (64 bits of a hash) is still not that key."""
     from edgetl.runtime.signing import PublicKey, TrustedKeys, load_public_key

@@ -184,6 +184,17 @@ def verify_bundle(folder: str | Path, trusted: TrustedKeys | str | Path | bool |
     return report
 
 
+def refuse_signed_rewrite(folder: str | Path, why: str) -> None:
+    """Refuse, under trusted keys, a job that rewrites a signed bundle's manifest: the device holds no private key,
+    so the bundle would be refused by every later command.  The bundle is checked whole first."""
+    trusted = trusted_keys()
+    if trusted is None:
+        return
+    verify_bundle(folder, trusted).raise_for_problems()
+    raise SignatureError(f"{why}, which would break the signature of {folder} ({BUNDLE_SIGNATURE}) on a device that "
+                         f"trusts keys {trusted.describe()}; build it where the bundle is signed, then sign again")
+
+
 def sign_bundle(folder: str | Path, key: SigningKey | str | Path) -> Path:
     """Sign a bundle with ``key``: ``manifest.sig``, the signature of ``manifest.json``.  The bundle is verified
     first (a damaged bundle is never signed) and the key must not lie inside it."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..data.sources import SPLITS
-from .options import json_option, skip_bad_option, with_model_options
+from .options import json_option, skip_bad_option, trusted_keys_option, with_model_options
 from .output import note, print_json, print_table, progress, warn
 
 
@@ -27,6 +27,7 @@ from .output import note, print_json, print_table, progress, warn
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Which split of DATA (default: all of it, in its order).")
 @skip_bad_option
+@trusted_keys_option
 @json_option
 @with_model_options
 def drift(bundle, data, window, false_alarms, seed, plot_path, split, skip_bad, as_json, artifact, backend,

@@ -104,7 +104,6 @@ def tune(bundle, lock_timeout, as_json) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
-@trusted_keys_option
 @json_option
 def history(bundle, as_json) -> None:
     """The head versions kept in BUNDLE's feature store (newest last)."""
@@ -136,8 +135,10 @@ def history(bundle, as_json) -> None:
 @json_option
 def rollback(bundle, to_version, lock_timeout, as_json) -> None:
     """Make an earlier head version current again (recorded as a new version)."""
+    from ..bundle.folder import Bundle
     from ..learning.rollback import rollback_bundle
 
+    Bundle(bundle)          # with --trusted-keys, the bundle is checked whole before its store changes
     version = rollback_bundle(bundle, to_version, lock_timeout)
     if as_json:
         print_json({"bundle": str(bundle), **_version_dict(version)})

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle.manifest import ENGINE_FORMAT, Artifact, FileEntry, read_bundle_manifest
+from ..bundle.signature import refuse_signed_rewrite
 from ..deps import require
 from ..engines.cuda import CudaRuntime
 from ..engines.sidecar import EngineMetadata, sidecar_path
@@ -67,8 +68,9 @@ def polygraphy_loaders(plan: BuildPlan, bundle: Path, trt, workspace_mb: int | N
 
 def build_engine(bundle: str | Path, precision: str | None = None, dla_core: int | None = None,
                  max_batch: int | None = None, workspace_mb: int | None = None, log=lambda m: None) -> EngineBuild:
-    trt = _tensorrt()
     bundle = Path(bundle)
+    refuse_signed_rewrite(bundle, "build-engine adds its engine to manifest.json")
+    trt = _tensorrt()
     manifest = read_bundle_manifest(bundle)
     engine_defaults = manifest.target.get("tensorrt", {})
     precision = precision or engine_defaults.get("precision", "fp16")

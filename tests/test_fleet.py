@@ -450,3 +450,21 @@ def test_signed_contributions_and_merges_are_trusted_by_key_and_nothing_else(fle
         pull_bundle(devices[0], unsigned)
     assert FeatureStore(devices[0]).version().version == before
     assert pull_bundle(devices[0], root / "merged").version == before + 1
+
+
+def test_a_device_rolled_back_past_a_new_class_it_contributed_refuses_to_contribute_but_pulls(tmp_path):
+    """Learn a class new to the bundle, contribute it, roll back before it: contributing is refused by name (the
+    store holds fewer samples than it sent), and the merge holding that class can still be pulled."""
+    rng = np.random.default_rng(11)
+    device = tmp_path / "device"
+    shutil.copytree(TINY, device)
+    _learn(device, rng, [0, 1])                      # version 1: known classes only
+    _learn(device, rng, [3, 0])                      # version 2: k0, new to the bundle
+    contribute_bundle(device, tmp_path / "c.npz")
+    merge_bundles(TINY, [str(tmp_path / "c.npz")], tmp_path / "merged")
+    rollback_bundle(device, to=1)
+    assert "k0" not in FeatureStore(device).version().classes
+    with pytest.raises(DataError, match="rolled back past a contribution"):
+        contribute_bundle(device, tmp_path / "c2.npz")
+    report = pull_bundle(device, tmp_path / "merged")
+    assert "k0" in report.new_classes and "k0" in FeatureStore(device).version().classes

@@ -186,21 +186,25 @@ def fleet_base(store: FeatureStore, bundle: Bundle, version: Version) -> tuple[s
 
 
 def _pending(store: FeatureStore, bundle: Bundle, version: Version, parts: list[tuple[int, Samples]],
-             contributing: bool = True) -> tuple[str, LearnerState, list[dict]]:
-    """(base, what the version learned that the fleet has not had, own log entries on the same base).  A version
-    rolled back past a contribution has less than nothing to contribute (refused); a pull takes those samples back
-    from the merge, so it goes on."""
+             contributing: bool = True) -> tuple[str, LearnerState, list[dict], list[str]]:
+    """(base, what the version learned that the fleet has not had, own log entries on the same base, the classes of
+    that state: the version's, then those only its own contributions hold).  A version rolled back past a
+    contribution has less than nothing to contribute (refused); a pull takes those samples back from the merge,
+    so it goes on."""
     base, known = fleet_base(store, bundle, version)
     full = store.state(version, bundle.feature_dim, parts)
     entries = [e for e in read_log(store) if e["base"] == base]
-    pending = minus(full, known)
-    for entry in entries:
-        pending = minus(pending, contribution_state(_own(store, entry), list(version.classes)))
+    own = [_own(store, entry) for entry in entries]
+    classes = list(version.classes)
+    classes += [c for contribution in own for c in contribution.classes if c not in classes]
+    pending = minus(full.grown(len(classes)), known.grown(len(classes)))
+    for contribution in own:
+        pending = minus(pending, contribution_state(contribution, classes))
     if contributing and ((pending.ridge.target_sum < -0.5).any() or (pending.ncm_counts < -0.5).any()):
         raise DataError(f"the current version ({version.version}) holds fewer samples than this device already "
                         "contributed (it was rolled back past a contribution); nothing can be contributed until "
                         "it learns them again")
-    return base, pending, entries
+    return base, pending, entries, classes
 
 
 # --- contribute -----------------------------------------------------------------------------------------------------
@@ -225,12 +229,11 @@ def contribute_bundle(bundle: str | Path | Bundle, out: str | Path, device: str 
         version = ensure_store(store, bundle)
         _refuse_adapted(store, version, "contribute")
         parts = store.segment_parts(version)
-        base, pending, entries = _pending(store, bundle, version, parts)
+        base, pending, entries, classes = _pending(store, bundle, version, parts)
         if pending.ridge.count <= 0 and not pending.ncm_counts.any():
             last = f" (the last one: store/fleet/own/{entries[-1]['id']}.npz)" if entries else ""
             raise DataError(f"nothing to contribute: {bundle.path} learned nothing since its base or its last "
                             f"contribution{last}")
-        classes = list(version.classes)
         arrays = contribution_arrays(pending)
         if with_rows:
             arrays.update(_new_rows(store, entries, parts, bundle))
@@ -351,16 +354,15 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
         parent = ensure_store(store, bundle)
         _refuse_adapted(store, parent, "pull")
         parts = store.segment_parts(parent)
-        base, pending, entries = _pending(store, bundle, parent, parts, contributing=False)
+        base, pending, entries, classes = _pending(store, bundle, parent, parts, contributing=False)
         if base == merged_id:
             raise DataError(f"{merged} is already the base of the current version {parent.version}; nothing to take")
         if fleet.get("base") != base:
             raise BundleError(f"{merged} was merged onto bundle {str(fleet.get('base'))[:12]}... but this device "
                               f"learns from {base[:12]}...; pull a merge of its own base")
         merged_state, _ = bundle_state(source)
-        classes = list(parent.classes)
-        added = [c for c in source.manifest.labels if c not in classes]
-        classes += added
+        classes += [c for c in source.manifest.labels if c not in classes]
+        added = [c for c in classes if c not in parent.classes]
         in_merge = {c["id"] for c in fleet.get("contributions", [])}
         own_in = [e for e in entries if e["id"] in in_merge]
         new = plus(reorder(merged_state, list(source.manifest.labels), classes), pending.grown(len(classes)))

@@ -37,7 +37,6 @@ from .settings import ADAPT_METHODS
 
 #: Methods that commit a version (``lame`` smooths a batch's outputs and commits nothing).
 METHODS = ADAPT_METHODS
-BATCH_METHODS = ("lame",)
 #: A drift score of a feature batch against the source (lower: closer); the seam to a serving drift monitor.
 DriftScore = Callable[[np.ndarray], float]
 
@@ -56,12 +55,6 @@ class SourceStatistics:
             raise ConfigError("the store has no source statistics to adapt to (the bundle ships no learning data)")
         mean = ridge.feature_sum / ridge.count
         return cls(mean, ridge.gram / ridge.count - np.outer(mean, mean), ridge.count)
-
-    @classmethod
-    def from_features(cls, features: np.ndarray) -> SourceStatistics:
-        x = np.asarray(features, np.float64)
-        mean = x.mean(axis=0)
-        return cls(mean, (x - mean).T @ (x - mean) / len(x), len(x))
 
     @property
     def variance(self) -> np.ndarray:

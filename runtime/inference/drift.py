@@ -51,6 +51,9 @@ DEFAULT_FALSE_ALARMS = 1.0
 SHRINKAGE_BOUNDS = (0.05, 0.5)
 #: Null windows drawn to set the alarm level: at a rate of 1 in 1,000, twenty windows lie beyond it.
 DEFAULT_NULL_WINDOWS = 20000
+#: The most null windows a level is drawn from (a bound on the work behind a rare false-alarm rate): 200,000 gives
+#: twenty windows beyond a level of 0.1 per 1,000.
+MAX_NULL_WINDOWS = 200_000
 #: Half-life (in inputs) of the monitor's exponentially weighted feature mean and variance.
 DEFAULT_HALFLIFE = 256
 #: Leading components of the covariance kept exactly in the metric (the others share their mean eigenvalue).
@@ -398,6 +401,10 @@ def detector_for(bundle, version=None, false_alarms: float = DEFAULT_FALSE_ALARM
     enough for twenty beyond the level (20,000 at 1 per 1,000, more for a rarer rate)."""
     if null_windows is None:
         null_windows = max(DEFAULT_NULL_WINDOWS, int(np.ceil(20 * 1000 / false_alarms))) if false_alarms > 0 else 0
+        if null_windows > MAX_NULL_WINDOWS:
+            raise ConfigError(f"a level of {false_alarms:g} false alarms per 1,000 windows needs {null_windows:,} "
+                              f"clean windows drawn; at most {MAX_NULL_WINDOWS:,} are (0.1 per 1,000 or more)",
+                              option="false_alarms")
     dim = bundle.feature_dim
     store = bundle.store
     if store.exists:

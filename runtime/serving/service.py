@@ -117,8 +117,8 @@ class ServeSettings:
             raise ConfigError(f"must be positive, got {self.decode_wait_s:g}", option="decode_wait_s")
         if self.drift_window != 0 and self.drift_window < 2:
             raise ConfigError(f"must be 0 (off) or at least 2, got {self.drift_window}", option="drift_window")
-        if not 0 < self.drift_false_alarms < 1000:
-            raise ConfigError(f"must lie in (0, 1000), got {self.drift_false_alarms:g}", option="drift_false_alarms")
+        if not 0.1 <= self.drift_false_alarms < 1000:
+            raise ConfigError(f"must lie in [0.1, 1000), got {self.drift_false_alarms:g}", option="drift_false_alarms")
         if self.adapt_window < 16:
             raise ConfigError(f"must be at least 16, got {self.adapt_window}", option="adapt_window")
 

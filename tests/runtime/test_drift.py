@@ -182,3 +182,13 @@ def test_drift_reads_the_store_after_learning(tiny_bundle, tmp_path):
     assert before < after.reference.count <= before + 6      # some new rows are held out
     shutil.rmtree(Path(tiny_bundle) / "store")
     assert detector_for(Bundle(tiny_bundle)).reference.count == before
+
+
+def test_a_rarer_alarm_rate_than_the_null_windows_can_hold_is_refused_by_name():
+    """0.1 per 1,000 needs 200,000 clean windows; a rarer rate would be an unbounded background job in serve."""
+    from edgetl.runtime.errors import ConfigError
+    from edgetl.runtime.serving.service import ServeSettings
+
+    with pytest.raises(ConfigError, match=r"\[0\.1, 1000\)"):
+        ServeSettings(drift_false_alarms=0.01).check()
+    ServeSettings(drift_false_alarms=0.1).check()

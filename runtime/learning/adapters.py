@@ -13,10 +13,10 @@ on the device in numpy:
   (Iwasawa & Matsuo 2021): each class keeps its source direction plus the ``per_class`` lowest-entropy target
   features the source head assigns to it; the head becomes the cosine classifier of those prototypes;
 * ``lame``: output smoothing over a batch in the spirit of LAME (Boudiaf et al. 2022): each input's class
-  probabilities are pulled towards those of its nearest neighbours in the batch. It changes no stored state,
-  so it applies to a batch (a service's window), never as a committed version.
+  probabilities are pulled towards those of its nearest neighbours in the batch. It changes no stored state and
+  is measured by ``benchmarks/adaptation.py`` only: nothing commits or serves it yet.
 
-:func:`label_free_check` says whether an adaptation helped without labels: the information its outputs carry
+:func:`verdict` says whether an adaptation helped without labels: the information its outputs carry
 (mean confidence and class balance: the mutual information between input and class), the agreement with the
 unadapted head (low agreement is how collapse shows), and how far the features sit from the source statistics
 (a drift score: :func:`feature_drift` by default; any callable of the features fits the ``drift`` seam, such as

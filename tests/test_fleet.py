@@ -468,3 +468,18 @@ def test_a_device_rolled_back_past_a_new_class_it_contributed_refuses_to_contrib
         contribute_bundle(device, tmp_path / "c2.npz")
     report = pull_bundle(device, tmp_path / "merged")
     assert "k0" in report.new_classes and "k0" in FeatureStore(device).version().classes
+
+
+def test_classes_taken_by_a_pull_are_known_to_the_unknown_scorer(fleet):
+    """A device that never saw k0 and k1 takes them with the merge: its unknown scorer knows them through the
+    merged statistics (one row per class from the NCM sums), so their inputs are not flagged unknown."""
+    root, devices, rng = fleet
+    merge_bundles(TINY, [str(f) for f in _contribute_all(root, devices)], root / "merged")
+    pull_bundle(devices[2], root / "merged")           # device 2 learned "red" only
+    state = Bundle(devices[2]).current_head()
+    for name in ("k0", "k1"):
+        x = (CENTRES[[NAMES.index(name)] * 200] + rng.normal(0, 1, (200, DIM))).astype(np.float32)
+        logits = state.head.logits(x)
+        assert (logits.argmax(axis=1) == state.labels.index(name)).mean() > 0.95
+        flagged = state.unknown.scorer.scores(x, logits) > state.unknown.settings.threshold
+        assert flagged.mean() < 0.2, (name, flagged.mean())

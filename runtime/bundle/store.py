@@ -304,10 +304,25 @@ class FeatureStore:
         fitted on), which the version file leaves out."""
         scorer = UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
         if scorer.needs_bank:
-            head = self.head(version)
-            rows = Samples.concat([self.segment_part(version, n) for n in version.segments], head.feature_dim)
-            scorer.with_bank(rows.select(~rows.holdout).features)
+            scorer.with_bank(self.unknown_rows(version, self.head(version).feature_dim)[0])
         return scorer
+
+    def unknown_rows(self, version: Version, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What ``version``'s unknown scorer is fitted on: its stored training rows and their labels, plus one row
+        per class it knows only through statistics (taken by a fleet ``pull``, or whose rows were all evicted):
+        the class's mean L2-normalised feature from the NCM sums the residual keeps; and its held-out rows."""
+        parts = self.segment_parts(version)
+        rows = Samples.concat([part for _, part in parts], dim)
+        train = rows.select(~rows.holdout)
+        features, labels = train.features, train.labels
+        residual = self.residual(version, parts, dim)
+        present = np.bincount(labels, minlength=len(version.classes)) > 0
+        missing = np.flatnonzero(~present & (residual.ncm_counts[:len(version.classes)] > 0))
+        if len(missing):
+            prototypes = residual.ncm_sums[missing] / residual.ncm_counts[missing][:, None]
+            features = np.concatenate([features, prototypes.astype(np.float32)])
+            labels = np.concatenate([labels, missing.astype(labels.dtype)])
+        return features, labels, rows.select(rows.holdout).features
 
     def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
         return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
@@ -489,9 +504,8 @@ class FeatureStore:
         stored held-out rows (every class's, new ones included: an update holds out a share of its samples).
         Raises :class:`~edgetl.runtime.errors.ConfigError` when there are too few rows."""
         settings = self.unknown_settings(version)
-        rows = Samples.concat([self.segment_part(version, n) for n in version.segments], head.feature_dim)
-        train = rows.select(~rows.holdout)
-        return fit_unknown(settings, train.features, train.labels, rows.select(rows.holdout).features, head)
+        features, labels, held_out = self.unknown_rows(version, head.feature_dim)
+        return fit_unknown(settings, features, labels, held_out, head)
 
     def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
         """:meth:`fit_unknown` for the version being committed, recorded on ``version.unknown``.  Every commit comes

@@ -84,8 +84,9 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file atomically (temp file beside it, fsync, rename)."""
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write a file atomically (temp file beside it, fsync, rename).  ``mode``: its permissions (default: what the
+    umask leaves of 0666); the temp file is 0600 from its first byte (mkstemp), so 0600 never exposes the data."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -93,7 +94,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:

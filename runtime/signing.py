@@ -20,13 +20,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .deps import require
 from .errors import ConfigError, SignatureError
-from .fsutil import atomic_write_text, fsync_dir, sha256_file
+from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 
 #: The environment variable naming the trusted public keys (a folder or a file; several joined by ``os.pathsep``).
 TRUSTED_KEYS_ENV = "EDGETL_TRUSTED_KEYS"
@@ -110,22 +109,6 @@ def _raw_public(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only from its first byte (mkstemp's 0600), then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def generate_key(out: str | Path, name: str = "edgetl", overwrite: bool = False) -> GeneratedKey:
     """A new ed25519 key pair as ``OUT/NAME.key`` (PKCS#8 PEM, mode 0600) and ``OUT/NAME.pub`` (PEM): the private
     key stays where it signs, the public one goes into the trusted-keys folders of the devices."""
@@ -140,9 +123,9 @@ def generate_key(out: str | Path, name: str = "edgetl", overwrite: bool = False)
                           remedy="overwrite")
     out.mkdir(parents=True, exist_ok=True)
     private = ed25519.Ed25519PrivateKey.generate()
-    _write_private(private_path, private.private_bytes(serialization.Encoding.PEM,
-                                                       serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    atomic_write_bytes(private_path, pem, mode=0o600)       # readable by its owner only, from its first byte
     public = private.public_key()
     atomic_write_text(public_path, public.public_bytes(serialization.Encoding.PEM,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode())

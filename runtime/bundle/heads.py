@@ -300,13 +300,19 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 HEAD_KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead, "ridge": RidgeHead, "ncm": NCMHead}
 
 
-def load_head(path: str | Path) -> Head:
-    """Load a head written by :meth:`Head.save` (``allow_pickle=False``)."""
+def read_npz(path: str | Path, what: str = "") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (``allow_pickle=False``); an unreadable file is a :class:`BundleError` naming
+    ``what`` it is and its path."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read head file {path}: {exc}") from exc
+        raise BundleError(f"cannot read {what}{path}: {exc}") from exc
+
+
+def load_head(path: str | Path) -> Head:
+    """Load a head written by :meth:`Head.save` (``allow_pickle=False``)."""
+    arrays = read_npz(path, "head file ")
     kind = str(arrays.pop("kind", ""))
     if kind not in HEAD_KINDS:
         raise BundleError(f"head file {path} has unknown kind '{kind}' (known: {', '.join(HEAD_KINDS)})")

@@ -60,7 +60,7 @@ import numpy as np
 from ..documents import Origin, build, parse_document, utc_now
 from ..errors import BundleError, ConfigError, StoreBusyError
 from ..fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
-from .heads import Head, RidgeStatistics, load_head, normalise_rows
+from .heads import Head, RidgeStatistics, load_head, normalise_rows, read_npz
 from .unknown import UNKNOWN_FILE, UnknownScorer, UnknownSettings, fit_unknown
 
 STORE_SCHEMA = "edgetl.store/2"
@@ -200,14 +200,6 @@ def residual_path(number: int) -> str:
     return f"residuals/{number:06d}.npz"
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {path}: {exc}") from exc
-
-
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
@@ -325,14 +317,14 @@ class FeatureStore:
         return features, labels, rows.select(rows.holdout).features
 
     def adapter(self, version: Version) -> dict[str, np.ndarray] | None:
-        return _load_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
+        return read_npz(self._verified(version, "adapter.npz")) if "adapter.npz" in version.files else None
 
     def residual(self, version: Version, parts: list[tuple[int, Samples]], dim: int) -> LearnerState:
         """The statistics ``version`` continues from beyond its stored training rows (``parts``, see the module
         docstring), with its alpha; for a 0.4 version, its full statistics less those rows."""
         num_classes = len(version.classes)
         if "state.npz" in version.files:
-            full = LearnerState.from_arrays(_load_npz(self._verified(version, "state.npz")))
+            full = LearnerState.from_arrays(read_npz(self._verified(version, "state.npz")))
             return full.with_rows(Samples.concat([part for _, part in parts], dim), sign=-1.0).grown(num_classes)
         if version.residual is None:
             residual = LearnerState.empty(dim, num_classes)

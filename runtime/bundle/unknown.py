@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, ConfigError
+from .heads import read_npz
 
 METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn", "combined")
 DEFAULT_METHOD = "combined"
@@ -219,11 +220,7 @@ class UnknownScorer:
 
     @classmethod
     def load(cls, path: str | Path) -> UnknownScorer:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot read {path}: {exc}") from exc
+        arrays = read_npz(path)
         method = str(arrays.pop("method", ""))
         if method not in METHODS:
             raise BundleError(f"{path} holds an unknown-input scorer of unknown method '{method}'")

@@ -21,6 +21,7 @@ from edgetl.runtime.bundle.store import DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_M
 from edgetl.runtime.bundle.unknown import (
     DEFAULT_KEEP,
     DEFAULT_METHOD,
+    PROJECTED,
     UNKNOWN_FILE,
     UnknownSettings,
     check_settings,
@@ -29,6 +30,7 @@ from edgetl.runtime.bundle.unknown import (
 from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import ConfigError
+from edgetl.unknown_projection import train_projection
 
 from .calibration import ExportData, decode_to_memmap
 
@@ -74,15 +76,20 @@ def write_learning_data(staging: Path, backbone: Path, data: ExportData) -> dict
 
 def write_unknown(staging: Path, head: Head, method: str = DEFAULT_METHOD, keep: float = DEFAULT_KEEP,
                   log=lambda message: None) -> dict:
-    """Write ``unknown.npz`` (the unknown-input scorer, fitted on the shipped training rows) with its threshold set
-    on the shipped val rows to keep ``keep`` of them; returns the manifest's ``unknown`` block.  The device's store
+    """Write ``unknown.npz`` (the unknown-input scorer, fitted on the shipped training rows, with the projection
+    trained here for the methods that use one) with its threshold set on the shipped val rows to keep ``keep`` of
+    them; returns the manifest's ``unknown`` block.  The device's store
     recomputes both on every commit, the same way (:meth:`~edgetl.runtime.bundle.store.FeatureStore.commit`)."""
     check_settings(method, keep)
     with np.load(staging / LEARNING_FILE, allow_pickle=False) as data:
         features, labels, holdout = data["features"], data["labels"], data["holdout"]
+    projection = None
+    if method in PROJECTED or method == "combined":
+        log("training the unknown-input projection on the shipped training rows")
+        projection = train_projection(features[~holdout], labels[~holdout], features[holdout], labels[holdout])
     try:
         settings, scorer = fit_unknown(UnknownSettings(method, keep=keep), features[~holdout], labels[~holdout],
-                                       features[holdout], head)
+                                       features[holdout], head, projection=projection)
     except ConfigError as exc:     # too few rows for this method: the bundle ships no scorer, and says why
         log(f"warning: no unknown-input threshold: {exc}")
         return {}

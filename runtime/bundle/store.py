@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -296,8 +297,24 @@ class FeatureStore:
         fitted on), which the version file leaves out."""
         scorer = UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
         if scorer.needs_bank:
-            scorer.with_bank(self.unknown_rows(version, self.head(version).feature_dim)[0])
+            scorer.with_bank(self.unknown_rows(version, self.head(version).feature_dim)[0], self.projection)
         return scorer
+
+    @functools.cached_property
+    def projection(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The unknown-input projection the bundle was exported with (in its ``unknown.npz``, checked against the
+        manifest's sha256): every version's scorer applies it and none stores it, since the device cannot train
+        one.  None when the bundle ships none."""
+        block = self._manifest_unknown() or {}
+        if not isinstance(block.get("file"), str) or not isinstance(block.get("sha256"), str):
+            return None
+        path = self.bundle / block["file"]
+        if not path.is_file() or sha256_file(path) != block["sha256"]:
+            raise BundleError(f"{path} is missing or fails its sha256 check against the manifest")
+        arrays = read_npz(path)
+        if "projection_w" not in arrays or "projection_b" not in arrays:
+            return None
+        return arrays["projection_w"], arrays["projection_b"]
 
     def unknown_rows(self, version: Version, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What ``version``'s unknown scorer is fitted on: its stored training rows and their labels, plus one row
@@ -497,7 +514,7 @@ class FeatureStore:
         Raises :class:`~edgetl.runtime.errors.ConfigError` when there are too few rows."""
         settings = self.unknown_settings(version)
         features, labels, held_out = self.unknown_rows(version, head.feature_dim)
-        return fit_unknown(settings, features, labels, held_out, head)
+        return fit_unknown(settings, features, labels, held_out, head, self.projection)
 
     def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
         """:meth:`fit_unknown` for the version being committed, recorded on ``version.unknown``.  Every commit comes

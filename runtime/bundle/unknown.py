@@ -10,9 +10,13 @@ or the rows the bundle ships) and gives each input a score, higher meaning more 
 * ``relative-mahalanobis``: that distance less the distance to the mean of all training features under their total
   covariance (Ren et al. 2021): what sets one class apart, not what every input of the domain shares;
 * ``knn``: one minus the cosine similarity to the k-th nearest training row (Sun et al. 2022);
-* ``combined``: the sum of two scores, each standardised (centred and scaled) on the held-out known rows: the
-  head's doubt (minus the margin between its two highest logits) and ``knn``'s distance to what was seen, which err
-  on different inputs.
+* ``projected-knn``: ``knn`` in the hidden layer of a small network trained on the known classes at export (a
+  *projection*, ``relu(x Wᵀ + b)``): distances in a space trained to tell the known classes apart, where an input
+  of another class lands away from all of them (kNN on supervised features beats kNN on generic ones, Sun et al.
+  2022).  The host trains it (:mod:`edgetl.unknown_projection`); the device only applies it;
+* ``combined``: the sum of scores, each standardised (centred and scaled) on the held-out known rows: the head's
+  doubt (minus the margin between its two highest logits), ``knn``'s distance to what was seen and, when the bundle
+  ships a projection, ``projected-knn``'s; they err on different inputs.
 
 The Mahalanobis kinds work on L2-normalised features (as ``knn`` does): on the benchmark's image and text
 features that scored higher than raw features.  Covariances are estimated in float64 and shrunk towards a multiple
@@ -36,7 +40,12 @@ import numpy as np
 from ..errors import BundleError, ConfigError
 from .heads import read_npz
 
-METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn", "combined")
+METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn", "projected-knn", "combined")
+#: The methods that need a projection (``combined`` uses one when it has one).
+PROJECTED = ("projected-knn",)
+#: What a store version's ``unknown.npz`` leaves out, rebuilt when it loads: the kNN banks from the version's rows,
+#: the projection from the bundle's own ``unknown.npz`` (see :meth:`UnknownScorer.save`).
+REBUILT = ("bank", "projected_bank", "projection_w", "projection_b")
 DEFAULT_METHOD = "combined"
 DEFAULT_KEEP = 0.95
 DEFAULT_SHRINKAGE = 0.5
@@ -115,6 +124,20 @@ def _whitening(covariance: np.ndarray, shrinkage: float) -> np.ndarray:
     return np.linalg.inv(factor).T
 
 
+def _nearest(bank: np.ndarray, rows: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    """One minus the cosine similarity of each L2-normalised row of ``rows`` to its k-th nearest row of ``bank``
+    (float32), the row's own match skipped when ``exclude_self``: the rows are the bank's own."""
+    k = min(k, len(bank) - int(exclude_self))
+    rank = k - 1 + int(exclude_self)
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), 256):
+        similarity = _normalised(rows[start:start + 256]) @ bank.T
+        # the k-th largest similarity (self-matches dropped when asked); k = 1: the maximum
+        out[start:start + 256] = similarity.max(axis=1) if rank == 0 else \
+            -np.partition(-similarity, rank, axis=1)[:, rank]
+    return 1.0 - out
+
+
 def _squared_distances(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """(N, C) squared distances between rows of ``z`` and ``centres``, both in float32 (whitened)."""
     return np.maximum((z * z).sum(axis=1)[:, None] - 2.0 * z @ centres.T + (centres * centres).sum(axis=1), 0.0)
@@ -158,7 +181,23 @@ class UnknownScorer:
 
     def __init__(self, method: str, arrays: dict[str, np.ndarray]):
         self.method, self.arrays = method, arrays
-        self._bank: np.ndarray | None = None        # knn's rows in float32 (stored as float16), made once
+        self._banks: dict[str, np.ndarray] = {}      # the kNN banks in float32 (stored as float16), made once
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What ``combined`` sums: the head's doubt, ``knn`` and, with a projection, ``projected-knn``."""
+        if self.method != "combined":
+            return (self.method,)
+        return tuple(str(p) for p in self.arrays.get("parts", np.array(["margin", "knn"])))
+
+    @property
+    def projected(self) -> bool:
+        return "projected-knn" in self.parts
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """The projection's hidden layer: ``relu(x Wᵀ + b)`` (float32)."""
+        w, b = self.arrays["projection_w"], self.arrays["projection_b"]
+        return np.maximum(np.asarray(features, np.float32) @ w.T + b, 0.0)
 
     def scores(self, features: np.ndarray, logits: np.ndarray | None = None, exclude_self: bool = False) -> np.ndarray:
         """The scores of ``features`` (N, d) given the head's ``logits`` (N, C) on them; ``exclude_self``: the rows
@@ -173,49 +212,58 @@ class UnknownScorer:
             top = logits.max(axis=1)
             return 1.0 - 1.0 / np.exp(logits - top[:, None]).sum(axis=1)
         features = np.asarray(features, np.float32)
-        if method == "knn":
-            return self._knn(features, exclude_self)
+        if method in ("knn", "projected-knn"):
+            return self._part(method, features, None, exclude_self)
         if method == "combined":
             if logits is None:
                 raise ConfigError("the combined score needs the head's logits")
-            doubt = _doubt(logits)
-            near = self._knn(features, exclude_self)
-            return (doubt - a["scale"][0]) / a["scale"][1] + (near - a["scale"][2]) / a["scale"][3]
+            scale = a["scale"].reshape(-1, 2)
+            return sum((self._part(part, features, logits, exclude_self) - mean) / spread
+                       for part, (mean, spread) in zip(self.parts, scale))
         x = _normalised(features)
         own = _squared_distances(x @ a["within"], a["means"]).min(axis=1)
         if method == "mahalanobis":
             return own.astype(np.float64)
         return (own - _squared_distances(x @ a["total"], a["centre"])[:, 0]).astype(np.float64)
 
-    def _knn(self, features: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-        if self._bank is None:
-            self._bank = np.ascontiguousarray(self.arrays["bank"], np.float32)
-        bank = self._bank
-        k = min(int(self.arrays["k"]), len(bank) - int(exclude_self))
-        out = np.empty(len(features))
-        for start in range(0, len(features), 256):
-            similarity = _normalised(features[start:start + 256]) @ bank.T
-            # the k-th largest similarity (self-matches of training rows dropped when asked); k = 1: the maximum
-            rank = k - 1 + int(exclude_self)
-            out[start:start + 256] = similarity.max(axis=1) if rank == 0 else \
-                -np.partition(-similarity, rank, axis=1)[:, rank]
-        return 1.0 - out
+    def _part(self, part: str, features: np.ndarray, logits: np.ndarray | None, exclude_self: bool) -> np.ndarray:
+        """One of ``combined``'s scores: ``margin`` (the head's doubt), ``knn`` or ``projected-knn``."""
+        if part == "margin":
+            return _doubt(logits)
+        name = "bank" if part == "knn" else "projected_bank"
+        if name not in self._banks:
+            self._banks[name] = np.ascontiguousarray(self.arrays[name], np.float32)
+        rows = features if part == "knn" else self.project(features)
+        return _nearest(self._banks[name], rows, int(self.arrays["k"]), exclude_self)
 
     def save(self, path: str | Path, bank: bool = True) -> None:
-        """Write the scorer; ``bank=False`` leaves out ``knn``'s rows (a store version rebuilds them from its
-        stored rows with :meth:`with_bank`, so a version stays a delta of kilobytes)."""
-        arrays = self.arrays if bank else {k: v for k, v in self.arrays.items() if k != "bank"}
+        """Write the scorer; ``bank=False`` leaves out what a store version rebuilds when it loads
+        (:data:`REBUILT`, with :meth:`with_bank`): the kNN banks, from its stored rows, and the projection, from
+        the bundle's ``unknown.npz``, so a version stays a delta of kilobytes."""
+        arrays = self.arrays if bank else {k: v for k, v in self.arrays.items() if k not in REBUILT}
         with open(path, "wb") as handle:
             np.savez(handle, method=np.array(self.method), **arrays)
 
     @property
     def needs_bank(self) -> bool:
-        return self.method in ("knn", "combined") and "bank" not in self.arrays
+        if self.method in ("knn", "combined") and "bank" not in self.arrays:
+            return True
+        return self.projected and "projected_bank" not in self.arrays
 
-    def with_bank(self, train: np.ndarray) -> UnknownScorer:
-        """The scorer given ``knn``'s bank: the training rows it was fitted on (as :func:`fit_scorer` stores them)."""
-        self.arrays["bank"] = _normalised(np.asarray(train, np.float32)).astype(np.float16)
-        self._bank = None
+    def with_bank(self, train: np.ndarray, projection: tuple[np.ndarray, np.ndarray] | None = None) -> UnknownScorer:
+        """The scorer given its kNN banks: the training rows it was fitted on (as :func:`fit_scorer` stores them),
+        and for a projected scorer the ``projection`` (W, b) it was fitted with (the bundle's)."""
+        train = np.asarray(train, np.float32)
+        if self.method in ("knn", "combined"):
+            self.arrays["bank"] = _normalised(train).astype(np.float16)
+        if self.projected:
+            if "projection_w" not in self.arrays:
+                if projection is None:
+                    raise BundleError("this unknown-input scorer needs the bundle's projection "
+                                      f"({UNKNOWN_FILE} of the exported bundle), which is missing")
+                self.arrays["projection_w"], self.arrays["projection_b"] = _projection_arrays(projection)
+            self.arrays["projected_bank"] = _normalised(self.project(train)).astype(np.float16)
+        self._banks = {}
         return self
 
     @classmethod
@@ -227,13 +275,22 @@ class UnknownScorer:
         return cls(method, arrays)
 
 
+def _projection_arrays(projection: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    w, b = (np.asarray(a, np.float32) for a in projection)
+    if w.ndim != 2 or b.shape != (w.shape[0],):
+        raise BundleError(f"an unknown-input projection must be W (h, d) and b (h,), got {w.shape} and {b.shape}")
+    return w, b
+
+
 def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray | None = None,
                num_classes: int | None = None, shrinkage: float = DEFAULT_SHRINKAGE, k: int = DEFAULT_K,
-               reference: tuple[np.ndarray, np.ndarray] | None = None) -> UnknownScorer:
+               reference: tuple[np.ndarray, np.ndarray] | None = None,
+               projection: tuple[np.ndarray, np.ndarray] | None = None) -> UnknownScorer:
     """A scorer of ``method`` fitted on the training rows ``train`` and their ``labels`` (the Mahalanobis kinds'
-    class means and covariances, ``knn``'s bank); ``msp`` and ``energy`` need neither.  ``combined`` standardises
-    its two scores on known rows ``reference`` (features, logits): the held-out rows, else the training rows (each
-    without itself for ``knn``)."""
+    class means and covariances, the kNN banks); ``msp`` and ``energy`` need neither.  ``projection`` (W, b): the
+    host-trained projection ``projected-knn`` needs and ``combined`` adds when given.  ``combined`` standardises its
+    scores on known rows ``reference`` (features, logits): the held-out rows, else the training rows (each without
+    itself for the kNN scores)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}", option="unknown_method")
     if method in ("msp", "energy"):
@@ -241,10 +298,14 @@ def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray 
     arrays: dict[str, np.ndarray] = {}
     if train is None or len(train) < 2:
         raise ConfigError(f"the {method} score needs at least two training rows")
+    if method in PROJECTED and projection is None:
+        raise ConfigError(f"the {method} score needs a projection trained at export (edgetl export "
+                          f"--unknown-method {method}); this bundle ships none", option="unknown_method")
     train = np.asarray(train, np.float32)
-    if method in ("knn", "combined"):
-        arrays["bank"] = _normalised(train).astype(np.float16)
+    if method in ("knn", "projected-knn", "combined"):
         arrays["k"] = np.array(max(1, min(k, len(train) - 1)))
+    if method == "combined":
+        arrays["parts"] = np.array(["margin", "knn"] + (["projected-knn"] if projection is not None else []))
     if method in ("mahalanobis", "relative-mahalanobis"):
         statistics = ClassStatistics.of_rows(_normalised(train), labels, num_classes or int(labels.max()) + 1)
         seen = statistics.counts > 0
@@ -261,23 +322,28 @@ def fit_scorer(method: str, train: np.ndarray | None = None, labels: np.ndarray 
             arrays["total"] = whitening.astype(np.float32)
             arrays["centre"] = (centre @ whitening)[None, :].astype(np.float32)
     scorer = UnknownScorer(method, arrays)
+    if method in ("knn", "projected-knn", "combined"):
+        scorer.with_bank(train, projection)
     if method == "combined":
         if reference is None or len(reference[0]) < 2:
             raise ConfigError("the combined score needs known rows (and their logits) to standardise on")
         rows, logits = np.asarray(reference[0], np.float32), reference[1]
-        doubt = _doubt(logits)
-        near = scorer._knn(rows, exclude_self=rows is train)
-        arrays["scale"] = np.array([doubt.mean(), max(doubt.std(), 1e-12), near.mean(), max(near.std(), 1e-12)])
+        scale = []
+        for part in scorer.parts:
+            values = scorer._part(part, rows, logits, exclude_self=rows is train)
+            scale += [values.mean(), max(values.std(), 1e-12)]
+        arrays["scale"] = np.array(scale)
     return scorer
 
 
 def fit_unknown(settings: UnknownSettings, train: np.ndarray, labels: np.ndarray, held_out: np.ndarray,
-                head) -> tuple[UnknownSettings, UnknownScorer]:
+                head, projection: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[UnknownSettings, UnknownScorer]:
     """The scorer of ``settings.method`` fitted on a head's training rows and its threshold set to keep
     ``settings.keep`` of the known held-out rows ``held_out`` (all classes, new ones included: the store holds out
     a share of every update's samples).  With fewer than :data:`MIN_HELD_OUT` held-out rows, the threshold is set
     on the training rows' own scores instead (each row left out of ``knn``'s bank), recorded as ``on: train``:
-    the scores of rows a scorer was fitted on run low, so it rejects more known inputs than stated."""
+    the scores of rows a scorer was fitted on run low, so it rejects more known inputs than stated.
+    ``projection``: the bundle's (see :func:`fit_scorer`)."""
     check_settings(settings.method, settings.keep)
     train = np.asarray(train, np.float32)
     held_out = np.asarray(held_out, np.float32).reshape(-1, train.shape[1])
@@ -285,10 +351,11 @@ def fit_unknown(settings: UnknownSettings, train: np.ndarray, labels: np.ndarray
     rows = held_out if enough else train
     logits = head.logits(rows)
     scorer = fit_scorer(settings.method, train, labels, head.num_classes, settings.shrinkage, settings.k,
-                        reference=(rows, logits))
+                        reference=(rows, logits), projection=projection)
     scores = scorer.scores(rows, logits, exclude_self=not enough)      # a training row is not its own neighbour
     fitted = UnknownSettings(settings.method, keep_threshold(scores, settings.keep), settings.keep, len(rows),
-                             "val" if enough else "train", settings.shrinkage, settings.k, settings.file)
+                             "val" if enough else "train", settings.shrinkage, settings.k, settings.file,
+                             {"parts": list(scorer.parts)} if settings.method == "combined" else {})
     return fitted, scorer
 
 

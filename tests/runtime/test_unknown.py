@@ -18,6 +18,8 @@ from edgetl.runtime.bundle.heads import RidgeHead
 from edgetl.runtime.bundle.store import FeatureStore
 from edgetl.runtime.bundle.unknown import (
     METHODS,
+    PROJECTED,
+    UnknownScorer,
     UnknownSettings,
     auroc,
     fit_scorer,
@@ -25,7 +27,7 @@ from edgetl.runtime.bundle.unknown import (
     keep_threshold,
 )
 from edgetl.runtime.cli import main as rt
-from edgetl.runtime.errors import ConfigError
+from edgetl.runtime.errors import BundleError, ConfigError
 from edgetl.runtime.learning.rollback import rollback_bundle
 from edgetl.runtime.learning.settings import UpdateSettings
 from edgetl.runtime.learning.update import learn_features
@@ -45,16 +47,54 @@ def _blobs(seed: int = 0, dim: int = 8, per_class: int = 60):
     return train, labels, held_out, test, unknown
 
 
+def _projection(dim: int, hidden: int = 16, seed: int = 1):
+    """A seeded random ReLU projection: what the host trains, for tests that need one without torch."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1, (hidden, dim)).astype(np.float32), np.zeros(hidden, np.float32)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_scorer_tells_a_far_class_from_the_known_ones(method):
     train, labels, held_out, test, unknown = _blobs()
     head = RidgeHead.fit(train, labels, 3, alpha=1.0)
-    settings, scorer = fit_unknown(UnknownSettings(method), train, labels, held_out, head)
+    settings, scorer = fit_unknown(UnknownSettings(method), train, labels, held_out, head,
+                                   projection=_projection(train.shape[1]) if method in PROJECTED else None)
     known_scores = scorer.scores(test, head.logits(test))
     unknown_scores = scorer.scores(unknown, head.logits(unknown))
     assert settings.on == "val" and settings.n == len(held_out) and settings.method == method
     assert auroc(known_scores, unknown_scores) > 0.9
     assert np.mean(unknown_scores <= settings.threshold) < 0.5
+
+
+def test_combined_adds_the_projected_distance_and_a_version_file_rebuilds_it_from_rows_and_projection(tmp_path):
+    train, labels, held_out, test, unknown = _blobs()
+    head = RidgeHead.fit(train, labels, 3, alpha=1.0)
+    projection = _projection(train.shape[1])
+    settings, scorer = fit_unknown(UnknownSettings("combined"), train, labels, held_out, head, projection=projection)
+    assert scorer.parts == ("margin", "knn", "projected-knn") and settings.extra["parts"] == list(scorer.parts)
+    # the third part is the cosine distance to the nearest training row after relu(x Wᵀ + b), standardised
+    hidden = lambda x: np.maximum(x @ projection[0].T + projection[1], 0.0)  # noqa: E731
+    def nearest(x):
+        a, b = hidden(x), hidden(train)
+        a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+        return 1.0 - (a @ b.astype(np.float16).astype(np.float32).T).max(axis=1)      # the bank is float16
+    without = fit_scorer("combined", train, labels, 3, reference=(held_out, head.logits(held_out)))
+    mean, spread = scorer.arrays["scale"][4:]
+    expected = without.scores(test, head.logits(test)) + (nearest(test) - mean) / spread
+    np.testing.assert_allclose(scorer.scores(test, head.logits(test)), expected, atol=1e-4)
+    # a store version's file leaves out the banks and the projection; both come back from rows and the bundle
+    scorer.save(tmp_path / "version.npz", bank=False)
+    stored = np.load(tmp_path / "version.npz")
+    assert not {"bank", "projected_bank", "projection_w", "projection_b"} & set(stored.files)
+    reloaded = UnknownScorer.load(tmp_path / "version.npz")
+    assert reloaded.needs_bank
+    with pytest.raises(BundleError, match="projection"):
+        reloaded.with_bank(train)
+    reloaded = UnknownScorer.load(tmp_path / "version.npz").with_bank(train, projection)
+    np.testing.assert_array_equal(reloaded.scores(unknown, head.logits(unknown)),
+                                  scorer.scores(unknown, head.logits(unknown)))
+    with pytest.raises(ConfigError, match="projection"):
+        fit_unknown(UnknownSettings("projected-knn"), train, labels, held_out, head)
 
 
 def test_mahalanobis_scores_are_the_textbook_distances_on_normalised_features():

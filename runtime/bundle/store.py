@@ -201,6 +201,11 @@ def residual_path(number: int) -> str:
     return f"residuals/{number:06d}.npz"
 
 
+def _bank_key(version: Version) -> tuple:
+    """What a version's kNN bank rows are made of: its number, its scorer file and its stored files' sha256."""
+    return version.version, version.files.get(UNKNOWN_FILE), tuple(sorted(version.shared.items()))
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
@@ -214,6 +219,12 @@ class FeatureStore:
         self.root = self.bundle / STORE_FOLDER
         self._parsed: dict[int, tuple[tuple[int, int, int], Version]] = {}    # version.json files are immutable
         self._digests: dict[str, str] = {}      # sha256 of segments and residuals this process wrote or verified
+        # segments written by the transaction under way (the lock's holder), which its commit refits from
+        self._written: dict[int, Samples] = {}
+        # the kNN bank rows of the last version whose unknown scorer was loaded or committed, keyed by what they
+        # are made of (the version, its scorer file and its segments' and residual's sha256): serve loads a
+        # version once per commit it picks up, and right after its own commits
+        self._bank: tuple[tuple, np.ndarray] | None = None
         self.configure(keep_versions, max_per_class, max_holdout_per_class)
 
     def configure(self, keep_versions: int = DEFAULT_KEEP_VERSIONS, max_per_class: int = DEFAULT_MAX_PER_CLASS,
@@ -293,11 +304,15 @@ class FeatureStore:
         return load_head(self._verified(version, "head.npz"))
 
     def unknown_scorer(self, version: Version) -> UnknownScorer:
-        """The version's scorer; ``knn``'s bank is rebuilt from the version's stored training rows (the rows it was
-        fitted on), which the version file leaves out."""
+        """The version's scorer; its kNN banks are rebuilt from the version's stored training rows (the rows it was
+        fitted on) and the bundle's :attr:`projection`, which the version file leaves out.  Those rows are kept for
+        the last version asked for (or committed here), so loading it again reads no segment."""
         scorer = UnknownScorer.load(self._verified(version, UNKNOWN_FILE))
         if scorer.needs_bank:
-            scorer.with_bank(self.unknown_rows(version, self.head(version).feature_dim)[0], self.projection)
+            key = _bank_key(version)
+            if self._bank is None or self._bank[0] != key:
+                self._bank = (key, self.unknown_rows(version, self.head(version).feature_dim)[0])
+            scorer.with_bank(self._bank[1], self.projection)
         return scorer
 
     @functools.cached_property
@@ -316,11 +331,14 @@ class FeatureStore:
             return None
         return arrays["projection_w"], arrays["projection_b"]
 
-    def unknown_rows(self, version: Version, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def unknown_rows(self, version: Version, dim: int,
+                     held: dict[int, Samples] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What ``version``'s unknown scorer is fitted on: its stored training rows and their labels, plus one row
         per class it knows only through statistics (taken by a fleet ``pull``, or whose rows were all evicted):
-        the class's mean L2-normalised feature from the NCM sums the residual keeps; and its held-out rows."""
-        parts = self.segment_parts(version)
+        the class's mean L2-normalised feature from the NCM sums the residual keeps; and its held-out rows.
+        ``held``: segments the caller has loaded, by number (the others are read)."""
+        held = held or {}
+        parts = [(n, held[n]) if n in held else (n, self.segment_part(version, n)) for n in version.segments]
         rows = Samples.concat([part for _, part in parts], dim)
         train = rows.select(~rows.holdout)
         features, labels = train.features, train.labels
@@ -420,6 +438,7 @@ class FeatureStore:
             self._clean()
             yield
         finally:
+            self._written = {}          # what a transaction that failed before its commit wrote goes with the lock
             os.close(fd)   # releases the flock
 
     def _clean(self) -> None:
@@ -459,23 +478,30 @@ class FeatureStore:
         return number
 
     def write_segment(self, samples: Samples) -> int:
-        return self._write_numbered("segments", {
-            "features": samples.features.astype(np.float32), "labels": samples.labels.astype(np.int64),
-            "holdout": samples.holdout.astype(bool), "keys": samples.keys.astype("<U64")})
+        stored = Samples(samples.features.astype(np.float32), samples.labels.astype(np.int64),
+                         samples.holdout.astype(bool), samples.keys.astype("<U64"))
+        number = self._write_numbered("segments", {"features": stored.features, "labels": stored.labels,
+                                                   "holdout": stored.holdout, "keys": stored.keys})
+        self._written[number] = stored
+        return number
 
     def write_residual(self, state: LearnerState) -> int:
         return self._write_numbered("residuals", state.arrays())
 
-    def commit(self, version: Version, head: Head, adapter: dict[str, np.ndarray] | None = None) -> Version:
+    def commit(self, version: Version, head: Head, adapter: dict[str, np.ndarray] | None = None,
+               parts: list[tuple[int, Samples]] | None = None) -> Version:
         """Write ``version`` (its number is assigned here; its segments and residual already written) and switch
-        CURRENT to it."""
+        CURRENT to it.  ``parts``: segments the caller has loaded (the parent's, as its transaction read them);
+        with those this transaction wrote, the unknown scorer is refitted without reading them again."""
         version.version = (self.current_number() + 1) if self.exists else 0
         version.schema = STORE_SCHEMA
         residuals = [version.residual, version.fleet.get("known")]
         names = [_segment_path(n) for n in version.segments] + [residual_path(n) for n in residuals if n is not None]
         version.shared = {name: self._digests.get(name) or sha256_file(self.root / name) for name in names}
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
-        fitted = self._unknown(version, head)
+        held = {number: part for number, part in parts or []} | self._written
+        fitted, bank = self._unknown(version, head, held)
+        self._written = {}
         with atomic_directory(self._folder(version.version)) as staging:
             head.save(staging / "head.npz")
             names = ["head.npz"]
@@ -488,6 +514,8 @@ class FeatureStore:
             version.files = {name: sha256_file(staging / name) for name in names}
             (staging / "version.json").write_text(json.dumps(asdict(version), indent=2))
         atomic_write_text(self.root / "CURRENT", f"{version.version}\n")   # the commit point
+        if bank is not None:
+            self._bank = (_bank_key(version), bank)
         self._prune()
         return version
 
@@ -516,19 +544,22 @@ class FeatureStore:
         features, labels, held_out = self.unknown_rows(version, head.feature_dim)
         return fit_unknown(settings, features, labels, held_out, head, self.projection)
 
-    def _unknown(self, version: Version, head: Head) -> tuple[UnknownSettings, UnknownScorer] | None:
-        """:meth:`fit_unknown` for the version being committed, recorded on ``version.unknown``.  Every commit comes
-        through here (update, adapt, rollback, tune, and any later transaction), so the threshold moves with the
-        head."""
+    def _unknown(self, version: Version, head: Head, held: dict[int, Samples]
+                 ) -> tuple[tuple[UnknownSettings, UnknownScorer] | None, np.ndarray | None]:
+        """:meth:`fit_unknown` for the version being committed (from the segments ``held`` where it can), recorded
+        on ``version.unknown``, and the kNN bank's rows when the scorer has one.  Every commit comes through here
+        (update, adapt, rollback, tune, and any later transaction), so the threshold moves with the head."""
+        settings = self.unknown_settings(version)
         try:
-            fitted = self.fit_unknown(version, head)
+            features, labels, held_out = self.unknown_rows(version, head.feature_dim, held)
+            fitted = fit_unknown(settings, features, labels, held_out, head, self.projection)
         except ConfigError as exc:        # too few samples for this method: the version has no scorer
-            settings = self.unknown_settings(version)
             version.unknown = {"method": settings.method, "threshold": None, "keep": settings.keep,
                                "note": str(exc)}
-            return None
+            return None, None
         version.unknown = fitted[0].to_dict()
-        return fitted
+        banked = any(name in fitted[1].arrays for name in ("bank", "projected_bank"))
+        return fitted, features if banked else None
 
     def _prune(self) -> None:
         numbers = self.kept_numbers()

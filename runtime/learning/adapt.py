@@ -107,8 +107,8 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
                              "accuracy": {k: report[k] for k in ("accuracy_before", "accuracy_after") if k in report},
                              "note": f"{best.method} from {len(raw)} unlabelled {records[0].modality}s of {data}",
                              "created": utc_now()})
-        write_rows(store, version, parent, store.segment_parts(parent), Samples.empty(bundle.feature_dim),
-                   bundle.feature_dim)
-        store.commit(version, best.head, best.adapter)
+        parts = store.segment_parts(parent)
+        write_rows(store, version, parent, parts, Samples.empty(bundle.feature_dim), bundle.feature_dim)
+        store.commit(version, best.head, best.adapter, parts)
         report.version, report.committed = version.version, True
     return report

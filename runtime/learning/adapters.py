@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bundle.heads import Head, LinearHead, RidgeStatistics, normalise_rows
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..inference.features import apply_adapter
 from .settings import ADAPT_METHODS
 
@@ -212,6 +212,9 @@ ALARM_NOISE_MULTIPLE = 6.0
 #: normalisation gained most; on texts (banking77, 77 intents) prototypes lost points, normalisation alone did not.
 AUTO = ("normalise+prototypes", "normalise")
 AUTO_BY_MODALITY = {"image": AUTO, "text": ("normalise",)}
+#: The seed of the guard's split (:func:`halves`), and the fewest target rows it needs: two per half.
+SPLIT_SEED = 0
+MIN_ROWS = 4
 
 
 @dataclass
@@ -302,6 +305,13 @@ def verdict(candidate: Candidate, reference: Candidate, min_agreement: float = M
     return None
 
 
+def halves(n: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The guard's seeded split of ``n`` target rows: the rows the adapters are fitted on, and the rows they are
+    judged on (each in their original order)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:n // 2]), np.sort(order[n // 2:])
+
+
 def choose(head: Head, source: SourceStatistics, target: np.ndarray, methods: tuple[str, ...] = AUTO,
            reference: Candidate | None = None, drift: DriftScore | None = None, alarm: float | None = None,
            min_agreement: float = MIN_AGREEMENT, min_balance: float = MIN_BALANCE, force: bool = False) -> Choice:
@@ -309,13 +319,23 @@ def choose(head: Head, source: SourceStatistics, target: np.ndarray, methods: tu
     against ``reference`` (what is served now: ``head`` on the raw features unless given). Nothing is taken when
     the drift score of the target is below ``alarm`` (no shift to adapt to); ``force`` takes the first method
     whatever the guard says. ``drift`` is the seam for another drift score (its own ``alarm`` with it); the
-    default is :func:`feature_drift` with :func:`default_alarm`."""
+    default is :func:`feature_drift` with :func:`default_alarm`.
+
+    The guard judges out of sample: each method is fitted on one seeded half of the rows (:func:`halves`) and its
+    signals are measured on the other half, so an adapter that only fits the rows it saw (``normalise`` moves
+    exactly its own rows' mean onto the source's) can fail the drift check. The method taken is then fitted again
+    on every row; the signals reported are the held-out ones that decided."""
     target = np.asarray(target, np.float32)
+    if len(target) < MIN_ROWS:
+        raise DataError(f"adapting needs at least {MIN_ROWS} unlabelled inputs (half to fit on, half to check "
+                        f"on), got {len(target)}")
     score = drift if drift is not None else feature_drift(source)
     alarm = alarm if alarm is not None else (default_alarm(len(target)) if drift is None else 0.0)
+    fit_rows, check_rows = halves(len(target))
+    fitted_on, checked_on = target[fit_rows], target[check_rows]
     reference = reference or Candidate("none", None, head)
-    before = reference.logits(target)
-    reference = signals(reference, before, target, score)
+    before = reference.logits(checked_on)
+    reference = signals(reference, before, checked_on, score)
     candidates = []
     raw_drift = score(target)
     common = {"drift_before": raw_drift, "alarm": alarm, "information_before": reference.information}
@@ -325,13 +345,16 @@ def choose(head: Head, source: SourceStatistics, target: np.ndarray, methods: tu
                       f"{alarm:.4f}", candidates=candidates, **common)
     reasons = []
     for method in methods:
-        adapter, adapted_head = fit(method, head, source, target)
-        candidate = signals(Candidate(method, adapter, adapted_head), before, target, score)
+        adapter, adapted_head = fit(method, head, source, fitted_on)
+        candidate = signals(Candidate(method, adapter, adapted_head), before, checked_on, score)
         candidates.append(candidate)
         why = verdict(candidate, reference, min_agreement, min_balance)
         if why is None or force:
-            return Choice(candidate, True, why or f"{method} keeps {candidate.agreement:.1%} of the answers and "
-                          f"brings the drift score from {reference.drift:.4f} to {candidate.drift:.4f}",
+            adapter, adapted_head = fit(method, head, source, target)       # taken: fitted on every row
+            best = Candidate(method, adapter, adapted_head, candidate.information, candidate.agreement,
+                             candidate.balance, candidate.drift)
+            return Choice(best, True, why or f"{method} keeps {candidate.agreement:.1%} of the held-out answers "
+                          f"and brings their drift score from {reference.drift:.4f} to {candidate.drift:.4f}",
                           candidates=candidates, forced=why is not None or quiet, **common)
         reasons.append(why)
     return Choice(None, False, "; ".join(reasons), candidates=candidates, **common)

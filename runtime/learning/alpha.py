@@ -47,7 +47,7 @@ def tune_alpha(bundle: str | Path | Bundle, session: LearningSession | None = No
                                  "accuracy": {"holdout": accuracy(head, holdout)},
                                  "note": f"alpha searched on {len(holdout)} held-out rows", "created": utc_now()})
             write_rows(store, version, parent, parts, Samples.empty(dim), dim)
-            store.commit(version, head, store.adapter(parent))
+            store.commit(version, head, store.adapter(parent), parts)
             session.committed(version, head, None)
         except BaseException:
             session.forget()

@@ -383,7 +383,7 @@ def pull_bundle(bundle: str | Path | Bundle, merged: str | Path,
         version.residual = None if residual.empty_set else store.write_residual(residual)
         known = store.write_residual(reorder(merged_state, list(source.manifest.labels), classes))
         version.fleet = {"base": merged_id, "known": known}
-        store.commit(version, head)       # the commit point
+        store.commit(version, head, parts=parts)       # the commit point
     return PullReport(bundle=str(bundle.path), merged=str(merged), version=version.version, parent=parent.version,
                       head=kind, classes=classes, new_classes=added, alpha=alpha,
                       merged_samples=int(merged_state.ridge.count), own_samples_kept=int(pending.ridge.count),

@@ -272,7 +272,7 @@ def _learn_locked(store: FeatureStore, session: LearningSession, dim: int, paren
                                                             "earlier_holdout_after": after_old},
                           fleet=dict(parent.fleet))
         report.evicted = write_rows(store, version, parent, parts, new, dim)
-        store.commit(version, head, adapter)
+        store.commit(version, head, adapter, parts)
         session.committed(version, head, None if report.evicted else all_logits)
     except BaseException:
         session.forget()          # the learners took the new samples in, but no version holds them

@@ -14,6 +14,13 @@ source), the adapter resets to the unadapted head, as continual test-time adapta
 long streams (RDumb, Press et al. 2023). A newly committed head version resets it too (the adaptation was fitted
 to the previous one). The adaptation lives in the service's memory: nothing is committed to the store
 (``edgetl-rt adapt`` commits), so a restart serves the committed head.
+
+After a committed ``edgetl-rt adapt`` the served head is itself an adaptation. The stream never fits on top of
+it: as ``adapt`` does, it fits from the head that adaptation started from (:func:`stream_head`: the nearest
+version that is not an adaptation) on the raw features, against the same source statistics, and the guard
+compares the result with the committed adaptation's answers; so a stream adaptation replaces the committed one
+for as long as it is accepted, and a reset returns to it. When that starting head is no longer kept, the stream
+does not adapt: adapting an adapted head again compounds the shift.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bundle.folder import HeadState
+from ..bundle.heads import Head
+from ..learning.adapt import source_version
 from ..learning.adapters import (
     AUTO_BY_MODALITY,
     Candidate,
@@ -67,11 +76,18 @@ class StreamAdapter:
     def __init__(self, source_of: Callable[[HeadState], SourceStatistics | None], dim: int,
                  window: int = DEFAULT_WINDOW, check_every: int = DEFAULT_CHECK_EVERY, trigger=None,
                  drift: DriftScore | None = None, alarm: float | None = None, methods: tuple[str, ...] | None = None,
-                 modality: str = "image"):
+                 modality: str = "image", on_outcome: Callable[[str, StreamStats], None] = lambda outcome, stats: None,
+                 head_of: Callable[[HeadState], Head | None] = lambda state: state.head):
         """``source_of(state)``: the source statistics of a head version (read again when the version changes);
+        ``head_of(state)``: the head adaptations are fitted from (:func:`stream_head` in ``serve``; None: do not
+        adapt this version);
         ``trigger``: the drift monitor (an object with ``.alarm`` or a callable; None: the window's own drift
-        score against ``alarm``); ``drift``: another drift score for the guard."""
+        score against ``alarm``); ``drift``: another drift score for the guard; ``on_outcome(outcome, stats)``:
+        called once per outcome (``adapted``, ``refused``, ``reset``) under the adapter's lock, so a counter fed
+        by it counts each outcome once however many requests arrive together."""
         self.source_of, self.window, self.check_every = source_of, int(window), int(check_every)
+        self.on_outcome, self.head_of = on_outcome, head_of
+        self._base: Head | None = None        # what adaptations of the served version are fitted from
         self.methods = methods or AUTO_BY_MODALITY[modality]
         self.trigger = trigger
         self._drift, self._alarm = drift, alarm
@@ -112,9 +128,11 @@ class StreamAdapter:
             self._reset(reason)
 
     def _reset(self, reason: str) -> None:
-        if self._adapted is not None:
-            self.stats.resets += 1
+        was_adapted = self._adapted is not None
         self._adapted, self.stats.active, self.stats.method, self.stats.last_reason = None, False, None, reason
+        if was_adapted:
+            self.stats.resets += 1
+            self.on_outcome("reset", self.stats)
 
     def logits(self, features: np.ndarray, state: HeadState) -> np.ndarray:
         """The logits to answer ``features`` (raw backbone output) with, adapting or resetting on the way."""
@@ -124,28 +142,32 @@ class StreamAdapter:
                 self._version = state.version
                 self._reset(f"head version {state.version} committed")
                 self.source = self.source_of(state)
+                self._base = self.head_of(state)
                 self._score = None if self.source is None else (self._drift or feature_drift(self.source))
             self._remember(np.asarray(features, np.float32))
             recent = self._rows[:self._filled]
-            if self.source is not None and self._filled >= self.window and self._since_check >= self.check_every:
+            ready = self.source is not None and self._base is not None
+            if ready and self._filled >= self.window and self._since_check >= self.check_every:
                 self._since_check = 0
                 if self._adapted is None:
                     if self._alarmed(recent):
-                        self._adapt(state, served, recent)
+                        self._adapt(served, recent)
                 else:
                     self._check(served, recent)
             adapted = self._adapted
         return (adapted or served).logits(features)
 
-    def _adapt(self, state: HeadState, served: Candidate, recent: np.ndarray) -> None:
-        choice = choose(state.head, self.source, recent, self.methods, reference=served, drift=self._drift,
+    def _adapt(self, served: Candidate, recent: np.ndarray) -> None:
+        choice = choose(self._base, self.source, recent, self.methods, reference=served, drift=self._drift,
                         alarm=0.0 if self._trigger is not None else self._alarm)
         self.stats.last_reason = choice.reason
         if choice.helped:
             self._adapted, self.stats.active, self.stats.method = choice.best, True, choice.method
             self.stats.adapted += 1
+            self.on_outcome("adapted", self.stats)
         else:
             self.stats.refused += 1
+            self.on_outcome("refused", self.stats)
 
     def _check(self, served: Candidate, recent: np.ndarray) -> None:
         reference = served.logits(recent)
@@ -167,3 +189,17 @@ def stream_source(bundle, state: HeadState) -> SourceStatistics | None:
     if ridge is None or ridge.count < 2:
         return None
     return SourceStatistics.from_ridge(ridge)
+
+
+def stream_head(bundle, state: HeadState) -> Head | None:
+    """The head the stream adapts from: the served head, unless its version is a committed adaptation; then the
+    head of the nearest version that is not one (what ``edgetl-rt adapt`` fits from), or None when that version is
+    no longer kept (the stream does not adapt an adapted head again)."""
+    store = bundle.store
+    if state.version is None or not store.exists:
+        return state.head
+    served = store.version(state.version)
+    base = source_version(store, served)
+    if base.action == "adapt":
+        return None
+    return state.head if base.version == served.version else store.head(base)

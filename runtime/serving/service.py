@@ -50,11 +50,12 @@ from ..learning.session import LearningSession
 from ..learning.settings import BACKGROUND_LOCK_TIMEOUT, UpdateSettings
 from ..learning.update import learn_records
 from ..machine import default_threads
-from .adaptation import DEFAULT_WINDOW as DEFAULT_ADAPT_WINDOW, StreamAdapter, stream_source
+from .adaptation import DEFAULT_WINDOW as DEFAULT_ADAPT_WINDOW, StreamAdapter, StreamStats, stream_head, stream_source
 from .batcher import BatchRecord, DynamicBatcher, Ran
 from .live_head import LiveHead, head_version
 from .metrics import ServiceMetrics
 from .protocol import BYTES, InferRequest, ProtocolError, Tensor, encode_infer_response
+from .rebuild import LatestRebuild
 from .requests import Signature, infer_input, requested_outputs, update_inputs, update_parameters, utf8_texts
 
 #: Pixel limit of one received image: 16 MP (4096 x 4096) bounds what concurrent decodes can take (3 bytes a pixel).
@@ -201,8 +202,12 @@ class InferenceService:
         #: ``--drift-window 0``)
         self.stream_adapter = StreamAdapter(lambda state: stream_source(self.bundle, state), self.feature_dim,
                                             settings.adapt_window, modality="text" if self.text else "image",
-                                            trigger=self._drift_alarm if settings.drift_window else None) \
+                                            trigger=self._drift_alarm if settings.drift_window else None,
+                                            on_outcome=self._adaptation_outcome,
+                                            head_of=lambda state: stream_head(self.bundle, state)) \
             if settings.adapt_on_drift else None
+        if self.stream_adapter is not None:
+            self.metrics.adaptation_active.set(0)
         self._learning = threading.Lock()           # one transaction of this service's session at a time
         self._scheduling = threading.Lock()         # starting (or refusing) the one background thread
         self._background: threading.Thread | None = None
@@ -211,7 +216,7 @@ class InferenceService:
         self.drift_ready = threading.Event()          # set once the first build has ended (monitor or not)
         #: called with (monitor, window) for every complete window: the seam for acting on drift (e.g. adaptation)
         self.drift_listeners: list[Callable[[DriftMonitor, WindowScore], None]] = []
-        self._drift_building = threading.Lock()
+        self._drift_rebuild: LatestRebuild[HeadState] = LatestRebuild(self._build_drift, "edgetl-drift")
         self.live.start()
         self._start_drift(self.live.state)
         self._in_background("prepare", lambda: self.session.prepare(self.bundle.store, self.feature_dim))
@@ -244,31 +249,34 @@ class InferenceService:
     # --- drift --------------------------------------------------------------------------------------------------
 
     def _start_drift(self, state: HeadState) -> None:
-        """Build the drift monitor of ``state``'s training statistics in a thread (an eigendecomposition of d x d
-        and the alarm level's null windows: about a second at d = 1280); the old monitor serves meanwhile."""
+        """Build the drift monitor of ``state``'s training statistics in the background (an eigendecomposition of
+        d x d and the alarm level's null windows: about a second at d = 1280); the old monitor serves meanwhile.
+        One build runs at a time: versions picked up during it collapse into one more build, of the newest."""
         if not self.settings.drift_window:
             self.drift_ready.set()
             return
+        self._drift_rebuild.request(state)
 
-        def build() -> None:
-            try:
-                with self._drift_building:
-                    detector = detector_for(self.bundle, false_alarms=self.settings.drift_false_alarms)
-                    unknown = self.live.state.unknown
-                    monitor = DriftMonitor(detector, list(self.live.state.labels), self.settings.drift_window,
-                                           unknown_threshold=None if unknown is None else unknown.threshold)
-                    self.drift = monitor
-                    self.metrics.drift_threshold.set(monitor.level.threshold)
-                    self.metrics.drift_inputs.set(monitor.window)
-                    self.log({"event": "drift_monitor", "head_version": head_version(state),
-                              "threshold": round(monitor.level.threshold, 4), "window": monitor.window,
-                              "calibrated_on": detector.calibrated_on})
-            except Exception as exc:     # noqa: BLE001 - serving goes on without drift; the log says why
-                self.log({"event": "warning", "message": f"drift monitor off: {exc}"})
-            finally:
-                self.drift_ready.set()
-
-        threading.Thread(target=build, name="edgetl-drift", daemon=True).start()
+    def _build_drift(self, state: HeadState) -> None:
+        """The drift monitor of ``state``'s own version (not whatever is current by now), published at once: builds
+        run one at a time in request order, so a newer version's monitor is never replaced by an older one's."""
+        try:
+            store = self.bundle.store
+            version = store.version(state.version) if state.version is not None and store.exists else None
+            detector = detector_for(self.bundle, version=version, false_alarms=self.settings.drift_false_alarms)
+            unknown = state.unknown
+            monitor = DriftMonitor(detector, list(state.labels), self.settings.drift_window,
+                                   unknown_threshold=None if unknown is None else unknown.threshold)
+            self.drift = monitor
+            self.metrics.drift_threshold.set(monitor.level.threshold)
+            self.metrics.drift_inputs.set(monitor.window)
+            self.log({"event": "drift_monitor", "head_version": head_version(state),
+                      "threshold": round(monitor.level.threshold, 4), "window": monitor.window,
+                      "calibrated_on": detector.calibrated_on})
+        except Exception as exc:     # noqa: BLE001 - serving goes on without drift; the log says why
+            self.log({"event": "warning", "message": f"drift monitor off: {exc}"})
+        finally:
+            self.drift_ready.set()
 
     def _drift_alarm(self) -> bool:
         """Whether the drift monitor's last complete window alarmed (False until it is built)."""
@@ -397,11 +405,7 @@ class InferenceService:
         self._observe_drift(features, committed, scores)
         if self.stream_adapter is None:
             return committed, scores, state, ran
-        stats = self.stream_adapter.stats
-        before = (stats.adapted, stats.refused, stats.resets)
-        logits = self.stream_adapter.logits(ran.features, state)
-        self._observe_adaptation(before)
-        return logits, scores, state, ran
+        return self.stream_adapter.logits(ran.features, state), scores, state, ran
 
     def _labels(self, logits: np.ndarray, scores: np.ndarray | None, state: HeadState) -> list[str]:
         """The answered labels: the top class, or ``unknown`` above the threshold when serving with ``--reject``."""
@@ -410,14 +414,12 @@ class InferenceService:
             labels = [UNKNOWN_LABEL if s > state.unknown.threshold else label for label, s in zip(labels, scores)]
         return labels
 
-    def _observe_adaptation(self, before: tuple[int, int, int]) -> None:
-        stats = self.stream_adapter.stats
-        for outcome, old, new in zip(("adapted", "refused", "reset"), before,
-                                     (stats.adapted, stats.refused, stats.resets)):
-            if new > old:
-                self.metrics.adaptations.inc(new - old, outcome=outcome)
-                self.log({"event": "adapt", "outcome": outcome, "method": stats.method, "reason": stats.last_reason})
+    def _adaptation_outcome(self, outcome: str, stats: StreamStats) -> None:
+        """Count and log one outcome of the stream adapter; it calls this under its lock, with the stats of that
+        very transition, so concurrent requests neither count an outcome twice nor log another's reason."""
+        self.metrics.adaptations.inc(outcome=outcome)
         self.metrics.adaptation_active.set(1 if stats.active else 0)
+        self.log({"event": "adapt", "outcome": outcome, "method": stats.method, "reason": stats.last_reason})
 
     def infer(self, request: InferRequest) -> tuple[bytes, int | None, dict]:
         """An OIP infer request -> (response body, JSON header length for the binary extension, log fields)."""

@@ -6,16 +6,20 @@ nothing when its guard refuses."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_folder_dataset
 
-from edgetl.runtime.bundle.folder import HeadState
+from edgetl.runtime.bundle.folder import Bundle, HeadState
 from edgetl.runtime.bundle.heads import LinearHead, RidgeHead, RidgeStatistics
 from edgetl.runtime.bundle.store import FeatureStore
 from edgetl.runtime.cli import main as rt
+from edgetl.runtime.errors import DataError
+from edgetl.runtime.inference.features import apply_adapter
 from edgetl.runtime.inference.model import EdgeModel
 from edgetl.runtime.learning.adapters import (
     Candidate,
@@ -23,11 +27,12 @@ from edgetl.runtime.learning.adapters import (
     choose,
     feature_drift,
     fit,
+    halves,
     lame,
     signals,
     verdict,
 )
-from edgetl.runtime.serving.adaptation import StreamAdapter
+from edgetl.runtime.serving.adaptation import StreamAdapter, stream_head
 
 DIM, CLASSES = 24, 4
 CAST = lambda x: x * 0.5 + np.random.default_rng(4).normal(0, 3.0, DIM)    # noqa: E731 - a colour cast, dimmer
@@ -143,9 +148,17 @@ def test_adapt_commits_nothing_when_its_guard_refuses(tiny_bundle, tmp_path):
     assert forced["committed"] and forced["guard"] == "forced" and forced["version"] == 1
     with EdgeModel(tiny_bundle, measure=False) as model:
         assert model.head_version == 1 and "matrix" in model.adapter
+    # serving it, the stream would adapt from version 0's head, which the adaptation started from
+    bundle = Bundle.open(tiny_bundle)
+    state, store = bundle.current_head(), bundle.store
+    probe = np.random.default_rng(16).normal(0, 1, (5, bundle.feature_dim)).astype(np.float32)
+    np.testing.assert_array_equal(stream_head(bundle, state).logits(probe),
+                                  store.head(store.version(0)).logits(probe))
     assert CliRunner().invoke(rt, ["rollback", str(tiny_bundle)]).exit_code == 0
     with EdgeModel(tiny_bundle, measure=False) as model:
         assert model.head_version == 2 and model.adapter is None
+    state = Bundle.open(tiny_bundle).current_head()
+    assert stream_head(Bundle.open(tiny_bundle), state) is state.head       # not an adaptation: served as it is
 
 
 def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):
@@ -172,3 +185,122 @@ def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):
         assert [e["outcome"] for e in events if e.get("event") == "adapt"] == [outcome]
     finally:
         service.close()
+
+
+class _QueueingLock:
+    """The stream adapter's lock, counting the threads queued for it: how a test knows, without sleeping, that
+    every other request is waiting while one holds it."""
+
+    def __init__(self):
+        self._lock, self.changed, self.waiting = threading.Lock(), threading.Condition(), 0
+
+    def __enter__(self):
+        with self.changed:
+            self.waiting += 1
+            self.changed.notify_all()
+        self._lock.acquire()
+        with self.changed:
+            self.waiting -= 1
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def test_concurrent_requests_count_each_adaptation_outcome_once(tiny_bundle):
+    """Four requests reach the stream adapter together: the first to hold its lock adapts (or is refused) while
+    the other three wait for it, and each outcome is counted and logged once, as the adapter counted it."""
+    from edgetl.runtime.serving.service import InferenceService, ServeSettings
+
+    events, requests = [], 4
+    service = InferenceService(tiny_bundle, ServeSettings(artifact="onnx", measure=False, adapt_on_drift=True,
+                                                          adapt_window=32), log=events.append)
+    try:
+        stream = service.stream_adapter
+        stream._lock = queue = _QueueingLock()
+        first = []
+
+        def alarm() -> bool:                     # called under the lock: the first caller waits for the others
+            if not first:
+                first.append(True)
+                with queue.changed:
+                    assert queue.changed.wait_for(lambda: queue.waiting == requests - 1, timeout=60)
+            return True
+
+        stream.trigger = alarm
+        size = service.preprocess.input_size
+        batches = [(np.random.default_rng(20 + i).normal(0, 1, (64, 3, size, size)) * 0.2 + 1.5).astype(np.float32)
+                   for i in range(requests)]     # washed out; each fills the window and is due a look
+        with ThreadPoolExecutor(requests) as pool:
+            list(pool.map(service.classify, batches))
+        counted = {outcome: stream.stats.adapted if outcome == "adapted" else
+                   stream.stats.refused if outcome == "refused" else stream.stats.resets
+                   for outcome in ("adapted", "refused", "reset")}
+        assert counted["adapted"] + counted["refused"] >= 1
+        for outcome, count in counted.items():
+            assert service.metrics.adaptations.value(outcome=outcome) == count, outcome
+        assert len([e for e in events if e.get("event") == "adapt"]) == sum(counted.values())
+        assert service.metrics.adaptation_active.value() == int(stream.stats.active)
+    finally:
+        service.close()
+
+
+def test_the_stream_adapts_from_the_head_a_committed_adaptation_started_from(source, monkeypatch):
+    """The served version is a committed adaptation: the stream's candidates are fitted from the unadapted head
+    (``head_of``), not stacked on the adapted one, and judged against the adapted answers now served."""
+    from edgetl.runtime.serving import adaptation
+
+    head, statistics, centres = source
+    committed_x, _ = _target(centres, lambda x: x * 0.2 + 6.0, n=256, seed=14)
+    adapter, adapted_head = fit("normalise+prototypes", head, statistics, committed_x)
+    state = HeadState(adapted_head, [f"c{i}" for i in range(CLASSES)], adapter, 7)
+    seen = []
+
+    def recording_choose(base, *args, **kwargs):
+        seen.append((base, kwargs["reference"]))
+        return choose(base, *args, **kwargs)
+
+    monkeypatch.setattr(adaptation, "choose", recording_choose)
+    stream = StreamAdapter(lambda s: statistics, DIM, window=128, check_every=32, trigger=lambda: True,
+                           head_of=lambda s: head)
+    shifted, _ = _target(centres, CAST, n=128, seed=15)
+    for i in range(0, 128, 32):
+        stream.logits(shifted[i:i + 32], state)
+    assert len(seen) == 1
+    base, reference = seen[0]
+    assert base is head and reference.head is adapted_head and reference.adapter is adapter
+    assert stream.stats.active               # taken: fitted from the unadapted head on the window's raw rows
+    expected = Candidate(stream.stats.method, *fit(stream.stats.method, head, statistics, shifted))
+    np.testing.assert_allclose(stream.logits(shifted[:8], state), expected.logits(shifted[:8]), rtol=1e-5)
+    # without a head to start from (the adaptation's source was pruned) the stream does not adapt
+    idle = StreamAdapter(lambda s: statistics, DIM, window=128, check_every=32, trigger=lambda: True,
+                         head_of=lambda s: None)
+    for i in range(0, 128, 32):
+        idle.logits(shifted[i:i + 32], state)
+    assert len(seen) == 1 and idle.stats.adapted == idle.stats.refused == 0
+
+
+def test_the_guard_judges_the_drift_on_rows_the_adapter_did_not_see(source):
+    """One feature barely varies on the half of the rows ``normalise`` is fitted on (a unit that rarely fires) and
+    varies on the other half: the adapter blows that feature up. Judged on its own rows, where it moves the mean
+    exactly onto the source's, it would pass; judged on the held-out half, the guard refuses it by name."""
+    head, statistics, centres = source
+    x, _ = _target(centres, lambda x: x * 0.2 + 6.0, n=400, seed=17)
+    fit_rows, check_rows = halves(len(x))
+    rng = np.random.default_rng(18)
+    x[fit_rows, 3] = 5.0 + rng.normal(0, 1e-3, len(fit_rows))
+    x[check_rows, 3] = 6.0 + rng.normal(0, 0.5, len(check_rows))
+    score = feature_drift(statistics)
+    in_sample = fit("normalise", head, statistics, x)[0]
+    assert score(apply_adapter(x, in_sample)) < 1e-3 < score(x)            # what the in-sample check saw
+    choice = choose(head, statistics, x, ("normalise",), min_agreement=0.0, min_balance=0.0)
+    assert not choice.helped and "moves the features away from the source" in choice.reason
+    assert choice.candidates[0].drift > choice.drift_before
+    # a plain shift passes out of sample too, and the adapter taken is fitted on every row
+    plain, _ = _target(centres, lambda x: x * 0.2 + 6.0, n=400, seed=19)
+    taken = choose(head, statistics, plain, ("normalise",), min_agreement=0.0, min_balance=0.0)
+    assert taken.helped
+    np.testing.assert_array_equal(taken.best.adapter["target_mean"], fit("normalise", head, statistics,
+                                                                         plain)[0]["target_mean"])
+    with pytest.raises(DataError, match="at least 4"):
+        choose(head, statistics, plain[:3], ("normalise",))

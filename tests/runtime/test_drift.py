@@ -3,9 +3,11 @@ and ``edgetl-rt drift`` on the tiny bundle.  Torch-free."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from edgetl.runtime.bundle.heads import RidgeStatistics
 from edgetl.runtime.cli import main
 from edgetl.runtime.errors import ConfigError, ExitCode
 from edgetl.runtime.inference.drift import DriftDetector, DriftMonitor, DriftReference, score_windows
+from edgetl.runtime.serving.rebuild import LatestRebuild
 
 DIM, CLASSES = 48, 4
 
@@ -192,3 +195,50 @@ def test_a_rarer_alarm_rate_than_the_null_windows_can_hold_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"\[0\.1, 1000\)"):
         ServeSettings(drift_false_alarms=0.01).check()
     ServeSettings(drift_false_alarms=0.1).check()
+
+
+def test_latest_rebuild_runs_one_build_at_a_time_and_collapses_waiting_requests_into_the_newest():
+    started, gate, built = threading.Event(), threading.Event(), []
+
+    def work(item: int) -> None:
+        built.append(item)
+        started.set()
+        assert gate.wait(30)
+
+    rebuild = LatestRebuild(work, "test-rebuild")
+    rebuild.request(1)
+    assert started.wait(30)
+    for item in (2, 3, 4):                  # while 1 builds
+        rebuild.request(item)
+    gate.set()
+    assert rebuild.wait(30) and built == [1, 4]
+    rebuild.request(5)                       # idle again: a new request starts a new build
+    assert rebuild.wait(30) and built == [1, 4, 5]
+
+
+def test_serve_builds_one_drift_monitor_at_a_time_for_the_newest_head_version(tiny_bundle, monkeypatch):
+    """Three head versions picked up while the first monitor builds: one more build, for the newest of them, whose
+    monitor is the one that serves."""
+    from edgetl.runtime.serving import service as service_module
+
+    real, started, gate, calls = service_module.detector_for, threading.Event(), threading.Event(), []
+
+    def gated(bundle, **options):
+        calls.append(options)
+        started.set()
+        assert gate.wait(30)
+        return real(bundle, **options)
+
+    monkeypatch.setattr(service_module, "detector_for", gated)
+    service = service_module.InferenceService(tiny_bundle, service_module.ServeSettings(artifact="onnx", measure=False))
+    try:
+        assert started.wait(30)
+        state = service.live.state
+        orders = [state.labels[k:] + state.labels[:k] for k in (1, 2, 0)]     # three "versions", told by labels
+        for labels in orders:
+            service._head_changed(dataclasses.replace(state, labels=labels))
+        gate.set()
+        assert service._drift_rebuild.wait(30)
+        assert len(calls) == 2 and service.drift.labels == orders[-1]
+    finally:
+        service.close()

@@ -263,3 +263,39 @@ def test_a_store_version_from_before_scorers_gets_one_fitted_when_opened(tiny_bu
     path.write_text(json.dumps(document))
     state = Bundle(tiny_bundle).current_head()
     assert state.unknown is not None and state.unknown.threshold == pytest.approx(expected)
+
+
+def test_a_commit_and_the_loads_after_it_read_each_segment_once(tiny_bundle, monkeypatch):
+    """The commit refits the unknown scorer from the segments its transaction holds, and a version's kNN bank is
+    rebuilt once per store: loading it again (serve after its own commit, or on a forced refresh) reads nothing."""
+    reads = []
+    real = FeatureStore._read_shared
+
+    def counting(store, version, name):
+        reads.append(name)
+        return real(store, version, name)
+
+    monkeypatch.setattr(FeatureStore, "_read_shared", counting)
+    bundle = Bundle(tiny_bundle)
+    with np.load(bundle.file(bundle.manifest.learning)) as data:
+        known, labels = data["features"], [bundle.manifest.labels[i] for i in data["labels"]]
+    rng = np.random.default_rng(4)
+    new = (known + rng.normal(0, 0.01, known.shape)).astype(np.float32)
+    report = learn_features(bundle, new, labels, [f"again-{i}" for i in range(len(new))])   # version 0, then 1
+    segments = [name for name in reads if name.startswith("segments/")]
+    assert segments and len(segments) == len(set(segments)), segments
+    reads.clear()
+    state = bundle.current_head()
+    assert state.version == report.version and state.unknown.scorer.method in ("knn", "combined")
+    assert bundle.current_head().unknown is not None and not reads
+    elsewhere = Bundle(tiny_bundle)                  # another process: the bank is rebuilt from the rows, once
+    loaded = elsewhere.current_head()
+    first = [name for name in reads if name.startswith("segments/")]
+    elsewhere.current_head()
+    assert first and [name for name in reads if name.startswith("segments/")] == first
+    store, probe = elsewhere.store, new[:20]
+    version = store.version(report.version)
+    head = store.head(version)
+    refit = store.fit_unknown(version, head)[1].scores(probe, head.logits(probe))
+    np.testing.assert_array_equal(state.unknown.scores(probe, head.logits(probe)), refit)
+    np.testing.assert_array_equal(loaded.unknown.scores(probe, head.logits(probe)), refit)

@@ -43,12 +43,11 @@ import numpy as np
 from _common import save_result, verdict
 
 from edgetl.runtime.bundle.heads import RidgeHead
-from edgetl.runtime.bundle.unknown import DEFAULT_METHOD, METHODS, PROJECTED, UnknownSettings, auroc, fit_unknown
+from edgetl.runtime.bundle.unknown import DEFAULT_METHOD, METHODS, UnknownSettings, auroc, fit_unknown
+from edgetl.unknown_choice import PROJECTION_USERS, leave_classes_out
 from edgetl.unknown_projection import train_projection
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The methods given the projection (trained per case on the known classes, as ``edgetl export`` trains it).
-PROJECTED_USERS = (*PROJECTED, "combined")
 TARGETS = {"clothing10-heldout": 0.90, "banking77-heldout": 0.93, "clothing10-far": 0.98, "banking77-far": 0.98}
 
 
@@ -220,25 +219,11 @@ def _head(kind: str, tx, ty, vx, vy, seed: int):
                                resolve_device("cpu")).head
 
 
-def _leave_classes_out(tx, ty, vx, vy, seed: int, grid, keep: float, folds: int = 3) -> dict[str, float]:
-    """The mean AUROC of each method of ``grid`` when known classes play the unknowns: per fold, a seeded fifth of
-    the known classes (two of ten or fewer) is set aside, the linear head and the projection are trained on the
-    rest, and their val rows are the known inputs, the set-aside classes' train and val rows the unknown ones.  It
-    uses no unknown input, so the method it ranks first is an honest choice."""
-    classes = int(ty.max()) + 1
-    n_out = 2 if classes <= 10 else max(1, round(classes * 0.2))
-    scores: dict[str, list[float]] = {}
-    for fold in range(folds):
-        out = np.sort(np.random.default_rng(1000 + 10 * seed + fold).choice(classes, n_out, replace=False))
-        remap = -np.ones(classes, np.int64)
-        kept = np.setdiff1d(np.arange(classes), out)
-        remap[kept] = np.arange(len(kept))
-        kt, kv = remap[ty] >= 0, remap[vy] >= 0
-        rows = _score_grid(tx[kt], remap[ty[kt]], vx[kv], remap[vy[kv]], vx[kv],
-                           np.concatenate([tx[~kt], vx[~kv]]), "linear", seed, grid, keep)
-        for label, row in rows.items():
-            scores.setdefault(label, []).append(row["auroc"])
-    return {label: float(np.mean(values)) for label, values in scores.items()}
+def _leave_classes_out(tx, ty, vx, vy, seed: int, keep: float) -> dict[str, float]:
+    """What ``edgetl export --unknown-method auto`` measures (:func:`edgetl.unknown_choice.leave_classes_out`): the
+    mean AUROC of each method with known classes set aside as the unknowns, linear heads.  It sees no unknown input,
+    so the method it ranks first is an honest choice."""
+    return leave_classes_out(tx, ty, vx, vy, lambda x, y, a, b: _head("linear", x, y, a, b, seed), keep, seed)
 
 
 def _score_grid(tx, ty, vx, vy, ex, ux, kind: str, seed: int, grid, keep: float, head=None, projection=None):
@@ -249,7 +234,7 @@ def _score_grid(tx, ty, vx, vy, ex, ux, kind: str, seed: int, grid, keep: float,
     rows = {}
     for method, shrinkage in grid:
         settings = UnknownSettings(method, keep=keep, **({"shrinkage": shrinkage} if shrinkage else {}))
-        fitted, scorer = fit_unknown(settings, tx, ty, vx, head, projection if method in PROJECTED_USERS else None)
+        fitted, scorer = fit_unknown(settings, tx, ty, vx, head, projection if method in PROJECTION_USERS else None)
         known, unknown = scorer.scores(ex, known_logits), scorer.scores(ux, unknown_logits)
         rows[method if shrinkage is None else f"{method}@{shrinkage}"] = {
             "auroc": auroc(known, unknown), "accepted": float(np.mean(unknown <= fitted.threshold)),
@@ -308,7 +293,7 @@ def main() -> None:
                   f"{verdict(default['auroc'], TARGETS[name], lower_is_better=False)}")
             case["heads"][kind] = {"head_accuracy": float(np.mean(right)), "methods": rows, "best": best}
         if name.endswith("heldout"):
-            chosen = _leave_classes_out(tx, ty, vx, vy, args.seed, grid, args.keep)
+            chosen = _leave_classes_out(tx, ty, vx, vy, args.seed, args.keep)
             pick = max(chosen, key=chosen.get)
             case["leave_classes_out"] = {"inner_auroc": chosen, "choice": pick}
             if "linear" in heads:
@@ -341,7 +326,7 @@ def _other_seeds(work: Path, args, grid) -> dict:
             if not name.endswith("heldout"):
                 continue
             rows = _score_grid(tx, ty, vx, vy, ex, ux, "linear", seed, grid, args.keep)
-            chosen = _leave_classes_out(tx, ty, vx, vy, seed, grid, args.keep)
+            chosen = _leave_classes_out(tx, ty, vx, vy, seed, args.keep)
             pick = max(chosen, key=chosen.get)
             out.setdefault(name, {})[str(seed)] = {"about": about, "choice": pick, "choice_auroc": rows[pick]["auroc"],
                                                    "auroc": {k: r["auroc"] for k, r in rows.items()}}

@@ -15,7 +15,6 @@ import click
 from edgetl.runtime.bundle.unknown import (
     DEFAULT_KEEP as DEFAULT_UNKNOWN_KEEP,
     DEFAULT_METHOD as DEFAULT_UNKNOWN_METHOD,
-    METHODS as UNKNOWN_METHODS,
 )
 from edgetl.runtime.cli import (
     ErrorReportingGroup,
@@ -40,6 +39,7 @@ from edgetl.runtime.cli.options import (
 )
 from edgetl.runtime.cli.output import note, progress
 from edgetl.runtime.cli.trust import keys, sign, verify
+from edgetl.unknown_choice import EXPORT_METHODS as EXPORT_UNKNOWN_METHODS
 
 from .cli_options import (
     budget_option,
@@ -186,8 +186,9 @@ def select(data, candidates, target, budget_ms, train_last, folds, image_size, c
 @click.option("--calib", type=int, default=300, show_default=True,
               help="Calibration images or texts (a seeded sample of the training split) for int8 formats.")
 @click.option("--fp16", is_flag=True, help="openvino: compress weights to fp16.")
-@click.option("--unknown-method", type=click.Choice(UNKNOWN_METHODS), default=DEFAULT_UNKNOWN_METHOD,
-              show_default=True, help="How unlike the training data an input is scored (docs: Unknown inputs).")
+@click.option("--unknown-method", type=click.Choice(EXPORT_UNKNOWN_METHODS), default=DEFAULT_UNKNOWN_METHOD,
+              show_default=True, help="How unlike the training data an input is scored (docs: Unknown inputs); "
+                                      "auto: chosen by leave-classes-out on the run's own classes.")
 @click.option("--unknown-keep", type=click.FloatRange(0.5, 1.0, max_open=True), default=DEFAULT_UNKNOWN_KEEP,
               show_default=True,
               help="Share of the val split's known inputs the unknown threshold keeps (the rest would be rejected).")

@@ -37,12 +37,13 @@ def train_projection(train: np.ndarray, labels: np.ndarray, held_out: np.ndarray
         held_out, held_out_labels = train, labels
     num_classes = int(max(labels.max(), held_out_labels.max())) + 1
     config = HeadConfig(kind="mlp", hidden=HIDDEN, dropout=DROPOUT, seed=seed)
-    head = train_gradient_head(_no_tail(), np.asarray(train, np.float32), labels, np.asarray(held_out, np.float32),
+    head = train_gradient_head(no_tail(), np.asarray(train, np.float32), labels, np.asarray(held_out, np.float32),
                                held_out_labels, num_classes, train.shape[1], config, resolve_device("cpu")).head
     return head.w1.astype(np.float32), head.b1.astype(np.float32)
 
 
-def _no_tail():
+def no_tail():
+    """No trainable backbone tail: the network learns on the cached features alone."""
     import torch
 
     return torch.nn.Sequential()

@@ -26,7 +26,7 @@ from edgetl.run import RunManifest
 from edgetl.runtime.bundle.heads import Head, load_head
 from edgetl.runtime.bundle.manifest import BUNDLE_SCHEMA_VERSION, MANIFEST_NAME, Artifact, BundleManifest, FileEntry
 from edgetl.runtime.bundle.signature import BUNDLE_SIGNATURE
-from edgetl.runtime.bundle.unknown import DEFAULT_KEEP, DEFAULT_METHOD, check_settings
+from edgetl.runtime.bundle.unknown import DEFAULT_KEEP, DEFAULT_METHOD
 from edgetl.runtime.data.preprocess import PreprocessConfig, preprocess_from_dict
 from edgetl.runtime.data.sources import ImageRecord, LabeledData, open_data
 from edgetl.runtime.data.text import TextPreprocess
@@ -45,6 +45,7 @@ from edgetl.runtime.machine import cpu_facts
 from edgetl.runtime.metrics import top1_accuracy
 from edgetl.runtime.progress import ProgressFactory, silent_progress
 from edgetl.runtime.signing import SigningKey, load_signing_key, sign_file
+from edgetl.unknown_choice import check_export_settings
 
 from . import DEFAULT_FORMATS, EXPORT_FORMATS, ExportFormat, resolve_formats
 from .calibration import DEFAULT_CALIBRATION_SIZE, ExportData
@@ -202,10 +203,11 @@ def export_run(
     any ``formats`` given, and the bundle records the profile so the device picks the right artifact.
     ``sign_key``: an ed25519 private key file; the bundle is signed (``manifest.sig``) before it is renamed into
     place, so it never exists unsigned (the key is read first: a bad key fails before any work).
-    ``unknown_method`` and ``unknown_keep``: the unknown-input scorer and the share of val inputs its threshold
-    keeps (:mod:`edgetl.runtime.bundle.unknown`).
+    ``unknown_method`` and ``unknown_keep``: the unknown-input scorer (or ``auto``: chosen by leave-classes-out,
+    :mod:`edgetl.unknown_choice`) and the share of val inputs its threshold keeps
+    (:mod:`edgetl.runtime.bundle.unknown`).
     """
-    check_settings(unknown_method, unknown_keep)
+    check_export_settings(unknown_method, unknown_keep)
     signer = _signer(sign_key, out)
     options = dict(options or {})
     profile = get_profile(target) if target else None

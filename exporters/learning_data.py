@@ -21,15 +21,16 @@ from edgetl.runtime.bundle.store import DEFAULT_MAX_HOLDOUT_PER_CLASS, DEFAULT_M
 from edgetl.runtime.bundle.unknown import (
     DEFAULT_KEEP,
     DEFAULT_METHOD,
+    DEFAULT_SHRINKAGE,
     PROJECTED,
     UNKNOWN_FILE,
     UnknownSettings,
-    check_settings,
     fit_unknown,
 )
 from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import ConfigError
+from edgetl.unknown_choice import AUTO, check_export_settings, choose
 from edgetl.unknown_projection import train_projection
 
 from .calibration import ExportData, decode_to_memmap
@@ -78,21 +79,38 @@ def write_unknown(staging: Path, head: Head, method: str = DEFAULT_METHOD, keep:
                   log=lambda message: None) -> dict:
     """Write ``unknown.npz`` (the unknown-input scorer, fitted on the shipped training rows, with the projection
     trained here for the methods that use one) with its threshold set on the shipped val rows to keep ``keep`` of
-    them; returns the manifest's ``unknown`` block.  The device's store
-    recomputes both on every commit, the same way (:meth:`~edgetl.runtime.bundle.store.FeatureStore.commit`)."""
-    check_settings(method, keep)
+    them; returns the manifest's ``unknown`` block.  ``method`` ``auto``: the score is chosen by leave-classes-out
+    on the shipped rows (:mod:`edgetl.unknown_choice`), and the block records the choice and every candidate's
+    AUROC.  The device's store recomputes scorer and threshold on every commit, the same way
+    (:meth:`~edgetl.runtime.bundle.store.FeatureStore.commit`)."""
+    check_export_settings(method, keep)
     with np.load(staging / LEARNING_FILE, allow_pickle=False) as data:
         features, labels, holdout = data["features"], data["labels"], data["holdout"]
+    shrinkage, extra = DEFAULT_SHRINKAGE, {}
+    if method == AUTO:
+        log("choosing the unknown-input score: known classes set aside in turn play the unknowns")
+        try:
+            chosen, candidates = choose(features[~holdout], labels[~holdout], features[holdout], labels[holdout],
+                                        head.kind, keep)
+        except ValueError as exc:          # too few classes to set any aside
+            log(f"warning: {exc}; the unknown-input score is {DEFAULT_METHOD}")
+            method = DEFAULT_METHOD
+        else:
+            method, shrinkage = chosen.method, chosen.shrinkage
+            extra = {"chosen_by": "leave-classes-out", "candidates": {k: round(v, 4) for k, v in candidates.items()}}
+            log(f"unknown-input score: {chosen.label} (AUROC {candidates[chosen.label]:.3f} on known classes set "
+                f"aside)")
     projection = None
     if method in PROJECTED or method == "combined":
         log("training the unknown-input projection on the shipped training rows")
         projection = train_projection(features[~holdout], labels[~holdout], features[holdout], labels[holdout])
     try:
-        settings, scorer = fit_unknown(UnknownSettings(method, keep=keep), features[~holdout], labels[~holdout],
-                                       features[holdout], head, projection=projection)
+        settings, scorer = fit_unknown(UnknownSettings(method, keep=keep, shrinkage=shrinkage), features[~holdout],
+                                       labels[~holdout], features[holdout], head, projection=projection)
     except ConfigError as exc:     # too few rows for this method: the bundle ships no scorer, and says why
         log(f"warning: no unknown-input threshold: {exc}")
         return {}
+    settings.extra.update(extra)
     scorer.save(staging / UNKNOWN_FILE)
     entry = FileEntry.of(staging, UNKNOWN_FILE)
     return {**settings.to_dict(), **entry.__dict__}

@@ -43,8 +43,8 @@ import numpy as np
 from _common import save_result, verdict
 
 from edgetl.runtime.bundle.heads import RidgeHead
-from edgetl.runtime.bundle.unknown import DEFAULT_METHOD, METHODS, UnknownSettings, auroc, fit_unknown
-from edgetl.unknown_choice import PROJECTION_USERS, leave_classes_out
+from edgetl.runtime.bundle.unknown import DEFAULT_METHOD, METHODS, PROJECTION_USERS, UnknownSettings, auroc, fit_unknown
+from edgetl.unknown_choice import leave_classes_out
 from edgetl.unknown_projection import train_projection
 
 ROOT = Path(__file__).resolve().parents[1]

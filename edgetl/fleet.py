@@ -30,6 +30,7 @@ from edgetl.runtime.bundle.contribution import bundle_identity, verify_contribut
 from edgetl.runtime.bundle.manifest import FileEntry
 from edgetl.runtime.bundle.signature import sign_bundle
 from edgetl.runtime.bundle.store import Samples
+from edgetl.runtime.bundle.unknown import UNKNOWN_FILE
 from edgetl.runtime.deps import require
 from edgetl.runtime.documents import utc_now
 from edgetl.runtime.errors import BundleError, ConfigError, DataError, MissingDependencyError, SignatureError
@@ -202,6 +203,22 @@ def merge_bundles(bundle: str | Path, sources: list[str], out: str | Path, head:
                        peak_rss_mb=_peak_rss_mb())
 
 
+def _carried_unknown(base, staging: Path) -> dict:
+    """The base's unknown-input settings (method, keep, shrinkage, k, how the method was chosen) and its projection,
+    in a small ``unknown.npz``: its threshold and kNN banks belong to the old head's classes and rows, so they are
+    left out; a device's pull refits them on its commit, and the merged bundle opened as it is fits them from the
+    learning data it ships, both with these settings and this projection."""
+    block = base.manifest.unknown
+    if not block:
+        return {}
+    with np.load(base.file(block), allow_pickle=False) as arrays:
+        kept = {name: arrays[name] for name in ("projection_w", "projection_b") if name in arrays.files}
+    with open(staging / UNKNOWN_FILE, "wb") as handle:
+        np.savez(handle, method=np.array(block["method"]), **kept)
+    settings = {k: block[k] for k in ("method", "keep", "shrinkage", "k", "chosen_by") if k in block}
+    return {**settings, **FileEntry.of(staging, UNKNOWN_FILE).__dict__}
+
+
 def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict, overwrite: bool, signer=None):
     manifest = base.manifest
     artifacts = [a for a in manifest.artifacts if a.role != "fused"]
@@ -222,9 +239,9 @@ def _write_bundle(base, out: Path, head, state, classes: list[str], fleet: dict,
             np.savez(handle, **state.arrays())
         fleet = {**fleet, "statistics": FileEntry.of(staging, STATISTICS_FILE).__dict__}
         entry = FileEntry.of(staging, head_name)
-        # the base's unknown-input scorer is fitted to the old head's classes: left out; a pull fits the device's
-        # own on its commit, and the merged bundle opened as it is fits one with the defaults
-        merged = replace(manifest, created=utc_now(), labels=list(classes), artifacts=artifacts, check={}, unknown={},
+        unknown = _carried_unknown(base, staging)
+        merged = replace(manifest, created=utc_now(), labels=list(classes), artifacts=artifacts, check={},
+                         unknown=unknown,
                          head={"kind": head.kind, "file": head_name, "sha256": entry.sha256, "size": entry.size},
                          fleet=fleet)
         merged.write(staging)

@@ -7,7 +7,7 @@ unknowns would be a choice on the test set.  So the export lets known classes pl
 seeded share of the known classes is set aside, a head and the projection are trained on the rest, and each
 candidate's AUROC of the set-aside classes' rows against the rest's held-out rows is measured; the candidate with
 the best mean wins.  No input outside the run's own data is seen.  The benchmark measured the honest choice against
-the fixed default over three seeds: clothing10 0.859 against 0.833, banking77 0.931 both (the same choice).
+the fixed default over three seeds: clothing10 0.850 against 0.837, banking77 0.930 both (the same choice).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from edgetl.runtime.bundle.unknown import (
     DEFAULT_SHRINKAGE,
     METHODS,
     PROJECTED,
+    PROJECTION_USERS,
     UnknownSettings,
     auroc,
     check_settings,
@@ -33,11 +34,14 @@ AUTO = "auto"
 #: What ``edgetl export --unknown-method`` takes.
 EXPORT_METHODS = (*METHODS, AUTO)
 
-#: The methods given the projection when one is trained (``combined`` adds its distance).
-PROJECTION_USERS = (*PROJECTED, "combined")
 #: Shrinkages tried for the Mahalanobis kinds.
 SHRINKAGES = (0.1, 0.5, 0.9)
 FOLDS = 3
+
+
+class CannotChoose(Exception):
+    """The run's data cannot rank the candidates (too few classes or held-out rows); the export says why and uses
+    the default."""
 
 
 @dataclass
@@ -66,16 +70,17 @@ def set_aside(num_classes: int) -> int:
 
 
 def leave_classes_out(train: np.ndarray, labels: np.ndarray, held_out: np.ndarray, held_out_labels: np.ndarray,
-                      train_head, keep: float, seed: int = 0, folds: int = FOLDS,
-                      with_projection: bool = True) -> dict[str, float]:
+                      train_head, keep: float, seed: int = 0, folds: int = FOLDS) -> dict[str, float]:
     """The mean AUROC of every candidate when known classes play the unknowns (see the module docstring).
     ``train_head(x, y, val_x, val_y)`` trains the fold's head (the bundle's kind, or a ridge stand-in)."""
     from edgetl.unknown_projection import train_projection
 
     labels, held_out_labels = np.asarray(labels, np.int64), np.asarray(held_out_labels, np.int64)
+    if not len(labels) or not len(held_out_labels):
+        raise CannotChoose("leave-classes-out needs training and held-out rows")
     classes = int(max(labels.max(), held_out_labels.max())) + 1
     if classes < 3:
-        raise ValueError("leave-classes-out needs at least three known classes")
+        raise CannotChoose(f"leave-classes-out needs at least three known classes, the run has {classes}")
     results: dict[str, list[float]] = {}
     for fold in range(folds):
         out = np.random.default_rng(1000 + 10 * seed + fold).choice(classes, set_aside(classes), replace=False)
@@ -88,7 +93,7 @@ def leave_classes_out(train: np.ndarray, labels: np.ndarray, held_out: np.ndarra
         if len(vy) < 2 or not len(unknown):
             continue
         head = train_head(tx, ty, vx, vy)
-        projection = train_projection(tx, ty, vx, vy, seed) if with_projection else None
+        projection = train_projection(tx, ty, vx, vy, seed)
         known_logits, unknown_logits = head.logits(vx), head.logits(unknown)
         for candidate in candidates():
             use = projection if candidate.method in PROJECTION_USERS else None
@@ -98,6 +103,8 @@ def leave_classes_out(train: np.ndarray, labels: np.ndarray, held_out: np.ndarra
                                     tx, ty, vx, head, use)
             results.setdefault(candidate.label, []).append(
                 auroc(scorer.scores(vx, known_logits), scorer.scores(unknown, unknown_logits)))
+    if not results:
+        raise CannotChoose("no fold had held-out rows of both the kept and the set-aside classes")
     return {label: float(np.mean(values)) for label, values in results.items()}
 
 

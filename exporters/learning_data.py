@@ -22,7 +22,7 @@ from edgetl.runtime.bundle.unknown import (
     DEFAULT_KEEP,
     DEFAULT_METHOD,
     DEFAULT_SHRINKAGE,
-    PROJECTED,
+    PROJECTION_USERS,
     UNKNOWN_FILE,
     UnknownSettings,
     fit_unknown,
@@ -30,7 +30,7 @@ from edgetl.runtime.bundle.unknown import (
 from edgetl.runtime.data.sources import ImageRecord
 from edgetl.runtime.engines.backends import create_backend
 from edgetl.runtime.errors import ConfigError
-from edgetl.unknown_choice import AUTO, check_export_settings, choose
+from edgetl.unknown_choice import AUTO, CannotChoose, check_export_settings, choose
 from edgetl.unknown_projection import train_projection
 
 from .calibration import ExportData, decode_to_memmap
@@ -92,7 +92,7 @@ def write_unknown(staging: Path, head: Head, method: str = DEFAULT_METHOD, keep:
         try:
             chosen, candidates = choose(features[~holdout], labels[~holdout], features[holdout], labels[holdout],
                                         head.kind, keep)
-        except ValueError as exc:          # too few classes to set any aside
+        except CannotChoose as exc:        # too few classes or rows to set any aside
             log(f"warning: {exc}; the unknown-input score is {DEFAULT_METHOD}")
             method = DEFAULT_METHOD
         else:
@@ -101,7 +101,7 @@ def write_unknown(staging: Path, head: Head, method: str = DEFAULT_METHOD, keep:
             log(f"unknown-input score: {chosen.label} (AUROC {candidates[chosen.label]:.3f} on known classes set "
                 f"aside)")
     projection = None
-    if method in PROJECTED or method == "combined":
+    if method in PROJECTION_USERS:
         log("training the unknown-input projection on the shipped training rows")
         projection = train_projection(features[~holdout], labels[~holdout], features[holdout], labels[holdout])
     try:

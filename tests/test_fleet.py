@@ -483,3 +483,37 @@ def test_classes_taken_by_a_pull_are_known_to_the_unknown_scorer(fleet):
         assert (logits.argmax(axis=1) == state.labels.index(name)).mean() > 0.95
         flagged = state.unknown.scorer.scores(x, logits) > state.unknown.settings.threshold
         assert flagged.mean() < 0.2, (name, flagged.mean())
+    # each enters as its mean raw feature (what a projection with a bias needs), not a unit-length direction
+    store = FeatureStore(devices[2])
+    features, labels, _ = store.unknown_rows(store.version(), DIM)
+    for name in ("k0", "k1"):
+        (row,) = features[labels == state.labels.index(name)]
+        np.testing.assert_allclose(row, CENTRES[NAMES.index(name)], atol=1.0)
+
+
+def test_a_merge_carries_the_bases_unknown_settings_and_projection(tmp_path):
+    """The base's threshold and banks belong to its old classes and rows and are left out; its method and the
+    projection the export trained travel, so the merged bundle and the devices that pull it score as the base did."""
+    from edgetl.exporters.learning_data import write_unknown
+
+    base = tmp_path / "base"
+    shutil.copytree(TINY, base)
+    block = write_unknown(base, Bundle(base).exported_head, "combined", 0.95)
+    manifest = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps({**manifest, "unknown": block}, indent=2))
+    device = tmp_path / "device"
+    shutil.copytree(base, device)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        _learn(device, rng, (3, 4))
+    merge_bundles(base, [str(f) for f in _contribute_all(tmp_path, [device])], tmp_path / "merged")
+    merged = Bundle(tmp_path / "merged")
+    carried = merged.manifest.unknown
+    assert carried["method"] == "combined" and "threshold" not in carried
+    shipped, kept = np.load(base / block["file"]), np.load(merged.file(carried))
+    assert set(kept.files) == {"method", "projection_w", "projection_b"}
+    np.testing.assert_array_equal(kept["projection_w"], shipped["projection_w"])
+    state = merged.exported_unknown
+    assert state.scorer.parts == ("margin", "knn", "projected-knn") and state.settings.threshold is not None
+    pull_bundle(device, tmp_path / "merged")
+    assert Bundle(device).current_head().unknown.scorer.parts == ("margin", "knn", "projected-knn")

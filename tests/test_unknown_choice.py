@@ -10,7 +10,7 @@ from edgetl.exporters.learning_data import LEARNING_FILE, write_unknown
 from edgetl.runtime.bundle.heads import RidgeHead
 from edgetl.runtime.bundle.unknown import METHODS, UnknownScorer
 from edgetl.runtime.errors import ConfigError
-from edgetl.unknown_choice import candidates, choose, set_aside
+from edgetl.unknown_choice import CannotChoose, candidates, choose, set_aside
 
 
 def _staging(tmp_path, classes: int = 5, dim: int = 12, per_class: int = 30):
@@ -48,8 +48,8 @@ def test_auto_needs_three_classes_and_falls_back_to_the_default_by_name(tmp_path
     said = []
     block = write_unknown(staging, head, "auto", 0.95, log=said.append)
     assert block["method"] == "combined" and "chosen_by" not in block
-    assert any("at least three known classes" in line for line in said)
-    with pytest.raises(ValueError, match="three"):
+    assert any("at least three known classes, the run has 2" in line for line in said)
+    with pytest.raises(CannotChoose, match="three"):
         choose(np.zeros((4, 3)), np.array([0, 0, 1, 1]), np.zeros((2, 3)), np.array([0, 1]), "ridge", 0.95)
     with pytest.raises(ConfigError, match="unknown method"):
         write_unknown(staging, head, "guess", 0.95)
@@ -57,3 +57,9 @@ def test_auto_needs_three_classes_and_falls_back_to_the_default_by_name(tmp_path
 
 def test_a_fold_always_leaves_two_classes_known():
     assert [set_aside(n) for n in (3, 4, 10, 11, 60, 77)] == [1, 2, 2, 2, 12, 15]
+
+
+def test_auto_without_held_out_rows_cannot_choose():
+    rng = np.random.default_rng(1)
+    with pytest.raises(CannotChoose, match="held-out rows"):
+        choose(rng.normal(size=(9, 3)), np.arange(9) % 3, np.zeros((0, 3)), np.zeros(0, np.int64), "ridge", 0.95)

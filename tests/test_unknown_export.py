@@ -14,6 +14,7 @@ from edgetl.runtime.bundle.unknown import DEFAULT_KEEP, DEFAULT_METHOD, UnknownS
 from edgetl.runtime.inference.evaluate import evaluate_bundle
 from edgetl.runtime.inference.model import EdgeModel
 from edgetl.runtime.learning.update import learn_features
+from edgetl.unknown_projection import HIDDEN
 
 
 def test_the_export_threshold_keeps_the_stated_share_and_flowers_are_unknown_to_digits(digits_bundle, flowers_dir):
@@ -45,7 +46,7 @@ def test_the_exported_projection_serves_every_store_version_without_being_stored
     block = exported.manifest.unknown
     assert block["parts"] == ["margin", "knn", "projected-knn"]
     shipped = np.load(exported.file(block))
-    assert shipped["projection_w"].shape == (256, exported.feature_dim)
+    assert shipped["projection_w"].shape == (HIDDEN, exported.feature_dim)
     with np.load(exported.file(exported.manifest.learning)) as data:
         features = data["features"]
     rng = np.random.default_rng(0)

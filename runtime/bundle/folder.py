@@ -158,19 +158,22 @@ class Bundle:
 
     @functools.cached_property
     def exported_unknown(self) -> UnknownState | None:
-        """The unknown-input scorer and threshold the bundle was exported with; for a bundle exported before there
-        were any, fitted here with the defaults from the learning data it ships (as the store's first commit
-        would); None when it ships none or too few rows."""
+        """The unknown-input scorer and threshold the bundle was exported with.  A bundle without a threshold (one
+        exported before there were any, or a fleet merge, which carries the base's settings and projection but no
+        rows for them) gets one fitted here from the learning data it ships, as the store's first commit would;
+        None when it ships none or too few rows."""
         settings = UnknownSettings.from_dict(self.manifest.unknown)
         if settings is not None and settings.threshold is not None:
             return UnknownState(UnknownScorer.load(self.file(self.manifest.unknown)), settings)
         if not self.manifest.learning:
             return None
+        settings = UnknownSettings() if settings is None else \
+            UnknownSettings(settings.method, keep=settings.keep, shrinkage=settings.shrinkage, k=settings.k)
         with np.load(self.file(self.manifest.learning), allow_pickle=False) as data:
             features, labels, holdout = data["features"], data["labels"], data["holdout"]
         try:
-            fitted, scorer = fit_unknown(UnknownSettings(), features[~holdout], labels[~holdout], features[holdout],
-                                         self.exported_head)
+            fitted, scorer = fit_unknown(settings, features[~holdout], labels[~holdout], features[holdout],
+                                         self.exported_head, self.store.projection_for(settings))
         except ConfigError:
             return None
         return UnknownState(scorer, fitted)

@@ -41,11 +41,20 @@ from ..errors import BundleError, ConfigError
 from .heads import read_npz
 
 METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn", "projected-knn", "combined")
-#: The methods that need a projection (``combined`` uses one when it has one).
+#: The methods that need a projection, and those given one when the bundle ships it (``combined`` adds it).
 PROJECTED = ("projected-knn",)
+PROJECTION_USERS = (*PROJECTED, "combined")
 #: What a store version's ``unknown.npz`` leaves out, rebuilt when it loads: the kNN banks from the version's rows,
 #: the projection from the bundle's own ``unknown.npz`` (see :meth:`UnknownScorer.save`).
-REBUILT = ("bank", "projected_bank", "projection_w", "projection_b")
+REBUILT = ("bank", "projected_bank", "projection_w", "projection_b", "basis")
+#: ``combined``'s kNN search over a bank of more than this many entries (rows x features) runs in the
+#: :data:`SEARCH_DIMS` leading principal directions of the normalised training rows: the search reads the whole bank
+#: per input, so its cost grows with it (0.28 ms for 9,003 rows at d = 384, 3.6 % of MiniLM's pass); in 128
+#: directions it costs a third, and leave-classes-out scored it the same on banking77 (0.9218 / 0.9280 / 0.9399
+#: against 0.9218 / 0.9278 / 0.9411 over three seeds).  Small banks (the photo sets') keep every feature: there it
+#: scored 0.005 to 0.008 lower and costs little anyway.
+SEARCH_ENTRIES = 1_000_000
+SEARCH_DIMS = 128
 DEFAULT_METHOD = "combined"
 DEFAULT_KEEP = 0.95
 DEFAULT_SHRINKAGE = 0.5
@@ -136,6 +145,18 @@ def _nearest(bank: np.ndarray, rows: np.ndarray, k: int, exclude_self: bool) -> 
         out[start:start + 256] = similarity.max(axis=1) if rank == 0 else \
             -np.partition(-similarity, rank, axis=1)[:, rank]
     return 1.0 - out
+
+
+def _search_basis(rows: np.ndarray) -> np.ndarray:
+    """(d, r) float32: the :data:`SEARCH_DIMS` leading eigenvectors of the (uncentred) second moment of the
+    normalised ``rows``, from the (d, d) Gram matrix or, with fewer rows than features, their SVD (float64)."""
+    x = np.asarray(rows, np.float64)
+    if len(x) >= x.shape[1]:
+        values, vectors = np.linalg.eigh(x.T @ x)
+        basis = vectors[:, np.argsort(values)[::-1][:SEARCH_DIMS]]
+    else:
+        basis = np.linalg.svd(x, full_matrices=False)[2][:SEARCH_DIMS].T
+    return np.ascontiguousarray(basis, np.float32)
 
 
 def _squared_distances(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -233,7 +254,10 @@ class UnknownScorer:
         name = "bank" if part == "knn" else "projected_bank"
         if name not in self._banks:
             self._banks[name] = np.ascontiguousarray(self.arrays[name], np.float32)
-        rows = features if part == "knn" else self.project(features)
+        if part == "knn":
+            rows = _normalised(features) @ self.arrays["basis"] if "basis" in self.arrays else features
+        else:
+            rows = self.project(features)
         return _nearest(self._banks[name], rows, int(self.arrays["k"]), exclude_self)
 
     def save(self, path: str | Path, bank: bool = True) -> None:
@@ -251,11 +275,18 @@ class UnknownScorer:
         return self.projected and "projected_bank" not in self.arrays
 
     def with_bank(self, train: np.ndarray, projection: tuple[np.ndarray, np.ndarray] | None = None) -> UnknownScorer:
-        """The scorer given its kNN banks: the training rows it was fitted on (as :func:`fit_scorer` stores them),
-        and for a projected scorer the ``projection`` (W, b) it was fitted with (the bundle's)."""
+        """The scorer given its kNN banks: the training rows it was fitted on (as :func:`fit_scorer` stores them;
+        ``combined`` over a large bank also its search basis, :data:`SEARCH_ENTRIES`), and for a projected scorer the
+        ``projection`` (W, b) it was fitted with (the bundle's)."""
         train = np.asarray(train, np.float32)
         if self.method in ("knn", "combined"):
-            self.arrays["bank"] = _normalised(train).astype(np.float16)
+            rows = _normalised(train)
+            if self.method == "combined" and train.size > SEARCH_ENTRIES and train.shape[1] > SEARCH_DIMS:
+                self.arrays["basis"] = _search_basis(rows)
+                rows = _normalised(rows @ self.arrays["basis"])
+            else:
+                self.arrays.pop("basis", None)
+            self.arrays["bank"] = rows.astype(np.float16)
         if self.projected:
             if "projection_w" not in self.arrays:
                 if projection is None:

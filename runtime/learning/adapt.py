@@ -34,6 +34,13 @@ def source_version(store, parent: Version) -> Version:
     return version
 
 
+def adapted(version: Version) -> bool:
+    """Whether ``version``'s head works on adapted features: an adaptation, or a version that kept one's feature
+    adapter (an ``update`` on it, or a ``rollback`` to it).  Such a head is never adapted again: a new adapter in
+    front of it would mix two feature spaces."""
+    return version.action == "adapt" or "adapter.npz" in version.files
+
+
 @renamed_keyword("tune", "measure")
 def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = None,
                  max_accuracy_drop: float = UpdateSettings.max_accuracy_drop, force: bool = UpdateSettings.force,
@@ -64,8 +71,13 @@ def adapt_bundle(bundle: str | Path | Bundle, data: str, check: str | None = Non
         if state.ridge.count < 2:
             raise BundleError("the store has no source statistics to adapt to (the bundle ships no learning data)")
         source = SourceStatistics.from_ridge(state.ridge)
-        head, current = store.head(source_version(store, parent)), Candidate("current", store.adapter(parent),
-                                                                             store.head(parent))
+        base = source_version(store, parent)
+        if adapted(base):
+            raise ConfigError(f"cannot adapt version {parent.version} of {bundle.path}: its head works on adapted "
+                              f"features (version {base.version}: {base.action} with a feature adapter) and the "
+                              "unadapted head it started from is no longer kept; roll back to a version without an "
+                              "adapter first", option="bundle")
+        head, current = store.head(base), Candidate("current", store.adapter(parent), store.head(parent))
         raw = backbone_features(backbone, records, progress=progress).values   # raw target features
         t0 = time.perf_counter()
         methods = AUTO_BY_MODALITY[records[0].modality] if method == "auto" else (method,)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..bundle.folder import HeadState
 from ..bundle.heads import Head
-from ..learning.adapt import source_version
+from ..learning.adapt import adapted, source_version
 from ..learning.adapters import (
     AUTO_BY_MODALITY,
     Candidate,
@@ -70,6 +70,9 @@ def _alarm_of(trigger) -> Callable[[], bool] | None:
     return lambda: bool(trigger.alarm)
 
 
+#: The served version before the first request (a bundle without a store serves version None).
+_UNSEEN = object()
+
 class StreamAdapter:
     """Bounded, thread-safe adaptation of a served stream; :meth:`logits` is the one call the service makes."""
 
@@ -96,7 +99,7 @@ class StreamAdapter:
         self._rows = np.zeros((self.window, dim), np.float32)
         self._filled = self._next = self._since_check = 0
         self._adapted: Candidate | None = None
-        self._version = None
+        self._version: object = _UNSEEN
         self._lock = threading.Lock()
         self.stats = StreamStats()
 
@@ -138,12 +141,13 @@ class StreamAdapter:
         """The logits to answer ``features`` (raw backbone output) with, adapting or resetting on the way."""
         served = Candidate("served", state.adapter, state.head)
         with self._lock:
-            if state.version != self._version or self.source is None:
-                self._version = state.version
+            if state.version != self._version:
+                # read first and assign together: a failed read leaves no half-switched state, and a version
+                # without source statistics is not read again on every request
+                source, base = self.source_of(state), self.head_of(state)
                 self._reset(f"head version {state.version} committed")
-                self.source = self.source_of(state)
-                self._base = self.head_of(state)
-                self._score = None if self.source is None else (self._drift or feature_drift(self.source))
+                self._version, self.source, self._base = state.version, source, base
+                self._score = None if source is None else (self._drift or feature_drift(source))
             self._remember(np.asarray(features, np.float32))
             recent = self._rows[:self._filled]
             ready = self.source is not None and self._base is not None
@@ -193,13 +197,14 @@ def stream_source(bundle, state: HeadState) -> SourceStatistics | None:
 
 def stream_head(bundle, state: HeadState) -> Head | None:
     """The head the stream adapts from: the served head, unless its version is a committed adaptation; then the
-    head of the nearest version that is not one (what ``edgetl-rt adapt`` fits from), or None when that version is
-    no longer kept (the stream does not adapt an adapted head again)."""
+    head of the nearest version that is not one (what ``edgetl-rt adapt`` fits from); None when no unadapted head
+    is kept: that version was pruned, or the served head kept an adaptation's adapter through an update or a
+    rollback (the stream does not adapt an adapted head again)."""
     store = bundle.store
     if state.version is None or not store.exists:
         return state.head
     served = store.version(state.version)
     base = source_version(store, served)
-    if base.action == "adapt":
+    if adapted(base):
         return None
     return state.head if base.version == served.version else store.head(base)

@@ -23,7 +23,7 @@ def draw_drift(path: str | Path, scores: list[float], alarms: list[bool], thresh
     frame = open_frame(size, title, (-0.5, count - 0.5), (y_lo - pad, y_hi + pad), x_label, "drift score", ticks,
                        ".2f")
     draw, (left, _, right, bottom) = frame.draw, frame.box
-    x, y = lambda i: frame.x(i), frame.y                                       # noqa: E731
+    x, y = frame.x, frame.y
     for x0 in range(left, right, 12):                                         # the alarm level, dashed
         draw.line((x0, y(threshold), min(x0 + 6, right), y(threshold)), fill=LEVEL, width=2)
     frame.text((right - 160, y(threshold) - 14), f"alarm level {threshold:.2f}", fill=LEVEL)

@@ -18,7 +18,7 @@ from edgetl.runtime.bundle.folder import Bundle, HeadState
 from edgetl.runtime.bundle.heads import LinearHead, RidgeHead, RidgeStatistics
 from edgetl.runtime.bundle.store import FeatureStore
 from edgetl.runtime.cli import main as rt
-from edgetl.runtime.errors import DataError
+from edgetl.runtime.errors import ConfigError, DataError
 from edgetl.runtime.inference.features import apply_adapter
 from edgetl.runtime.inference.model import EdgeModel
 from edgetl.runtime.learning.adapters import (
@@ -32,6 +32,7 @@ from edgetl.runtime.learning.adapters import (
     signals,
     verdict,
 )
+from edgetl.runtime.learning.update import learn_features
 from edgetl.runtime.serving.adaptation import StreamAdapter, stream_head
 
 DIM, CLASSES = 24, 4
@@ -159,6 +160,31 @@ def test_adapt_commits_nothing_when_its_guard_refuses(tiny_bundle, tmp_path):
         assert model.head_version == 2 and model.adapter is None
     state = Bundle.open(tiny_bundle).current_head()
     assert stream_head(Bundle.open(tiny_bundle), state) is state.head       # not an adaptation: served as it is
+
+
+def test_a_head_that_kept_an_adapter_through_an_update_or_a_rollback_is_never_adapted_again(tiny_bundle, tmp_path):
+    """An update on an adaptation, or a rollback to one, keeps its feature adapter: neither ``adapt`` nor the stream
+    may put a new adapter in front of that head (two feature spaces), while the unadapted head is not the source."""
+    target = make_folder_dataset(tmp_path / "same", classes=("red", "green", "blue"), per_class=6, size=(30, 40))
+    forced = CliRunner().invoke(rt, ["adapt", str(tiny_bundle), str(target), "--method", "coral", "--force",
+                                     "--json", "--no-measure"])
+    assert json.loads(forced.stdout)["version"] == 1
+    bundle = Bundle.open(tiny_bundle)
+    with np.load(bundle.file(bundle.manifest.learning)) as data:
+        rows, labels = data["features"][:6], [bundle.manifest.labels[i] for i in data["labels"][:6]]
+    learn_features(tiny_bundle, rows * 1.01, labels, [f"again-{i}" for i in range(6)])       # version 2, on 1
+    store = FeatureStore(tiny_bundle)
+    assert "adapter.npz" in store.version(2).files and store.version(2).action != "adapt"
+    # the stream's source would be version 2's own head, which works on adapted features: it does not adapt
+    assert stream_head(Bundle.open(tiny_bundle), Bundle.open(tiny_bundle).current_head()) is None
+    # adapt refuses by name and writes nothing, even forced
+    refused = CliRunner().invoke(rt, ["adapt", str(tiny_bundle), str(target), "--method", "coral", "--force",
+                                      "--no-measure"])
+    assert refused.exit_code == ConfigError.exit_code and "cannot adapt version 2" in refused.output
+    assert FeatureStore(tiny_bundle).current_number() == 2
+    assert CliRunner().invoke(rt, ["rollback", str(tiny_bundle), "--to", "1"]).exit_code == 0
+    state = Bundle.open(tiny_bundle).current_head()
+    assert state.adapter is not None and stream_head(Bundle.open(tiny_bundle), state) is None
 
 
 def test_serve_adapt_on_drift_counts_what_the_stream_did(tiny_bundle):

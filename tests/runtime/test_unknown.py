@@ -19,6 +19,7 @@ from edgetl.runtime.bundle.store import FeatureStore
 from edgetl.runtime.bundle.unknown import (
     METHODS,
     PROJECTED,
+    SEARCH_DIMS,
     UnknownScorer,
     UnknownSettings,
     auroc,
@@ -299,3 +300,33 @@ def test_a_commit_and_the_loads_after_it_read_each_segment_once(tiny_bundle, mon
     refit = store.fit_unknown(version, head)[1].scores(probe, head.logits(probe))
     np.testing.assert_array_equal(state.unknown.scores(probe, head.logits(probe)), refit)
     np.testing.assert_array_equal(loaded.unknown.scores(probe, head.logits(probe)), refit)
+
+
+def test_combined_searches_a_large_bank_in_its_leading_directions_and_a_version_rebuilds_them(tmp_path):
+    rng = np.random.default_rng(5)
+    dim, classes = 300, 4
+    centres = rng.normal(0, 1, (classes, dim))
+    labels = np.repeat(np.arange(classes), 1000)                  # 4,000 x 300 = 1.2 M entries: over the bound
+    train = (centres[labels] + rng.normal(0, 0.5, (len(labels), dim))).astype(np.float32)
+    held_out = (centres[labels[::40]] + rng.normal(0, 0.5, (100, dim))).astype(np.float32)
+    head = RidgeHead.fit(train, labels, classes, alpha=1.0)
+    _, scorer = fit_unknown(UnknownSettings("combined"), train, labels, held_out, head)
+    basis = scorer.arrays["basis"]
+    assert basis.shape == (dim, SEARCH_DIMS) and scorer.arrays["bank"].shape == (len(train), SEARCH_DIMS)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(SEARCH_DIMS), atol=1e-4)
+    probe = (rng.normal(0, 1, (20, dim)) + centres[0]).astype(np.float32)
+    # the knn part: the cosine distance to the nearest row, both sides normalised in the basis
+    reduce = lambda x: _rows(_rows(x) @ basis)  # noqa: E731
+    nearest = 1.0 - (reduce(probe) @ reduce(train).astype(np.float16).astype(np.float32).T).max(axis=1)
+    np.testing.assert_allclose(scorer._part("knn", probe, None, False), nearest, atol=1e-5)
+    scorer.save(tmp_path / "version.npz", bank=False)
+    assert "basis" not in np.load(tmp_path / "version.npz").files
+    again = UnknownScorer.load(tmp_path / "version.npz").with_bank(train)
+    np.testing.assert_allclose(again.scores(probe, head.logits(probe)), scorer.scores(probe, head.logits(probe)),
+                               rtol=1e-5, atol=1e-5)
+    small = fit_unknown(UnknownSettings("combined"), train[:500], labels[:500], held_out, head)[1]
+    assert "basis" not in small.arrays                              # 150,000 entries: every feature searched
+
+
+def _rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

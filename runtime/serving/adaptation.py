@@ -97,7 +97,8 @@ class StreamAdapter:
         self.source: SourceStatistics | None = None
         self._score: DriftScore | None = None
         self._rows = np.zeros((self.window, dim), np.float32)
-        self._filled = self._next = self._since_check = 0
+        # rows remembered, where the next goes, rows since the last check and since the adapter was fitted
+        self._filled = self._next = self._since_check = self._unseen = 0
         self._adapted: Candidate | None = None
         self._version: object = _UNSEEN
         self._lock = threading.Lock()
@@ -118,6 +119,11 @@ class StreamAdapter:
             self._next = (self._next + 1) % self.window
         self._filled = min(self.window, self._filled + len(features))
         self._since_check += len(features)
+        self._unseen = min(self.window, self._unseen + len(features))
+
+    def _newest(self, count: int) -> np.ndarray:
+        """The ``count`` rows remembered last (at most the window)."""
+        return self._rows[(self._next - 1 - np.arange(min(count, self._filled))) % self.window]
 
     def _alarmed(self, recent: np.ndarray) -> bool:
         if self._trigger is not None:
@@ -156,8 +162,8 @@ class StreamAdapter:
                 if self._adapted is None:
                     if self._alarmed(recent):
                         self._adapt(served, recent)
-                else:
-                    self._check(served, recent)
+                elif self._unseen:
+                    self._check(served, self._newest(self._unseen))     # rows the adapter was not fitted on
             adapted = self._adapted
         return (adapted or served).logits(features)
 
@@ -167,6 +173,7 @@ class StreamAdapter:
         self.stats.last_reason = choice.reason
         if choice.helped:
             self._adapted, self.stats.active, self.stats.method = choice.best, True, choice.method
+            self._unseen = 0
             self.stats.adapted += 1
             self.on_outcome("adapted", self.stats)
         else:

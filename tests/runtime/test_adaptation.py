@@ -306,6 +306,26 @@ def test_the_stream_adapts_from_the_head_a_committed_adaptation_started_from(sou
     assert len(seen) == 1 and idle.stats.adapted == idle.stats.refused == 0
 
 
+def test_the_stream_checks_its_adapter_only_on_rows_that_arrived_after_the_fit(source, monkeypatch):
+    from edgetl.runtime.serving import adaptation
+
+    head, statistics, centres = source
+    checked = []
+    monkeypatch.setattr(adaptation, "signals", lambda candidate, reference, rows, score: checked.append(rows.copy())
+                        or signals(candidate, reference, rows, score))
+    stream = StreamAdapter(lambda s: statistics, DIM, window=128, check_every=32, trigger=lambda: True,
+                           head_of=lambda s: head)
+    state = HeadState(head, [f"c{i}" for i in range(CLASSES)], None, 3)
+    shifted, _ = _target(centres, CAST, n=192, seed=21)
+    for i in range(0, 128, 32):
+        stream.logits(shifted[i:i + 32], state)
+    assert stream.stats.active and not checked          # fitted on rows 0-127, not checked yet
+    stream.logits(shifted[128:160], state)
+    assert len(checked) == 2                            # the adapter's and the served head's signals
+    for rows in checked:
+        assert {r.tobytes() for r in rows} == {r.tobytes() for r in shifted[128:160]}
+
+
 def test_the_guard_judges_the_drift_on_rows_the_adapter_did_not_see(source):
     """One feature barely varies on the half of the rows ``normalise`` is fitted on (a unit that rarely fires) and
     varies on the other half: the adapter blows that feature up. Judged on its own rows, where it moves the mean

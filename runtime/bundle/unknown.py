@@ -52,9 +52,12 @@ REBUILT = ("bank", "projected_bank", "projection_w", "projection_b", "basis")
 #: per input, so its cost grows with it (0.28 ms for 9,003 rows at d = 384, 3.6 % of MiniLM's pass); in 128
 #: directions it costs a third, and leave-classes-out scored it the same on banking77 (0.9218 / 0.9280 / 0.9399
 #: against 0.9218 / 0.9278 / 0.9411 over three seeds).  Small banks (the photo sets') keep every feature: there it
-#: scored 0.005 to 0.008 lower and costs little anyway.
+#: scored 0.005 to 0.008 lower and costs little anyway.  So do features of more than :data:`SEARCH_MAX_DIM`
+#: dimensions: every refit (each commit, each version a service loads) recomputes the basis, an eigendecomposition
+#: of a (d, d) matrix, about 50 ms at d = 384 but half a second at d = 1280, more than the search it saves there.
 SEARCH_ENTRIES = 1_000_000
 SEARCH_DIMS = 128
+SEARCH_MAX_DIM = 512
 DEFAULT_METHOD = "combined"
 DEFAULT_KEEP = 0.95
 DEFAULT_SHRINKAGE = 0.5
@@ -281,7 +284,8 @@ class UnknownScorer:
         train = np.asarray(train, np.float32)
         if self.method in ("knn", "combined"):
             rows = _normalised(train)
-            if self.method == "combined" and train.size > SEARCH_ENTRIES and train.shape[1] > SEARCH_DIMS:
+            if self.method == "combined" and train.size > SEARCH_ENTRIES and \
+                    SEARCH_DIMS < train.shape[1] <= SEARCH_MAX_DIM:
                 self.arrays["basis"] = _search_basis(rows)
                 rows = _normalised(rows @ self.arrays["basis"])
             else:

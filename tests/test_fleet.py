@@ -170,12 +170,24 @@ def test_merge_refuses_bad_contributions_by_name_and_writes_nothing(fleet):
         arrays.pop("gram_factor", None)
         header["payload_sha256"] = payload_digest(arrays)
 
+    def twins(header, arrays):                                    # consistent with its checksum, still malformed
+        header["classes"][1] = header["classes"][0]
+
+    def stray(header, arrays):
+        arrays["rows_labels"][0] = len(header["classes"]) + 5
+        header["payload_sha256"] = payload_digest(arrays)
+
     broken = _rewritten(good[0], root / "broken.npz", flip)
     narrow_file = _rewritten(good[0], root / "narrow.npz", narrow)
+    duplicated = _rewritten(good[0], root / "twins.npz", twins)
+    with_rows = root / "with-rows.npz"
+    contribute_bundle(devices[2], with_rows, with_rows=True)
+    strayed = _rewritten(with_rows, root / "stray.npz", stray)
     truncated = root / "truncated.npz"
     truncated.write_bytes(good[1].read_bytes()[:200])
     cases = [(foreign, "another base bundle"), (good[0], "duplicates"), (narrow_file, "has 8 features"),
-             (broken, "fails its sha256 check"), (truncated, "not a readable .npz")]
+             (broken, "fails its sha256 check"), (truncated, "not a readable .npz"),
+             (duplicated, "distinct non-empty class names"), (strayed, "row labels outside its")]
     for bad, words in cases:
         with pytest.raises(BundleError, match=words) as caught:
             merge_bundles(TINY, [str(good[0]), str(good[1]), str(bad)], root / "merged")

@@ -159,7 +159,12 @@ def verify_contribution(data: bytes | str | Path, source: str | None = None, sig
             raise _fail(source, f"header key {key!r} is missing or not a {kind.__name__}")
     if payload_digest(arrays) != header["payload_sha256"]:
         raise _fail(source, "fails its sha256 check (its statistics were modified or damaged)")
-    dim, classes = header["feature_dim"], len(header["classes"])
+    names = header["classes"]
+    if not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
+        raise _fail(source, "header key 'classes' must list distinct non-empty class names")
+    if header["feature_dim"] < 1:
+        raise _fail(source, f"header key 'feature_dim' must be positive, got {header['feature_dim']}")
+    dim, classes = header["feature_dim"], len(names)
     expected = {"class_sums": (classes, dim), "feature_sum": (dim,), "counts": (classes,),
                 "ncm_sums": (classes, dim), "ncm_counts": (classes,)}
     for name, shape in expected.items():
@@ -177,7 +182,28 @@ def verify_contribution(data: bytes | str | Path, source: str | None = None, sig
         if not array.dtype.str.lstrip("<>|=").startswith(kind) or \
                 (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
             raise _fail(source, f"array {name!r} has dtype {array.dtype} or non-finite values")
+    for name in ("counts", "ncm_counts"):
+        if np.any(arrays[name] < 0):
+            raise _fail(source, f"array {name!r} holds negative counts")
+    _check_rows(source, arrays, dim, classes)
     return Contribution(header, arrays, source, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _check_rows(source: str, arrays: dict[str, np.ndarray], dim: int, classes: int) -> None:
+    """The rows a contribution made ``--with-rows`` carries: all four arrays or none, one length, labels among
+    its classes (a checksum the sender computes cannot vouch for any of this)."""
+    names = ("rows_features", "rows_labels", "rows_holdout", "rows_keys")
+    present = [name for name in names if name in arrays]
+    if not present:
+        return
+    if len(present) != len(names):
+        raise _fail(source, f"carries rows without {', '.join(n for n in names if n not in arrays)}")
+    count = len(arrays["rows_labels"])
+    if arrays["rows_features"].shape != (count, dim) or any(arrays[n].shape != (count,) for n in names[1:]):
+        raise _fail(source, f"has rows of inconsistent shapes (expected {count} rows of {dim} features)")
+    labels = arrays["rows_labels"]
+    if count and (labels.min() < 0 or labels.max() >= classes):
+        raise _fail(source, f"has row labels outside its {classes} classes")
 
 
 @dataclass

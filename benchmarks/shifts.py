@@ -37,6 +37,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,22 @@ def _save(path: Path, features: np.ndarray, labels: np.ndarray, classes: list[st
     tmp.replace(path)
 
 
+def _each_copy(out: Path, stem: str, jobs, labels: np.ndarray, classes: list[str], what: str,
+               make: Callable[[str, int], tuple[np.ndarray, list[str]]]) -> list[Path]:
+    """``OUT/STEM_SHIFT_SEVERITY.npz`` for each (shift, severity) of ``jobs``: ``make`` gives its features and
+    sources; a file already there is kept (the cache)."""
+    written = []
+    for shift, severity in jobs:
+        path = out / f"{stem}_{shift}_{severity}.npz"
+        if not path.exists():
+            t0 = time.perf_counter()
+            features, sources = make(shift, severity)
+            _save(path, features, labels, classes, sources)
+            print(f"{path.name}: {len(labels)} {what} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        written.append(path)
+    return written
+
+
 def _image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     paths, labels = [], []
@@ -182,17 +199,13 @@ def image_features(out: Path, severities: tuple[int, ...], shifts: tuple[str, ..
         paths, labels, classes = _image_folder(DATA / "clothing10" / split)
         crops = [np.asarray(resize_and_crop(Image.open(p).convert("RGB"), config), dtype=np.uint8) for p in paths]
         sources = [str(p.relative_to(DATA)) for p in paths]
-        for shift, severity in jobs:
-            path = out / f"clothing10_{split}_{shift}_{severity}.npz"
-            if path.exists():
-                written.append(path)
-                continue
-            t0 = time.perf_counter()
+
+        def photos(shift: str, severity: int, crops=crops, sources=sources):
             shifted = crops if severity == 0 else [corrupt_image(c, shift, severity, seed=i)
                                                    for i, c in enumerate(crops)]
-            _save(path, features(shifted), labels, classes, sources)
-            print(f"{path.name}: {len(paths)} photos in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            written.append(path)
+            return features(shifted), sources
+
+        written += _each_copy(out, f"clothing10_{split}", jobs, labels, classes, "photos", photos)
     return written
 
 
@@ -227,16 +240,12 @@ def text_features(out: Path, severities: tuple[int, ...], shifts: tuple[str, ...
     for split, jobs in (("train", [("clean", 0)]),
                         ("test", [("clean", 0)] + [(s, v) for v in severities for s in shifts])):
         texts, labels, classes = _banking(split)
-        for shift, severity in jobs:
-            path = out / f"banking77_{split}_{shift}_{severity}.npz"
-            if path.exists():
-                written.append(path)
-                continue
-            t0 = time.perf_counter()
+
+        def sentences(shift: str, severity: int, texts=texts):
             shifted = texts if severity == 0 else [shift_text(t, shift, severity, seed=i) for i, t in enumerate(texts)]
-            _save(path, features(shifted), labels, classes, shifted)
-            print(f"{path.name}: {len(texts)} texts in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            written.append(path)
+            return features(shifted), shifted
+
+        written += _each_copy(out, f"banking77_{split}", jobs, labels, classes, "texts", sentences)
     return written
 
 

@@ -211,8 +211,8 @@ def _carried_unknown(base, staging: Path) -> dict:
     block = base.manifest.unknown
     if not block:
         return {}
-    with np.load(base.file(block), allow_pickle=False) as arrays:
-        kept = {name: arrays[name] for name in ("projection_w", "projection_b") if name in arrays.files}
+    projection = base.store.projection          # the base's unknown.npz, checked against its manifest
+    kept = {} if projection is None else dict(zip(("projection_w", "projection_b"), projection))
     with open(staging / UNKNOWN_FILE, "wb") as handle:
         np.savez(handle, method=np.array(block["method"]), **kept)
     settings = {k: block[k] for k in ("method", "keep", "shrinkage", "k", "chosen_by") if k in block}

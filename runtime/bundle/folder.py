@@ -173,7 +173,7 @@ class Bundle:
             features, labels, holdout = data["features"], data["labels"], data["holdout"]
         try:
             fitted, scorer = fit_unknown(settings, features[~holdout], labels[~holdout], features[holdout],
-                                         self.exported_head, self.store.projection_for(settings))
+                                         self.exported_head, self.store.projection_for(settings.method))
         except ConfigError:
             return None
         return UnknownState(scorer, fitted)

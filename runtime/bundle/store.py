@@ -315,7 +315,7 @@ class FeatureStore:
             if cached is None or cached[0] != key:
                 cached = (key, self.unknown_rows(version, self.head(version).feature_dim)[0])
                 self._bank = cached
-            scorer.with_bank(cached[1], self.projection if scorer.projected else None)
+            scorer.with_bank(cached[1], self.projection_for(scorer.method))
         return scorer
 
     @functools.cached_property
@@ -334,9 +334,9 @@ class FeatureStore:
                 return None
             return arrays["projection_w"], arrays["projection_b"]
 
-    def projection_for(self, settings: UnknownSettings) -> tuple[np.ndarray, np.ndarray] | None:
-        """The bundle's projection where ``settings``' method uses one (the others never read the file)."""
-        return self.projection if settings.method in PROJECTION_USERS else None
+    def projection_for(self, method: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The bundle's projection where ``method`` uses one (the others never read the file)."""
+        return self.projection if method in PROJECTION_USERS else None
 
     def unknown_rows(self, version: Version, dim: int,
                      held: dict[int, Samples] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -555,7 +555,7 @@ class FeatureStore:
         Raises :class:`~edgetl.runtime.errors.ConfigError` when there are too few rows."""
         settings = self.unknown_settings(version)
         features, labels, held_out = self.unknown_rows(version, head.feature_dim)
-        return fit_unknown(settings, features, labels, held_out, head, self.projection_for(settings))
+        return fit_unknown(settings, features, labels, held_out, head, self.projection_for(settings.method))
 
     def _unknown(self, version: Version, head: Head, held: dict[int, Samples]
                  ) -> tuple[tuple[UnknownSettings, UnknownScorer] | None, np.ndarray | None]:
@@ -565,7 +565,7 @@ class FeatureStore:
         settings = self.unknown_settings(version)
         try:
             features, labels, held_out = self.unknown_rows(version, head.feature_dim, held)
-            fitted = fit_unknown(settings, features, labels, held_out, head, self.projection_for(settings))
+            fitted = fit_unknown(settings, features, labels, held_out, head, self.projection_for(settings.method))
         except ConfigError as exc:        # too few samples for this method: the version has no scorer
             version.unknown = {"method": settings.method, "threshold": None, "keep": settings.keep,
                                "note": str(exc)}

@@ -62,6 +62,7 @@ from ..documents import Origin, build, parse_document, utc_now
 from ..errors import BundleError, ConfigError, StoreBusyError
 from ..fsutil import atomic_directory, atomic_write_bytes, atomic_write_text, sha256_file
 from .heads import Head, RidgeStatistics, load_head, normalise_rows, read_npz
+from .manifest import verify_file
 from .unknown import PROJECTION_USERS, UNKNOWN_FILE, UnknownScorer, UnknownSettings, fit_unknown
 
 STORE_SCHEMA = "edgetl.store/2"
@@ -326,9 +327,7 @@ class FeatureStore:
         block = self._manifest_unknown() or {}
         if not isinstance(block.get("file"), str) or not isinstance(block.get("sha256"), str):
             return None
-        path = self.bundle / block["file"]
-        if not path.is_file() or sha256_file(path) != block["sha256"]:
-            raise BundleError(f"{path} is missing or fails its sha256 check against the manifest")
+        path = verify_file(self.bundle, block["file"], block["sha256"])
         with np.load(path, allow_pickle=False) as arrays:        # the two arrays only, not the banks
             if "projection_w" not in arrays.files or "projection_b" not in arrays.files:
                 return None
